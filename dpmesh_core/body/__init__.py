@@ -1,0 +1,1 @@
+"""Body models behind one protocol, and joint sets with mappings between them."""

@@ -1,0 +1,122 @@
+"""One error hierarchy for the whole project.
+
+Every error a user can cause (a bad file, a bad config, missing model files) is a ``DPMeshError``;
+the CLI turns them into a one-line message and a non-zero exit code, the app into a dialog.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from os import PathLike
+
+
+class DPMeshError(Exception):
+    """Base class of every error raised on purpose by dpmesh_core."""
+
+    exit_code = 1
+
+
+class InputError(DPMeshError, ValueError):
+    """A user-supplied input (file, array, argument) is unusable.
+
+    ``path`` names the offending file when there is one.
+    """
+
+    exit_code = 2
+
+    def __init__(self, message: str, path: str | PathLike | None = None):
+        self.path = None if path is None else str(path)
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+
+class MediaError(InputError):
+    """An image or video cannot be read (missing, corrupt, truncated, unknown format, too large)."""
+
+
+class KeypointFileError(InputError):
+    """A key-point file is malformed (unknown format, NaN, wrong joint count, negative confidence...)."""
+
+
+class ProjectFileError(InputError):
+    """A project file is corrupt, or from a newer format version."""
+
+
+class ConfigError(DPMeshError, ValueError):
+    """A configuration has an unknown key or a bad value. ``key`` names it (dotted path)."""
+
+    exit_code = 2
+
+    def __init__(self, message: str, key: str | None = None, source: str | None = None):
+        self.key = key
+        self.source = source
+        where = " ".join(p for p in (source and f"{source}:", key and f"[{key}]") if p)
+        super().__init__(f"{where} {message}".strip())
+
+
+class ModelFilesMissingError(DPMeshError, FileNotFoundError):
+    """A model file the user must provide (or a package that carries one) is missing.
+
+    Names the file, where it was looked for, and how to get it.
+    """
+
+    exit_code = 3
+
+    def __init__(self, what: str, searched: Iterable[str] = (), how_to_get: str = ""):
+        self.what = what
+        self.searched = [str(s) for s in searched]
+        self.how_to_get = how_to_get
+        msg = f"missing model file: {what}"
+        if self.searched:
+            msg += "; looked in: " + ", ".join(self.searched)
+        if how_to_get:
+            msg += f". {how_to_get}"
+        super().__init__(msg)
+
+
+class CheckpointMismatchError(DPMeshError):
+    """A checkpoint does not match the architecture: lists missing, unexpected and mis-shaped keys."""
+
+    exit_code = 3
+
+    def __init__(
+        self,
+        path: str | PathLike | None,
+        missing: Sequence[str] = (),
+        unexpected: Sequence[str] = (),
+        shape_mismatch: Sequence[str] = (),
+        note: str = "",
+    ):
+        self.path = None if path is None else str(path)
+        self.missing = list(missing)
+        self.unexpected = list(unexpected)
+        self.shape_mismatch = list(shape_mismatch)
+
+        def _fmt(name: str, keys: list[str]) -> str:
+            if not keys:
+                return ""
+            shown = ", ".join(keys[:12]) + (f", ... ({len(keys)} in all)" if len(keys) > 12 else "")
+            return f"\n  {name} ({len(keys)}): {shown}"
+
+        msg = f"{self.path or 'checkpoint'}: does not match the architecture"
+        if note:
+            msg += f" ({note})"
+        msg += _fmt("missing keys", self.missing)
+        msg += _fmt("unexpected keys", self.unexpected)
+        msg += _fmt("wrong shapes", self.shape_mismatch)
+        super().__init__(msg)
+
+
+class UnsafeFileError(InputError):
+    """A pickle-based file asked for something a restricted unpickler refuses (possible code execution)."""
+
+
+class EstimationError(DPMeshError):
+    """Mesh recovery failed for one person (e.g. fewer than 2 visible joints); others are unaffected."""
+
+    def __init__(self, message: str, person_index: int | None = None):
+        self.person_index = person_index
+        super().__init__(f"person {person_index}: {message}" if person_index is not None else message)
+
+
+class Cancelled(DPMeshError):
+    """A long job was cancelled by the user."""

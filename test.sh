@@ -1,0 +1,13 @@
+#!/usr/bin/env bash
+# Install what is missing, then run every check CI runs: ruff, import-linter contracts, pytest (CPU).
+#   ./test.sh            the whole suite
+#   ./test.sh -k fit     extra arguments go to pytest
+set -euo pipefail
+cd "$(dirname "$0")"
+bash scripts/install.sh
+export DPMESH_HOME="${DPMESH_HOME:-$PWD/.dpmesh-home}"   # caches (Anny build) stay inside the checkout
+export QT_QPA_PLATFORM="${QT_QPA_PLATFORM:-offscreen}"
+export PYTHONDONTWRITEBYTECODE=1
+.venv/bin/ruff check dpmesh_core app tests
+.venv/bin/lint-imports
+.venv/bin/python -m pytest -q -p no:cacheprovider "$@"
