@@ -1,0 +1,1 @@
+"""dpmesh_core.fit"""
