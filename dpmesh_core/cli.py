@@ -1,0 +1,219 @@
+"""``dpmesh``: the headless command line.
+
+    dpmesh predict IMAGE|VIDEO|DIR -o OUT [--keypoints FILE] [--format obj,ply,glb,npz] [--overlay]
+                   [--estimator fit|dpmesh --model PATH] [--json]
+    dpmesh doctor
+    dpmesh convert OFFICIAL.pth.tar OUT_DIR
+    dpmesh train CONFIG.yaml [--json]
+    dpmesh eval --model M --data D [--json]
+
+Errors from the library (``DPMeshError``) print one line ``dpmesh: error: ...`` on stderr and exit with the
+error's code (2 bad input/config, 3 missing model files / checkpoint mismatch, 1 otherwise); nothing else is
+caught. ``--json`` prints one JSON object per line on stdout (machine-readable progress), otherwise tqdm
+progress goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+from . import __version__
+from .errors import DPMeshError
+
+
+def _emit_json(ev: dict[str, Any]) -> None:
+    sys.stdout.write(json.dumps(ev, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _run_events(events: Iterator[dict[str, Any]], as_json: bool, describe) -> list[dict[str, Any]]:
+    """Drain a generator of events: JSON lines, or a tqdm bar per input plus short messages."""
+    seen = []
+    if as_json:
+        for ev in events:
+            _emit_json(ev)
+            seen.append(ev)
+        return seen
+    from tqdm import tqdm
+
+    bar = None
+    try:
+        for ev in events:
+            seen.append(ev)
+            kind = ev.get("event")
+            if kind == "start":
+                bar = tqdm(total=ev.get("frames"), desc=describe(ev), unit="frame", file=sys.stderr,
+                           disable=ev.get("frames", 0) <= 1 and not sys.stderr.isatty())
+            elif kind in ("frame", "step"):
+                if bar is not None:
+                    bar.update(1)
+                    if kind == "step" and "loss" in ev:
+                        bar.set_postfix(loss=f"{ev['loss']:.4f}")
+                for err in ev.get("errors", []):
+                    tqdm.write(f"  warning: {err}", file=sys.stderr)
+            elif kind == "done" and "files" in ev:
+                if bar is not None:
+                    bar.close()
+                    bar = None
+                files = ev["files"]
+                print(f"{ev.get('input', '')}: wrote {len(files)} file(s)")
+            elif kind in ("eval", "checkpoint", "message"):
+                msg = ev.get("message") or json.dumps({k: v for k, v in ev.items() if k != "event"}, default=str)
+                (tqdm.write if bar is not None else print)(f"{kind}: {msg}")
+    finally:
+        if bar is not None:
+            bar.close()
+    return seen
+
+
+# ------------------------------------------------------------------------------------------ commands
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from . import api
+
+    opts = api.PredictOptions(
+        formats=tuple(f.strip().lower() for f in args.format.split(",") if f.strip()),
+        overlay=args.overlay,
+        estimator=args.estimator,
+        model_path=args.model,
+        body_model=args.body_model,
+        refine=args.refine,
+        device=args.device,
+        keypoints=args.keypoints,
+        conf=args.conf,
+        smooth=not args.no_smooth,
+        max_frames=args.max_frames,
+        stride=args.stride,
+    )
+    _run_events(api.predict(args.input, args.output, opts), args.json, lambda ev: ev["input"].split("/")[-1])
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from . import api
+
+    checks = api.doctor()
+    if args.json:
+        for c in checks:
+            _emit_json({"event": "check", **c.__dict__})
+    else:
+        for c in checks:
+            mark = "ok  " if c.ok else ("--  " if c.optional else "MISS")
+            print(f"[{mark}] {c.name}: {c.detail}")
+            if not c.ok and c.fix:
+                print(f"        -> {c.fix}")
+    required_missing = [c for c in checks if not c.ok and not c.optional]
+    return 1 if required_missing else 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from .model.checkpoint import convert_official
+
+    out = convert_official(args.checkpoint, args.output, merge_lora=args.merge_lora)
+    print(f"converted {args.checkpoint} -> {out}")
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train.config import load_train_config
+    from .train.loop import train
+
+    cfg = load_train_config(args.config, overrides=args.set or [])
+    _run_events(train(cfg, resume=args.resume), args.json, lambda ev: "train")
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .train.evaluate import evaluate, format_table
+
+    result = evaluate(args.model, args.data, regressor=args.regressor, device=args.device,
+                      max_samples=args.max_samples)
+    if args.json:
+        _emit_json({"event": "eval", **result})
+    else:
+        print(format_table(result))
+    return 0
+
+
+# -------------------------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="dpmesh", description="DPMesh Studio: 3-D meshes of occluded people.")
+    p.add_argument("--version", action="version", version=f"dpmesh {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    pr = sub.add_parser("predict", help="detect persons and write a mesh for each (image, video or folder)")
+    pr.add_argument("input", help="an image, a video, or a folder of them")
+    pr.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
+    pr.add_argument("--keypoints", help="use key-points from this file (COCO / OpenPose / AlphaPose JSON) instead of detecting")
+    pr.add_argument("--format", default="obj", help="comma-separated: obj, ply, glb, npz (default obj)")
+    pr.add_argument("--overlay", action="store_true", help="also write the image/video with meshes drawn over it")
+    pr.add_argument("--estimator", choices=["fit", "dpmesh"], default="fit",
+                    help="fit: key-point fitting (default, no downloads); dpmesh: the network (needs --model)")
+    pr.add_argument("--model", help="DPMesh checkpoint (converted folder or official .pth.tar)")
+    pr.add_argument("--body-model", default="anny", choices=["anny", "smpl", "synthetic-smpl"],
+                    help="body model for fitting (default anny; smpl needs DPMESH_SMPL)")
+    pr.add_argument("--refine", action="store_true", help="refine the network's output by fitting")
+    pr.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: automatic)")
+    pr.add_argument("--conf", type=float, default=0.25, help="detector confidence threshold (default 0.25)")
+    pr.add_argument("--no-smooth", action="store_true", help="video: no warm start / temporal smoothing")
+    pr.add_argument("--max-frames", type=int, help="video: stop after this many frames")
+    pr.add_argument("--stride", type=int, default=1, help="video: take every n-th frame")
+    pr.add_argument("--json", action="store_true", help="JSON-lines events on stdout")
+    pr.set_defaults(func=cmd_predict)
+
+    dr = sub.add_parser("doctor", help="what is installed and what is missing")
+    dr.add_argument("--json", action="store_true")
+    dr.set_defaults(func=cmd_doctor)
+
+    cv = sub.add_parser("convert", help="convert an official DPMesh checkpoint to our fast safetensors folder")
+    cv.add_argument("checkpoint")
+    cv.add_argument("output")
+    cv.add_argument("--merge-lora", action="store_true", help="fold LoRA into the U-Net weights")
+    cv.set_defaults(func=cmd_convert)
+
+    tr = sub.add_parser("train", help="train the DPMesh network from a YAML config")
+    tr.add_argument("config")
+    tr.add_argument("--resume", action="store_true", help="resume from the last checkpoint of the run")
+    tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    tr.add_argument("--json", action="store_true")
+    tr.set_defaults(func=cmd_train)
+
+    ev = sub.add_parser("eval", help="evaluate a model (MPJPE, PA-MPJPE, MPVE)")
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--data", required=True)
+    ev.add_argument("--regressor", help="J_regressor_h36m_correct.npy (17×6890) for the H36M protocol")
+    ev.add_argument("--device")
+    ev.add_argument("--max-samples", type=int)
+    ev.add_argument("--json", action="store_true")
+    ev.set_defaults(func=cmd_eval)
+    return p
+
+
+def main(argv: Iterable[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(None if argv is None else list(argv))
+    level = logging.WARNING - 10 * min(args.verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    try:
+        return int(args.func(args) or 0)
+    except DPMeshError as e:
+        if getattr(args, "json", False):
+            _emit_json({"event": "error", "type": type(e).__name__, "message": str(e)})
+        print(f"dpmesh: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("dpmesh: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

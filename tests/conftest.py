@@ -1,0 +1,32 @@
+"""Shared fixtures: where ../shared is, a private DPMESH_HOME for each test session, offscreen Qt."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("DPMESH_SHARED", REPO.parent / "shared"))
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Caches (Anny's ~40 s first build) are shared between test runs, inside the checkout.
+os.environ.setdefault("DPMESH_HOME", str(REPO / ".dpmesh-home"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.fail(f"the shared reference folder {SHARED} is missing (set DPMESH_SHARED)")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def media_dir(shared_dir: Path) -> Path:
+    return shared_dir / "media"
+
+
+@pytest.fixture(scope="session")
+def reference_dir(shared_dir: Path) -> Path:
+    return shared_dir / "reference"
