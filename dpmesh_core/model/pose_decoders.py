@@ -54,7 +54,7 @@ class VPoserV1(nn.Module):
         x = F.leaky_relu(self.bodyprior_dec_fc1(z), negative_slope=0.2)
         x = self.dropout(x)
         x = F.leaky_relu(self.bodyprior_dec_fc2(x), negative_slope=0.2)
-        x = self.bodyprior_dec_out(x)
+        x = self.bodyprior_dec_out(x).float()  # rotations in fp32 whatever the network dtype
         return rot6d_to_matrix(x.reshape(z.shape[0], self.num_joints, 6))
 
 
@@ -212,5 +212,5 @@ class VQPoseDecoder(nn.Module):
         return super().train(False)
 
     def forward(self, probs: torch.Tensor) -> torch.Tensor:
-        R = self.vqvae.decode_soft(probs)
+        R = self.vqvae.decode_soft(probs).float()
         return matrix_to_axis_angle(R).reshape(probs.shape[0], -1)
