@@ -1,0 +1,434 @@
+"""Background work: the only module of the app that touches threads and processes.
+
+* ``JobRunner``: one long-lived ``QThread`` draining a queue of jobs keyed by what they are about
+  (e.g. ``("estimate", uid)``). Submitting a job whose key is already pending *replaces* it (latest wins),
+  so 10 rapid edits of one person run one estimation. ``cancel(key)`` drops a pending job and discards the
+  result of a running one; a job that is a generator is also stopped at its next ``yield``.
+  Results and errors come back as Qt signals, delivered in the GUI thread.
+* ``InferenceService``: the inference worker of the app (one estimator built lazily *in* the worker
+  thread, so torch never loads on the GUI thread; detection jobs too).
+* ``RenderService``: a second thread that owns the Open3D renderer (Open3D is thread-confined).
+* ``TrainingProcess``: the headless ``dpmesh train CONFIG --json`` in a ``QProcess``; parses JSON lines.
+"""
+
+from __future__ import annotations
+
+import collections
+import inspect
+import json
+import logging
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable, Hashable
+from typing import Any
+
+from PySide6.QtCore import QObject, QProcess, QThread, Signal
+
+from dpmesh_core.errors import Cancelled, DPMeshError
+
+log = logging.getLogger(__name__)
+
+
+class _Job:
+    __slots__ = ("key", "job_id", "fn", "cancelled")
+
+    def __init__(self, key: Hashable, job_id: int, fn: Callable[[], Any]):
+        self.key, self.job_id, self.fn, self.cancelled = key, job_id, fn, False
+
+
+class JobRunner(QThread):
+    """A long-lived worker thread with a coalescing queue (latest job per key wins).
+
+    Signals (emitted from the worker thread; connected slots of GUI objects run in the GUI thread):
+    job_started(key, job_id), job_finished(key, job_id, result), job_failed(key, job_id, message, exc),
+    job_cancelled(key, job_id), job_progress(key, job_id, value), busy_changed(bool).
+    """
+
+    job_started = Signal(object, int)
+    job_finished = Signal(object, int, object)
+    job_failed = Signal(object, int, str, object)
+    job_cancelled = Signal(object, int)
+    job_progress = Signal(object, int, object)
+    busy_changed = Signal(bool)
+
+    def __init__(self, name: str = "worker", parent: QObject | None = None):
+        super().__init__(parent)
+        self.setObjectName(name)
+        self._cond = threading.Condition()
+        self._pending: collections.OrderedDict[Hashable, _Job] = collections.OrderedDict()
+        self._running: _Job | None = None
+        self._stop = False
+        self._next_id = 1
+        self._busy = False
+        self.thread_local: dict[str, Any] = {}  # objects owned by the worker thread (estimator, renderer)
+
+    # ------------------------------------------------------------------ GUI-thread API
+    def submit(self, key: Hashable, fn: Callable[[], Any]) -> int:
+        """Queue ``fn()`` under ``key``; a pending job with the same key is replaced. Returns a job id."""
+        with self._cond:
+            job = _Job(key, self._next_id, fn)
+            self._next_id += 1
+            self._pending.pop(key, None)
+            self._pending[key] = job
+            self._cond.notify()
+        if not self.isRunning():
+            self.start()
+        return job.job_id
+
+    def cancel(self, key: Hashable) -> bool:
+        """Drop the pending job of ``key`` and discard the result of a running one. True if any."""
+        hit = False
+        with self._cond:
+            job = self._pending.pop(key, None)
+            if job is not None:
+                hit = True
+                self.job_cancelled.emit(key, job.job_id)
+            if self._running is not None and self._running.key == key:
+                self._running.cancelled = True
+                hit = True
+        return hit
+
+    def cancel_all(self) -> None:
+        with self._cond:
+            dropped = list(self._pending.values())
+            self._pending.clear()
+            if self._running is not None:
+                self._running.cancelled = True
+        for j in dropped:
+            self.job_cancelled.emit(j.key, j.job_id)
+
+    def pending_keys(self) -> list[Hashable]:
+        with self._cond:
+            return list(self._pending)
+
+    def is_busy(self) -> bool:
+        with self._cond:
+            return self._running is not None or bool(self._pending)
+
+    def stop(self, timeout_ms: int = 10000) -> None:
+        """Cancel everything and end the thread (waits for a running job up to ``timeout_ms``)."""
+        self.cancel_all()
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        if self.isRunning():
+            self.wait(timeout_ms)
+
+    # ------------------------------------------------------------------ worker thread
+    def _set_busy(self, busy: bool) -> None:
+        if busy != self._busy:
+            self._busy = busy
+            self.busy_changed.emit(busy)
+
+    def run(self) -> None:  # noqa: D401 - QThread API
+        while True:
+            with self._cond:
+                while not self._pending and not self._stop:
+                    self._running = None
+                    self._set_busy(False)
+                    self._cond.wait()
+                if self._stop:
+                    self._running = None
+                    self._set_busy(False)
+                    return
+                _, job = self._pending.popitem(last=False)
+                self._running = job
+                self._set_busy(True)
+            self.job_started.emit(job.key, job.job_id)
+            try:
+                result = job.fn()
+                if inspect.isgenerator(result):
+                    last = None
+                    for value in result:
+                        if job.cancelled:
+                            result.close()
+                            raise Cancelled(f"job {job.key!r} cancelled")
+                        last = value
+                        self.job_progress.emit(job.key, job.job_id, value)
+                    result = last
+                if job.cancelled:
+                    self.job_cancelled.emit(job.key, job.job_id)
+                else:
+                    self.job_finished.emit(job.key, job.job_id, result)
+            except Cancelled:
+                self.job_cancelled.emit(job.key, job.job_id)
+            except Exception as e:  # noqa: BLE001 - every failure becomes a signal, never a dead thread
+                if not isinstance(e, DPMeshError):
+                    log.error("job %r failed:\n%s", job.key, traceback.format_exc())
+                if job.cancelled:
+                    self.job_cancelled.emit(job.key, job.job_id)
+                else:
+                    self.job_failed.emit(job.key, job.job_id, f"{type(e).__name__}: {e}" if not isinstance(
+                        e, DPMeshError) else str(e), e)
+            finally:
+                with self._cond:
+                    self._running = None
+
+
+# ---------------------------------------------------------------------------------------------------
+class InferenceService(QObject):
+    """The app's inference worker: estimation and detection jobs on one background thread.
+
+    ``estimator_factory()`` is called in the worker thread the first time an estimator is needed (and
+    again after ``set_estimator_factory``); the default builds ``api.make_estimator("fit")``.
+
+    Signals: result_ready(uid, result_or_None, error_message_or_None, seconds), persons_detected(frame,
+    persons), person_detected_in_box(frame, person_or_None), error(context, message), busy_changed(bool),
+    estimator_changed(name).
+    """
+
+    result_ready = Signal(int, object, object, float)
+    persons_detected = Signal(int, object)
+    person_detected_in_box = Signal(int, object)
+    error = Signal(str, str)
+    busy_changed = Signal(bool)
+    estimator_ready = Signal(str)
+    generic_finished = Signal(object, object)
+
+    def __init__(self, estimator_factory: Callable[[], Any] | None = None,
+                 detector_factory: Callable[[], Any] | None = None, parent: QObject | None = None):
+        super().__init__(parent)
+        self.runner = JobRunner("inference", self)
+        self._estimator_factory = estimator_factory or _default_estimator
+        self._detector_factory = detector_factory or _default_detector
+        self.runner.job_finished.connect(self._on_finished)
+        self.runner.job_failed.connect(self._on_failed)
+        self.runner.busy_changed.connect(self.busy_changed)
+        self.last_seconds = 0.0
+
+    # worker-thread helpers ------------------------------------------------------------
+    def _estimator(self) -> Any:
+        tl = self.runner.thread_local
+        if tl.get("estimator") is None:
+            tl["estimator"] = self._estimator_factory()
+            self.estimator_ready.emit(str(getattr(tl["estimator"], "name", type(tl["estimator"]).__name__)))
+        return tl["estimator"]
+
+    def _detector(self) -> Any:
+        tl = self.runner.thread_local
+        if tl.get("detector") is None:
+            tl["detector"] = self._detector_factory()
+        return tl["detector"]
+
+    # GUI-thread API -------------------------------------------------------------------
+    def set_estimator_factory(self, factory: Callable[[], Any]) -> None:
+        """Use another estimator from the next job on (built lazily in the worker thread)."""
+        self._estimator_factory = factory
+
+        def reset() -> None:
+            self.runner.thread_local["estimator"] = None
+            return None
+
+        self.runner.submit(("reset-estimator",), reset)
+
+    def warm_up(self) -> None:
+        """Build the estimator now (in the background) so the first edit is answered quickly."""
+        self.runner.submit(("warm-up",), lambda: (self._estimator(), None)[1])
+
+    def estimate(self, uid: int, image: Any, person: Any, camera: Any = None, previous: Any = None) -> int:
+        """Re-estimate person ``uid`` (coalesced: only the latest request per uid runs)."""
+
+        def job() -> tuple[Any, float]:
+            t0 = time.perf_counter()
+            out = self._estimator().estimate(image, [person], camera=camera,
+                                             previous=None if previous is None else [previous])
+            return out[0], time.perf_counter() - t0
+
+        return self.runner.submit(("estimate", uid), job)
+
+    def detect(self, frame: int, image: Any) -> int:
+        return self.runner.submit(("detect", frame), lambda: self._detector().detect(image))
+
+    def detect_in_box(self, frame: int, image: Any, box: Any) -> int:
+        return self.runner.submit(("detect-box", frame), lambda: self._detector().detect_in_box(image, box))
+
+    def call(self, key: Hashable, fn: Callable[[], Any]) -> int:
+        """Run any core call in the worker; the result comes back in ``generic_finished(key, result)``."""
+        return self.runner.submit(("call", key), fn)
+
+    def cancel(self, uid: int) -> None:
+        self.runner.cancel(("estimate", uid))
+
+    def cancel_all(self) -> None:
+        self.runner.cancel_all()
+
+    def shutdown(self) -> None:
+        self.runner.stop()
+
+    # signal routing -------------------------------------------------------------------
+    def _on_finished(self, key: Any, job_id: int, result: Any) -> None:
+        kind = key[0]
+        if kind == "estimate":
+            res, secs = result
+            self.last_seconds = secs
+            if isinstance(res, Exception):
+                self.result_ready.emit(key[1], None, str(res), secs)
+            else:
+                self.result_ready.emit(key[1], res, None, secs)
+        elif kind == "detect":
+            self.persons_detected.emit(key[1], list(result))
+        elif kind == "detect-box":
+            self.person_detected_in_box.emit(key[1], result)
+        elif kind == "call":
+            self.generic_finished.emit(key[1], result)
+
+    def _on_failed(self, key: Any, job_id: int, message: str, exc: Any) -> None:
+        kind = key[0]
+        if kind == "estimate":
+            self.result_ready.emit(key[1], None, message, 0.0)
+        self.error.emit(str(kind), message)
+
+
+def _default_estimator() -> Any:
+    from dpmesh_core import api
+
+    return api.make_estimator("fit")
+
+
+def _default_detector() -> Any:
+    from dpmesh_core import api
+
+    return api.get_detector("yolo")
+
+
+# ---------------------------------------------------------------------------------------------------
+class RenderService(QObject):
+    """Renders meshes on its own thread (Open3D's legacy Visualizer must stay in one thread).
+
+    ``render_view(key, meshes, camera, view, size)`` → ``rendered(key, rgb)``;
+    ``render_overlay(key, image, results, alpha)`` → ``rendered(key, rgb)``. Latest request per key wins.
+    """
+
+    rendered = Signal(object, object, float)
+    error = Signal(str)
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.runner = JobRunner("render", self)
+        self.runner.job_finished.connect(self._on_finished)
+        self.runner.job_failed.connect(lambda k, i, m, e: self.error.emit(m))
+
+    def _renderer(self, width: int, height: int) -> Any:
+        tl = self.runner.thread_local
+        r = tl.get("renderer")
+        if r is None or tl.get("renderer_size") != (width, height):
+            from dpmesh_core import api
+
+            if r is not None and hasattr(r, "close"):
+                r.close()
+            r = api.MeshRenderer(width, height)
+            tl["renderer"], tl["renderer_size"] = r, (width, height)
+        return r
+
+    def render_view(self, key: Hashable, meshes: list, camera: Any, view: dict | None,
+                    size: tuple[int, int]) -> int:
+        def job() -> tuple[Any, float]:
+            t0 = time.perf_counter()
+            img = self._renderer(*size).render(meshes=meshes, camera=camera, view=view)
+            return img, time.perf_counter() - t0
+
+        return self.runner.submit(key, job)
+
+    def render_overlay(self, key: Hashable, image: Any, results: list, alpha: float = 0.6) -> int:
+        def job() -> tuple[Any, float]:
+            from dpmesh_core import api
+
+            t0 = time.perf_counter()
+            img = api.render_overlay(image, results, alpha=alpha)
+            return img, time.perf_counter() - t0
+
+        return self.runner.submit(key, job)
+
+    def _on_finished(self, key: Any, job_id: int, result: Any) -> None:
+        img, secs = result
+        self.rendered.emit(key, img, secs)
+
+    def shutdown(self) -> None:
+        def close() -> None:
+            r = self.runner.thread_local.pop("renderer", None)
+            if r is not None and hasattr(r, "close"):
+                r.close()
+
+        self.runner.submit(("close",), close)
+        self.runner.stop()
+
+
+# ---------------------------------------------------------------------------------------------------
+class TrainingProcess(QObject):
+    """``python -m dpmesh_core.cli train CONFIG --json`` in a QProcess; one signal per JSON-lines event.
+
+    Signals: event(dict) for each JSON line, log(str) for other output, finished(exit_code, status_text).
+    """
+
+    event = Signal(dict)
+    log = Signal(str)
+    finished = Signal(int, str)
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.proc: QProcess | None = None
+        self._buf = b""
+
+    def command(self, config_path: str, extra: list[str] | None = None) -> tuple[str, list[str]]:
+        return sys.executable, ["-m", "dpmesh_core.cli", "train", str(config_path), "--json", *(extra or [])]
+
+    def start(self, config_path: str, extra: list[str] | None = None, program: tuple[str, list[str]] | None = None) -> None:
+        if self.is_running():
+            raise RuntimeError("training is already running")
+        prog, args = program or self.command(config_path, extra)
+        self.proc = QProcess(self)
+        self.proc.setProcessChannelMode(QProcess.ProcessChannelMode.SeparateChannels)
+        self.proc.readyReadStandardOutput.connect(self._read_stdout)
+        self.proc.readyReadStandardError.connect(self._read_stderr)
+        self.proc.finished.connect(self._on_finished)
+        self.proc.errorOccurred.connect(lambda err: self.log.emit(f"process error: {err}"))
+        self._buf = b""
+        self.proc.start(prog, args)
+
+    def is_running(self) -> bool:
+        return self.proc is not None and self.proc.state() != QProcess.ProcessState.NotRunning
+
+    def stop(self, timeout_ms: int = 5000) -> None:
+        if not self.is_running():
+            return
+        assert self.proc is not None
+        self.proc.terminate()
+        if not self.proc.waitForFinished(timeout_ms):
+            self.proc.kill()
+            self.proc.waitForFinished(2000)
+
+    def _read_stdout(self) -> None:
+        assert self.proc is not None
+        self._buf += bytes(self.proc.readAllStandardOutput())
+        *lines, self._buf = self._buf.split(b"\n")
+        for raw in lines:
+            self._handle_line(raw.decode("utf-8", "replace").strip())
+
+    def _handle_line(self, line: str) -> None:
+        if not line:
+            return
+        if line.startswith("{"):
+            try:
+                ev = json.loads(line)
+            except json.JSONDecodeError:
+                self.log.emit(line)
+                return
+            if isinstance(ev, dict) and "event" in ev:
+                self.event.emit(ev)
+                return
+        self.log.emit(line)
+
+    def _read_stderr(self) -> None:
+        assert self.proc is not None
+        text = bytes(self.proc.readAllStandardError()).decode("utf-8", "replace")
+        for line in text.splitlines():
+            if line.strip():
+                self.log.emit(line)
+
+    def _on_finished(self, code: int, status: QProcess.ExitStatus) -> None:
+        if self._buf:
+            self._handle_line(self._buf.decode("utf-8", "replace").strip())
+            self._buf = b""
+        self.finished.emit(int(code), "crashed or stopped" if status == QProcess.ExitStatus.CrashExit else "exited")

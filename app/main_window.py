@@ -1,0 +1,585 @@
+"""The main window: menus, toolbar, docks and wiring only (logic lives in Session / Document / widgets)."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QSettings, Qt, QTimer, Signal
+from PySide6.QtGui import QAction, QActionGroup, QKeySequence
+from PySide6.QtWidgets import (
+    QApplication,
+    QComboBox,
+    QDockWidget,
+    QFileDialog,
+    QLabel,
+    QMainWindow,
+    QMessageBox,
+    QProgressBar,
+    QTextBrowser,
+    QToolBar,
+    QVBoxLayout,
+    QWidget,
+)
+
+from dpmesh_core.errors import DPMeshError
+from dpmesh_core.types import Person
+
+from .document import Document
+from .session import PROJECT_EXT, Session
+from .widgets.image_view import ImageView, JointTables
+from .widgets.mesh_view import MeshView
+from .widgets.persons_panel import PersonsPanel
+from .widgets.timeline import Timeline
+
+MEDIA_FILTER = ("Images, videos and projects (*.jpg *.jpeg *.png *.bmp *.tif *.tiff *.webp *.mp4 *.avi *.mov "
+                "*.mkv *.webm *.dpmesh);;Projects (*.dpmesh);;All files (*)")
+MAX_RECENT = 10
+
+
+class MainWindow(QMainWindow):
+    """DPMesh Studio main window. ``overlay_shown`` fires each time a new mesh overlay is on screen."""
+
+    overlay_shown = Signal(int)
+
+    def __init__(self, session: Session | None = None, settings: QSettings | None = None):
+        super().__init__()
+        self.session = session or Session(parent=self)
+        self.doc: Document = self.session.doc
+        self.settings = settings or QSettings("dpmesh-studio", "DPMesh Studio")
+        self.setWindowTitle("DPMesh Studio")
+        self.resize(1500, 940)
+        self.setAcceptDrops(True)
+        self.overlay_updates = 0
+        self.last_overlay_time = 0.0
+
+        self.image_view = ImageView(self.doc)
+        self.timeline = Timeline(self.doc)
+        central = QWidget()
+        lay = QVBoxLayout(central)
+        lay.setContentsMargins(0, 0, 0, 0)
+        lay.setSpacing(2)
+        lay.addWidget(self.image_view, 1)
+        lay.addWidget(self.timeline)
+        self.setCentralWidget(central)
+
+        self.persons_panel = PersonsPanel(self.doc)
+        self.mesh_view = MeshView(self.session)
+        self.help_panel = QTextBrowser()
+        self._docks: dict[str, QDockWidget] = {}
+        self._add_dock("Persons", self.persons_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self._add_dock("Mesh", self.mesh_view, Qt.DockWidgetArea.RightDockWidgetArea)
+        self._lazy_docks()
+        self._add_dock("Shortcuts", self.help_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
+
+        self._build_actions()
+        self._build_menus()
+        self._build_toolbar()
+        self._build_status()
+        self._fill_help()
+        self._wire()
+        self._update_title()
+
+    # ------------------------------------------------------------------ construction
+    def _add_dock(self, title: str, w: QWidget, area: Qt.DockWidgetArea) -> QDockWidget:
+        d = QDockWidget(title, self)
+        d.setObjectName(f"dock-{title}")
+        d.setWidget(w)
+        self.addDockWidget(area, d)
+        self._docks[title] = d
+        return d
+
+    def _lazy_docks(self) -> None:
+        """Attention view and training panel (pyqtgraph: imported here, still no torch)."""
+        from .widgets.attention_view import AttentionView
+        from .widgets.training_panel import TrainingPanel
+
+        self.attention_view = AttentionView(self.session)
+        self.training_panel = TrainingPanel()
+        d1 = self._add_dock("Attention", self.attention_view, Qt.DockWidgetArea.RightDockWidgetArea)
+        d2 = self._add_dock("Training", self.training_panel, Qt.DockWidgetArea.RightDockWidgetArea)
+        self.tabifyDockWidget(d1, d2)
+        d1.raise_()
+
+    def _act(self, text: str, slot: Any, shortcut: str | QKeySequence | None = None, tip: str = "",
+             checkable: bool = False, checked: bool = False) -> QAction:
+        a = QAction(text, self)
+        if shortcut is not None:
+            a.setShortcut(QKeySequence(shortcut))
+            a.setShortcutContext(Qt.ShortcutContext.WindowShortcut)
+        if tip:
+            a.setStatusTip(tip)
+            a.setToolTip(f"{tip} ({a.shortcut().toString()})" if shortcut else tip)
+        if checkable:
+            a.setCheckable(True)
+            a.setChecked(checked)
+            a.toggled.connect(slot)
+        else:
+            a.triggered.connect(slot)
+        self.addAction(a)
+        return a
+
+    def _build_actions(self) -> None:
+        s = self.session
+        self.a_open = self._act("&Open…", self.open_dialog, QKeySequence.StandardKey.Open, "Open an image, video or project")
+        self.a_demo = self._act("Open &demo scene", s.open_demo, None, "Two people rendered from the body model")
+        self.a_save = self._act("&Save project", self.save_project, QKeySequence.StandardKey.Save, "Save the project")
+        self.a_save_as = self._act("Save project &as…", lambda: self.save_project(ask=True), "Ctrl+Shift+S")
+        self.a_export = self._act("&Export meshes…", self.export_dialog, "Ctrl+E", "Export OBJ / PLY / GLB / npz")
+        self.a_export_sel = self._act("Export selected person as OBJ…", lambda: self.quick_export("selected"))
+        self.a_export_kp = self._act("Export key-points (COCO JSON)…", self.export_keypoints)
+        self.a_quit = self._act("&Quit", self.close, QKeySequence.StandardKey.Quit)
+        self.a_undo = self.doc.undo_stack.createUndoAction(self, "&Undo")
+        self.a_undo.setShortcut(QKeySequence("Ctrl+Z"))
+        self.a_redo = self.doc.undo_stack.createRedoAction(self, "&Redo")
+        self.a_redo.setShortcuts([QKeySequence("Ctrl+Shift+Z"), QKeySequence("Ctrl+Y")])
+        self.addAction(self.a_undo)
+        self.addAction(self.a_redo)
+        self.a_toggle_vis = self._act("Mark joint occluded / visible", self.toggle_visibility, "O",
+                                      "Toggle the selected joint's visibility")
+        self.a_del_joint = self._act("Delete key-point", self.delete_joint, QKeySequence.StandardKey.Delete,
+                                     "Delete the selected key-point")
+        self.a_del_person = self._act("Remove person", self.remove_person, "Shift+Del", "Remove the selected person")
+        self.a_next_person = self._act("Next person", lambda: self.cycle_person(1), "Tab")
+        self.a_prev_person = self._act("Previous person", lambda: self.cycle_person(-1), "Shift+Tab")
+        self.a_next_joint = self._act("Next joint", lambda: self.cycle_joint(1), "J")
+        self.mode_group = QActionGroup(self)
+        self.a_mode_edit = self._act("Select / drag", lambda on: on and self.image_view.set_mode("edit"), "Esc",
+                                     "Select persons and drag key-points", checkable=True, checked=True)
+        self.a_mode_add = self._act("Add key-point", lambda on: on and self.image_view.set_mode("add_joint"), "A",
+                                    "Place the joint chosen in the list on the selected person", checkable=True)
+        self.a_mode_box = self._act("Add person (box)", lambda on: on and self.image_view.set_mode("box"), "B",
+                                    "Draw a box; key-points are detected inside it", checkable=True)
+        self.a_mode_place = self._act("Add person (joints)", lambda on: on and self.image_view.set_mode("place"), "P",
+                                      "Click joint after joint to add a person", checkable=True)
+        for a in (self.a_mode_edit, self.a_mode_add, self.a_mode_box, self.a_mode_place):
+            self.mode_group.addAction(a)
+        self.a_skip = self._act("Skip joint (placing)", self.image_view.skip_place_joint, "N")
+        self.a_overlay = self._act("Mesh overlay", self.image_view.set_overlay_enabled, "M",
+                                   "Show the meshes over the image", checkable=True, checked=True)
+        self.a_skeleton = self._act("Skeletons", self.image_view.set_skeleton_enabled, "K",
+                                    "Show key-points and skeletons", checkable=True, checked=True)
+        self.a_fit = self._act("Fit image in view", self.image_view.fit, "F")
+        self.a_zoom_in = self._act("Zoom in", lambda: self.image_view.zoom(1.25), QKeySequence.StandardKey.ZoomIn)
+        self.a_zoom_out = self._act("Zoom out", lambda: self.image_view.zoom(0.8), QKeySequence.StandardKey.ZoomOut)
+        self.a_detect = self._act("Detect persons", lambda: s.detect_frame(force=True), "Ctrl+D",
+                                  "Run the person detector on this frame (replaces its persons)")
+        self.a_reestimate = self._act("Re-estimate all", lambda: s.estimate_all(), "Ctrl+R",
+                                      "Estimate every person of this frame again")
+        self.a_live = self._act("Live re-inference", self._set_live, None,
+                                "Re-estimate a person after each edit", checkable=True, checked=True)
+        self.a_models = self._act("&Models…", self.models_dialog, None, "SMPL, DPMesh checkpoint, SD1.5 files")
+        self.a_prev_frame = self._act("Previous frame", lambda: self.timeline.step(-1), ",")
+        self.a_next_frame = self._act("Next frame", lambda: self.timeline.step(1), ".")
+        self.a_play = self._act("Play / pause", self.timeline.toggle_play, "Space")
+        self.a_propagate = self._act("Carry corrections to next frames", self.propagate, "Ctrl+I",
+                                     "Interpolate this person's corrected joints up to its next corrected frame")
+        self.a_smooth = self._act("Temporal mesh smoothing", self._set_smooth, None,
+                                  "Warm-start each frame from the previous one (video)", checkable=True, checked=True)
+        self.a_help = self._act("Keyboard shortcuts", lambda: self._docks["Shortcuts"].show(), "F1")
+        self.a_about = self._act("About", self.about)
+
+    def _build_menus(self) -> None:
+        mb = self.menuBar()
+        m = mb.addMenu("&File")
+        m.addAction(self.a_open)
+        self.recent_menu = m.addMenu("Open &recent")
+        m.addAction(self.a_demo)
+        m.addSeparator()
+        for a in (self.a_save, self.a_save_as):
+            m.addAction(a)
+        m.addSeparator()
+        for a in (self.a_export, self.a_export_sel, self.a_export_kp):
+            m.addAction(a)
+        m.addSeparator()
+        m.addAction(self.a_quit)
+        self._fill_recent()
+        m = mb.addMenu("&Edit")
+        for a in (self.a_undo, self.a_redo):
+            m.addAction(a)
+        m.addSeparator()
+        for a in (self.a_mode_edit, self.a_mode_add, self.a_mode_box, self.a_mode_place, self.a_skip):
+            m.addAction(a)
+        m.addSeparator()
+        for a in (self.a_toggle_vis, self.a_del_joint, self.a_del_person, self.a_next_person, self.a_prev_person,
+                  self.a_next_joint):
+            m.addAction(a)
+        m = mb.addMenu("&View")
+        for a in (self.a_overlay, self.a_skeleton, self.a_fit, self.a_zoom_in, self.a_zoom_out):
+            m.addAction(a)
+        m.addSeparator()
+        for d in self._docks.values():
+            m.addAction(d.toggleViewAction())
+        m = mb.addMenu("&Video")
+        for a in (self.a_prev_frame, self.a_next_frame, self.a_play, self.a_propagate, self.a_smooth):
+            m.addAction(a)
+        m = mb.addMenu("&Tools")
+        for a in (self.a_detect, self.a_reestimate, self.a_live, self.a_models):
+            m.addAction(a)
+        m = mb.addMenu("&Help")
+        m.addAction(self.a_help)
+        m.addAction(self.a_about)
+
+    def _build_toolbar(self) -> None:
+        tb = QToolBar("Main", self)
+        tb.setObjectName("toolbar-main")
+        tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
+        self.addToolBar(tb)
+        for a in (self.a_open, self.a_save, self.a_undo, self.a_redo):
+            tb.addAction(a)
+        tb.addSeparator()
+        for a in (self.a_mode_edit, self.a_mode_add):
+            tb.addAction(a)
+        self.joint_combo = QComboBox()
+        self.joint_combo.setToolTip("Joint to add (A, then click)")
+        self.joint_combo.addItems(list(JointTables.get("coco17")[0]) or [str(i) for i in range(17)])
+        self.joint_combo.currentIndexChanged.connect(self._on_joint_combo)
+        tb.addWidget(self.joint_combo)
+        for a in (self.a_mode_box, self.a_mode_place):
+            tb.addAction(a)
+        tb.addSeparator()
+        tb.addAction(self.a_overlay)
+        tb.addAction(self.a_detect)
+        tb.addWidget(QLabel(" Estimator: "))
+        self.estimator_combo = QComboBox()
+        self.estimator_combo.addItem("Key-point fitting (Anny)", "fit")
+        self.estimator_combo.addItem("DPMesh network", "dpmesh")
+        self.estimator_combo.setToolTip("Key-point fitting works out of the box; the DPMesh network needs a "
+                                        "checkpoint (Tools ▸ Models)")
+        self.estimator_combo.currentIndexChanged.connect(self._on_estimator)
+        tb.addWidget(self.estimator_combo)
+        tb.addSeparator()
+        tb.addAction(self.a_export)
+
+    def _build_status(self) -> None:
+        sb = self.statusBar()
+        self.busy = QProgressBar()
+        self.busy.setRange(0, 0)
+        self.busy.setMaximumWidth(120)
+        self.busy.setMaximumHeight(14)
+        self.busy.setToolTip("Estimating in the background")
+        self.busy.hide()
+        self.busy_label = QLabel("")
+        self.timing_label = QLabel("")
+        sb.addPermanentWidget(self.timing_label)
+        sb.addPermanentWidget(self.busy_label)
+        sb.addPermanentWidget(self.busy)
+
+    def _fill_help(self) -> None:
+        rows = []
+        groups = {
+            "Files": (self.a_open, self.a_save, self.a_save_as, self.a_export),
+            "Editing": (self.a_undo, self.a_redo, self.a_mode_edit, self.a_mode_add, self.a_mode_box,
+                        self.a_mode_place, self.a_skip, self.a_toggle_vis, self.a_del_joint, self.a_del_person,
+                        self.a_next_person, self.a_prev_person, self.a_next_joint),
+            "View": (self.a_overlay, self.a_skeleton, self.a_fit, self.a_zoom_in, self.a_zoom_out),
+            "Video": (self.a_prev_frame, self.a_next_frame, self.a_play, self.a_propagate),
+            "Inference": (self.a_detect, self.a_reestimate),
+        }
+        for g, acts in groups.items():
+            rows.append(f"<tr><td colspan=2><b>{g}</b></td></tr>")
+            for a in acts:
+                keys = ", ".join(k.toString(QKeySequence.SequenceFormat.NativeText) for k in a.shortcuts())
+                rows.append(f"<tr><td><code>{keys}</code></td><td>{a.text().replace('&', '')}</td></tr>")
+        mouse = ("<p><b>Mouse</b>: click a joint to select it, drag to move it (the mesh updates on release); "
+                 "right-click a joint for occluded/delete; wheel zooms; drag empty space or middle-drag pans. "
+                 "Mesh view: left-drag orbits, right-drag pans, wheel zooms, double-click resets.</p>"
+                 "<p><b>Legend</b>: joint size and opacity = detector confidence; hollow ✕ = occluded; white ring "
+                 "= corrected by you; dashed limb = involves an occluded joint.</p>")
+        self.help_panel.setHtml("<table cellspacing=4>" + "".join(rows) + "</table>" + mouse)
+
+    def _wire(self) -> None:
+        s = self.session
+        s.overlay_ready.connect(self._on_overlay)
+        s.busy_changed.connect(self._on_busy)
+        s.message.connect(lambda m: self.statusBar().showMessage(m, 8000))
+        s.error.connect(self.show_error)
+        s.result_timing.connect(lambda _u, t: self.timing_label.setText(f"last estimate {t * 1000:.0f} ms"))
+        s.media_loaded.connect(lambda _p: self._update_title())
+        self.image_view.status_message.connect(lambda m: self.statusBar().showMessage(m, 10000))
+        self.image_view.box_drawn.connect(self._on_box)
+        self.image_view.mode_changed.connect(self._on_mode)
+        s.inference.person_detected_in_box.connect(self._on_box_person)
+        self.doc.undo_stack.cleanChanged.connect(lambda _c: self._update_title())
+        self.doc.media_changed.connect(self._update_title)
+
+    # ------------------------------------------------------------------ title / status
+    def _update_title(self) -> None:
+        name = self.doc.media_path or self.doc.settings.get("title") or "no media"
+        dirty = "" if self.doc.undo_stack.isClean() else " •"
+        self.setWindowTitle(f"DPMesh Studio — {Path(str(name)).name}{dirty}")
+
+    def _on_busy(self, busy: bool) -> None:
+        self.busy.setVisible(busy)
+        self.busy_label.setText("estimating…" if busy else "")
+
+    def _on_overlay(self, frame: int, rgb: Any) -> None:
+        self.image_view.set_overlay(rgb)
+        self.overlay_updates += 1
+        self.last_overlay_time = time.perf_counter()
+        self.overlay_shown.emit(frame)
+
+    def show_error(self, title: str, text: str) -> None:
+        box = QMessageBox(QMessageBox.Icon.Warning, title, text, QMessageBox.StandardButton.Ok, self)
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+        box.open()
+
+    # ------------------------------------------------------------------ files
+    def open_path(self, path: str) -> bool:
+        try:
+            if Path(path).suffix.lower() == PROJECT_EXT:
+                ok = self.session.load_project(path)
+                if not ok:
+                    return self._relocate_media(path)
+            else:
+                self.session.open_path(path)
+        except DPMeshError as e:
+            self.show_error("Cannot open file", str(e))
+            return False
+        self._add_recent(path)
+        self._update_title()
+        return True
+
+    def _relocate_media(self, project_path: str) -> bool:
+        fn, _ = QFileDialog.getOpenFileName(self, "The project's media file moved — where is it now?", "",
+                                            MEDIA_FILTER)
+        if not fn:
+            return False
+        try:
+            return self.session.load_project(project_path, media_override=fn)
+        except DPMeshError as e:
+            self.show_error("Cannot open project", str(e))
+            return False
+
+    def open_dialog(self) -> None:
+        start = self.settings.value("last_dir", str(Path.home()))
+        fn, _ = QFileDialog.getOpenFileName(self, "Open image, video or project", str(start), MEDIA_FILTER)
+        if fn:
+            self.settings.setValue("last_dir", str(Path(fn).parent))
+            self.open_path(fn)
+
+    def _recent(self) -> list[str]:
+        v = self.settings.value("recent", [])
+        if isinstance(v, str):
+            v = [v]
+        return [str(x) for x in (v or [])]
+
+    def _add_recent(self, path: str) -> None:
+        r = [str(Path(path).resolve())] + [x for x in self._recent() if x != str(Path(path).resolve())]
+        self.settings.setValue("recent", r[:MAX_RECENT])
+        self._fill_recent()
+
+    def _fill_recent(self) -> None:
+        self.recent_menu.clear()
+        rec = self._recent()
+        for p in rec:
+            a = self.recent_menu.addAction(Path(p).name)
+            a.setToolTip(p)
+            a.triggered.connect(lambda _c=False, p=p: self.open_path(p))
+        self.recent_menu.setEnabled(bool(rec))
+
+    def save_project(self, ask: bool = False) -> bool:
+        path = self.doc.project_path
+        if ask or not path:
+            base = Path(self.doc.media_path).with_suffix(PROJECT_EXT) if self.doc.media_path else Path("scene.dpmesh")
+            path, _ = QFileDialog.getSaveFileName(self, "Save project", str(base), "Projects (*.dpmesh)")
+            if not path:
+                return False
+        try:
+            self.session.save_project(path)
+        except (DPMeshError, OSError) as e:
+            self.show_error("Cannot save project", str(e))
+            return False
+        self._update_title()
+        return True
+
+    def export_dialog(self) -> None:
+        from .dialogs.export_dialog import ExportDialog
+
+        dlg = ExportDialog(self.session, self)
+        dlg.exec()
+
+    def quick_export(self, which: str) -> None:
+        d = QFileDialog.getExistingDirectory(self, "Export to folder")
+        if not d:
+            return
+        try:
+            files = self.session.export_meshes(d, which, ("obj",))
+        except (DPMeshError, OSError) as e:
+            self.show_error("Export failed", str(e))
+            return
+        self.statusBar().showMessage(f"Wrote {len(files)} file(s) to {d}", 8000)
+
+    def export_keypoints(self) -> None:
+        fn, _ = QFileDialog.getSaveFileName(self, "Export key-points", f"{self.session.stem()}_keypoints.json",
+                                            "COCO JSON (*.json)")
+        if not fn:
+            return
+        try:
+            self.session.export_keypoints(fn)
+        except (DPMeshError, OSError) as e:
+            self.show_error("Export failed", str(e))
+            return
+        self.statusBar().showMessage(f"Wrote {fn}", 8000)
+
+    def models_dialog(self) -> None:
+        from .dialogs.models_dialog import ModelsDialog
+
+        dlg = ModelsDialog(self)
+        if dlg.exec() and self.session.estimator_kind == "dpmesh":
+            self.session.set_estimator("dpmesh")
+
+    def about(self) -> None:
+        QMessageBox.about(self, "About DPMesh Studio",
+                          "<b>DPMesh Studio</b> — 3-D human meshes of occluded people (DPMesh, CVPR 2024).<br>"
+                          "Licence: AGPL-3.0-or-later. Default detector YOLO11n-pose (AGPL-3.0); default body "
+                          "model Anny (Apache-2.0, CC0 assets). SMPL is licensed separately by its owners.")
+
+    # drag and drop ----------------------------------------------------------------------
+    def dragEnterEvent(self, e) -> None:  # noqa: N802
+        if e.mimeData().hasUrls():
+            e.acceptProposedAction()
+
+    def dropEvent(self, e) -> None:  # noqa: N802
+        urls = [u.toLocalFile() for u in e.mimeData().urls() if u.isLocalFile()]
+        if urls:
+            self.open_path(urls[0])
+
+    # ------------------------------------------------------------------ editing
+    def _on_mode(self, mode: str) -> None:
+        {"edit": self.a_mode_edit, "add_joint": self.a_mode_add, "box": self.a_mode_box,
+         "place": self.a_mode_place}[mode].setChecked(True)
+
+    def _on_joint_combo(self, i: int) -> None:
+        self.image_view.joint_to_add = max(i, 0)
+
+    def toggle_visibility(self) -> None:
+        if self.doc.selected_uid != -1 and self.doc.selected_joint >= 0:
+            self.doc.edit_toggle_visibility(self.doc.selected_uid, self.doc.selected_joint)
+        else:
+            self.statusBar().showMessage("Select a joint first (click it).", 5000)
+
+    def delete_joint(self) -> None:
+        if self.doc.selected_uid != -1 and self.doc.selected_joint >= 0:
+            self.doc.edit_delete_keypoint(self.doc.selected_uid, self.doc.selected_joint)
+        else:
+            self.statusBar().showMessage("Select a joint first (click it).", 5000)
+
+    def remove_person(self) -> None:
+        if self.doc.selected_uid != -1:
+            self.doc.edit_remove_person(self.doc.selected_uid)
+
+    def cycle_person(self, d: int) -> None:
+        uids = self.doc.uids()
+        if not uids:
+            return
+        i = uids.index(self.doc.selected_uid) if self.doc.selected_uid in uids else -1
+        self.doc.select(uids[(i + d) % len(uids)])
+
+    def cycle_joint(self, d: int) -> None:
+        p = self.doc.person(self.doc.selected_uid)
+        if p is not None:
+            self.doc.select_joint((self.doc.selected_joint + d) % p.num_joints)
+
+    def _on_box(self, x0: float, y0: float, x1: float, y1: float) -> None:
+        img = self.doc.image()
+        if img is None:
+            return
+        self._pending_box = np.array([x0, y0, x1, y1], np.float32)
+        self.session.inference.detect_in_box(self.doc.current_frame, img, self._pending_box)
+        self.statusBar().showMessage("Detecting key-points inside the box…", 5000)
+
+    def _on_box_person(self, frame: int, person: Person | None) -> None:
+        box = getattr(self, "_pending_box", None)
+        if box is None:
+            return
+        self._pending_box = None
+        if person is None:
+            n = self.joint_combo.count() or 17
+            kp = np.zeros((n, 3), np.float32)
+            p = Person(box=box, keypoints=kp, visible=np.zeros(n, bool), source="user")
+            self.doc.edit_add_person(p, frame)
+            self.statusBar().showMessage("No key-points found in the box: person added empty — place its joints "
+                                         "with Add key-point (A).", 10000)
+            self.a_mode_add.setChecked(True)
+            return
+        p = dataclasses.replace(person, box=box, source="user")
+        self.doc.edit_add_person(p, frame)
+        self.statusBar().showMessage("Person added from the box.", 5000)
+
+    def propagate(self) -> None:
+        n = self.session.propagate_corrections(self.doc.selected_uid)
+        self.statusBar().showMessage(f"Carried corrections to {n} frame(s)." if n else
+                                     "Nothing to carry: select a tracked person with corrected joints on a video.",
+                                     8000)
+
+    def _set_live(self, on: bool) -> None:
+        self.session.live_inference = bool(on)
+
+    def _set_smooth(self, on: bool) -> None:
+        self.session.smooth_video = bool(on)
+
+    def _on_estimator(self, i: int) -> None:
+        kind = self.estimator_combo.itemData(i)
+        self.session.set_estimator(kind)
+        self.attention_view.refresh()
+
+    # ------------------------------------------------------------------ start-up / shutdown
+    def offer_recovery(self) -> bool:
+        """If autosaved work exists (the app did not close cleanly), offer to restore it."""
+        files = self.session.recovery_files()
+        if not files:
+            return False
+        newest = max(files, key=lambda p: p.stat().st_mtime)
+        ans = QMessageBox.question(
+            self, "Recover unsaved work?",
+            f"DPMesh Studio found unsaved work from a previous session:\n{newest}\n\nRestore it?",
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Ignore)
+        if ans == QMessageBox.StandardButton.Yes:
+            try:
+                ok = self.session.recover(newest)
+                if not ok:
+                    return self._relocate_media(str(newest))
+                return True
+            except DPMeshError as e:
+                self.show_error("Cannot recover", str(e))
+        elif ans == QMessageBox.StandardButton.Discard:
+            for f in files:
+                try:
+                    f.unlink()
+                except OSError:
+                    pass
+        return False
+
+    def closeEvent(self, e) -> None:  # noqa: N802
+        if not self.doc.undo_stack.isClean() and self.doc.media_path and not getattr(self, "_no_prompt", False):
+            ans = QMessageBox.question(self, "Unsaved changes", "Save the project before closing?",
+                                       QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                                       | QMessageBox.StandardButton.Cancel)
+            if ans == QMessageBox.StandardButton.Cancel:
+                e.ignore()
+                return
+            if ans == QMessageBox.StandardButton.Save and not self.save_project():
+                e.ignore()
+                return
+            if ans == QMessageBox.StandardButton.Discard:
+                self.session._remove_autosave()
+        self.training_panel.shutdown()
+        self.session.shutdown()
+        e.accept()
+
+
+def process_events_until(pred: Any, timeout_s: float = 10.0) -> bool:
+    """Spin the event loop until ``pred()`` (benchmarks)."""
+    t0 = time.perf_counter()
+    app = QApplication.instance()
+    while not pred():
+        app.processEvents()
+        if time.perf_counter() - t0 > timeout_s:
+            return False
+        QTimer.singleShot(1, lambda: None)
+        time.sleep(0.001)
+    return True

@@ -1,0 +1,489 @@
+"""The image view: the frame, persons' skeletons and key-point editing, with the mesh overlay on top.
+
+A ``QGraphicsView`` (zoom with the wheel about the cursor, pan by dragging empty space or with the
+middle button). Skeletons are coloured per person; a joint's size and opacity follow its confidence;
+occluded joints are hollow with a cross and their limbs dashed; joints the user edited carry a white ring.
+
+Edit modes: ``edit`` (click to select, drag a joint to move it), ``add_joint`` (click to place the joint
+chosen in ``joint_to_add`` on the selected person), ``box`` (draw a box: a person is detected inside it),
+``place`` (click joint after joint to build a new person). The view never mutates the Document directly:
+it calls the Document's ``edit_*`` methods, which push undoable commands.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtGui import QBrush, QColor, QImage, QPainter, QPen, QPixmap
+from PySide6.QtWidgets import (
+    QGraphicsItem,
+    QGraphicsPixmapItem,
+    QGraphicsRectItem,
+    QGraphicsScene,
+    QGraphicsView,
+    QMenu,
+    QStyleOptionGraphicsItem,
+    QWidget,
+)
+
+from dpmesh_core.types import Person
+
+from ..document import Document
+
+PALETTE = [
+    QColor(230, 25, 75), QColor(60, 180, 75), QColor(0, 130, 200), QColor(245, 130, 48), QColor(145, 30, 180),
+    QColor(70, 240, 240), QColor(240, 50, 230), QColor(210, 245, 60), QColor(250, 190, 190), QColor(0, 128, 128),
+]
+
+# COCO-17 limbs (fallback until the api's joint tables are loaded; same order as body.joints' skeleton).
+_COCO17_NAMES = ("Nose", "L_Eye", "R_Eye", "L_Ear", "R_Ear", "L_Shoulder", "R_Shoulder", "L_Elbow", "R_Elbow",
+                 "L_Wrist", "R_Wrist", "L_Hip", "R_Hip", "L_Knee", "R_Knee", "L_Ankle", "R_Ankle")
+
+
+def person_color(uid: int) -> QColor:
+    return PALETTE[(uid - 1) % len(PALETTE)] if uid > 0 else QColor(200, 200, 200)
+
+
+def rgb_to_qimage(rgb: np.ndarray) -> QImage:
+    """RGB uint8 (H, W, 3) → QImage (a deep copy, so the array may be freed)."""
+    a = np.ascontiguousarray(rgb[..., :3], dtype=np.uint8)
+    h, w = a.shape[:2]
+    return QImage(a.data, w, h, 3 * w, QImage.Format.Format_RGB888).copy()
+
+
+class JointTables:
+    """Joint names and limbs per joint set, from ``dpmesh_core.api`` (cheap: no torch)."""
+
+    _cache: dict[str, tuple[tuple[str, ...], list[tuple[int, int]]]] = {}
+
+    @classmethod
+    def get(cls, joint_set: str) -> tuple[tuple[str, ...], list[tuple[int, int]]]:
+        if joint_set not in cls._cache:
+            try:
+                from dpmesh_core import api
+
+                cls._cache[joint_set] = (tuple(api.joint_names(joint_set)), list(api.skeleton(joint_set)))
+            except Exception:  # noqa: BLE001 - unknown set: draw joints without limbs
+                names = _COCO17_NAMES if joint_set == "coco17" else ()
+                cls._cache[joint_set] = (names, [])
+        return cls._cache[joint_set]
+
+
+class PersonsItem(QGraphicsItem):
+    """Paints every person of the current frame (one item, so a redraw is one pass)."""
+
+    def __init__(self, view: ImageView):
+        super().__init__()
+        self.view = view
+        self.rect = QRectF(0, 0, 1, 1)
+        self.drag_preview: tuple[int, int, QPointF] | None = None  # (uid, joint, pos) while dragging
+        self.setZValue(10)
+
+    def set_rect(self, rect: QRectF) -> None:
+        self.prepareGeometryChange()
+        self.rect = rect
+
+    def boundingRect(self) -> QRectF:  # noqa: N802 - Qt API
+        return self.rect.adjusted(-2000, -2000, 2000, 2000)
+
+    def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget: QWidget | None = None) -> None:
+        doc = self.view.doc
+        scale = max(painter.worldTransform().m11(), 1e-6)
+        px = 1.0 / scale  # one screen pixel in scene units
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        sel = doc.selected_uid
+        order = sorted(zip(doc.uids(), doc.persons()), key=lambda t: t[0] == sel)  # selected on top
+        for uid, person in order:
+            self._paint_person(painter, uid, person, px, uid == sel)
+
+    def _paint_person(self, painter: QPainter, uid: int, p: Person, px: float, selected: bool) -> None:
+        doc = self.view.doc
+        color = person_color(uid)
+        kp = np.array(p.keypoints, np.float64)
+        if self.drag_preview is not None and self.drag_preview[0] == uid:
+            _, j, pos = self.drag_preview
+            kp[j, :2] = (pos.x(), pos.y())
+        present = (kp[:, 2] > 0) & np.isfinite(kp).all(1)
+        if self.drag_preview is not None and self.drag_preview[0] == uid:
+            present[self.drag_preview[1]] = True
+        vis = np.array(p.visible, bool)
+        # box
+        b = p.box
+        pen = QPen(color, (2.0 if selected else 1.0) * px,
+                   Qt.PenStyle.DashLine if selected else Qt.PenStyle.DotLine)
+        painter.setPen(pen)
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        painter.drawRect(QRectF(float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])))
+        idx = doc.index_of(uid)
+        label = f"#{idx + 1}" + (" ✎" if p.source == "user" else "")
+        if doc.result_error(uid):
+            label += " ⚠"
+        painter.setPen(QPen(color))
+        f = painter.font()
+        f.setPointSizeF(max(9.0 * px, 0.5))
+        f.setBold(selected)
+        painter.setFont(f)
+        painter.drawText(QPointF(float(b[0]) + 3 * px, float(b[1]) - 4 * px), label)
+        # limbs
+        _, limbs = JointTables.get(p.joint_set)
+        width = (3.0 if selected else 2.0) * px
+        for i, j in limbs:
+            if i >= len(kp) or j >= len(kp) or not (present[i] and present[j]):
+                continue
+            occl = not (vis[i] and vis[j])
+            c = QColor(color)
+            c.setAlpha(110 if occl else 230)
+            painter.setPen(QPen(c, width, Qt.PenStyle.DashLine if occl else Qt.PenStyle.SolidLine,
+                                Qt.PenCapStyle.RoundCap))
+            painter.drawLine(QPointF(kp[i, 0], kp[i, 1]), QPointF(kp[j, 0], kp[j, 1]))
+        # joints
+        for j in range(len(kp)):
+            if not present[j]:
+                continue
+            conf = float(np.clip(kp[j, 2], 0, 1))
+            r = (2.5 + 3.5 * conf) * px * (1.25 if selected else 1.0)
+            c = QColor(color)
+            c.setAlpha(int(90 + 165 * conf))
+            pt = QPointF(kp[j, 0], kp[j, 1])
+            if vis[j]:
+                painter.setPen(QPen(QColor(0, 0, 0, 160), 1.0 * px))
+                painter.setBrush(QBrush(c))
+                painter.drawEllipse(pt, r, r)
+            else:  # occluded: hollow circle with a cross
+                painter.setPen(QPen(c, 1.5 * px))
+                painter.setBrush(Qt.BrushStyle.NoBrush)
+                painter.drawEllipse(pt, r, r)
+                d = r * 0.7
+                painter.drawLine(pt + QPointF(-d, -d), pt + QPointF(d, d))
+                painter.drawLine(pt + QPointF(-d, d), pt + QPointF(d, -d))
+            if p.edited[j]:  # user correction: white ring
+                painter.setPen(QPen(QColor(255, 255, 255), 1.5 * px))
+                painter.setBrush(Qt.BrushStyle.NoBrush)
+                painter.drawEllipse(pt, r + 2 * px, r + 2 * px)
+            if selected and j == doc.selected_joint:
+                painter.setPen(QPen(QColor(255, 220, 0), 2.0 * px))
+                painter.setBrush(Qt.BrushStyle.NoBrush)
+                painter.drawEllipse(pt, r + 4.5 * px, r + 4.5 * px)
+
+
+class ImageView(QGraphicsView):
+    """Frame + skeletons + mesh overlay, with key-point editing (see the module docstring).
+
+    Signals: box_drawn(x0, y0, x1, y1) in image pixels (``box`` mode); mode_changed(str);
+    status_message(str); hover_changed(str).
+    """
+
+    box_drawn = Signal(float, float, float, float)
+    mode_changed = Signal(str)
+    status_message = Signal(str)
+
+    HIT_RADIUS = 12.0  # screen pixels
+
+    def __init__(self, doc: Document, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.doc = doc
+        self.setScene(QGraphicsScene(self))
+        self.setRenderHints(QPainter.RenderHint.Antialiasing | QPainter.RenderHint.SmoothPixmapTransform)
+        self.setTransformationAnchor(QGraphicsView.ViewportAnchor.AnchorUnderMouse)
+        self.setResizeAnchor(QGraphicsView.ViewportAnchor.AnchorViewCenter)
+        self.setViewportUpdateMode(QGraphicsView.ViewportUpdateMode.FullViewportUpdate)
+        self.setBackgroundBrush(QColor(38, 38, 42))
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.setMouseTracking(True)
+        self.setAcceptDrops(False)  # the main window takes file drops
+        self.image_item = QGraphicsPixmapItem()
+        self.image_item.setTransformationMode(Qt.TransformationMode.SmoothTransformation)
+        self.overlay_item = QGraphicsPixmapItem()
+        self.overlay_item.setZValue(5)
+        self.persons_item = PersonsItem(self)
+        self.rubber = QGraphicsRectItem()
+        self.rubber.setPen(QPen(QColor(255, 255, 255), 0, Qt.PenStyle.DashLine))
+        self.rubber.setBrush(QColor(255, 255, 255, 30))
+        self.rubber.setZValue(20)
+        self.rubber.hide()
+        for it in (self.image_item, self.overlay_item, self.persons_item, self.rubber):
+            self.scene().addItem(it)
+        self.mode = "edit"
+        self.joint_to_add = 0
+        self.overlay_enabled = True
+        self.skeleton_enabled = True
+        self._drag: tuple[int, int] | None = None
+        self._drag_ids = itertools.count(1)
+        self._drag_id = 0
+        self._pan_from: QPointF | None = None
+        self._box_from: QPointF | None = None
+        self._place_uid = -1
+        self._place_next = 0
+        self._image_size: tuple[int, int] | None = None
+        doc.persons_changed.connect(self._on_persons_changed)
+        doc.selection_changed.connect(lambda _u: self.persons_item.update())
+        doc.joint_selection_changed.connect(lambda _j: self.persons_item.update())
+        doc.results_changed.connect(lambda _f: self.persons_item.update())
+        doc.frame_changed.connect(lambda _f: self.refresh_image())
+        doc.media_changed.connect(self._on_media_changed)
+
+    # ------------------------------------------------------------------ display
+    def _on_media_changed(self) -> None:
+        self._image_size = None
+        self.set_overlay(None)
+        self.refresh_image()
+        self.fit()
+
+    def _on_persons_changed(self, frame: int) -> None:
+        if frame == self.doc.current_frame:
+            self.persons_item.update()
+
+    def refresh_image(self) -> None:
+        img = self.doc.image()
+        if img is None:
+            self.image_item.setPixmap(QPixmap())
+            return
+        self.image_item.setPixmap(QPixmap.fromImage(rgb_to_qimage(img)))
+        h, w = img.shape[:2]
+        rect = QRectF(0, 0, w, h)
+        self.persons_item.set_rect(rect)
+        self.scene().setSceneRect(rect.adjusted(-w, -h, w, h))
+        first = self._image_size is None
+        self._image_size = (w, h)
+        if first:
+            self.fit()
+        self.persons_item.update()
+
+    def set_overlay(self, rgb: np.ndarray | None) -> None:
+        """Show an RGB image (the meshes drawn over the frame) above the frame, or nothing."""
+        if rgb is None:
+            self.overlay_item.setPixmap(QPixmap())
+        else:
+            self.overlay_item.setPixmap(QPixmap.fromImage(rgb_to_qimage(rgb)))
+        self.overlay_item.setVisible(self.overlay_enabled)
+
+    def set_overlay_enabled(self, on: bool) -> None:
+        self.overlay_enabled = bool(on)
+        self.overlay_item.setVisible(self.overlay_enabled)
+
+    def set_skeleton_enabled(self, on: bool) -> None:
+        self.skeleton_enabled = bool(on)
+        self.persons_item.setVisible(self.skeleton_enabled)
+
+    def fit(self) -> None:
+        if self._image_size is not None:
+            w, h = self._image_size
+            self.fitInView(QRectF(0, 0, w, h), Qt.AspectRatioMode.KeepAspectRatio)
+
+    def zoom(self, factor: float) -> None:
+        s = self.transform().m11() * factor
+        if 0.02 < s < 80:
+            self.scale(factor, factor)
+
+    def wheelEvent(self, e) -> None:  # noqa: N802 - Qt API
+        self.zoom(1.0015 ** e.angleDelta().y())
+
+    # ------------------------------------------------------------------ modes
+    def set_mode(self, mode: str) -> None:
+        if mode not in ("edit", "add_joint", "box", "place"):
+            raise ValueError(mode)
+        self.mode = mode
+        self._place_uid, self._place_next = -1, 0
+        self.rubber.hide()
+        self.viewport().setCursor(Qt.CursorShape.ArrowCursor if mode == "edit" else Qt.CursorShape.CrossCursor)
+        hints = {
+            "edit": "Edit: click a person or joint, drag joints; wheel zooms, drag empty space pans.",
+            "add_joint": "Add key-point: click where the chosen joint is (on the selected person). Esc ends.",
+            "box": "Add person: drag a box around the person; key-points are detected inside it. Esc ends.",
+            "place": "Add person by joints: click each joint in order (N skips one, Esc/right-click ends).",
+        }
+        self.status_message.emit(hints[mode] + (self._place_hint() if mode == "place" else ""))
+        self.mode_changed.emit(mode)
+
+    def _place_hint(self) -> str:
+        names, _ = JointTables.get("coco17")
+        if self._place_next < len(names):
+            return f"  Next: {names[self._place_next]}"
+        return "  All joints placed."
+
+    def skip_place_joint(self) -> None:
+        if self.mode == "place":
+            self._place_next += 1
+            self._after_place()
+
+    def _after_place(self) -> None:
+        names, _ = JointTables.get("coco17")
+        if self._place_next >= len(names):
+            self.set_mode("edit")
+        else:
+            self.status_message.emit("Placing joints." + self._place_hint())
+
+    # ------------------------------------------------------------------ hit testing
+    def hit_joint(self, scene_pos: QPointF) -> tuple[int, int] | None:
+        """(uid, joint) of the joint under ``scene_pos`` (selected person first), or None."""
+        scale = max(self.transform().m11(), 1e-6)
+        r = self.HIT_RADIUS / scale
+        best, best_d = None, r
+        sel = self.doc.selected_uid
+        for uid, p in sorted(zip(self.doc.uids(), self.doc.persons()), key=lambda t: t[0] != sel):
+            kp = p.keypoints
+            ok = (kp[:, 2] > 0) & np.isfinite(kp).all(1)
+            if not ok.any():
+                continue
+            d = np.hypot(kp[:, 0] - scene_pos.x(), kp[:, 1] - scene_pos.y())
+            d[~ok] = np.inf
+            j = int(np.argmin(d))
+            if d[j] < best_d - (0.5 / scale if uid != sel else 0):
+                best, best_d = (uid, j), float(d[j])
+            if best is not None and best[0] == sel:
+                break  # the selected person wins ties
+        return best
+
+    def hit_person(self, scene_pos: QPointF) -> int:
+        """uid of the smallest box containing ``scene_pos``, or -1."""
+        x, y = scene_pos.x(), scene_pos.y()
+        best, area = -1, np.inf
+        for uid, p in zip(self.doc.uids(), self.doc.persons()):
+            b = p.box
+            if b[0] <= x <= b[2] and b[1] <= y <= b[3]:
+                a = float((b[2] - b[0]) * (b[3] - b[1]))
+                if a < area:
+                    best, area = uid, a
+        return best
+
+    # ------------------------------------------------------------------ mouse
+    def mousePressEvent(self, e) -> None:  # noqa: N802 - Qt API
+        pos = self.mapToScene(e.position().toPoint())
+        if e.button() == Qt.MouseButton.MiddleButton:
+            self._pan_from = e.position()
+            return
+        if e.button() == Qt.MouseButton.RightButton:
+            if self.mode == "place":
+                self.set_mode("edit")
+                return
+            self._context_menu(e, pos)
+            return
+        if e.button() != Qt.MouseButton.LeftButton:
+            return
+        if self._image_size is None:
+            return
+        if self.mode == "edit":
+            hit = self.hit_joint(pos)
+            if hit is not None:
+                uid, j = hit
+                self.doc.select(uid)
+                self.doc.select_joint(j)
+                self._drag = hit
+                self._drag_id = next(self._drag_ids)
+                self.persons_item.drag_preview = (uid, j, pos)
+                return
+            uid = self.hit_person(pos)
+            self.doc.select(uid)
+            self.doc.select_joint(-1)
+            self._pan_from = e.position()
+            self.viewport().setCursor(Qt.CursorShape.ClosedHandCursor)
+        elif self.mode == "add_joint":
+            uid = self.doc.selected_uid
+            if uid == -1:
+                self.status_message.emit("Select a person first (click it or pick it in the list).")
+                return
+            self.doc.edit_add_keypoint(uid, self.joint_to_add, (pos.x(), pos.y()))
+            self.doc.select_joint(self.joint_to_add)
+            self.status_message.emit(f"Added key-point {self.joint_to_add}. Pick another joint or press Esc.")
+        elif self.mode == "box":
+            self._box_from = pos
+            self.rubber.setRect(QRectF(pos, pos))
+            self.rubber.show()
+        elif self.mode == "place":
+            self._place_click(pos)
+
+    def _place_click(self, pos: QPointF) -> None:
+        j = self._place_next
+        if self._place_uid == -1 or self.doc.person(self._place_uid) is None:
+            n = len(JointTables.get("coco17")[0]) or 17
+            kp = np.zeros((n, 3), np.float32)
+            kp[j] = (pos.x(), pos.y(), 1.0)
+            ed = np.zeros(n, bool)
+            ed[j] = True
+            box = np.array([pos.x() - 20, pos.y() - 20, pos.x() + 20, pos.y() + 20], np.float32)
+            p = Person(box=box, keypoints=kp, visible=kp[:, 2] > 0, source="user", edited=ed, score=1.0)
+            self._place_uid = self.doc.edit_add_person(p)
+        else:
+            p = self.doc.person(self._place_uid)
+            p2 = Document.with_joint(p, j, xy=(pos.x(), pos.y()), conf=1.0, visible=True)
+            try:
+                box = Person.box_from_keypoints(p2.keypoints, p2.visible, pad=1.2)
+            except ValueError:
+                box = p2.box
+            import dataclasses
+
+            self.doc.edit_replace_person(self._place_uid, dataclasses.replace(p2, box=box), f"Place key-point {j}")
+        self.doc.select_joint(j)
+        self._place_next += 1
+        self._after_place()
+
+    def mouseMoveEvent(self, e) -> None:  # noqa: N802 - Qt API
+        pos = self.mapToScene(e.position().toPoint())
+        if self._pan_from is not None:
+            d = e.position() - self._pan_from
+            self._pan_from = e.position()
+            self.horizontalScrollBar().setValue(int(self.horizontalScrollBar().value() - d.x()))
+            self.verticalScrollBar().setValue(int(self.verticalScrollBar().value() - d.y()))
+            return
+        if self._drag is not None:
+            self.persons_item.drag_preview = (self._drag[0], self._drag[1], pos)
+            self.persons_item.update()
+            return
+        if self._box_from is not None:
+            self.rubber.setRect(QRectF(self._box_from, pos).normalized())
+            return
+        if self.mode == "edit":
+            hit = self.hit_joint(pos)
+            self.viewport().setCursor(Qt.CursorShape.PointingHandCursor if hit else Qt.CursorShape.ArrowCursor)
+            if hit is not None:
+                p = self.doc.person(hit[0])
+                names, _ = JointTables.get(p.joint_set if p else "coco17")
+                name = names[hit[1]] if hit[1] < len(names) else str(hit[1])
+                kp = p.keypoints[hit[1]]
+                state = "visible" if p.visible[hit[1]] else "occluded"
+                src = "edited" if p.edited[hit[1]] else p.source
+                self.status_message.emit(f"Person #{self.doc.index_of(hit[0]) + 1} · {name}: "
+                                         f"({kp[0]:.0f}, {kp[1]:.0f}) conf {kp[2]:.2f}, {state}, {src}")
+
+    def mouseReleaseEvent(self, e) -> None:  # noqa: N802 - Qt API
+        pos = self.mapToScene(e.position().toPoint())
+        if self._pan_from is not None:
+            self._pan_from = None
+            self.viewport().setCursor(Qt.CursorShape.ArrowCursor if self.mode == "edit" else Qt.CursorShape.CrossCursor)
+            return
+        if self._drag is not None:
+            uid, j = self._drag
+            self._drag = None
+            self.persons_item.drag_preview = None
+            p = self.doc.person(uid)
+            if p is not None and (abs(p.keypoints[j, 0] - pos.x()) > 1e-3 or abs(p.keypoints[j, 1] - pos.y()) > 1e-3):
+                self.doc.edit_move_keypoint(uid, j, (pos.x(), pos.y()), drag_id=self._drag_id)
+            self.persons_item.update()
+            return
+        if self._box_from is not None:
+            r = QRectF(self._box_from, pos).normalized()
+            self._box_from = None
+            self.rubber.hide()
+            if r.width() > 8 and r.height() > 8:
+                self.box_drawn.emit(r.left(), r.top(), r.right(), r.bottom())
+            else:
+                self.status_message.emit("Box too small: drag a box around the whole person.")
+
+    def _context_menu(self, e, pos: QPointF) -> None:
+        hit = self.hit_joint(pos)
+        uid = hit[0] if hit else self.hit_person(pos)
+        if uid == -1:
+            return
+        self.doc.select(uid)
+        menu = QMenu(self)
+        if hit is not None:
+            self.doc.select_joint(hit[1])
+            p = self.doc.person(uid)
+            label = "Mark visible" if not p.visible[hit[1]] else "Mark occluded"
+            menu.addAction(label + "\tO", lambda: self.doc.edit_toggle_visibility(uid, hit[1]))
+            menu.addAction("Delete key-point\tDel", lambda: self.doc.edit_delete_keypoint(uid, hit[1]))
+            menu.addSeparator()
+        menu.addAction("Remove person\tShift+Del", lambda: self.doc.edit_remove_person(uid))
+        menu.exec(e.globalPosition().toPoint())

@@ -1,0 +1,198 @@
+"""The 3-D mesh view: every person's mesh in camera space, rendered by ``api.MeshRenderer`` on the render
+thread (Open3D is thread-confined) and shown as a QImage.
+
+Mouse: left-drag orbits about the people's centre, right- or middle-drag pans, the wheel zooms,
+double-click (or the Reset button) returns to the camera's own view. "Selected only" shows one person.
+The orbit is applied to the vertices here (numpy, a few ms), so the renderer only ever sees a pinhole
+camera — what you see at reset is exactly what the camera saw.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PySide6.QtCore import QPointF, QSize, Qt, QTimer
+from PySide6.QtGui import QColor, QImage, QPainter
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+
+from dpmesh_core.types import Camera
+
+from ..session import Session
+from .image_view import person_color, rgb_to_qimage
+
+
+def _rot(yaw_deg: float, pitch_deg: float) -> np.ndarray:
+    """(3, 3) rotation: yaw about the camera's y axis, then pitch about x (OpenCV camera frame)."""
+    y, p = np.deg2rad(yaw_deg), np.deg2rad(pitch_deg)
+    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
+    rx = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
+    return rx @ ry
+
+
+class MeshCanvas(QWidget):
+    """Shows the last rendered frame; turns mouse gestures into view changes."""
+
+    def __init__(self, view: MeshView):
+        super().__init__(view)
+        self.view = view
+        self.image: QImage | None = None
+        self._last: QPointF | None = None
+        self._button = Qt.MouseButton.NoButton
+        self.setMinimumSize(160, 140)
+        self.setMouseTracking(False)
+
+    def paintEvent(self, e) -> None:  # noqa: N802 - Qt API
+        p = QPainter(self)
+        p.fillRect(self.rect(), QColor(28, 30, 34))
+        if self.image is not None:
+            img = self.image
+            x = (self.width() - img.width()) // 2
+            y = (self.height() - img.height()) // 2
+            p.drawImage(x, y, img)
+        else:
+            p.setPen(QColor(170, 170, 170))
+            p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, self.view.placeholder)
+        p.end()
+
+    def mousePressEvent(self, e) -> None:  # noqa: N802
+        self._last, self._button = e.position(), e.button()
+
+    def mouseMoveEvent(self, e) -> None:  # noqa: N802
+        if self._last is None:
+            return
+        d = e.position() - self._last
+        self._last = e.position()
+        if self._button == Qt.MouseButton.LeftButton:
+            self.view.orbit(d.x() * 0.4, -d.y() * 0.4)
+        else:
+            self.view.pan(d.x(), d.y())
+
+    def mouseReleaseEvent(self, e) -> None:  # noqa: N802
+        self._last = None
+
+    def mouseDoubleClickEvent(self, e) -> None:  # noqa: N802
+        self.view.reset_view()
+
+    def wheelEvent(self, e) -> None:  # noqa: N802
+        self.view.zoom(1.0015 ** e.angleDelta().y())
+
+    def resizeEvent(self, e) -> None:  # noqa: N802
+        self.view.schedule()
+
+
+class MeshView(QWidget):
+    """Mesh view dock content: canvas + Reset + "Selected only"."""
+
+    def __init__(self, session: Session, parent: QWidget | None = None):
+        super().__init__(parent)
+        self.session = session
+        self.doc = session.doc
+        self.yaw = 0.0
+        self.pitch = 0.0
+        self.distance_scale = 1.0
+        self.pan_px = np.zeros(2)
+        self.selected_only = False
+        self.placeholder = "No mesh yet: open an image; meshes appear here once estimated."
+        self.canvas = MeshCanvas(self)
+        self.reset_btn = QPushButton("Reset view")
+        self.reset_btn.setToolTip("Back to the camera's view (double-click the view)")
+        self.reset_btn.clicked.connect(self.reset_view)
+        self.sel_box = QCheckBox("Selected only")
+        self.sel_box.toggled.connect(self._set_selected_only)
+        self.info = QLabel("")
+        self.info.setStyleSheet("color: #999")
+        bar = QHBoxLayout()
+        bar.addWidget(self.reset_btn)
+        bar.addWidget(self.sel_box)
+        bar.addStretch(1)
+        bar.addWidget(self.info)
+        lay = QVBoxLayout(self)
+        lay.setContentsMargins(2, 2, 2, 2)
+        lay.addWidget(self.canvas, 1)
+        lay.addLayout(bar)
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(0)
+        self._timer.timeout.connect(self.request_render)
+        self.doc.results_changed.connect(lambda _f: self.schedule())
+        self.doc.selection_changed.connect(lambda _u: self.schedule() if self.selected_only else None)
+        self.doc.frame_changed.connect(lambda _f: self.schedule())
+        self.doc.media_changed.connect(self.reset_view)
+        session.render.rendered.connect(self._on_rendered)
+        self.last_render_s = 0.0
+
+    def sizeHint(self) -> QSize:  # noqa: N802
+        return QSize(420, 380)
+
+    # view controls ------------------------------------------------------------------
+    def orbit(self, dyaw: float, dpitch: float) -> None:
+        self.yaw = (self.yaw + dyaw) % 360
+        self.pitch = float(np.clip(self.pitch + dpitch, -89, 89))
+        self.schedule()
+
+    def pan(self, dx: float, dy: float) -> None:
+        self.pan_px += (dx, dy)
+        self.schedule()
+
+    def zoom(self, factor: float) -> None:
+        self.distance_scale = float(np.clip(self.distance_scale / factor, 0.1, 10))
+        self.schedule()
+
+    def reset_view(self) -> None:
+        self.yaw = self.pitch = 0.0
+        self.distance_scale = 1.0
+        self.pan_px = np.zeros(2)
+        self.schedule()
+
+    def _set_selected_only(self, on: bool) -> None:
+        self.selected_only = bool(on)
+        self.schedule()
+
+    def schedule(self) -> None:
+        if self.isVisible() or self.canvas.isVisible():
+            self._timer.start()
+
+    def showEvent(self, e) -> None:  # noqa: N802
+        self.schedule()
+
+    # rendering ------------------------------------------------------------------------
+    def scene_meshes(self) -> tuple[list, Camera | None]:
+        """Meshes transformed by the current orbit and the camera for the canvas size."""
+        results = list(zip(self.doc.uids(), self.doc.results()))
+        if self.selected_only:
+            results = [(u, r) for u, r in results if u == self.doc.selected_uid]
+        results = [(u, r) for u, r in results if r is not None]
+        if not results:
+            return [], None
+        cam = results[0][1].camera
+        w, h = max(self.canvas.width(), 16), max(self.canvas.height(), 16)
+        iw, ih = cam.image_size
+        s = min(w / iw, h / ih)
+        w, h = max(int(iw * s), 16), max(int(ih * s), 16)
+        camera = Camera((cam.focal[0] * s, cam.focal[1] * s),
+                        (cam.principal[0] * s + self.pan_px[0], cam.principal[1] * s + self.pan_px[1]), (w, h))
+        allv = np.concatenate([r.vertices for _, r in results])
+        pivot = allv.mean(0)
+        R = _rot(self.yaw, self.pitch)
+        out = []
+        for u, r in results:
+            v = (r.vertices - pivot) @ R.T
+            v = v + pivot * np.array([1, 1, self.distance_scale])
+            c = person_color(u)
+            out.append((v.astype(np.float32), r.faces, (c.redF(), c.greenF(), c.blueF())))
+        return out, camera
+
+    def request_render(self) -> None:
+        meshes, camera = self.scene_meshes()
+        if not meshes:
+            self.canvas.image = None
+            self.canvas.update()
+            return
+        self.session.render.render_view(("meshview", id(self)), meshes, camera, None, camera.image_size)
+
+    def _on_rendered(self, key: object, rgb: object, secs: float) -> None:
+        if key != ("meshview", id(self)) or rgb is None:
+            return
+        self.last_render_s = secs
+        self.canvas.image = rgb_to_qimage(np.asarray(rgb))
+        self.info.setText(f"{secs * 1000:.0f} ms")
+        self.canvas.update()
