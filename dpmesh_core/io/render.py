@@ -221,7 +221,11 @@ class MeshRenderer:
         import open3d as o3d
 
         vis = o3d.visualization.Visualizer()
-        if not vis.create_window(window_name="dpmesh-render", width=self.width, height=self.height, visible=False):
+        # Open3D logs its EGL fallback at INFO level on stdout: keep stdout clean (the CLI's --json events).
+        with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
+            created = vis.create_window(window_name="dpmesh-render", width=self.width, height=self.height,
+                                        visible=False)
+        if not created:
             raise RuntimeError("create_window(visible=False) failed")
         opt = vis.get_render_option()
         if opt is None:
@@ -263,6 +267,11 @@ class MeshRenderer:
         return self.render_with_mask(meshes, camera, view)[0]
 
     def _render_open3d(self, meshes, K, T):
+        o3d = self._o3d
+        with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
+            return self._render_open3d_inner(meshes, K, T)
+
+    def _render_open3d_inner(self, meshes, K, T):
         o3d, vis = self._o3d, self._vis
         if vis is None:
             raise RuntimeError("renderer is closed")
@@ -270,7 +279,7 @@ class MeshRenderer:
         for v, f, c in meshes:
             m = o3d.geometry.TriangleMesh(
                 o3d.utility.Vector3dVector(np.asarray(v, np.float64).reshape(-1, 3)),
-                o3d.utility.Vector3iVector(np.asarray(f, np.int32).reshape(-1, 3)),
+                o3d.utility.Vector3iVector(np.array(f, np.int32).reshape(-1, 3)),  # copy: o3d needs writeable
             )
             m.paint_uniform_color(_rgb01(c))
             m.compute_vertex_normals()

@@ -86,9 +86,13 @@ class VideoReader:
             return None
         idx = self._next
         self._next += 1
-        rgb = np.ascontiguousarray(bgr[:, :, ::-1]) if bgr.ndim == 3 else np.repeat(bgr[:, :, None], 3, 2)
-        if rgb.shape[2] == 4:
-            rgb = np.ascontiguousarray(rgb[:, :, 1:])  # BGRA reversed = ARGB -> drop A
+        cv2 = self._cv2
+        if bgr.ndim == 2:
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_GRAY2RGB)
+        elif bgr.shape[2] == 4:
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGRA2RGB)
+        else:
+            rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
         self._last = (idx, rgb)
         return rgb
 
