@@ -311,6 +311,8 @@ class RenderService(QObject):
         self.runner.job_failed.connect(lambda k, i, m, e: self.error.emit(m))
 
     def _renderer(self, width: int, height: int) -> Any:
+        """The thread's one Open3D renderer (several live Open3D contexts in one thread do not mix well);
+        re-created when the image size changes."""
         tl = self.runner.thread_local
         r = tl.get("renderer")
         if r is None or tl.get("renderer_size") != (width, height):
@@ -322,21 +324,25 @@ class RenderService(QObject):
             tl["renderer"], tl["renderer_size"] = r, (width, height)
         return r
 
-    def render_view(self, key: Hashable, meshes: list, camera: Any, view: dict | None,
+    def render_view(self, key: Hashable, meshes: list, camera: Any, view: Any,
                     size: tuple[int, int]) -> int:
+        """Render ``meshes`` [(V (N, 3) m, faces (F, 3), rgb)] seen by ``camera`` after the (4, 4) ``view``
+        transform, at ``size`` (w, h) pixels."""
+
         def job() -> tuple[Any, float]:
             t0 = time.perf_counter()
-            img = self._renderer(*size).render(meshes=meshes, camera=camera, view=view)
+            img = self._renderer(*size).render(meshes, camera, view)
             return img, time.perf_counter() - t0
 
         return self.runner.submit(key, job)
 
     def render_overlay(self, key: Hashable, image: Any, results: list, alpha: float = 0.6) -> int:
-        def job() -> tuple[Any, float]:
-            from dpmesh_core import api
+        """The meshes of ``results`` blended over ``image`` (H, W, 3) uint8."""
 
+        def job() -> tuple[Any, float]:
             t0 = time.perf_counter()
-            img = api.render_overlay(image, results, alpha=alpha)
+            h, w = image.shape[:2]
+            img = self._renderer(w, h).render_overlay(image, results, alpha)
             return img, time.perf_counter() - t0
 
         return self.runner.submit(key, job)

@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
         elif not recovered:
             win.session.open_demo()
         win.session.start_autosave(args.autosave)
-        win.session.inference.warm_up()
+        win.session.start_background()
 
     QTimer.singleShot(0, start)
     return app.exec()

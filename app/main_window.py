@@ -74,6 +74,9 @@ class MainWindow(QMainWindow):
         self._add_dock("Mesh", self.mesh_view, Qt.DockWidgetArea.RightDockWidgetArea)
         self._lazy_docks()
         self._add_dock("Shortcuts", self.help_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
+        self.resizeDocks([self._docks["Persons"], self._docks["Mesh"]], [330, 460], Qt.Orientation.Horizontal)
+        self.resizeDocks([self._docks["Mesh"], self._docks["Attention"]], [430, 400], Qt.Orientation.Vertical)
+        self.resizeDocks([self._docks["Persons"], self._docks["Shortcuts"]], [520, 300], Qt.Orientation.Vertical)
 
         self._build_actions()
         self._build_menus()

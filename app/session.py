@@ -36,6 +36,12 @@ def _api() -> Any:
     return api
 
 
+def _preload_joint_tables() -> None:
+    from .widgets.image_view import JointTables
+
+    JointTables.preload()
+
+
 class Session(QObject):
     """Owns the Document and the background services.
 
@@ -69,6 +75,7 @@ class Session(QObject):
         self._autosave = QTimer(self)
         self._autosave.timeout.connect(self.autosave)
         self._dirty_since_autosave = False
+        self._background_started = False
         self.last_release_time: float | None = None
         self.doc.person_edited.connect(self._on_person_edited)
         self.doc.results_changed.connect(self._on_results_changed)
@@ -82,6 +89,14 @@ class Session(QObject):
         self.render.rendered.connect(self._on_rendered)
         self.render.error.connect(lambda m: self.message.emit(f"Mesh rendering failed: {m}"))
         self.render.runner.busy_changed.connect(lambda b: self._set_busy("render", b))
+
+    def start_background(self) -> None:
+        """Load the heavy parts (torch, joint tables, the estimator) on the worker, after the window shows."""
+        if self._background_started:
+            return
+        self._background_started = True
+        self.inference.call("joint-tables", _preload_joint_tables)
+        self.inference.warm_up()
 
     # ------------------------------------------------------------------ lifecycle
     def shutdown(self) -> None:
@@ -122,6 +137,7 @@ class Session(QObject):
         self.media_loaded.emit(str(p))
         if self.auto_detect:
             self.detect_frame(0)
+        self.start_background()
 
     def open_image_array(self, image: np.ndarray, persons: list[Person] | None = None, name: str = "demo") -> None:
         """Show an in-memory image (e.g. the demo scene) with given persons (or detect them)."""
@@ -137,6 +153,7 @@ class Session(QObject):
             self.doc.set_frame_persons(0, list(persons), emit_edits=True)
         elif self.auto_detect:
             self.detect_frame(0)
+        self.start_background()
 
     def open_demo(self) -> None:
         """Build (or load from cache) the project's demo scene in the worker, then show it."""
@@ -144,7 +161,9 @@ class Session(QObject):
         self.inference.call("demo", lambda: _api().demo_scene())
 
     def _on_generic(self, key: Any, result: Any) -> None:
-        if key == "demo":
+        if key == "joint-tables":
+            self.doc.persons_changed.emit(self.doc.current_frame)  # redraw with limbs
+        elif key == "demo":
             image, persons = result
             self.open_image_array(image, persons, name="Demo scene")
             self.message.emit("Demo scene: two people, one partly hidden. Drag key-points to correct them.")

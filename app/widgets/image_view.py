@@ -13,6 +13,7 @@ it calls the Document's ``edit_*`` methods, which push undoable commands.
 from __future__ import annotations
 
 import itertools
+import sys
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal
@@ -54,21 +55,34 @@ def rgb_to_qimage(rgb: np.ndarray) -> QImage:
 
 
 class JointTables:
-    """Joint names and limbs per joint set, from ``dpmesh_core.api`` (cheap: no torch)."""
+    """Joint names and limbs per joint set, from ``dpmesh_core.api``.
+
+    ``api.joint_names`` lives in the body package, which imports torch; so the GUI thread never imports it
+    itself: until ``preload()`` has run on a worker thread, COCO-17 names are served without limbs.
+    """
 
     _cache: dict[str, tuple[tuple[str, ...], list[tuple[int, int]]]] = {}
 
+    @staticmethod
+    def preload(joint_sets: tuple[str, ...] = ("coco17",)) -> None:
+        """Import the joint tables (call on a worker thread: this loads torch)."""
+        from dpmesh_core import api
+
+        for js in joint_sets:
+            JointTables._cache[js] = (tuple(api.joint_names(js)), list(api.skeleton(js)))
+
     @classmethod
     def get(cls, joint_set: str) -> tuple[tuple[str, ...], list[tuple[int, int]]]:
-        if joint_set not in cls._cache:
+        hit = cls._cache.get(joint_set)
+        if hit is not None:
+            return hit
+        if "dpmesh_core.body.joints" in sys.modules:  # already imported (by a worker): cheap
             try:
-                from dpmesh_core import api
-
-                cls._cache[joint_set] = (tuple(api.joint_names(joint_set)), list(api.skeleton(joint_set)))
-            except Exception:  # noqa: BLE001 - unknown set: draw joints without limbs
-                names = _COCO17_NAMES if joint_set == "coco17" else ()
-                cls._cache[joint_set] = (names, [])
-        return cls._cache[joint_set]
+                cls.preload((joint_set,))
+                return cls._cache[joint_set]
+            except Exception:  # noqa: BLE001 - unknown set: joints without limbs
+                pass
+        return (_COCO17_NAMES if joint_set == "coco17" else ()), []
 
 
 class PersonsItem(QGraphicsItem):
@@ -191,6 +205,8 @@ class ImageView(QGraphicsView):
         self.setViewportUpdateMode(QGraphicsView.ViewportUpdateMode.FullViewportUpdate)
         self.setBackgroundBrush(QColor(38, 38, 42))
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.setVerticalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setMouseTracking(True)
         self.setAcceptDrops(False)  # the main window takes file drops
         self.image_item = QGraphicsPixmapItem()

@@ -3,8 +3,9 @@ thread (Open3D is thread-confined) and shown as a QImage.
 
 Mouse: left-drag orbits about the people's centre, right- or middle-drag pans, the wheel zooms,
 double-click (or the Reset button) returns to the camera's own view. "Selected only" shows one person.
-The orbit is applied to the vertices here (numpy, a few ms), so the renderer only ever sees a pinhole
-camera — what you see at reset is exactly what the camera saw.
+The orbit is a (4, 4) view transform handed to the renderer with the frame's own camera, so what you
+see at reset is exactly what the camera saw. Rendering happens at the frame's size on the render thread
+(one Open3D context, shared with the overlay) and is scaled to the widget.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class MeshCanvas(QWidget):
         super().__init__(view)
         self.view = view
         self.image: QImage | None = None
+        self.scaled: QImage | None = None
         self._last: QPointF | None = None
         self._button = Qt.MouseButton.NoButton
         self.setMinimumSize(160, 140)
@@ -45,6 +47,12 @@ class MeshCanvas(QWidget):
         p.fillRect(self.rect(), QColor(28, 30, 34))
         if self.image is not None:
             img = self.image
+            if img.width() > self.width() or img.height() > self.height():
+                if self.scaled is None or self.scaled.size() != img.size().scaled(
+                        self.size(), Qt.AspectRatioMode.KeepAspectRatio):
+                    self.scaled = img.scaled(self.size(), Qt.AspectRatioMode.KeepAspectRatio,
+                                             Qt.TransformationMode.SmoothTransformation)
+                img = self.scaled
             x = (self.width() - img.width()) // 2
             y = (self.height() - img.height()) // 2
             p.drawImage(x, y, img)
@@ -76,7 +84,7 @@ class MeshCanvas(QWidget):
         self.view.zoom(1.0015 ** e.angleDelta().y())
 
     def resizeEvent(self, e) -> None:  # noqa: N802
-        self.view.schedule()
+        self.scaled = None
 
 
 class MeshView(QWidget):
@@ -90,6 +98,7 @@ class MeshView(QWidget):
         self.pitch = 0.0
         self.distance_scale = 1.0
         self.pan_px = np.zeros(2)
+        self._focal_px = 1000.0
         self.selected_only = False
         self.placeholder = "No mesh yet: open an image; meshes appear here once estimated."
         self.canvas = MeshCanvas(self)
@@ -155,44 +164,49 @@ class MeshView(QWidget):
         self.schedule()
 
     # rendering ------------------------------------------------------------------------
-    def scene_meshes(self) -> tuple[list, Camera | None]:
-        """Meshes transformed by the current orbit and the camera for the canvas size."""
+    def view_matrix(self, pivot: np.ndarray) -> np.ndarray:
+        """(4, 4) rigid transform: orbit about ``pivot`` (metres, camera frame), then zoom along the
+        viewing ray and pan; identity at reset (the camera's own view)."""
+        R = _rot(self.yaw, self.pitch)
+        depth = max(float(pivot[2]), 0.5)
+        new_pivot = pivot * np.array([1.0, 1.0, self.distance_scale])
+        pan = np.array([self.pan_px[0], self.pan_px[1], 0.0]) * depth * self.distance_scale / self._focal_px
+        T = np.eye(4)
+        T[:3, :3] = R
+        T[:3, 3] = new_pivot + pan - R @ pivot
+        return T
+
+    def scene_meshes(self) -> tuple[list, Camera | None, np.ndarray | None]:
+        """(meshes, camera, view) for the renderer: each person's mesh in its colour."""
         results = list(zip(self.doc.uids(), self.doc.results()))
         if self.selected_only:
             results = [(u, r) for u, r in results if u == self.doc.selected_uid]
         results = [(u, r) for u, r in results if r is not None]
         if not results:
-            return [], None
+            return [], None, None
         cam = results[0][1].camera
-        w, h = max(self.canvas.width(), 16), max(self.canvas.height(), 16)
-        iw, ih = cam.image_size
-        s = min(w / iw, h / ih)
-        w, h = max(int(iw * s), 16), max(int(ih * s), 16)
-        camera = Camera((cam.focal[0] * s, cam.focal[1] * s),
-                        (cam.principal[0] * s + self.pan_px[0], cam.principal[1] * s + self.pan_px[1]), (w, h))
-        allv = np.concatenate([r.vertices for _, r in results])
-        pivot = allv.mean(0)
-        R = _rot(self.yaw, self.pitch)
-        out = []
+        s = min(self.canvas.width() / cam.image_size[0], self.canvas.height() / cam.image_size[1], 1.0)
+        self._focal_px = max(cam.focal[0] * s, 1.0)
+        pivot = np.concatenate([r.vertices for _, r in results]).mean(0).astype(np.float64)
+        meshes = []
         for u, r in results:
-            v = (r.vertices - pivot) @ R.T
-            v = v + pivot * np.array([1, 1, self.distance_scale])
             c = person_color(u)
-            out.append((v.astype(np.float32), r.faces, (c.redF(), c.greenF(), c.blueF())))
-        return out, camera
+            meshes.append((r.vertices, r.faces, (c.redF(), c.greenF(), c.blueF())))
+        return meshes, cam, self.view_matrix(pivot)
 
     def request_render(self) -> None:
-        meshes, camera = self.scene_meshes()
+        meshes, camera, view = self.scene_meshes()
         if not meshes:
             self.canvas.image = None
             self.canvas.update()
             return
-        self.session.render.render_view(("meshview", id(self)), meshes, camera, None, camera.image_size)
+        self.session.render.render_view(("meshview", id(self)), meshes, camera, view, camera.image_size)
 
     def _on_rendered(self, key: object, rgb: object, secs: float) -> None:
         if key != ("meshview", id(self)) or rgb is None:
             return
         self.last_render_s = secs
         self.canvas.image = rgb_to_qimage(np.asarray(rgb))
+        self.canvas.scaled = None
         self.info.setText(f"{secs * 1000:.0f} ms")
         self.canvas.update()
