@@ -294,7 +294,7 @@ class MeshRenderer:
         ctr.set_constant_z_far(1e4)
         vis.poll_events()
         vis.update_renderer()
-        img = np.asarray(vis.capture_screen_float_buffer(do_render=True))
+        img = np.asarray(vis.capture_screen_float_buffer(do_render=False))
         depth = np.asarray(vis.capture_depth_float_buffer(do_render=False), np.float32)
         if img.shape[:2] != (self.height, self.width):
             raise RuntimeError(f"Open3D rendered {img.shape[1]}x{img.shape[0]}, expected {self.width}x{self.height}")

@@ -2,10 +2,12 @@
 
 ``VideoReader`` gives random access with exact frame indices: sequential reads decode forward (fast),
 small forward jumps grab-and-discard, and longer jumps seek with ``CAP_PROP_POS_FRAMES``. Because some
-codec/container pairs report a wrong position after a seek (or land on a key-frame), the position is
-checked after every seek; when it disagrees (or the read fails) the reader rewinds and decodes forward
-from the start, which is slow but always correct. Once a seek has been caught lying, the reader stops
-seeking for that file.
+codec/container pairs land elsewhere than asked (e.g. on a key-frame) while reporting the requested
+position, every seek is verified twice: the reported position, and the decoded frame's timestamp
+(``CAP_PROP_POS_MSEC``) against ``t0 + i / fps``. When either disagrees (or the read fails) the reader
+rewinds and decodes forward from the start, which is slow but always correct, and compares: if the
+frames differ, seeking is abandoned for that file (every later jump decodes forward); if they match,
+the timestamps were uninformative (variable frame rate) and only the timestamp check is dropped.
 
 A reader is not thread-safe: use one per thread. ``write_video`` writes frames atomically.
 """
@@ -59,11 +61,14 @@ class VideoReader:
         self._next = 0  # index of the frame the next cap.read() returns
         self._last: tuple[int, np.ndarray] | None = None
         self._seek_ok = True
+        self._check_ts = self.fps > 0  # verify seeks by the decoded frame's timestamp (see _ts_ok)
+        self._t0 = 0.0
         # Decode the first frame: proves the stream is readable and gives the true size.
         first = self._read_next()
         if first is None:
             self.close()
             raise MediaError("no decodable video frame (corrupt or unsupported video)", self.path)
+        self._t0 = float(self._cap.get(cv2.CAP_PROP_POS_MSEC) or 0.0)
         if first.shape[1] != w or first.shape[0] != h:
             w, h = first.shape[1], first.shape[0]
         self.size = (int(w), int(h))
@@ -130,6 +135,18 @@ class VideoReader:
         self._next = i
         return True
 
+    def _ts_ok(self, i: int) -> bool:
+        """Whether the frame just decoded carries frame ``i``'s timestamp (constant frame rate assumed)."""
+        if not self._check_ts:
+            return True
+        t = float(self._cap.get(self._cv2.CAP_PROP_POS_MSEC) or 0.0)
+        expected = self._t0 + i * 1000.0 / self.fps
+        return abs(t - expected) <= 0.5 * 1000.0 / self.fps
+
+    def _decode_forward(self, i: int) -> np.ndarray | None:
+        self._rewind()
+        return self._read_next() if self._grab_to(i) else None
+
     # -- public ----------------------------------------------------------------------------------------
     def read(self, i: int) -> np.ndarray:
         """Frame ``i`` as (H, W, 3) uint8 RGB (a fresh array). Raises ``MediaError`` if out of range or
@@ -141,19 +158,29 @@ class VideoReader:
             raise MediaError(f"frame {i} out of range (0..{self.num_frames - 1})", self.path)
         if self._last is not None and self._last[0] == i:
             return self._last[1].copy()
+        seeked = False
         if not (self._next <= i <= self._next + _GRAB_WINDOW):
-            if not self._seek(i):
-                if i < self._next:
-                    self._rewind()
+            seeked = self._seek(i)
+            if not seeked and i < self._next:
+                self._rewind()
         if not self._grab_to(i):
             raise MediaError(f"cannot decode frame {i} (file truncated?)", self.path)
         frame = self._read_next()
-        if frame is None and self._seek_ok:
+        if seeked and frame is None:
             # A seek that reported the right position but could not decode: retry the slow, sure way.
             self._seek_ok = False
-            self._rewind()
-            if self._grab_to(i):
-                frame = self._read_next()
+            frame = self._decode_forward(i)
+        elif seeked and not self._ts_ok(i):
+            # The decoded frame's timestamp is not frame i's: either seeking lies here, or the video has a
+            # variable frame rate. Decode forward once to tell which, and remember the verdict.
+            sure = self._decode_forward(i)
+            if sure is not None and np.array_equal(sure, frame):
+                self._check_ts = False  # timestamps are uninformative; seeking is fine
+            else:
+                log.info("%s: seeking to frame %d returned another frame; decoding forward from now on",
+                         self.path, i)
+                self._seek_ok = False
+            frame = sure
         if frame is None:
             raise MediaError(f"cannot decode frame {i} (file truncated?)", self.path)
         return frame.copy()

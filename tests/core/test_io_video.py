@@ -68,6 +68,43 @@ def test_forward_decode_fallback_is_exact(mjpg_video):
             np.testing.assert_array_equal(r.read(i), seq[i])
 
 
+class _LyingCapture:
+    """A real cv2.VideoCapture whose seeks land 3 frames early while reporting the requested position
+    (the failure some codec/container pairs show)."""
+
+    def __init__(self, cap):
+        self._cap = cap
+
+    def set(self, prop, value):
+        if prop == cv2.CAP_PROP_POS_FRAMES:
+            self._claim = value
+            return self._cap.set(prop, max(value - 3, 0))
+        return self._cap.set(prop, value)
+
+    def get(self, prop):
+        if prop == cv2.CAP_PROP_POS_FRAMES and getattr(self, "_claim", None) is not None:
+            claim, self._claim = self._claim, None
+            return claim
+        return self._cap.get(prop)
+
+    def __getattr__(self, name):
+        return getattr(self._cap, name)
+
+
+class _LyingReader(VideoReader):
+    def _open(self):
+        return _LyingCapture(super()._open())
+
+
+def test_lying_seek_is_caught(mjpg_video):
+    with VideoReader(mjpg_video) as r:
+        seq = list(r)
+    with _LyingReader(mjpg_video) as r:
+        for i in [25, 2, 29, 10, 14]:
+            np.testing.assert_array_equal(r.read(i), seq[i])
+        assert not r._seek_ok  # it stopped trusting seeks
+
+
 def test_mp4_written_and_read(tmp_path):
     p = write_video(tmp_path / "c.mp4", (_frame(i) for i in range(12)), fps=10)
     with VideoReader(p) as r:
