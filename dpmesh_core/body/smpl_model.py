@@ -91,8 +91,8 @@ _NUMPY_GLOBALS = {
     ("numpy._core.numeric", "_frombuffer"),
 }
 _SPARSE_CLASSES = ("csc_matrix", "csr_matrix", "coo_matrix")
-_SAFE_BUILTINS = {("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"), ("__builtin__", "object"),
-                  ("builtins", "object")}
+_SAFE_BUILTINS = {(m, n) for m in ("__builtin__", "builtins") for n in ("object", "set", "frozenset", "slice")} | {
+    ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"), ("_codecs", "encode")}  # bytes in protocol 2
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
