@@ -148,7 +148,10 @@ def read_image(path: str | os.PathLike, max_pixels: int = DEFAULT_MAX_PIXELS) ->
             img = ImageOps.exif_transpose(img)
         except Exception as e:  # malformed EXIF: keep the stored orientation, not a fatal error
             log.warning("%s: cannot apply EXIF orientation (%s); using the stored orientation", path, e)
-        out = to_rgb8(img)
+        try:
+            out = to_rgb8(img)
+        except (ValueError, OSError) as e:
+            raise MediaError(f"unsupported colour mode {img.mode!r} ({e})", path) from None
     finally:
         img.close()
     if out.ndim != 3 or out.shape[2] != 3 or out.dtype != np.uint8:  # defensive: should never happen

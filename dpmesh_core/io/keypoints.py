@@ -13,8 +13,9 @@ Every reader returns ``dict[key, list[Person]]`` (persons with ``source="file"``
 
 Joint orders are kept native:
 
-* COCO and AlphaPose COCO-17 -> ``joint_set="coco17"``. AlphaPose Halpe-26 (26 points; the first 17 are
-  the COCO-17 points) keeps its first 17 points -> ``coco17``.
+* COCO and AlphaPose COCO-17 -> ``joint_set="coco17"``. AlphaPose Halpe-26, Halpe-136 and
+  COCO-WholeBody-133 layouts (whose first 17 points are the COCO-17 body points) keep their first 17
+  points -> ``coco17``.
 * OpenPose COCO-18 (18 points) -> ``openpose18`` unchanged.
 * OpenPose BODY_25 (25 points) -> ``openpose18`` by taking BODY_25 indices
   ``BODY25_TO_OPENPOSE18 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)``, i.e.
@@ -309,7 +310,7 @@ def _read_results(path: Path, data: list, alphapose: bool) -> dict[Key, list[Per
         if not isinstance(key, (str, int)) or isinstance(key, bool):
             raise _err(path, f"[{n}]: image_id must be a string or an integer, got {key!r}")
         where = f"[{n}] (image {key!r})"
-        kp = _triplets(path, where, d["keypoints"], (17, 26) if alphapose else (17,))[:17]
+        kp = _triplets(path, where, d["keypoints"], (17, 26, 133, 136) if alphapose else (17,))[:17]
         if (kp[:, 2] < 0).any():
             j = int(np.flatnonzero(kp[:, 2] < 0)[0])
             raise _err(path, f"{where}: key-point {j} has a negative confidence {kp[j, 2]}")
@@ -334,6 +335,9 @@ def _read_openpose_people(path: Path, data: dict) -> list[Person]:
         vals = pe.get("pose_keypoints_2d", pe.get("pose_keypoints"))
         if vals is None:
             raise _err(path, f"{where} has no 'pose_keypoints_2d'")
+        if isinstance(vals, list) and not vals:
+            log.warning("%s: %s has no body key-points (face/hand only?); person skipped", path, where)
+            continue
         kp = _triplets(path, where, vals, (18, 25))
         if kp.shape[0] == 25:
             kp = kp[list(BODY25_TO_OPENPOSE18)]
@@ -389,8 +393,10 @@ def _person_arrays(path: Path, key: Key, n: int, p: Person, joint_set: str) -> t
             kp18[0][1] = [(ls[0] + rs[0]) / 2, (ls[1] + rs[1]) / 2, ls[2] * rs[2]]
             kp18[1][1] = vis[5] and vis[6]
             kp, vis = kp18
-    if not np.isfinite(kp).all():
-        raise InputError(f"frame {key!r} person {n}: non-finite key-point", path)
+    bad = ~np.isfinite(kp).all(axis=1)
+    if bad.any():  # a NaN joint in memory means "no position": write it as missing
+        kp, vis = kp.copy(), vis.copy()
+        kp[bad], vis[bad] = 0.0, False
     return kp, vis
 
 
@@ -407,7 +413,7 @@ def write_coco_keypoints(
     occluded (confidence > 0), 0 missing; ``num_keypoints``, ``bbox`` (x, y, w, h), ``area`` (w * h),
     ``iscrowd`` 0, ``category_id`` 1, ``score``, and the extensions ``keypoint_scores`` (per-joint
     confidences, so they round-trip) and ``track_id`` when set. ``openpose18`` persons are reordered to
-    COCO-17 (Neck dropped). ``categories``: the COCO person category with its skeleton.
+    COCO-17 (Neck dropped). A joint with a non-finite coordinate is written as missing (0, 0, v=0). ``categories``: the COCO person category with its skeleton.
     """
     path = Path(path)
     images, anns = [], []

@@ -254,8 +254,6 @@ def load_project(path: str | os.PathLike) -> ProjectData:
         candidates.append(os.path.normpath(os.path.join(os.path.abspath(path.parent), rel)))
     if isinstance(absolute, str) and absolute:
         candidates.append(absolute)
-    if not candidates:
-        raise ProjectFileError("corrupt project file: the media entry names no file", path)
     found = next((c for c in candidates if os.path.exists(c)), None)
     frames_doc, results_doc = doc.get("frames", {}), doc.get("results", {})
     settings = doc.get("settings", {})
@@ -274,7 +272,7 @@ def load_project(path: str | os.PathLike) -> ProjectData:
             raise ProjectFileError(f"corrupt project file: results[{k}] is not a list of objects", path)
         results[i] = lst
     return ProjectData(
-        media_path=found if found is not None else candidates[-1],
+        media_path=found if found is not None else (candidates[-1] if candidates else ""),
         frames=dict(sorted(frames.items())), results=dict(sorted(results.items())), settings=settings,
         created=str(doc.get("created") or ""), modified=str(doc.get("modified") or ""),
         format_version=version, media_missing=found is None, path=path,

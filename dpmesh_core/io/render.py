@@ -137,29 +137,40 @@ def rasterize(
     kh = np.ceil(np.log2(bh)).astype(np.int64)
     inv_z_buf = np.zeros(H * W, np.float64)
     all_pix, all_iz, all_face = [], [], []
+
+    def block(fi: np.ndarray, bx: np.ndarray, by: np.ndarray, pw: int, ph: int) -> None:
+        """Test the pw x ph pixel block at (bx, by) of each face ``fi`` and keep the covered pixels."""
+        oy, ox = np.divmod(np.arange(pw * ph), pw)
+        px = bx[:, None] + ox[None, :]
+        py = by[:, None] + oy[None, :]
+        inb = (px <= x1[fi, None]) & (py <= y1[fi, None])
+        ua, wa, inv = u[fi], w[fi], 1.0 / area[fi, None]
+        # barycentric weights of the pixel centres
+        b0 = ((ua[:, 1, None] - px) * (wa[:, 2, None] - py) - (ua[:, 2, None] - px) * (wa[:, 1, None] - py)) * inv
+        b1 = ((ua[:, 2, None] - px) * (wa[:, 0, None] - py) - (ua[:, 0, None] - px) * (wa[:, 2, None] - py)) * inv
+        b2 = 1.0 - b0 - b1
+        eps = -1e-9
+        inside = inb & (b0 >= eps) & (b1 >= eps) & (b2 >= eps)
+        iz = b0 / z[fi, 0, None] + b1 / z[fi, 1, None] + b2 / z[fi, 2, None]
+        r, c = np.nonzero(inside)
+        all_pix.append(py[r, c] * W + px[r, c])
+        all_iz.append(iz[r, c])
+        all_face.append(fi[r])
+
     for key in np.unique(kw * 64 + kh):
         sel = idx[(kw * 64 + kh) == key]
         pw, ph = 1 << int(key // 64), 1 << int(key % 64)
-        oy, ox = np.divmod(np.arange(pw * ph), pw)
-        step = max(1, max_candidates // (pw * ph))
-        for s in range(0, sel.size, step):
-            fi = sel[s: s + step]
-            px = x0[fi, None] + ox[None, :]
-            py = y0[fi, None] + oy[None, :]
-            inb = (px <= x1[fi, None]) & (py <= y1[fi, None])
-            ua, wa, inv = u[fi], w[fi], 1.0 / area[fi, None]
-            # barycentric weights of the pixel centres
-            b0 = ((ua[:, 1, None] - px) * (wa[:, 2, None] - py) - (ua[:, 2, None] - px) * (wa[:, 1, None] - py)) * inv
-            b1 = ((ua[:, 2, None] - px) * (wa[:, 0, None] - py) - (ua[:, 0, None] - px) * (wa[:, 2, None] - py)) * inv
-            b2 = 1.0 - b0 - b1
-            eps = -1e-9
-            inside = inb & (b0 >= eps) & (b1 >= eps) & (b2 >= eps)
-            iz = b0 / z[fi, 0, None] + b1 / z[fi, 1, None] + b2 / z[fi, 2, None]
-            r, cidx = np.nonzero(inside)
-            pix = py[r, cidx] * W + px[r, cidx]
-            all_pix.append(pix)
-            all_iz.append(iz[r, cidx])
-            all_face.append(fi[r])
+        if pw * ph <= max_candidates:
+            step = max(1, max_candidates // (pw * ph))
+            for s in range(0, sel.size, step):
+                fi = sel[s: s + step]
+                block(fi, x0[fi], y0[fi], pw, ph)
+        else:  # large triangles: one at a time, in bands of rows
+            rows = max(1, max_candidates // pw)
+            for f in sel:
+                fi = np.array([f])
+                for r0 in range(int(y0[f]), int(y1[f]) + 1, rows):
+                    block(fi, x0[fi], np.array([r0]), pw, min(rows, int(y1[f]) + 1 - r0))
     pix = np.concatenate(all_pix) if all_pix else np.zeros(0, np.int64)
     iz = np.concatenate(all_iz) if all_iz else np.zeros(0)
     face = np.concatenate(all_face) if all_face else np.zeros(0, np.int64)

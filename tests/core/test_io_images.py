@@ -203,3 +203,16 @@ def test_atomic_write_keeps_old_file_on_failure(tmp_path):
     with pytest.raises(ValueError):
         with atomic_write(p, "a"):
             pass
+
+
+def test_cmyk_jpeg(tmp_path):
+    rgb = np.zeros((16, 16, 3), np.uint8)
+    rgb[:, :8] = (220, 30, 30)
+    rgb[:, 8:] = (30, 30, 220)
+    p = tmp_path / "cmyk.jpg"
+    Image.fromarray(rgb).convert("CMYK").save(p, quality=98)
+    assert Image.open(p).mode == "CMYK"
+    out = read_image(p)
+    assert out.shape == (16, 16, 3)
+    assert np.abs(out[4:12, 1:6].astype(int) - (220, 30, 30)).max() < 25
+    assert np.abs(out[4:12, 10:15].astype(int) - (30, 30, 220)).max() < 25

@@ -268,3 +268,19 @@ def test_writer_refuses_unknown_joint_set(tmp_path):
     with pytest.raises(InputError, match="smpl24"):
         write_coco_keypoints(tmp_path / "x.json", {"a.jpg": [p]})
     assert not (tmp_path / "x.json").exists() and list(tmp_path.iterdir()) == []
+
+
+def test_wholebody_alphapose_and_nan_written_as_missing(tmp_path):
+    k133 = _kp(133, 15)
+    ap = [{"image_id": "w.jpg", "category_id": 1, "keypoints": k133.reshape(-1).tolist(), "score": 1.0}]
+    p = read_keypoints(_write(tmp_path / "wb.json", ap))["w.jpg"][0]
+    np.testing.assert_allclose(p.keypoints, k133[:17], rtol=1e-6)
+    kp = _kp(17, 16)
+    kp[6] = np.nan  # a joint without a position in memory
+    f = write_coco_keypoints(tmp_path / "n.json", {"a.jpg": [Person(box=[0, 0, 9, 9], keypoints=kp)]})
+    q = read_keypoints(f)["a.jpg"][0]
+    assert not q.visible[6] and q.keypoints[6, 2] == 0
+    np.testing.assert_allclose(np.delete(q.keypoints, 6, 0), np.delete(kp, 6, 0), atol=1e-3)
+    # an OpenPose person with only hand / face points is skipped, not an error
+    doc = {"people": [{"pose_keypoints_2d": [], "hand_left_keypoints_2d": [1.0] * 63}]}
+    assert read_keypoints(_write(tmp_path / "hands.json", doc)) == {0: []}

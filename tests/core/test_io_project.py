@@ -142,3 +142,9 @@ def test_autosave_and_recovery(tmp_path, home):
     assert find_recovery_files() == [b, a]
     rec = load_project(find_recovery_files()[-1])
     assert not rec.media_missing and os.path.samefile(rec.media_path, media)
+
+
+def test_project_without_media(tmp_path):
+    p = save_project(tmp_path / "empty.dpmesh", ProjectData(media_path=""))
+    back = load_project(p)
+    assert back.media_missing and back.media_path == "" and back.frames == {} and back.results == {}

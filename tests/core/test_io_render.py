@@ -145,3 +145,14 @@ def test_thread_confinement(np_renderer):
     t.start()
     t.join()
     assert errors and "thread" in errors[0]
+
+
+def test_large_triangles_in_bands_match():
+    """Triangles bigger than the candidate budget are rasterised in row bands with the same result."""
+    box = trimesh.creation.box(extents=(0.4, 0.4, 0.4))
+    meshes = [(box.vertices + [0, 0, 2.0], box.faces, (1, 0, 0)), (_sphere()[0], _sphere()[1], (0, 1, 0))]
+    a = rasterize(meshes, CAM.K, W, H)
+    b = rasterize(meshes, CAM.K, W, H, max_candidates=300)
+    np.testing.assert_array_equal(a[1], b[1])
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_allclose(a[2], b[2], rtol=1e-6)
