@@ -23,6 +23,26 @@ def _tmp_name(path: Path) -> str:
     return tmp
 
 
+def _umask() -> int:
+    """The process umask, read without changing it (os.umask would briefly alter process-wide state)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0o022
+
+
+def _final_mode(path: Path) -> int:
+    """Permissions the target should get: the existing file's, else what ``open()`` would give."""
+    try:
+        return path.stat().st_mode & 0o7777
+    except OSError:
+        return 0o666 & ~_umask()
+
+
 def _fsync_dir(directory: Path) -> None:
     if os.name != "posix":
         return
@@ -52,6 +72,8 @@ def atomic_path(path: str | os.PathLike, mkdir: bool = True) -> Iterator[Path]:
             raise OSError(f"{path}: the writer produced no file")
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        if os.name == "posix":  # mkstemp creates 0600 files; give the result normal permissions
+            os.chmod(tmp, _final_mode(path))
         os.replace(tmp, path)
         _fsync_dir(path.parent)
     except BaseException:

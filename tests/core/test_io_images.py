@@ -216,3 +216,16 @@ def test_cmyk_jpeg(tmp_path):
     assert out.shape == (16, 16, 3)
     assert np.abs(out[4:12, 1:6].astype(int) - (220, 30, 30)).max() < 25
     assert np.abs(out[4:12, 10:15].astype(int) - (30, 30, 220)).max() < 25
+
+
+def test_atomic_write_gives_normal_permissions(tmp_path):
+    import os
+    import stat
+
+    p = atomic_write_text(tmp_path / "perm.txt", "x")
+    um = os.umask(0)
+    os.umask(um)
+    assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~um  # as open() would create it, not mkstemp's 0600
+    os.chmod(p, 0o640)
+    atomic_write_text(p, "y")
+    assert stat.S_IMODE(p.stat().st_mode) == 0o640  # an existing file keeps its permissions
