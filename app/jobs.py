@@ -389,9 +389,12 @@ class TrainingProcess(QObject):
         self.proc.readyReadStandardOutput.connect(self._read_stdout)
         self.proc.readyReadStandardError.connect(self._read_stderr)
         self.proc.finished.connect(self._on_finished)
-        self.proc.errorOccurred.connect(lambda err: self.log.emit(f"process error: {err}"))
+        self.proc.errorOccurred.connect(self._on_error)
         self._buf = b""
         self.proc.start(prog, args)
+
+    def _on_error(self, err: QProcess.ProcessError) -> None:
+        self.log.emit(f"process error: {err.name if hasattr(err, 'name') else err}")
 
     def is_running(self) -> bool:
         return self.proc is not None and self.proc.state() != QProcess.ProcessState.NotRunning

@@ -333,6 +333,7 @@ class Session(QObject):
         if out.suffix.lower() != PROJECT_EXT:
             out = out.with_suffix(PROJECT_EXT)
         api.save_project(out, self.project_data())
+        self._remove_autosave()  # the recovery file of the work as it was keyed so far
         self.doc.project_path = str(out)
         self.doc.undo_stack.setClean()
         self._remove_autosave()

@@ -1,0 +1,65 @@
+"""Helpers of the app tests (imported by name: pytest puts tests/app on sys.path)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from dpmesh_core.errors import EstimationError
+from dpmesh_core.types import BodyParams, Camera, MeshResult, Person
+
+MEDIA = "/work/shared/media"
+PHOTO = f"{MEDIA}/COCO_val2014_000000000395.jpg"
+
+
+def make_person(seed: int = 0, n: int = 17, x0: float = 100, y0: float = 80) -> Person:
+    rng = np.random.default_rng(seed)
+    kp = np.zeros((n, 3), np.float32)
+    kp[:, 0] = x0 + rng.uniform(0, 120, n)
+    kp[:, 1] = y0 + rng.uniform(0, 300, n)
+    kp[:, 2] = rng.uniform(0.3, 1.0, n)
+    return Person(box=Person.box_from_keypoints(kp), keypoints=kp, score=0.9)
+
+
+class RecordingEstimator:
+    """A small, real Estimator (types.Estimator protocol) for worker tests: it places a tetrahedron at the
+    person's key-point centroid, records each call, can be slowed down, gated or made to fail."""
+
+    name = "recording"
+
+    def __init__(self, delay: float = 0.0, fail_on: set[int] | None = None):
+        self.delay = delay
+        self.calls: list[Person] = []
+        self.gate = threading.Event()
+        self.gate.set()
+        self.started = threading.Event()
+        self.fail_on = fail_on or set()
+        self.raise_exc: Exception | None = None
+
+    def estimate(self, image, persons, camera=None, previous=None):
+        self.started.set()
+        self.gate.wait(10)
+        if self.delay:
+            time.sleep(self.delay)
+        if self.raise_exc is not None:
+            raise self.raise_exc
+        out = []
+        h, w = image.shape[:2]
+        cam = camera or Camera.default_for(w, h)
+        for p in persons:
+            self.calls.append(p)
+            if len(self.calls) in self.fail_on:
+                out.append(EstimationError("too few visible key-points"))
+                continue
+            c = p.keypoints[:, :2].mean(0)
+            z = 3.0
+            x, y = (c - np.array(cam.principal)) / np.array(cam.focal) * z
+            v = np.array([[x, y, z], [x + .2, y, z], [x, y + .4, z], [x, y, z + .2]], np.float32)
+            f = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]], np.int32)
+            params = BodyParams("test", np.zeros(3), np.zeros(6), np.zeros(2), v[0])
+            out.append(MeshResult(v, f, v, p.keypoints[:4, :2], "coco17", params, cam, estimator="fit"))
+        return out
+
+

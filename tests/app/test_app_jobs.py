@@ -1,0 +1,199 @@
+"""The background worker: coalescing (latest wins), cancellation, errors as signals, training process."""
+
+from __future__ import annotations
+
+import json
+import sys
+import threading
+
+import pytest
+from app_testkit import RecordingEstimator, make_person
+
+from app.jobs import InferenceService, JobRunner, TrainingProcess
+from dpmesh_core.errors import DPMeshError
+
+
+@pytest.fixture
+def runner(qapp):
+    r = JobRunner("test")
+    yield r
+    r.stop()
+
+
+def test_runner_coalesces_latest_wins(runner, qtbot):
+    gate = threading.Event()
+    ran: list[int] = []
+    finished: list[tuple] = []
+    runner.job_finished.connect(lambda k, i, res: finished.append((k, res)))
+    started = threading.Event()
+    runner.submit("blocker", lambda: (started.set(), gate.wait(10), ran.append(-1))[2])
+    assert started.wait(5)
+    for i in range(10):  # 10 rapid edits of the same person while the worker is busy
+        runner.submit(("estimate", 1), lambda i=i: (ran.append(i), i)[1])
+    runner.submit(("estimate", 2), lambda: (ran.append(100), 100)[1])  # another person is kept
+    assert runner.pending_keys() == [("estimate", 1), ("estimate", 2)]
+    gate.set()
+    qtbot.waitUntil(lambda: len(finished) == 3, timeout=5000)
+    assert ran == [-1, 9, 100]
+    assert finished[1] == (("estimate", 1), 9)
+    qtbot.waitUntil(lambda: not runner.is_busy(), timeout=2000)
+
+
+def test_runner_cancel_pending_and_running(runner, qtbot):
+    gate = threading.Event()
+    started = threading.Event()
+    finished, cancelled = [], []
+    runner.job_finished.connect(lambda k, i, r: finished.append(k))
+    runner.job_cancelled.connect(lambda k, i: cancelled.append(k))
+    runner.submit("running", lambda: (started.set(), gate.wait(10), "late")[2])
+    assert started.wait(5)
+    runner.submit("pending", lambda: "never")
+    assert runner.cancel("pending")
+    assert runner.cancel("running")
+    gate.set()
+    qtbot.waitUntil(lambda: len(cancelled) == 2, timeout=5000)
+    assert set(cancelled) == {"pending", "running"} and finished == []
+    assert not runner.cancel("nothing-like-this")
+
+
+def test_runner_generator_job_stops_at_next_yield(runner, qtbot):
+    steps: list[int] = []
+    gate = threading.Event()
+    first = threading.Event()
+    cancelled = []
+    runner.job_cancelled.connect(lambda k, i: cancelled.append(k))
+
+    def gen():
+        for i in range(100):
+            steps.append(i)
+            if i == 0:
+                first.set()
+                gate.wait(10)
+            yield i
+
+    runner.submit("gen", gen)
+    assert first.wait(5)
+    runner.cancel("gen")
+    gate.set()
+    qtbot.waitUntil(lambda: cancelled == ["gen"], timeout=5000)
+    assert len(steps) <= 2
+
+
+def test_runner_errors_become_signals_and_thread_survives(runner, qtbot):
+    failures, finished = [], []
+    runner.job_failed.connect(lambda k, i, msg, exc: failures.append((k, msg, type(exc))))
+    runner.job_finished.connect(lambda k, i, r: finished.append(r))
+    runner.submit("bad", lambda: 1 / 0)
+    runner.submit("user-error", lambda: (_ for _ in ()).throw(DPMeshError("model file of the wrong kind")))
+    runner.submit("good", lambda: 42)
+    qtbot.waitUntil(lambda: len(failures) == 2 and finished == [42], timeout=5000)
+    assert failures[0][0] == "bad" and "ZeroDivisionError" in failures[0][1]
+    assert failures[1] == ("user-error", "model file of the wrong kind", DPMeshError)
+
+
+def test_inference_service_coalesces_edits_of_one_person(qapp, qtbot, image):
+    est = RecordingEstimator()
+    svc = InferenceService(estimator_factory=lambda: est)
+    results = []
+    svc.result_ready.connect(lambda uid, r, err, secs: results.append((uid, r, err)))
+    try:
+        est.gate.clear()
+        svc.estimate(1, image, make_person(0))  # occupies the worker
+        assert est.started.wait(5)
+        persons = [make_person(10 + i) for i in range(10)]
+        for p in persons:
+            svc.estimate(7, image, p)
+        est.gate.set()
+        qtbot.waitUntil(lambda: len(results) == 2, timeout=5000)
+        assert len(est.calls) == 2
+        assert est.calls[1] is persons[-1]  # only the latest edit was estimated
+        assert results[1][0] == 7 and results[1][1] is not None and results[1][2] is None
+        # a person the estimator rejects → error message, not an exception
+        est.fail_on = {3}
+        svc.estimate(8, image, make_person(3))
+        qtbot.waitUntil(lambda: len(results) == 3, timeout=5000)
+        assert results[2][0] == 8 and results[2][1] is None and "too few" in results[2][2]
+    finally:
+        svc.shutdown()
+
+
+def test_inference_service_estimator_raising_emits_error(qapp, qtbot, image):
+    est = RecordingEstimator()
+    est.raise_exc = RuntimeError("out of memory")
+    svc = InferenceService(estimator_factory=lambda: est)
+    errors, results = [], []
+    svc.error.connect(lambda kind, msg: errors.append((kind, msg)))
+    svc.result_ready.connect(lambda uid, r, err, secs: results.append((uid, r, err)))
+    try:
+        svc.estimate(3, image, make_person(0))
+        qtbot.waitUntil(lambda: bool(errors and results), timeout=5000)
+        assert errors[0][0] == "estimate" and "out of memory" in errors[0][1]
+        assert results[0][0] == 3 and results[0][1] is None and "out of memory" in results[0][2]
+        # the factory failing (e.g. a model file of the wrong kind) is reported the same way
+        svc.set_estimator_factory(lambda: (_ for _ in ()).throw(DPMeshError("checkpoint is not a DPMesh one")))
+        svc.estimate(4, image, make_person(1))
+        qtbot.waitUntil(lambda: len(errors) == 2, timeout=5000)
+        assert "checkpoint is not a DPMesh one" in errors[1][1]
+    finally:
+        svc.shutdown()
+
+
+def test_inference_service_cancel(qapp, qtbot, image):
+    est = RecordingEstimator()
+    svc = InferenceService(estimator_factory=lambda: est)
+    results = []
+    svc.result_ready.connect(lambda uid, r, err, secs: results.append(uid))
+    try:
+        est.gate.clear()
+        svc.estimate(1, image, make_person(0))
+        assert est.started.wait(5)
+        svc.estimate(2, image, make_person(1))
+        svc.cancel(2)  # pending: never runs
+        svc.cancel(1)  # running: result discarded
+        est.gate.set()
+        svc.estimate(3, image, make_person(2))
+        qtbot.waitUntil(lambda: results == [3], timeout=5000)
+        assert len(est.calls) == 2  # person 1 (discarded) and person 3
+    finally:
+        svc.shutdown()
+
+
+def test_training_process_parses_json_lines(qapp, qtbot, tmp_path):
+    script = tmp_path / "fake_train.py"
+    lines = [{"event": "step", "step": s, "loss": 1.0 / s, "losses": {"joint": 0.5 / s}, "lr": 1e-4}
+             for s in range(1, 6)]
+    lines.append({"event": "eval", "metrics": {"mpjpe": 80.0}})
+    lines.append({"event": "done"})
+    body = "\n".join(f"print({json.dumps(json.dumps(e))}, flush=True)" for e in lines)
+    script.write_text("print('a plain log line')\n" + body + "\n")
+    tp = TrainingProcess()
+    events, logs, done = [], [], []
+    tp.event.connect(events.append)
+    tp.log.connect(logs.append)
+    tp.finished.connect(lambda code, how: done.append(code))
+    tp.start("unused.yaml", program=(sys.executable, [str(script)]))
+    qtbot.waitUntil(lambda: bool(done), timeout=20000)
+    assert done == [0]
+    assert [e["event"] for e in events] == ["step"] * 5 + ["eval", "done"]
+    assert events[4]["loss"] == pytest.approx(0.2)
+    assert "a plain log line" in logs
+    cmd, args = tp.command("cfg.yaml")
+    assert cmd == sys.executable and args[:3] == ["-m", "dpmesh_core.cli", "train"] and "--json" in args
+
+
+def test_training_process_stop(qapp, qtbot, tmp_path):
+    script = tmp_path / "slow.py"
+    script.write_text("import time\nprint('{\"event\": \"step\", \"step\": 1, \"loss\": 1.0}', flush=True)\n"
+                      "time.sleep(60)\n")
+    tp = TrainingProcess()
+    events, done = [], []
+    tp.event.connect(events.append)
+    tp.finished.connect(lambda code, how: done.append(how))
+    tp.start("x", program=(sys.executable, [str(script)]))
+    try:
+        qtbot.waitUntil(lambda: bool(events), timeout=20000)
+        assert tp.is_running()
+    finally:
+        tp.stop()
+    qtbot.waitUntil(lambda: bool(done), timeout=10000)
+    assert not tp.is_running()
