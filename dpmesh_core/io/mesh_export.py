@@ -136,7 +136,7 @@ def export_mesh(
 
 
 def export_meshes(
-    results: Sequence[MeshResult | None],
+    results: Sequence[MeshResult | Any],
     out_dir: str | os.PathLike,
     stem: str,
     formats: Sequence[str] = ("obj",),
@@ -144,7 +144,7 @@ def export_meshes(
     y_up: bool = False,
     colors: Sequence[Sequence[float]] | None = None,
 ) -> list[Path]:
-    """Write every (non-None) result in every format into ``out_dir`` (created) under ``mesh_filename``
+    """Write every ``MeshResult`` (None / ``EstimationError`` entries are skipped) in every format into ``out_dir`` (created) under ``mesh_filename``
     names; returns the paths written, person-major. ``colors[i]`` optionally colours person ``i``."""
     out_dir = Path(out_dir)
     for fmt in formats:
@@ -153,7 +153,7 @@ def export_meshes(
     out_dir.mkdir(parents=True, exist_ok=True)
     written = []
     for i, r in enumerate(results):
-        if r is None:
+        if not isinstance(r, MeshResult):  # None or the person's EstimationError
             continue
         col = colors[i % len(colors)] if colors else None
         for fmt in formats:

@@ -313,10 +313,11 @@ class MeshRenderer:
         rgb = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
         return rgb, mask, np.where(mask, depth, 0).astype(np.float32)
 
-    def render_overlay(self, image: np.ndarray, results: Sequence[MeshResult | None], alpha: float = 0.6,
+    def render_overlay(self, image: np.ndarray, results: Sequence[MeshResult | Any], alpha: float = 0.6,
                        colors: Sequence[Sequence[float]] | None = None) -> np.ndarray:
         """Blend the meshes of ``results`` over ``image`` (H, W, 3) uint8 where they cover it. Person ``i``
-        gets ``colors[i]`` or ``person_color(track_id or i)``; the camera is the first result's."""
+        gets ``colors[i]`` or ``person_color(track_id or i)``; the camera is the first result's. Entries
+        that are not ``MeshResult`` (None, an ``EstimationError``) are skipped."""
         img = np.asarray(image)
         if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
             raise ValueError(f"image must be (H, W, 3) uint8, got {img.shape} {img.dtype}")
@@ -324,7 +325,7 @@ class MeshRenderer:
             raise ValueError(f"image is {img.shape[1]}x{img.shape[0]} but the renderer is {self.width}x{self.height}")
         meshes, camera = [], None
         for i, r in enumerate(results):
-            if r is None:
+            if not isinstance(r, MeshResult):  # None or a person's EstimationError: nothing to draw
                 continue
             camera = camera or r.camera
             col = colors[i % len(colors)] if colors else person_color(r.track_id if r.track_id is not None else i)
@@ -351,12 +352,13 @@ class MeshRenderer:
         self.close()
 
 
-def render_overlay(image: np.ndarray, results: Sequence[MeshResult | None], alpha: float = 0.6,
+def render_overlay(image: np.ndarray, results: Sequence[MeshResult | Any], alpha: float = 0.6,
                    renderer: MeshRenderer | None = None, backend: str = "auto") -> np.ndarray:
     """Blend the meshes of ``results`` over ``image`` (H, W, 3) uint8 -> (H, W, 3) uint8.
 
-    Pass a ``renderer`` of the image's size to reuse it (creating an Open3D one costs a few hundred ms);
-    otherwise one is created and closed here.
+    Pass a ``renderer`` of the image's size to reuse it: creating an Open3D one costs 0.3-2 s (the first
+    also imports Open3D), so a loop over video frames must create one ``MeshRenderer`` and pass it;
+    without one, a renderer is created and closed here.
     """
     if renderer is not None:
         return renderer.render_overlay(image, results, alpha)

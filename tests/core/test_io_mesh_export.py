@@ -9,7 +9,7 @@ import pytest
 import trimesh
 from io_helpers import make_result
 
-from dpmesh_core.errors import InputError
+from dpmesh_core.errors import EstimationError, InputError
 from dpmesh_core.io import export_mesh, export_meshes, export_params_npz, load_params_npz, mesh_filename
 
 
@@ -53,7 +53,7 @@ def test_y_up_rotates_180_about_x(tmp_path):
 
 
 def test_export_meshes_names_and_skips_failed(tmp_path):
-    results = [make_result(0), None, make_result(2, offset=(0.5, 0, 4))]
+    results = [make_result(0), EstimationError("too few joints", 1), make_result(2, offset=(0.5, 0, 4)), None]
     paths = export_meshes(results, tmp_path / "out", "clip", formats=("obj", "glb"), frame=7)
     assert [p.name for p in paths] == ["clip_f000007_person00.obj", "clip_f000007_person00.glb",
                                         "clip_f000007_person02.obj", "clip_f000007_person02.glb"]
