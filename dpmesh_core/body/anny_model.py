@@ -223,11 +223,18 @@ class AnnyBody(BodyModel):
                 lo.append([-b] * 3)
                 hi.append([b] * 3)
                 continue
-            child = ("foot." if kind == "knee" else "wrist.") + bone[-1]
+            side = bone[-1]
+            child = ("foot." if kind == "knee" else "wrist.") + side
+            parent = ("upperleg01." if kind == "knee" else "upperarm01.") + side
             d = heads_c[labels.index(child)] - heads_c[labels.index(bone)]
             d = d / d.norm()
-            # flexion axis: the knee bends the shin back (-z), the elbow the forearm forward (+z)
-            a = torch.linalg.cross(z, d) if kind == "knee" else torch.linalg.cross(d, z)
+            u = heads_c[labels.index(bone)] - heads_c[labels.index(parent)]
+            u = u / u.norm()
+            # flexion axis: the knee bends the shin back (-z); the elbow, already bent in Anny's A-pose, about
+            # the normal of the upper-arm/forearm plane, the forearm swinging forward (+z)
+            a = torch.linalg.cross(z, d) if kind == "knee" else torch.linalg.cross(u, d)
+            if kind == "elbow" and (torch.linalg.cross(a, d) @ z) < 0:
+                a = -a
             a = a - d * (a @ d)
             a = a / a.norm()
             e = torch.linalg.cross(a, d)
