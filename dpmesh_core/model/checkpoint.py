@@ -358,9 +358,16 @@ def load_official_checkpoint(path: str | os.PathLike, network: nn.Module, merge_
     cfg = network.backbone.cfg
     target = network.state_dict()
     mapped, res = official_to_network_state(official, target, cfg, path)
-    with torch.no_grad():
-        for k, t in target.items():
-            t.copy_(mapped[k].to(t.dtype))
+    if any(t.is_meta for t in target.values()):  # built on "meta" (fast): take the tensors as they are
+        network.load_state_dict(mapped, strict=True, assign=True)
+        network.requires_grad_(False)
+        trainable = getattr(network, "trainable_parameters", None) or network.backbone.trainable_parameters
+        for p in trainable():
+            p.requires_grad_(True)
+    else:
+        with torch.no_grad():
+            for k, t in target.items():
+                t.copy_(mapped[k].to(t.dtype))
     if merge_lora:
         network.backbone.merge_lora()
     log.info("loaded official checkpoint %s: %d LoRA pairs, dropped %s", path, res.lora_pairs, res.dropped)
@@ -615,7 +622,7 @@ def convert_official(src: str | os.PathLike, out_dir: str | os.PathLike, *, pres
     if merge_lora:
         cfg.backbone.lora_merged = True
     official = read_state_dict(src)
-    net = network_mod.DPMeshNetwork(cfg)
+    net = network_mod._build_empty(cfg)  # meta tensors: the checkpoint's (memory-mapped) tensors are assigned
     res = load_official_checkpoint(src, net, state=official)
     del official
     out = Path(out_dir)
