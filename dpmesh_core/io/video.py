@@ -35,7 +35,8 @@ _GRAB_WINDOW = 48
 class VideoReader:
     """Random-access RGB frames of a video file.
 
-    ``num_frames``: int; ``fps``: float (frames per second; 0 if the container does not say);
+    ``num_frames``: int, from the container, lowered when decoding finds the file shorter (truncated);
+    ``fps``: float (frames per second; 0 if the container does not say);
     ``size``: (width, height) pixels. ``read(i)`` -> (H, W, 3) uint8 RGB of frame ``i`` (0-based).
     Iterating yields every frame in order. Use as a context manager or call ``close()``.
     """
@@ -143,6 +144,13 @@ class VideoReader:
         expected = self._t0 + i * 1000.0 / self.fps
         return abs(t - expected) <= 0.5 * 1000.0 / self.fps
 
+    def _ends_at(self, n: int) -> None:
+        """Decoding forward stopped after ``n`` frames: the container's frame count was too high."""
+        if 0 < n < self.num_frames:
+            log.warning("%s: the file says %d frames but only %d decode (truncated?); using %d",
+                        self.path, self.num_frames, n, n)
+            self.num_frames = n
+
     def _decode_forward(self, i: int) -> np.ndarray | None:
         self._rewind()
         return self._read_next() if self._grab_to(i) else None
@@ -164,12 +172,19 @@ class VideoReader:
             if not seeked and i < self._next:
                 self._rewind()
         if not self._grab_to(i):
+            if not seeked:
+                self._ends_at(self._next)
             raise MediaError(f"cannot decode frame {i} (file truncated?)", self.path)
         frame = self._read_next()
-        if seeked and frame is None:
+        if frame is None and not seeked:
+            self._ends_at(self._next)
+        elif seeked and frame is None:
             # A seek that reported the right position but could not decode: retry the slow, sure way.
-            self._seek_ok = False
             frame = self._decode_forward(i)
+            if frame is None:
+                self._ends_at(self._next)
+            else:
+                self._seek_ok = False
         elif seeked and not self._ts_ok(i):
             # The decoded frame's timestamp is not frame i's: either seeking lies here, or the video has a
             # variable frame rate. Decode forward once to tell which, and remember the verdict.
@@ -189,14 +204,18 @@ class VideoReader:
         return self.num_frames
 
     def __iter__(self) -> Iterator[np.ndarray]:
-        for i in range(self.num_frames):
+        i = 0
+        while i < self.num_frames:  # num_frames may shrink when the file turns out truncated
             try:
-                yield self.read(i)
+                frame = self.read(i)
             except MediaError:
                 if i == 0:
                     raise
-                log.warning("%s: stopped at frame %d of %d (undecodable)", self.path, i, self.num_frames)
+                if i < self.num_frames:
+                    log.warning("%s: stopped at frame %d of %d (undecodable)", self.path, i, self.num_frames)
                 return
+            yield frame
+            i += 1
 
     def close(self) -> None:
         if getattr(self, "_cap", None) is not None:

@@ -105,6 +105,20 @@ def test_lying_seek_is_caught(mjpg_video):
         assert not r._seek_ok  # it stopped trusting seeks
 
 
+def test_truncated_video_shrinks_frame_count(tmp_path, mjpg_video):
+    cut = tmp_path / "cut.avi"
+    data = Path(mjpg_video).read_bytes()
+    cut.write_bytes(data[: int(len(data) * 0.6)])
+    with VideoReader(cut) as r:
+        claimed = r.num_frames
+        frames = list(r)
+        assert 0 < len(frames) < claimed == 30
+        assert r.num_frames == len(frames)  # corrected once decoding hit the end
+        assert [_index_of(f) for f in frames] == list(range(len(frames)))
+        with pytest.raises(MediaError, match="out of range"):
+            r.read(29)
+
+
 def test_mp4_written_and_read(tmp_path):
     p = write_video(tmp_path / "c.mp4", (_frame(i) for i in range(12)), fps=10)
     with VideoReader(p) as r:
