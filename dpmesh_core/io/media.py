@@ -36,17 +36,24 @@ class Media:
             if image is None:
                 raise ValueError("image media needs its pixels")
             image.setflags(write=False)
-            self.num_frames = 1
+            self._num_frames = 1
             self.fps: float | None = None
             self.size = (int(image.shape[1]), int(image.shape[0]))
         elif kind == "video":
             if video is None:
                 raise ValueError("video media needs a reader")
-            self.num_frames = video.num_frames
+            self._num_frames = video.num_frames
             self.fps = video.fps
             self.size = video.size
         else:
             raise ValueError(f"unknown media kind {kind!r}")
+
+    @property
+    def num_frames(self) -> int:
+        """1 for an image; a video's frame count (lowered if the file turns out truncated)."""
+        if self._video is not None:
+            self._num_frames = self._video.num_frames
+        return self._num_frames
 
     def frame(self, i: int = 0) -> np.ndarray:
         i = int(i)
