@@ -339,7 +339,10 @@ def _predict_one(
     previous: dict[int, MeshResult] = {}
     stem = media_path.stem
     files: list[Path] = []
-    overlay_frames = []
+    # One renderer per input (creating one costs ~1 s); overlay frames are kept JPEG-encoded (a 720p frame is
+    # ~100 kB instead of 2.7 MB raw) and decoded lazily while the video is written.
+    renderer = __getattr__("MeshRenderer")(w, h) if opts.overlay else None
+    overlay_frames: list[Any] = []
     for fi in frames:
         image = media.frame(fi)
         if kp_table is not None:
@@ -357,19 +360,32 @@ def _predict_one(
             if isinstance(r, MeshResult) and p.track_id is not None:
                 previous[p.track_id] = r
         files += _write_frame_outputs(staging, stem, fi if is_video else None, results, opts.formats)
-        if opts.overlay:
+        if renderer is not None:
+            import cv2
+
             meshes = [r for r in results if isinstance(r, MeshResult)]
-            overlay_frames.append(__getattr__("render_overlay")(image, meshes))
+            over = renderer.render_overlay(image, meshes)
+            if is_video:
+                _, buf = cv2.imencode(".jpg", np.ascontiguousarray(over[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 92])
+                overlay_frames.append(buf.tobytes())
+            else:
+                overlay_frames.append(over)
         yield {
             "event": "frame", "input": str(media_path), "frame": fi, "persons": len(persons),
             "meshes": sum(isinstance(r, MeshResult) for r in results), "errors": errors,
         }
     if opts.overlay and overlay_frames:
         if is_video:
+            import cv2
+
             from .io.video import write_video
 
+            def _decoded():
+                for b in overlay_frames:
+                    yield cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+
             dest = staging / f"{stem}_overlay.mp4"
-            write_video(dest, overlay_frames, fps=(media.fps or 25.0) / opts.stride)
+            write_video(dest, _decoded(), fps=(media.fps or 25.0) / opts.stride)
         else:
             dest = staging / f"{stem}_overlay.png"
             __getattr__("write_image")(dest, overlay_frames[0])
