@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from app_testkit import make_person
 
 from app.commands import MoveKeypointCommand
 from app.document import Document
-
-from app_testkit import make_person
 
 
 @pytest.fixture
