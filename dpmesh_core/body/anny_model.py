@@ -203,7 +203,49 @@ class AnnyBody(BodyModel):
                              persistent=False)
         self.register_buffer("_smpl24_bones", torch.tensor([labels.index(ANNY_SMPL24_BONES[n]) for n in J.SMPL24]),
                              persistent=False)
-        self._shape_cache: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
+        # Fast joints: every bone follows its nearest posed ancestor-or-self ("node": the root or a pose
+        # bone); key-points and joints are linear in the nodes' world transforms (see ``_fast_joints``).
+        parents = list(m.bone_parents)
+        pose_ids = [labels.index(b) for b, _ in ANNY_POSE_BONES]
+
+        def node_parent_bone(b: int) -> int:  # nearest posed ancestor (or the root) of bone b
+            a = parents[b]
+            while a != 0 and a not in pose_ids:
+                a = parents[a]
+            return a
+
+        depth: dict[int, int] = {0: 0}
+        for b in pose_ids:  # ANNY_POSE_BONES lists parents before children
+            depth[b] = depth[node_parent_bone(b)] + 1
+        order = sorted(range(len(pose_ids)), key=lambda i: depth[pose_ids[i]])  # stable, by depth
+        node_bones = [0] + [pose_ids[i] for i in order]  # nodes in level order
+        node_of_bone = []
+        for b in range(len(labels)):
+            a = b
+            while a not in node_bones:
+                a = parents[a]
+            node_of_bone.append(node_bones.index(a))
+        self._levels: list[tuple[int, int, torch.Tensor]] = []  # (start, end, parent index in previous level)
+        for d in range(1, max(depth.values()) + 1):
+            nodes = [i for i, b in enumerate(node_bones) if depth[b] == d]
+            prev = [i for i, b in enumerate(node_bones) if depth[b] == d - 1]
+            par = [prev.index(node_bones.index(node_parent_bone(node_bones[i]))) for i in nodes]
+            self._levels.append((nodes[0], nodes[-1] + 1, torch.tensor(par)))
+        self.register_buffer("_node_pose_order", torch.tensor(order), persistent=False)
+        self.register_buffer("_node_bones", torch.tensor(node_bones), persistent=False)
+        self.register_buffer("_node_parent_bones", torch.tensor([node_parent_bone(b) for b in node_bones[1:]]),
+                             persistent=False)
+        group = torch.zeros(len(active), len(node_bones), dtype=dtype)
+        group[torch.arange(len(active)), torch.tensor([node_of_bone[int(b)] for b in active])] = 1.0
+        self.register_buffer("_kp_group", group, persistent=False)  # (Na, N)
+        self.register_buffer("_kp_c", A[:, active].to(dtype) @ group, persistent=False)  # (K, N)
+        n24 = [node_of_bone[labels.index(ANNY_SMPL24_BONES[n])] for n in J.SMPL24]
+        self.register_buffer("_smpl24_nodes", torch.tensor(n24), persistent=False)
+        self.register_buffer("_smpl24_node_bones", torch.tensor([node_bones[a] for a in n24]), persistent=False)
+        U0 = m.reference_bone_orientations[0] if m.reference_bone_orientations is not None else torch.eye(3)
+        self.register_buffer("_CU0", (torch.tensor(_ANNY_TO_CANONICAL, dtype=U0.dtype) @ U0).to(dtype),
+                             persistent=False)
+        self._shape_cache: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
         self._map30 = {s: torch.as_tensor(J.mapping("smpl30", s)) for s in ("graph15", "openpose18")}
         self._coco_in30 = torch.as_tensor([J.SMPL30.index(n) for n in ("Nose", "L_Eye", "R_Eye", "L_Ear", "R_Ear")])
 
@@ -280,23 +322,73 @@ class AnnyBody(BodyModel):
         z = betas.new_zeros(betas.shape[0], 0)
         return self.anny._get_phenotype_blendshape_coefficients(betas, z, z)
 
-    def _shape(self, betas: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Blend-shape coefficients (B, C) and rest bone poses (B, Nb, 4, 4) of ``betas`` (B, 6).
-
-        Memoised for the last constant ``betas`` (no grad): a pose-only fit then skips the per-bone
-        Procrustes solves."""
+    def _shape(self, betas: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Shape-dependent constants of ``betas`` (B, 6); see ``_shape_constants``. Memoised for the last
+        constant ``betas`` (no grad), so a pose-only fit skips the per-bone Procrustes solves."""
         if betas.requires_grad:
-            coeffs = self.phenotype_coefficients(betas)
-            return coeffs, self._rest_skeleton(coeffs)
+            return self._shape_constants(betas)
         cached = self._shape_cache
         if cached is not None and cached[0].shape == betas.shape and cached[0].device == betas.device \
                 and cached[0].dtype == betas.dtype and torch.equal(cached[0], betas):
-            return cached[1], cached[2]
+            return cached[1]
         with torch.no_grad():
-            coeffs = self.phenotype_coefficients(betas)
-            rest = self._rest_skeleton(coeffs)
-        self._shape_cache = (betas.detach().clone(), coeffs, rest)
-        return coeffs, rest
+            consts = self._shape_constants(betas)
+        self._shape_cache = (betas.detach().clone(), consts)
+        return consts
+
+    def _shape_constants(self, betas: torch.Tensor) -> dict[str, torch.Tensor]:
+        """coeffs (B, C); rest bone poses (B, Nb, 4, 4); and for the fast path, in Anny's frame: the
+        reference-pose node heads t0 (B, N, 3), node offsets from their parent node (B, N-1, 3), SMPL-24
+        head offsets from their node (B, 24, 3), and key-point node vectors Y (B, K, N, 3)."""
+        import anny.utils.kinematics as kin
+
+        m = self.anny
+        coeffs = self.phenotype_coefficients(betas)
+        rest = self._rest_skeleton(coeffs)
+        eye = torch.eye(4, dtype=rest.dtype, device=rest.device).expand_as(rest)
+        T0, W0 = kin.forward_kinematic((m.kinematic_chain_levels, m.kinematic_chain_indices), rest, eye,
+                                       "local-ref", m.reference_bone_orientations)
+        h0 = W0[..., :3, 3]  # (B, Nb, 3) reference-pose heads
+        t0 = h0[:, self._node_bones]
+        T0a = T0[:, self._kp_bones]  # (B, Na, 4, 4)
+        Q = self._kp_P + torch.einsum("kbdc,nc->nkbd", self._kp_dirs, coeffs)  # (B, K, Na, 3)
+        TQ = torch.einsum("nbij,nkbj->nkbi", T0a[..., :3, :3], Q) + torch.einsum(
+            "kb,nbi->nkbi", self._kp_A, T0a[..., :3, 3])
+        Y = torch.einsum("nkbi,ba->nkai", TQ, self._kp_group) - torch.einsum("ka,nai->nkai", self._kp_c, t0)
+        return {
+            "coeffs": coeffs, "rest": rest, "t0": t0, "Y": Y,
+            "offsets": t0[:, 1:] - h0[:, self._node_parent_bones],
+            "head24": h0[:, self._smpl24_bones] - h0[:, self._smpl24_node_bones],
+        }
+
+    def _fast_joints(self, body_pose: torch.Tensor, sc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """COCO regressor key-points + head top (B, 18, 3) and SMPL-24 bone heads (B, 24, 3), Anny frame.
+
+        With Anny's 'local-ref' kinematics, a bone's world rotation relative to the reference pose is the
+        product of the (root-frame) deltas along its chain, G_c = G_p D_c, and its head t_c = t_p +
+        G_p (t0_c - t0_p). Non-posed bones follow their node a: T_b v = G_a (T0_b v - t0_a) + t_a. Hence
+        key-point k = Σ_a G_a Y_ka + c_ka t_a, Y and c precomputed per shape: exact LBS + regression."""
+        from ..torchgeom import axis_angle_to_matrix
+
+        B = body_pose.shape[0]
+        # the pose rotations about the root's reference axes (Anny frame), nodes in level order:
+        # (CU)ᵀ R(ω) (CU) = R((CU)ᵀ ω)
+        aa = body_pose.reshape(B, -1, 3)[:, self._node_pose_order] @ self._CU0
+        D = axis_angle_to_matrix(aa)  # (B, N-1, 3, 3)
+        off = sc["offsets"].expand(B, -1, -1)[..., None]
+        Gs = [torch.eye(3, dtype=D.dtype, device=D.device).expand(B, 1, 3, 3)]
+        ts = [sc["t0"][:, :1].expand(B, -1, -1)]
+        for start, end, par in self._levels:
+            Gp = Gs[-1][:, par]
+            Gs.append(Gp @ D[:, start - 1:end - 1])
+            ts.append(ts[-1][:, par] + (Gp @ off[:, start - 1:end - 1])[..., 0])
+        G = torch.cat(Gs, 1)  # (B, N, 3, 3)
+        t = torch.cat(ts, 1)  # (B, N, 3)
+        Y = sc["Y"].expand(B, -1, -1, -1)
+        kp = torch.einsum("naij,nkaj->nki", G, Y) + torch.einsum("ka,nai->nki", self._kp_c, t)
+        n24 = self._smpl24_nodes
+        j24 = t[:, n24] + (G[:, n24] @ sc["head24"].expand(B, -1, -1)[..., None])[..., 0]
+        return kp, j24
 
     def _rest_skeleton(self, coeffs: torch.Tensor) -> torch.Tensor:
         """(B, Nb, 4, 4) rest bone poses (Anny frame) for blend-shape coefficients (B, C)."""
@@ -343,20 +435,18 @@ class AnnyBody(BodyModel):
         B = max(global_orient.shape[0], body_pose.shape[0], betas.shape[0])
         global_orient, body_pose, betas = (x.expand(B, -1) for x in (global_orient, body_pose, betas))
         m = self.anny
-        coeffs, rest = self._shape(betas)
-        T, W = kin.forward_kinematic((m.kinematic_chain_levels, m.kinematic_chain_indices), rest,
-                                     self._deltas(body_pose), "local-ref", m.reference_bone_orientations)
+        sc = self._shape(betas)
         vertices = None
-        if return_vertices:
-            rest_v = m.template_vertices[None] + torch.einsum("cpd,bc->bpd", m.blendshapes, coeffs)
+        if return_vertices:  # Anny's own kinematics and linear blend skinning of the whole mesh
+            T, W = kin.forward_kinematic((m.kinematic_chain_levels, m.kinematic_chain_indices), sc["rest"],
+                                         self._deltas(body_pose), "local-ref", m.reference_bone_orientations)
+            rest_v = m.template_vertices[None] + torch.einsum("cpd,bc->bpd", m.blendshapes, sc["coeffs"])
             blend = torch.einsum("vj,bjik->bvik", m.dense_vertex_bone_weights, T[..., :3, :])
             vertices = (blend[..., :3] * rest_v[..., None, :]).sum(-1) + blend[..., 3]  # (B, V, 3)
             kp = torch.stack([torch.sparse.mm(self._reg_full, v) for v in vertices])  # (B, 18, 3)
+            j24_anny = W[:, self._smpl24_bones, :3, 3]
         else:
-            Ta = T[:, self._kp_bones]  # (B, Na, 4, 4)
-            Q = self._kp_P + torch.einsum("kbdc,nc->nkbd", self._kp_dirs, coeffs)  # (B, K, Na, 3)
-            kp = torch.einsum("nbij,nkbj->nki", Ta[..., :3, :3], Q) + torch.einsum("kb,nbi->nki", self._kp_A,
-                                                                                    Ta[..., :3, 3])
+            kp, j24_anny = self._fast_joints(body_pose, sc)
         # Anny frame → canonical frame, then global orientation about the root (at the origin) and transl
         Rg = self._global_rotation(global_orient)  # (B, 3, 3) acting on canonical coordinates
         Rt = (Rg @ self._C).transpose(-1, -2)
@@ -364,7 +454,7 @@ class AnnyBody(BodyModel):
         res: dict[str, torch.Tensor] = {}
         want24 = any(s != "coco17" for s in joint_sets)
         if want24:
-            j24 = W[:, self._smpl24_bones, :3, 3] @ Rt + t
+            j24 = j24_anny @ Rt + t
             j30 = torch.cat([j24, (kp[:, 0:5] @ Rt + t), (kp[:, 17:18] @ Rt + t)], dim=1)
         for s in joint_sets:
             if s == "coco17":
