@@ -1,1 +1,12 @@
-"""dpmesh_core.fit"""
+"""dpmesh_core.fit: key-point-driven body-model fitting (the embedded default estimator).
+
+``KeypointFitter(body_model="anny", config=FitConfig(), device="cpu")`` implements the ``Estimator``
+protocol (``estimate``), plus ``refine`` (start from a network's result) and ``smooth_sequence``
+(offline temporal smoothing of a video's results).
+"""
+
+from .config import FitConfig
+from .fitter import KeypointFitter
+from .smooth import gaussian_smooth, smooth_params, smooth_sequence
+
+__all__ = ["FitConfig", "KeypointFitter", "gaussian_smooth", "smooth_params", "smooth_sequence"]

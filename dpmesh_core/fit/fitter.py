@@ -1,0 +1,543 @@
+"""Key-point-driven body-model fitting (SMPLify-style): the embedded default estimator.
+
+``KeypointFitter`` fits global orientation, body pose, shape and translation of a body model (any
+``dpmesh_core.body.base.BodyModel``) so that its projected key-points match a person's visible 2-D
+key-points, with priors. All persons of a frame — and, on a cold start, several initial orientations per
+person — are optimised together as one batch (batch = persons × inits). The optimisation runs on the
+skeleton only (``forward(..., return_vertices=False)``); the full mesh is skinned once at the end.
+
+Objective per batch element (see ``FitConfig`` for units)::
+
+    E = Σ_j w_j ρ(‖π(K_j) − x_j‖ · s) / Σ_j w_j            data (Geman-McClure ρ, s = ref / box size)
+      + λ_pose · pose_prior(θ) + λ_lim · joint_limit_penalty(θ) + λ_shape · shape_prior(β)
+      + λ_depth · (log z − log z₀)²                          weak depth prior around the key-point-scale depth
+      + λ_temp · (‖R − R_prev‖² + ‖θ − θ_prev‖² + ‖β − β_prev‖² + ‖t − t_prev‖²)   warm start / refine only
+
+Translation is optimised as ``(u, v, log z)`` with ``t = (u·z·100/fx, v·z·100/fy, z)`` so that one Adam
+step moves the body by a similar number of pixels whatever its distance.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..body import joints as J
+from ..body.base import BodyModel
+from ..errors import ConfigError, EstimationError, InputError
+from ..torchgeom import axis_angle_to_matrix, matrix_to_axis_angle, project
+from ..types import BodyParams, Camera, MeshResult, Person
+from .config import FitConfig
+
+log = logging.getLogger(__name__)
+
+#: joints used in the first (orientation + translation) stage of a cold start
+_TORSO = frozenset({"L_Shoulder", "R_Shoulder", "L_Hip", "R_Hip", "Neck", "Pelvis", "Torso", "Spine", "Chest",
+                    "L_Thorax", "R_Thorax"})
+#: segments whose metric length (rest pose) vs pixel length gives the initial depth
+_SEGMENTS = (
+    ("L_Shoulder", "L_Hip"), ("R_Shoulder", "R_Hip"), ("L_Shoulder", "R_Hip"), ("R_Shoulder", "L_Hip"),
+    ("L_Shoulder", "R_Shoulder"), ("L_Hip", "R_Hip"), ("L_Shoulder", "L_Elbow"), ("R_Shoulder", "R_Elbow"),
+    ("L_Elbow", "L_Wrist"), ("R_Elbow", "R_Wrist"), ("L_Hip", "L_Knee"), ("R_Hip", "R_Knee"),
+    ("L_Knee", "L_Ankle"), ("R_Knee", "R_Ankle"), ("Neck", "Pelvis"),
+)
+_TRANSL_UNIT_PX = 100.0
+
+
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Temporarily use ``n`` torch intra-op threads (0: unchanged)."""
+    old = torch.get_num_threads()
+    if n <= 0 or n == old:
+        yield
+        return
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+@dataclass
+class _Plan:
+    """How one input joint set is predicted from the body model's joints.
+
+    body_set: the body model's joint set used; A: (J_in, K_body) linear map (one-hot rows, or 0.5/0.5 rows
+    for a synthesised Pelvis/Neck, zero rows for joints the model cannot predict); torso: (J_in,) bool;
+    rest: (J_in, 3) canonical rest-pose key-points at the mean shape (metres); segments: (S, 2) int pairs.
+    """
+
+    body_set: str
+    A: np.ndarray
+    modelled: np.ndarray
+    torso: np.ndarray
+    rest: np.ndarray
+    segments: np.ndarray
+
+
+@dataclass
+class _Problem:
+    """One batch of fitting problems (batch = elements; ``owner`` maps an element to its person slot)."""
+
+    owner: np.ndarray            # (B,) int index into the list of persons being solved
+    idx: torch.Tensor            # (B, J*2, 3) long: the two body joints (of the concatenated sets) per key-point
+    coef: torch.Tensor           # (B, J, 2) their weights (1/0 for a plain joint, 0.5/0.5 synthesised, 0/0 absent)
+    target: torch.Tensor         # (B, J, 2) pixels
+    weight: torch.Tensor         # (B, J) confidence, 0 = unusable
+    torso_weight: torch.Tensor   # (B, J) weights of stage 1
+    scale: torch.Tensor          # (B,) reference px per image px
+    focal: torch.Tensor          # (B, 2)
+    principal: torch.Tensor      # (B, 2)
+    log_z0: torch.Tensor         # (B,) depth prior centre
+    prev: dict[str, torch.Tensor] | None = None   # temporal targets (global_orient as matrices)
+    prev_weight: float = 0.0
+
+
+class KeypointFitter:
+    """Fits a body model to 2-D key-points; implements ``dpmesh_core.types.Estimator`` (``name = "fit"``).
+
+    ``body_model``: a ``BodyModel`` or a name for ``dpmesh_core.body.load_body_model`` ("anny" default,
+    "synthetic-smpl", "smpl"). ``device``: torch device the optimisation runs on.
+    """
+
+    name = "fit"
+
+    def __init__(self, body_model: BodyModel | str = "anny", config: FitConfig | None = None,
+                 device: str | torch.device = "cpu"):
+        self.config = config if config is not None else FitConfig()
+        self.config.validate()
+        self.device = torch.device(device)
+        if isinstance(body_model, str):
+            from ..body import load_body_model
+
+            body_model = load_body_model(body_model, device=str(self.device))
+        self.body: BodyModel = body_model.to(self.device)
+        self.body.eval()
+        self.dtype = torch.float32
+        out_set = self.config.output_joint_set
+        if out_set is not None and out_set not in self.body.joint_sets:
+            raise ConfigError(f"body model {self.body.name!r} cannot output joint set {out_set!r} "
+                              f"(it provides {list(self.body.joint_sets)})", "output_joint_set")
+        self._plans: dict[str, _Plan | None] = {}
+        self._faces = np.asarray(self.body.faces, np.int32)
+        self._init_rots = self._initial_rotations()
+        #: number of energy + gradient evaluations so far (a cost counter for tests and benchmarks)
+        self.evaluations = 0
+
+    # ------------------------------------------------------------------ public API
+
+    def estimate(
+        self,
+        image: np.ndarray | None,
+        persons: Sequence[Person],
+        camera: Camera | None = None,
+        previous: Sequence[MeshResult | None] | None = None,
+    ) -> list[MeshResult | EstimationError]:
+        """Fit every person of one frame.
+
+        image: (H, W, 3) uint8 RGB (only its size is used, for the default camera); may be None when
+        ``camera`` is given. previous: last results of the same persons (same order, entries may be None):
+        those whose body model matches start from them (fewer iterations, pulled toward them).
+        Returns one ``MeshResult`` or ``EstimationError`` per person, in order.
+        """
+        cam = self._camera(image, camera)
+        if previous is not None and len(previous) != len(persons):
+            raise InputError(f"previous has {len(previous)} entries for {len(persons)} persons")
+        starts: list[BodyParams | None] = []
+        for i in range(len(persons)):
+            p = previous[i] if previous is not None else None
+            starts.append(p.params if p is not None and p.params.model == self.body.name else None)
+        with _torch_threads(self.config.num_threads):
+            return self._solve(persons, [cam] * len(persons), starts, estimator="fit",
+                               iters=self.config.warm_iters, prior_weight=self.config.temporal_weight)
+
+    def refine(
+        self,
+        image: np.ndarray | None,
+        persons: Sequence[Person],
+        initial: Sequence[MeshResult],
+        camera: Camera | None = None,
+    ) -> list[MeshResult | EstimationError]:
+        """Refine given results (e.g. the network's) on the persons' key-points; estimator "dpmesh+fit".
+
+        Each ``initial[i].params.model`` must be this fitter's body model, else ``ConfigError``. Uses
+        ``initial[i].camera`` unless ``camera`` is given.
+        """
+        if len(initial) != len(persons):
+            raise InputError(f"initial has {len(initial)} entries for {len(persons)} persons")
+        for i, r in enumerate(initial):
+            if r.params.model != self.body.name:
+                raise ConfigError(
+                    f"cannot refine person {i}: its params are for body model {r.params.model!r} but this "
+                    f"fitter uses {self.body.name!r}; build KeypointFitter({r.params.model!r}) to refine it")
+        cams = [camera if camera is not None else r.camera for r in initial]
+        with _torch_threads(self.config.num_threads):
+            return self._solve(persons, cams, [r.params for r in initial], estimator="dpmesh+fit",
+                               iters=self.config.refine_iters, prior_weight=self.config.refine_prior_weight)
+
+    def body_forward(self, params: Sequence[BodyParams], joint_sets: tuple[str, ...],
+                     return_vertices: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
+        """Evaluate the body model on a list of params → ({set: (N, K, 3)}, (N, V, 3) or None), metres."""
+        with torch.inference_mode():
+            go, bp, be, tr = (torch.as_tensor(np.stack([getattr(p, k) for p in params]), dtype=self.dtype,
+                                              device=self.device)
+                              for k in ("global_orient", "body_pose", "betas", "transl"))
+            out = self.body(go, bp, be, tr, joint_sets=joint_sets, return_vertices=return_vertices)
+            js = {k: v.detach().cpu().numpy() for k, v in out.joints.items()}
+            verts = out.vertices.detach().cpu().numpy() if out.vertices is not None else None
+        return js, verts
+
+    # ------------------------------------------------------------------ set-up helpers
+
+    def _camera(self, image: np.ndarray | None, camera: Camera | None) -> Camera:
+        if camera is not None:
+            return camera
+        if image is None:
+            raise InputError("need an image or a camera to fit key-points")
+        img = np.asarray(image)
+        if img.ndim < 2 or img.shape[0] < 1 or img.shape[1] < 1:
+            raise InputError(f"image must be (H, W[, C]); got shape {img.shape}")
+        return Camera.default_for(int(img.shape[1]), int(img.shape[0]))
+
+    def _initial_rotations(self) -> torch.Tensor:
+        """(8, 3, 3) camera-frame orientations: facing the camera, facing away, turned ±90°, ±45°, ±135°."""
+        flip = np.diag([1.0, -1.0, -1.0])  # rotation by π about x: canonical (y up, +z facing) → upright facing camera
+        out = []
+        q = math.pi / 4
+        for yaw in (0.0, 4 * q, 2 * q, -2 * q, q, -q, 3 * q, -3 * q):
+            c, s = math.cos(yaw), math.sin(yaw)
+            ry = np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]])
+            out.append(ry @ flip)
+        return torch.as_tensor(np.stack(out), dtype=self.dtype, device=self.device)
+
+    def _plan(self, joint_set: str) -> _Plan | None:
+        """Cached mapping from key-point set ``joint_set`` to the body model's joints (None: unknown set)."""
+        if joint_set in self._plans:
+            return self._plans[joint_set]
+        try:
+            names = J.joint_names(joint_set)
+        except KeyError:
+            self._plans[joint_set] = None
+            return None
+        best = None
+        for bset in self.body.joint_sets:
+            if bset not in J.JOINT_SETS:
+                continue
+            bpos = {n: i for i, n in enumerate(J.joint_names(bset))}
+            A = np.zeros((len(names), len(bpos)), np.float32)
+            for j, n in enumerate(names):
+                if n in bpos:
+                    A[j, bpos[n]] = 1.0
+                elif n in J._SYNTHESISED and all(p in bpos for p in J._SYNTHESISED[n]):
+                    for p in J._SYNTHESISED[n]:
+                        A[j, bpos[p]] = 0.5
+            cover = int((A.sum(1) > 0).sum()) * 2 + (bset == joint_set)
+            if best is None or cover > best[0]:
+                best = (cover, bset, A)
+        if best is None or best[0] < 2:
+            self._plans[joint_set] = None
+            return None
+        _, bset, A = best
+        with torch.inference_mode():
+            out = self.body(torch.zeros(1, 3, device=self.device), torch.zeros(1, self.body.pose_dim, device=self.device),
+                            self.body.mean_betas(1).to(self.device), torch.zeros(1, 3, device=self.device),
+                            joint_sets=(bset,))
+            rest = A @ out.joints[bset][0].double().cpu().numpy()
+        pos = {n: i for i, n in enumerate(names)}
+        modelled = A.sum(1) > 0
+        segs = [(pos[a], pos[b]) for a, b in _SEGMENTS if a in pos and b in pos and modelled[pos[a]]
+                and modelled[pos[b]]]
+        plan = _Plan(bset, A, modelled, np.array([n in _TORSO for n in names]) & modelled, rest.astype(np.float32),
+                     np.array(segs, np.int64).reshape(-1, 2))
+        self._plans[joint_set] = plan
+        return plan
+
+    def _initial_depth(self, plan: _Plan, kp: np.ndarray, w: np.ndarray, f: float, box: np.ndarray) -> float:
+        """Depth (metres) of the person from key-point scale: f · (metric length / pixel length)."""
+        ok = w > 0
+        ratios = []
+        for a, b in plan.segments:
+            if ok[a] and ok[b]:
+                L3 = float(np.linalg.norm(plan.rest[a] - plan.rest[b]))
+                L2 = float(np.linalg.norm(kp[a] - kp[b]))
+                if L3 > 0.05 and L2 > 1.0:
+                    ratios.append(L2 / L3)
+        if not ratios:  # any two visible joints, with their rest-pose distance
+            idx = np.flatnonzero(ok)
+            for ia in range(len(idx)):
+                for ib in range(ia + 1, len(idx)):
+                    a, b = idx[ia], idx[ib]
+                    L3 = float(np.linalg.norm(plan.rest[a] - plan.rest[b]))
+                    L2 = float(np.linalg.norm(kp[a] - kp[b]))
+                    if L3 > 0.05 and L2 > 1.0:
+                        ratios.append(L2 / L3)
+        if ratios:
+            # segments are foreshortened, never lengthened: trust the longer (less foreshortened) ones
+            q = float(np.quantile(np.asarray(ratios), 0.75))
+        else:
+            q = max(float(box[3] - box[1]), float(box[2] - box[0]), 1.0) / 1.7
+        return float(np.clip(f / max(q, 1e-6), 0.3, 200.0))
+
+    # ------------------------------------------------------------------ the solver
+
+    def _solve(self, persons: Sequence[Person], cams: Sequence[Camera], starts: Sequence[BodyParams | None],
+               estimator: str, iters: int, prior_weight: float) -> list[MeshResult | EstimationError]:
+        n = len(persons)
+        results: list[MeshResult | EstimationError | None] = [None] * n
+        plans: list[_Plan | None] = [None] * n
+        weights: list[np.ndarray | None] = [None] * n
+        for i, p in enumerate(persons):
+            plan = self._plan(p.joint_set)
+            if plan is None:
+                results[i] = EstimationError(f"key-point set {p.joint_set!r} cannot be matched to body model "
+                                             f"{self.body.name!r}", i)
+                continue
+            w = p.weights * plan.modelled
+            w = np.where(np.isfinite(p.keypoints[:, :2]).all(1), w, 0.0).astype(np.float32)
+            nvis = int((w > 0).sum())
+            if nvis < self.config.min_visible_joints:
+                results[i] = EstimationError(f"only {nvis} usable key-point(s); need at least "
+                                             f"{self.config.min_visible_joints}", i)
+                continue
+            plans[i], weights[i] = plan, w
+        todo = [i for i in range(n) if results[i] is None]
+        if not todo:
+            return results  # type: ignore[return-value]
+        sets = tuple(dict.fromkeys(plans[i].body_set for i in todo))  # type: ignore[union-attr]
+        offsets, k = {}, 0
+        for s in sets:
+            offsets[s] = k
+            k += J.num_joints(s)
+        cold = [i for i in todo if starts[i] is None]
+        warm = [i for i in todo if starts[i] is not None]
+        solved: dict[int, tuple[torch.Tensor, ...]] = {}
+        if cold:
+            solved.update(self._solve_cold(cold, persons, cams, plans, weights, sets, offsets, k))
+        if warm:
+            solved.update(self._solve_warm(warm, persons, cams, plans, weights, sets, offsets, k, starts, iters,
+                                           prior_weight))
+        self._finish(todo, solved, persons, cams, plans, sets, results, estimator)
+        return results  # type: ignore[return-value]
+
+    def _problem(self, owner: list[int], persons, cams, plans, weights, sets, offsets, k) -> _Problem:
+        B = len(owner)
+        Jmax = max(persons[i].num_joints for i in owner)
+        idx = np.zeros((B, Jmax, 2), np.int64)
+        coef = np.zeros((B, Jmax, 2), np.float32)
+        tgt = np.zeros((B, Jmax, 2), np.float32)
+        w = np.zeros((B, Jmax), np.float32)
+        tw = np.zeros((B, Jmax), np.float32)
+        scale = np.zeros(B, np.float32)
+        foc = np.zeros((B, 2), np.float32)
+        pp = np.zeros((B, 2), np.float32)
+        logz = np.zeros(B, np.float32)
+        for b, i in enumerate(owner):
+            p, plan, cam = persons[i], plans[i], cams[i]
+            nj, o = p.num_joints, offsets[plan.body_set]
+            cols = np.argsort(-plan.A, axis=1, kind="stable")[:, :2]
+            idx[b, :nj] = cols + o
+            coef[b, :nj] = np.take_along_axis(plan.A, cols, 1)
+            kp = np.nan_to_num(p.keypoints[:, :2].astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+            tgt[b, :nj] = kp
+            w[b, :nj] = weights[i]
+            t = weights[i] * plan.torso
+            tw[b, :nj] = t if (t > 0).sum() >= 2 else weights[i]
+            vis = kp[weights[i] > 0]
+            box = np.asarray(p.box, np.float64)
+            size = max(float(box[3] - box[1]), float(box[2] - box[0]),
+                       float(np.ptp(vis[:, 1])) if len(vis) else 0.0, float(np.ptp(vis[:, 0])) if len(vis) else 0.0,
+                       16.0)
+            scale[b] = self.config.reference_size_px / size
+            foc[b], pp[b] = cam.focal, cam.principal
+            logz[b] = math.log(self._initial_depth(plan, kp, weights[i], float(np.mean(cam.focal)), box))
+        t = lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)  # noqa: E731
+        gidx = torch.as_tensor(idx.reshape(B, Jmax * 2, 1).repeat(3, 2), device=self.device)
+        return _Problem(np.asarray(owner), gidx, t(coef), t(tgt), t(w), t(tw), t(scale), t(foc), t(pp), t(logz))
+
+    def _to_transl(self, uvl: torch.Tensor, pr: _Problem) -> torch.Tensor:
+        z = uvl[:, 2:3].exp()
+        return torch.cat([uvl[:, :2] * z * _TRANSL_UNIT_PX / pr.focal, z], 1)
+
+    def _from_transl(self, transl: torch.Tensor, pr: _Problem) -> torch.Tensor:
+        z = transl[:, 2:3].clamp_min(0.05)
+        return torch.cat([transl[:, :2] / z * pr.focal / _TRANSL_UNIT_PX, z.log()], 1)
+
+    def _keypoints3d(self, go, bp, be, transl, pr: _Problem, sets) -> torch.Tensor:
+        out = self.body(go, bp, be, transl, joint_sets=sets, return_vertices=False)
+        allj = torch.cat([out.joints[s] for s in sets], 1) if len(sets) > 1 else out.joints[sets[0]]
+        g = allj.gather(1, pr.idx).view(allj.shape[0], -1, 2, 3)
+        return (g * pr.coef[..., None]).sum(2)
+
+    def _energy(self, go, bp, be, uvl, pr: _Problem, sets, weight: torch.Tensor, use_priors: bool) -> torch.Tensor:
+        """(B,) total energy."""
+        cfg = self.config
+        transl = self._to_transl(uvl, pr)
+        kp3 = self._keypoints3d(go, bp, be, transl, pr, sets)
+        uv = project(kp3, pr.focal, pr.principal)
+        r2 = ((uv - pr.target) ** 2).sum(-1) * (pr.scale**2)[:, None]
+        s2 = cfg.robust_sigma_px**2
+        rho = s2 * r2 / (s2 + r2)
+        e = (weight * rho).sum(1) / weight.sum(1).clamp_min(1e-6)
+        e = e + cfg.depth_prior_weight * (uvl[:, 2] - pr.log_z0) ** 2
+        if use_priors:
+            e = e + cfg.pose_prior_weight * self.body.pose_prior(bp) + cfg.joint_limit_weight * \
+                self.body.joint_limit_penalty(bp)
+            if cfg.optimize_betas:
+                e = e + cfg.shape_prior_weight * self.body.shape_prior(be)
+        if pr.prev is not None and pr.prev_weight > 0:
+            R = axis_angle_to_matrix(go)
+            e = e + pr.prev_weight * (((R - pr.prev["R"]) ** 2).sum((1, 2)) + ((bp - pr.prev["bp"]) ** 2).sum(1)
+                                      + ((be - pr.prev["be"]) ** 2).sum(1)
+                                      + ((transl - pr.prev["transl"]) ** 2).sum(1))
+        return e
+
+    def _run_adam(self, params: dict[str, torch.Tensor], lrs: dict[str, float], steps: int, closure) -> None:
+        """Minimise ``closure(params).sum()`` over the entries of ``params`` with a positive rate in ``lrs``
+        (the others stay fixed), in place. Adam: ``steps`` iterations, cosine-decayed rates. L-BFGS (strong
+        Wolfe line search): at most ``steps`` iterations, each parameter group pre-scaled by its rate."""
+        if steps <= 0:
+            return
+        fixed = {k: v.detach() for k, v in params.items() if lrs.get(k, 0.0) <= 0}
+        if self.config.optimizer == "lbfgs":
+            scale = {k: lrs[k] for k in params if k not in fixed}
+            leaves = {k: (params[k].detach() / scale[k]).clone().requires_grad_(True) for k in scale}
+            opt = torch.optim.LBFGS(list(leaves.values()), lr=1.0, max_iter=steps, max_eval=int(steps * 1.25) + 1,
+                                    tolerance_grad=1e-9, tolerance_change=1e-12, history_size=10,
+                                    line_search_fn="strong_wolfe")
+
+            def lbfgs_closure():
+                self.evaluations += 1
+                loss = closure({**fixed, **{k: v * scale[k] for k, v in leaves.items()}}).sum()
+                grads = torch.autograd.grad(loss, list(leaves.values()))
+                for leaf, g in zip(leaves.values(), grads):
+                    leaf.grad = g
+                return loss.detach()
+
+            opt.step(lbfgs_closure)
+            for k in leaves:
+                params[k] = (leaves[k] * scale[k]).detach()
+            return
+        leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items() if k not in fixed}
+        opt = torch.optim.Adam([{"params": [leaves[k]], "lr": lrs[k], "base": lrs[k]} for k in leaves])
+        ff = self.config.lr_final_factor
+        for it in range(steps):
+            frac = it / max(steps - 1, 1)
+            mult = ff + (1 - ff) * 0.5 * (1 + math.cos(math.pi * frac))
+            for g in opt.param_groups:
+                g["lr"] = g["base"] * mult
+            opt.zero_grad(set_to_none=True)
+            self.evaluations += 1
+            loss = closure({**fixed, **leaves}).sum()
+            grads = torch.autograd.grad(loss, list(leaves.values()))
+            for leaf, g in zip(leaves.values(), grads):
+                leaf.grad = g
+            opt.step()
+        for k in leaves:
+            params[k] = leaves[k].detach()
+
+    def _solve_cold(self, cold, persons, cams, plans, weights, sets, offsets, k):
+        cfg = self.config
+        ninit = cfg.num_inits
+        owner = [i for i in cold for _ in range(ninit)]
+        pr = self._problem(owner, persons, cams, plans, weights, sets, offsets, k)
+        B = len(owner)
+        dev, dt = self.device, self.dtype
+        R0 = self._init_rots[:ninit].repeat(len(cold), 1, 1)
+        go = matrix_to_axis_angle(R0)
+        bp = torch.zeros(B, self.body.pose_dim, device=dev, dtype=dt)
+        be = self.body.mean_betas(B).to(device=dev, dtype=dt)
+        with torch.inference_mode():  # place the body: centroid of visible key-points at the initial depth
+            kp3 = self._keypoints3d(go, bp, be, torch.zeros(B, 3, device=dev, dtype=dt), pr, sets)
+            w = pr.weight
+            wn = w / w.sum(1, keepdim=True).clamp_min(1e-6)
+            c3 = (wn[..., None] * kp3).sum(1)
+            c2 = (wn[..., None] * pr.target).sum(1)
+            z = pr.log_z0.exp()
+            t = torch.cat([(c2 - pr.principal) / pr.focal * z[:, None] - c3[:, :2], (z - c3[:, 2])[:, None]], 1)
+            t[:, 2] = t[:, 2].clamp_min(0.3)
+        params = {"go": go.clone(), "uvl": self._from_transl(t.clone(), pr)}
+        # stage 1: orientation + translation on torso key-points, rest pose
+        self._run_adam(params, {"go": cfg.lr_rotation, "uvl": cfg.lr_transl}, cfg.camera_iters,
+                       lambda p: self._energy(p["go"], bp, be, p["uvl"], pr, sets, pr.torso_weight, False))
+        if ninit > 1 and cfg.keep_after_camera_stage < ninit and cfg.cold_iters > 0:
+            with torch.inference_mode():
+                e = self._energy(params["go"], bp, be, params["uvl"], pr, sets, pr.torso_weight, False)
+            keep = torch.topk(e.view(len(cold), ninit), cfg.keep_after_camera_stage, dim=1, largest=False).indices
+            sel = (keep + torch.arange(len(cold), device=dev)[:, None] * ninit).reshape(-1)
+            params = {kk: v[sel] for kk, v in params.items()}
+            bp, be = bp[sel], be[sel]
+            owner = [owner[s] for s in sel.tolist()]
+            pr = self._problem(owner, persons, cams, plans, weights, sets, offsets, k)
+        # stage 2: everything
+        params["bp"], params["be"] = bp, be
+        lrs = {"go": cfg.lr_rotation, "uvl": cfg.lr_transl, "bp": cfg.lr_rotation, "be": cfg.lr_betas}
+        if not cfg.optimize_betas:
+            lrs["be"] = 0.0
+        self._run_adam(params, lrs, cfg.cold_iters,
+                       lambda p: self._energy(p["go"], p["bp"], p["be"], p["uvl"], pr, sets, pr.weight, True))
+        with torch.inference_mode():
+            e = self._energy(params["go"], params["bp"], params["be"], params["uvl"], pr, sets, pr.weight, True)
+        return self._pick_best(owner, e, params, pr)
+
+    def _solve_warm(self, warm, persons, cams, plans, weights, sets, offsets, k, starts, iters, prior_weight):
+        cfg = self.config
+        pr = self._problem(warm, persons, cams, plans, weights, sets, offsets, k)
+        t = lambda a: torch.as_tensor(np.stack(a), dtype=self.dtype, device=self.device)  # noqa: E731
+        go = t([starts[i].global_orient for i in warm])
+        bp = t([starts[i].body_pose for i in warm])
+        be = t([starts[i].betas for i in warm])
+        tr = t([starts[i].transl for i in warm])
+        if bp.shape[1] != self.body.pose_dim or be.shape[1] != self.body.num_betas:
+            raise ConfigError(f"initial params have body_pose {bp.shape[1]} / betas {be.shape[1]} values; body model "
+                              f"{self.body.name!r} needs {self.body.pose_dim} / {self.body.num_betas}")
+        uvl = self._from_transl(tr, pr)
+        pr.log_z0 = uvl[:, 2].clone()
+        pr.prev = {"R": axis_angle_to_matrix(go), "bp": bp.clone(), "be": be.clone(), "transl": tr.clone()}
+        pr.prev_weight = prior_weight
+        params = {"go": go, "uvl": uvl, "bp": bp, "be": be}
+        f = cfg.lr_warm_factor
+        lrs = {"go": cfg.lr_rotation * f, "uvl": cfg.lr_transl * f, "bp": cfg.lr_rotation * f,
+               "be": cfg.lr_betas * f if cfg.optimize_betas else 0.0}
+        self._run_adam(params, lrs, iters,
+                       lambda p: self._energy(p["go"], p["bp"], p["be"], p["uvl"], pr, sets, pr.weight, True))
+        with torch.inference_mode():
+            e = self._energy(params["go"], params["bp"], params["be"], params["uvl"], pr, sets, pr.weight, True)
+        return self._pick_best(warm, e, params, pr)
+
+    def _pick_best(self, owner, e, params, pr) -> dict[int, tuple[torch.Tensor, ...]]:
+        out: dict[int, tuple[torch.Tensor, ...]] = {}
+        transl = self._to_transl(params["uvl"], pr)
+        own = np.asarray(owner)
+        for i in dict.fromkeys(owner):
+            idx = np.flatnonzero(own == i)
+            b = int(idx[int(torch.argmin(e[torch.as_tensor(idx, device=e.device)]))])
+            out[i] = (params["go"][b], params["bp"][b], params["be"][b], transl[b], e[b])
+        return out
+
+    def _finish(self, todo, solved, persons, cams, plans, sets, results, estimator) -> None:
+        out_sets = tuple(dict.fromkeys(list(sets) + [self.config.output_joint_set or plans[i].body_set for i in todo]))
+        with torch.inference_mode():
+            go, bp, be, tr, e = (torch.stack([solved[i][c] for i in todo]) for c in range(5))
+            out = self.body(go, bp, be, tr, joint_sets=out_sets, return_vertices=True)
+            verts = out.vertices.cpu().numpy()
+            joints = {s: v.cpu().numpy() for s, v in out.joints.items()}
+        gon, bpn, ben, trn, en = (x.cpu().numpy() for x in (go, bp, be, tr, e))
+        for b, i in enumerate(todo):
+            p, plan, cam = persons[i], plans[i], cams[i]
+            oset = self.config.output_joint_set or plan.body_set
+            j3 = joints[oset][b]
+            kp3 = plan.A @ joints[plan.body_set][b]
+            f, c = np.asarray(cam.focal, np.float64), np.asarray(cam.principal, np.float64)
+            j2 = j3[:, :2] / (j3[:, 2:3] + 1e-4) * f + c
+            k2 = kp3[:, :2] / (kp3[:, 2:3] + 1e-4) * f + c
+            k2[~plan.modelled] = np.nan
+            results[i] = MeshResult(
+                vertices=verts[b], faces=self._faces, joints3d=j3, joints2d=j2, joint_set=oset,
+                params=BodyParams(self.body.name, gon[b], bpn[b], ben[b], trn[b]), camera=cam, keypoints2d=k2,
+                estimator=estimator, loss=float(en[b]), track_id=p.track_id)

@@ -1,0 +1,120 @@
+"""Offline temporal smoothing of per-frame fitted bodies (video).
+
+``smooth_sequence`` groups results into tracks (by ``track_id``, else by slot index), Gaussian-filters
+their parameters over time — rotations (global orientation and, for axis-angle body poses, every joint
+rotation) as averaged rotation matrices projected back onto SO(3), shape and translation linearly — and
+re-evaluates the body model so vertices, joints and re-projections match the smoothed parameters.
+Frames where a track is missing are simply skipped (the kernel is renormalised over present frames).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import ConfigError, InputError
+from ..geometry import axis_angle_to_matrix, matrix_to_axis_angle
+from ..types import BodyParams, MeshResult, Person
+
+
+def _project_so3(M: np.ndarray) -> np.ndarray:
+    """(..., 3, 3) nearest rotations (SVD, determinant fixed to +1)."""
+    U, _, Vt = np.linalg.svd(M)
+    d = np.sign(np.linalg.det(U @ Vt))
+    U = U.copy()
+    U[..., :, 2] *= d[..., None]
+    return U @ Vt
+
+
+def gaussian_smooth(values: np.ndarray, frames: np.ndarray, sigma: float) -> np.ndarray:
+    """Gaussian filter of (T, ...) ``values`` sampled at integer ``frames`` (T,) with ``sigma`` frames."""
+    if sigma <= 0 or len(frames) < 2:
+        return values.copy()
+    d = frames[:, None].astype(np.float64) - frames[None, :]
+    k = np.exp(-0.5 * (d / sigma) ** 2) * (np.abs(d) <= 3 * sigma)
+    k /= k.sum(1, keepdims=True)
+    return np.tensordot(k, values.astype(np.float64), axes=(1, 0))
+
+
+def smooth_params(params: Sequence[BodyParams], frames: Sequence[int], sigma: float = 1.5) -> list[BodyParams]:
+    """Smooth one track's parameters (all of the same body model) sampled at ``frames``."""
+    if not params:
+        return []
+    fr = np.asarray(frames, np.int64)
+    go = np.stack([p.global_orient for p in params]).astype(np.float64)
+    bp = np.stack([p.body_pose for p in params]).astype(np.float64)
+    be = np.stack([p.betas for p in params]).astype(np.float64)
+    tr = np.stack([p.transl for p in params]).astype(np.float64)
+    go_s = matrix_to_axis_angle(_project_so3(gaussian_smooth(axis_angle_to_matrix(go), fr, sigma)))
+    if bp.shape[1] % 3 == 0 and bp.shape[1] > 0:
+        R = axis_angle_to_matrix(bp.reshape(len(params), -1, 3))
+        bp_s = matrix_to_axis_angle(_project_so3(gaussian_smooth(R, fr, sigma))).reshape(len(params), -1)
+    else:
+        bp_s = gaussian_smooth(bp, fr, sigma)
+    be_s = gaussian_smooth(be, fr, sigma)
+    tr_s = gaussian_smooth(tr, fr, sigma)
+    return [dataclasses.replace(p, global_orient=go_s[t], body_pose=bp_s[t], betas=be_s[t], transl=tr_s[t])
+            for t, p in enumerate(params)]
+
+
+def smooth_sequence(
+    results_per_frame: Sequence[Sequence[MeshResult | None]],
+    fitter,
+    sigma: float = 1.5,
+    persons_per_frame: Sequence[Sequence[Person]] | None = None,
+) -> list[list[MeshResult | None]]:
+    """Temporally smooth a video's results; returns the same nested structure with new ``MeshResult``s.
+
+    results_per_frame: per frame, one entry per person slot (None/errors are passed through).
+    fitter: the ``KeypointFitter`` whose body model produced the results (its model re-skins them).
+    sigma: Gaussian standard deviation in frames (0 = no smoothing).
+    persons_per_frame: the persons the results were fitted to (same nesting); when given,
+        ``keypoints2d`` is recomputed for them, otherwise it is dropped (set to None) as it would be stale.
+    """
+    if sigma < 0:
+        raise InputError(f"sigma must be ≥ 0, got {sigma}")
+    body_name = fitter.body.name
+    tracks: dict[object, list[tuple[int, int]]] = {}
+    for t, frame in enumerate(results_per_frame):
+        for s, r in enumerate(frame):
+            if not isinstance(r, MeshResult):
+                continue
+            if r.params.model != body_name:
+                raise ConfigError(f"frame {t} slot {s}: result of body model {r.params.model!r} cannot be "
+                                  f"smoothed with {body_name!r}")
+            key = ("track", r.track_id) if r.track_id is not None else ("slot", s)
+            tracks.setdefault(key, []).append((t, s))
+    out: list[list[MeshResult | None]] = [list(f) for f in results_per_frame]
+    entries: list[tuple[int, int, BodyParams]] = []
+    for members in tracks.values():
+        ps = [results_per_frame[t][s].params for t, s in members]  # type: ignore[union-attr]
+        sm = smooth_params(ps, [t for t, _ in members], sigma)
+        entries.extend((t, s, p) for (t, s), p in zip(members, sm))
+    if not entries:
+        return out
+    need = tuple(dict.fromkeys(results_per_frame[t][s].joint_set for t, s, _ in entries))  # type: ignore[union-attr]
+    plans = {}
+    if persons_per_frame is not None:
+        for t, s, _ in entries:
+            js = persons_per_frame[t][s].joint_set
+            if js not in plans:
+                plans[js] = fitter._plan(js)
+        need = tuple(dict.fromkeys(need + tuple(p.body_set for p in plans.values() if p is not None)))
+    joints, verts = fitter.body_forward([p for _, _, p in entries], need, return_vertices=True)
+    for b, (t, s, p) in enumerate(entries):
+        old: MeshResult = results_per_frame[t][s]  # type: ignore[assignment]
+        cam = old.camera
+        f, c = np.asarray(cam.focal, np.float64), np.asarray(cam.principal, np.float64)
+        j3 = joints[old.joint_set][b]
+        j2 = j3[:, :2] / (j3[:, 2:3] + 1e-4) * f + c
+        k2 = None
+        if persons_per_frame is not None:
+            plan = plans.get(persons_per_frame[t][s].joint_set)
+            if plan is not None:
+                kp3 = plan.A @ joints[plan.body_set][b]
+                k2 = kp3[:, :2] / (kp3[:, 2:3] + 1e-4) * f + c
+                k2[~plan.modelled] = np.nan
+        out[t][s] = dataclasses.replace(old, vertices=verts[b], joints3d=j3, joints2d=j2, params=p, keypoints2d=k2)
+    return out
