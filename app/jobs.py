@@ -17,6 +17,7 @@ import collections
 import inspect
 import json
 import logging
+import os
 import sys
 import threading
 import time
@@ -186,6 +187,7 @@ class InferenceService(QObject):
     busy_changed = Signal(bool)
     estimator_ready = Signal(str)
     generic_finished = Signal(object, object)
+    frame_failed = Signal(int, str)
 
     def __init__(self, estimator_factory: Callable[[], Any] | None = None,
                  detector_factory: Callable[[], Any] | None = None, parent: QObject | None = None):
@@ -238,6 +240,20 @@ class InferenceService(QObject):
 
         return self.runner.submit(("estimate", uid), job)
 
+    def estimate_many(self, frame: int, uids: list[int], image: Any, persons: list, camera: Any = None,
+                      previous: list | None = None) -> int:
+        """Estimate several persons of one frame in one call (the fitter batches them: much faster than
+        one job per person). One ``result_ready`` per uid."""
+
+        def job() -> tuple[Any, float]:
+            t0 = time.perf_counter()
+            out = self._estimator().estimate(image, list(persons), camera=camera, previous=previous)
+            return list(zip(uids, out)), time.perf_counter() - t0
+
+        for u in uids:  # a pending single-person job is superseded by this one
+            self.runner.cancel(("estimate", u))
+        return self.runner.submit(("estimate-frame", frame), job)
+
     def detect(self, frame: int, image: Any) -> int:
         return self.runner.submit(("detect", frame), lambda: self._detector().detect(image))
 
@@ -267,6 +283,14 @@ class InferenceService(QObject):
                 self.result_ready.emit(key[1], None, str(res), secs)
             else:
                 self.result_ready.emit(key[1], res, None, secs)
+        elif kind == "estimate-frame":
+            pairs, secs = result
+            self.last_seconds = secs
+            for uid, res in pairs:
+                if isinstance(res, Exception):
+                    self.result_ready.emit(uid, None, str(res), secs)
+                else:
+                    self.result_ready.emit(uid, res, None, secs)
         elif kind == "detect":
             self.persons_detected.emit(key[1], list(result))
         elif kind == "detect-box":
@@ -278,6 +302,8 @@ class InferenceService(QObject):
         kind = key[0]
         if kind == "estimate":
             self.result_ready.emit(key[1], None, message, 0.0)
+        elif kind == "estimate-frame":
+            self.frame_failed.emit(key[1], message)
         self.error.emit(str(kind), message)
 
 
@@ -294,6 +320,51 @@ def _default_detector() -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------
+BACKGROUND = (0.11, 0.118, 0.133)  # the mesh view's background (the overlay only uses the covered pixels)
+
+
+def make_renderer(width: int, height: int, state: dict) -> Any:
+    """An ``api.MeshRenderer`` that is known to draw (call on the render thread).
+
+    Open3D's legacy Visualizer renders through GLX when an X display is set; on a virtual X server
+    without usable GL (Xvfb) its shaders fail to compile and it renders black. Its EGL path (used when no
+    display is set) works there, so the first renderer is created with DISPLAY hidden from Open3D (Qt has
+    already connected to the display). Each new renderer draws one test triangle; if the result is not
+    the expected image, the numpy rasteriser is used instead (slower, always correct).
+    """
+    import numpy as np
+
+    from dpmesh_core import api
+    from dpmesh_core.types import Camera
+
+    if state.get("backend") == "numpy":
+        return api.MeshRenderer(width, height, backend="numpy", background=BACKGROUND)
+    hidden = os.environ.pop("DISPLAY", None) if not state.get("glfw_started") else None
+    try:
+        r = api.MeshRenderer(width, height, background=BACKGROUND)
+    finally:
+        state["glfw_started"] = True
+        if hidden is not None:
+            os.environ["DISPLAY"] = hidden
+    if getattr(r, "backend", "") == "open3d" and not state.get("verified"):
+        tri = (np.array([[-0.5, -0.5, 3.0], [0.5, -0.5, 3.0], [0.0, 0.5, 3.0]], np.float32),
+               np.array([[0, 1, 2]], np.int32), (1.0, 0.0, 0.0))
+        try:
+            img = r.render([tri], Camera.default_for(width, height))
+            bg = np.asarray(BACKGROUND) * 255
+            ok = img[height // 2, width // 2, 0] > 100 and np.abs(img[2, 2] - bg).max() < 8  # red centre, bg corner
+        except Exception as e:  # noqa: BLE001
+            log.warning("Open3D test render failed: %s", e)
+            ok = False
+        if not ok:
+            log.warning("Open3D renders incorrectly here (no usable OpenGL); using the numpy rasteriser")
+            r.close()
+            state["backend"] = "numpy"
+            return api.MeshRenderer(width, height, backend="numpy", background=BACKGROUND)
+        state["verified"] = True
+    return r
+
+
 class RenderService(QObject):
     """Renders meshes on its own thread (Open3D's legacy Visualizer must stay in one thread).
 
@@ -311,16 +382,14 @@ class RenderService(QObject):
         self.runner.job_failed.connect(lambda k, i, m, e: self.error.emit(m))
 
     def _renderer(self, width: int, height: int) -> Any:
-        """The thread's one Open3D renderer (several live Open3D contexts in one thread do not mix well);
-        re-created when the image size changes."""
+        """The thread's one renderer (several live Open3D contexts in one thread do not mix well),
+        re-created when the image size changes. See ``make_renderer``."""
         tl = self.runner.thread_local
         r = tl.get("renderer")
         if r is None or tl.get("renderer_size") != (width, height):
-            from dpmesh_core import api
-
             if r is not None and hasattr(r, "close"):
                 r.close()
-            r = api.MeshRenderer(width, height)
+            r = make_renderer(width, height, tl)
             tl["renderer"], tl["renderer_size"] = r, (width, height)
         return r
 
@@ -336,13 +405,14 @@ class RenderService(QObject):
 
         return self.runner.submit(key, job)
 
-    def render_overlay(self, key: Hashable, image: Any, results: list, alpha: float = 0.6) -> int:
-        """The meshes of ``results`` blended over ``image`` (H, W, 3) uint8."""
+    def render_overlay(self, key: Hashable, image: Any, results: list, alpha: float = 0.6,
+                       colors: list | None = None) -> int:
+        """The meshes of ``results`` blended over ``image`` (H, W, 3) uint8 (``colors``: RGB 0..1 each)."""
 
         def job() -> tuple[Any, float]:
             t0 = time.perf_counter()
             h, w = image.shape[:2]
-            img = self._renderer(w, h).render_overlay(image, results, alpha)
+            img = self._renderer(w, h).render_overlay(image, results, alpha, colors=colors)
             return img, time.perf_counter() - t0
 
         return self.runner.submit(key, job)

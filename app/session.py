@@ -24,6 +24,7 @@ from dpmesh_core.types import Camera, MeshResult, Person
 
 from .document import Document
 from .jobs import InferenceService, RenderService
+from .palette import person_rgb01
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +87,7 @@ class Session(QObject):
         self.inference.error.connect(self._on_inference_error)
         self.inference.busy_changed.connect(lambda b: self._set_busy("inference", b))
         self.inference.generic_finished.connect(self._on_generic)
+        self.inference.frame_failed.connect(self._on_frame_failed)
         self.render.rendered.connect(self._on_rendered)
         self.render.error.connect(lambda m: self.message.emit(f"Mesh rendering failed: {m}"))
         self.render.runner.busy_changed.connect(lambda b: self._set_busy("render", b))
@@ -150,7 +152,8 @@ class Session(QObject):
         self.media_loaded.emit(name)
         if persons is not None:
             self._detected_frames.add(0)
-            self.doc.set_frame_persons(0, list(persons), emit_edits=True)
+            self.doc.set_frame_persons(0, list(persons))
+            self.estimate_all(0)
         elif self.auto_detect:
             self.detect_frame(0)
         self.start_background()
@@ -187,7 +190,9 @@ class Session(QObject):
             return  # never overwrite the user's work with a late detection
         if self.doc.is_video:
             persons = self._track(frame, persons)
-        self.doc.set_frame_persons(frame, persons, emit_edits=True)
+        self.doc.set_frame_persons(frame, persons)
+        if self.live_inference:
+            self.estimate_all(frame)
         self.detection_done.emit(frame, len(persons))
         self.message.emit(f"{len(persons)} person(s) found." + (" Estimating meshes…" if persons else
                                                                  " Draw a box (B) to add one."))
@@ -215,10 +220,9 @@ class Session(QObject):
     def _on_frame_changed(self, frame: int) -> None:
         if self.doc.is_video and self.auto_detect and not self.doc.persons(frame):
             self.detect_frame(frame)
-        elif self.live_inference:
-            for uid in self.doc.uids(frame):
-                if self.doc.result(uid) is None and self.doc.result_error(uid) is None:
-                    self.estimate_person(uid)
+        elif self.live_inference and any(self.doc.result(u) is None and self.doc.result_error(u) is None
+                                         for u in self.doc.uids(frame)):
+            self.estimate_all(frame)
         self._request_overlay(frame)
 
     # ------------------------------------------------------------------ estimation
@@ -261,8 +265,23 @@ class Session(QObject):
         self.inference.estimate(uid, img, p, self.camera(frame), self._previous_for(uid, frame))
 
     def estimate_all(self, frame: int | None = None) -> None:
-        for uid in self.doc.uids(frame):
-            self.estimate_person(uid)
+        """Estimate every person of ``frame`` in one batched job (persons with < 2 usable joints get an
+        error at once)."""
+        f = self.doc.current_frame if frame is None else frame
+        img = self.doc.image(f)
+        if img is None:
+            return
+        uids, persons, prev = [], [], []
+        for u, p in zip(self.doc.uids(f), self.doc.persons(f)):
+            if int(p.weights.astype(bool).sum()) < 2:
+                self.doc.set_result(u, "needs at least 2 visible key-points")
+                continue
+            uids.append(u)
+            persons.append(p)
+            prev.append(self._previous_for(u, f))
+        if uids:
+            self.inference.estimate_many(f, uids, img, persons, self.camera(f),
+                                         prev if any(x is not None for x in prev) else None)
 
     def set_estimator(self, kind: str, model_path: str | None = None) -> None:
         """Switch estimator ("fit" or "dpmesh"); re-estimates the current frame."""
@@ -281,6 +300,12 @@ class Session(QObject):
             return
         self.doc.set_result(uid, result)
         self.result_timing.emit(uid, secs)
+
+    def _on_frame_failed(self, frame: int, message: str) -> None:
+        for u in self.doc.uids(frame):
+            if self.doc.result(u) is None:
+                self.doc.set_result(u, message)
+        self.error.emit("Estimation failed", message)
 
     def _on_inference_error(self, kind: str, message: str) -> None:
         if kind == "detect":
@@ -304,7 +329,8 @@ class Session(QObject):
         if not results:
             self.overlay_ready.emit(frame, None)
             return
-        self.render.render_overlay(("overlay", frame), img, results, alpha=self.overlay_alpha)
+        colors = [person_rgb01(u) for u, r in zip(self.doc.uids(frame), self.doc.results(frame)) if r is not None]
+        self.render.render_overlay(("overlay", frame), img, results, alpha=self.overlay_alpha, colors=colors)
 
     def _on_rendered(self, key: Any, rgb: Any, secs: float) -> None:
         if isinstance(key, tuple) and key[0] == "overlay":
@@ -366,8 +392,9 @@ class Session(QObject):
         self.doc.settings = {k: v for k, v in settings.items() if k not in ("smooth_video", "current_frame")}
         self.doc.set_current_frame(int(settings.get("current_frame", 0)))
         for f, persons in data.frames.items():
-            # The file keeps body parameters, not vertices: meshes of the shown frame are re-estimated.
-            self.doc.set_frame_persons(int(f), list(persons), emit_edits=(int(f) == self.doc.current_frame))
+            self.doc.set_frame_persons(int(f), list(persons))
+        # The file keeps body parameters, not vertices: meshes of the shown frame are re-estimated.
+        self.estimate_all(self.doc.current_frame)
         self._request_overlay(self.doc.current_frame)
 
     def _autosave_target(self) -> Path | None:

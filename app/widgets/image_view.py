@@ -32,11 +32,7 @@ from PySide6.QtWidgets import (
 from dpmesh_core.types import Person
 
 from ..document import Document
-
-PALETTE = [
-    QColor(230, 25, 75), QColor(60, 180, 75), QColor(0, 130, 200), QColor(245, 130, 48), QColor(145, 30, 180),
-    QColor(70, 240, 240), QColor(240, 50, 230), QColor(210, 245, 60), QColor(250, 190, 190), QColor(0, 128, 128),
-]
+from ..palette import person_rgb
 
 # COCO-17 limbs (fallback until the api's joint tables are loaded; same order as body.joints' skeleton).
 _COCO17_NAMES = ("Nose", "L_Eye", "R_Eye", "L_Ear", "R_Ear", "L_Shoulder", "R_Shoulder", "L_Elbow", "R_Elbow",
@@ -44,7 +40,7 @@ _COCO17_NAMES = ("Nose", "L_Eye", "R_Eye", "L_Ear", "R_Ear", "L_Shoulder", "R_Sh
 
 
 def person_color(uid: int) -> QColor:
-    return PALETTE[(uid - 1) % len(PALETTE)] if uid > 0 else QColor(200, 200, 200)
+    return QColor(*person_rgb(uid))
 
 
 def rgb_to_qimage(rgb: np.ndarray) -> QImage:

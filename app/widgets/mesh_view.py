@@ -17,8 +17,9 @@ from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBox
 
 from dpmesh_core.types import Camera
 
+from ..palette import person_rgb01
 from ..session import Session
-from .image_view import person_color, rgb_to_qimage
+from .image_view import rgb_to_qimage
 
 
 def _rot(yaw_deg: float, pitch_deg: float) -> np.ndarray:
@@ -190,8 +191,7 @@ class MeshView(QWidget):
         pivot = np.concatenate([r.vertices for _, r in results]).mean(0).astype(np.float64)
         meshes = []
         for u, r in results:
-            c = person_color(u)
-            meshes.append((r.vertices, r.faces, (c.redF(), c.greenF(), c.blueF())))
+            meshes.append((r.vertices, r.faces, person_rgb01(u)))
         return meshes, cam, self.view_matrix(pivot)
 
     def request_render(self) -> None:
