@@ -28,10 +28,13 @@ Joint sets
   * ``graph15``, ``openpose18``: by name from ``smpl30`` (OpenPose Neck = neck01 head).
 
 Speed
-  The joints-only forward never skins the mesh: because linear blend skinning and Anny's shape blend
-  shapes are both linear, each regressed key-point is ``Σ_bones T_b · (p_kb + P_kb·c)`` with per
-  (key-point, bone) sums precomputed from the regressor, the skin weights and the blend shapes — exact,
-  equal to regressing the fully skinned mesh up to float round-off.
+  Anny's kinematics are collapsed onto 20 "nodes" (the root and the 19 pose bones): with its 'local-ref'
+  pose parametrisation a bone's world rotation relative to the reference pose is the product of the deltas
+  along its chain, and every other bone follows its nearest posed ancestor. Because linear blend skinning,
+  the shape blend shapes and the key-point regressor are all linear, each key-point is
+  ``Σ_nodes G_a Y_ka + c_ka t_a`` and each vertex ``Σ_nodes G_a y_va + c_va t_a``, with Y, y (per shape,
+  memoised while ``betas`` stay constant) and c precomputed. Both are exact: equal to Anny's own forward up
+  to float round-off (tested). The joints-only path never touches the 13,718 vertices.
 
 First use builds Anny's cache (about a minute and a few hundred MB) under ``paths.anny_cache_dir()``; a file
 lock serialises concurrent first builds; progress goes to logging (INFO) and to an optional
@@ -194,7 +197,7 @@ class AnnyBody(BodyModel):
         self._faces = np.ascontiguousarray(f.astype(np.int32))
         self._num_vertices = int(V)
         self.register_buffer("_C", torch.tensor(_ANNY_TO_CANONICAL, dtype=dtype), persistent=False)
-        self.register_buffer("_reg_full", Wreg.to(dtype).to_sparse(), persistent=False)
+        self.register_buffer("_reg_fullT", Wreg.T.to(dtype).contiguous(), persistent=False)  # (V, 18)
         self.register_buffer("_kp_bones", active, persistent=False)
         self.register_buffer("_kp_A", A[:, active].to(dtype), persistent=False)  # (K, Na)
         self.register_buffer("_kp_P", Prest[:, active].to(dtype), persistent=False)  # (K, Na, 3)
@@ -239,6 +242,14 @@ class AnnyBody(BodyModel):
         group[torch.arange(len(active)), torch.tensor([node_of_bone[int(b)] for b in active])] = 1.0
         self.register_buffer("_kp_group", group, persistent=False)  # (Na, N)
         self.register_buffer("_kp_c", A[:, active].to(dtype) @ group, persistent=False)  # (K, N)
+        vb_idx = m.vertex_bone_indices.long()
+        vb_node = torch.tensor(node_of_bone)[vb_idx]  # (V, k) node of each skinning bone
+        vb_w = m.vertex_bone_weights
+        self.register_buffer("_vb_idx", vb_idx, persistent=False)
+        self.register_buffer("_vb_node", vb_node, persistent=False)
+        self.register_buffer("_vb_w", vb_w.to(dtype), persistent=False)
+        self.register_buffer("_v_cT", torch.zeros(V, len(node_bones), dtype=vb_w.dtype).scatter_add_(
+            1, vb_node, vb_w).T.contiguous().to(dtype), persistent=False)  # (N, V) skin weight of each node
         n24 = [node_of_bone[labels.index(ANNY_SMPL24_BONES[n])] for n in J.SMPL24]
         self.register_buffer("_smpl24_nodes", torch.tensor(n24), persistent=False)
         self.register_buffer("_smpl24_node_bones", torch.tensor([node_bones[a] for a in n24]), persistent=False)
@@ -356,18 +367,32 @@ class AnnyBody(BodyModel):
             "kb,nbi->nkbi", self._kp_A, T0a[..., :3, 3])
         Y = torch.einsum("nkbi,ba->nkai", TQ, self._kp_group) - torch.einsum("ka,nai->nkai", self._kp_c, t0)
         return {
-            "coeffs": coeffs, "rest": rest, "t0": t0, "Y": Y,
+            "coeffs": coeffs, "rest": rest, "t0": t0, "Y": Y, "T0": T0,
             "offsets": t0[:, 1:] - h0[:, self._node_parent_bones],
             "head24": h0[:, self._smpl24_bones] - h0[:, self._smpl24_node_bones],
         }
 
-    def _fast_joints(self, body_pose: torch.Tensor, sc: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-        """COCO regressor key-points + head top (B, 18, 3) and SMPL-24 bone heads (B, 24, 3), Anny frame.
+    def _vertex_constants(self, sc: dict[str, torch.Tensor]) -> torch.Tensor:
+        """(B, N*3, V): y_va = Σ_{bones b of node a} w_vb (T0_b v_rest - t0_a) (B, V, N, 3) laid out as
+        (B, (a, j), v), so that a posed vertex is Σ_a G_a y_va + c_va t_a (memoised with the shape constants)."""
+        if "yv" in sc:
+            return sc["yv"]
+        m = self.anny
+        rest_v = m.template_vertices[None] + torch.einsum("cpd,bc->bpd", m.blendshapes, sc["coeffs"])
+        T0 = sc["T0"][:, self._vb_idx]  # (B, V, k, 4, 4)
+        z = (T0[..., :3, :3] @ rest_v[:, :, None, :, None])[..., 0] + T0[..., :3, 3]  # (B, V, k, 3)
+        z = (z - sc["t0"][:, self._vb_node]) * self._vb_w[..., None]
+        B, V, k, _ = z.shape
+        yv = z.new_zeros(B, V, self._v_cT.shape[0], 3).scatter_add(
+            2, self._vb_node[None, :, :, None].expand(B, V, k, 3), z)
+        yv = yv.permute(0, 2, 3, 1).reshape(B, -1, V)  # (B, N*3, V): wide matrix products below
+        sc["yv"] = yv  # kept with the (memoised, constant-shape) constants; fresh ones die with the call
+        return yv
 
-        With Anny's 'local-ref' kinematics, a bone's world rotation relative to the reference pose is the
-        product of the (root-frame) deltas along its chain, G_c = G_p D_c, and its head t_c = t_p +
-        G_p (t0_c - t0_p). Non-posed bones follow their node a: T_b v = G_a (T0_b v - t0_a) + t_a. Hence
-        key-point k = Σ_a G_a Y_ka + c_ka t_a, Y and c precomputed per shape: exact LBS + regression."""
+    def _node_transforms(self, body_pose: torch.Tensor, sc: dict[str, torch.Tensor]
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+        """World rotations relative to the reference pose G (B, N, 3, 3) and heads t (B, N, 3) of the
+        nodes (root + pose bones, level order), Anny frame."""
         from ..torchgeom import axis_angle_to_matrix
 
         B = body_pose.shape[0]
@@ -382,13 +407,23 @@ class AnnyBody(BodyModel):
             Gp = Gs[-1][:, par]
             Gs.append(Gp @ D[:, start - 1:end - 1])
             ts.append(ts[-1][:, par] + (Gp @ off[:, start - 1:end - 1])[..., 0])
-        G = torch.cat(Gs, 1)  # (B, N, 3, 3)
-        t = torch.cat(ts, 1)  # (B, N, 3)
+        return torch.cat(Gs, 1), torch.cat(ts, 1)
+
+    def _fast_joints(self, body_pose: torch.Tensor, sc: dict[str, torch.Tensor]
+                     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """COCO regressor key-points + head top (B, 18, 3) and SMPL-24 bone heads (B, 24, 3), Anny frame.
+
+        With Anny's 'local-ref' kinematics, a bone's world rotation relative to the reference pose is the
+        product of the (root-frame) deltas along its chain, G_c = G_p D_c, and its head t_c = t_p +
+        G_p (t0_c - t0_p). Non-posed bones follow their node a: T_b v = G_a (T0_b v - t0_a) + t_a. Hence
+        key-point k = Σ_a G_a Y_ka + c_ka t_a, Y and c precomputed per shape: exact LBS + regression."""
+        B = body_pose.shape[0]
+        G, t = self._node_transforms(body_pose, sc)
         Y = sc["Y"].expand(B, -1, -1, -1)
         kp = torch.einsum("naij,nkaj->nki", G, Y) + torch.einsum("ka,nai->nki", self._kp_c, t)
         n24 = self._smpl24_nodes
         j24 = t[:, n24] + (G[:, n24] @ sc["head24"].expand(B, -1, -1)[..., None])[..., 0]
-        return kp, j24
+        return kp, j24, G, t
 
     def _rest_skeleton(self, coeffs: torch.Tensor) -> torch.Tensor:
         """(B, Nb, 4, 4) rest bone poses (Anny frame) for blend-shape coefficients (B, C)."""
@@ -405,18 +440,6 @@ class AnnyBody(BodyModel):
         bottom = R.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(R.shape[0], R.shape[1], 1, 4)
         return torch.cat([torch.cat([R, heads[..., None]], -1), bottom], -2)
 
-    def _deltas(self, body_pose: torch.Tensor) -> torch.Tensor:
-        """(B, Nb, 4, 4) delta transforms (Anny frame, 'local-ref') from the canonical-axes body pose."""
-        from ..torchgeom import axis_angle_to_matrix
-
-        B = body_pose.shape[0]
-        Rc = axis_angle_to_matrix(body_pose.reshape(B, -1, 3))  # (B, P, 3, 3) canonical axes
-        Ra = self._C.T @ Rc @ self._C  # the same rotations about Anny-frame axes
-        nb = len(self.bone_labels)
-        D = torch.eye(4, dtype=Ra.dtype, device=Ra.device).repeat(B, nb, 1, 1)
-        D3 = D[..., :3, :3].index_copy(1, self._pose_bones, Ra)
-        return torch.cat([torch.cat([D3, D[..., :3, 3:]], -1), D[..., 3:, :]], -2)
-
     def forward(
         self,
         global_orient: torch.Tensor,
@@ -427,46 +450,40 @@ class AnnyBody(BodyModel):
         joint_sets: tuple[str, ...] = ("coco17",),
         return_vertices: bool = False,
     ) -> BodyOutput:
-        import anny.utils.kinematics as kin
-
         for s in joint_sets:
             if s not in self.joint_sets:
                 raise ValueError(f"anny: joint set {s!r} not available; have {self.joint_sets}")
         B = max(global_orient.shape[0], body_pose.shape[0], betas.shape[0])
         global_orient, body_pose, betas = (x.expand(B, -1) for x in (global_orient, body_pose, betas))
-        m = self.anny
         sc = self._shape(betas)
-        vertices = None
-        if return_vertices:  # Anny's own kinematics and linear blend skinning of the whole mesh
-            T, W = kin.forward_kinematic((m.kinematic_chain_levels, m.kinematic_chain_indices), sc["rest"],
-                                         self._deltas(body_pose), "local-ref", m.reference_bone_orientations)
-            rest_v = m.template_vertices[None] + torch.einsum("cpd,bc->bpd", m.blendshapes, sc["coeffs"])
-            blend = torch.einsum("vj,bjik->bvik", m.dense_vertex_bone_weights, T[..., :3, :])
-            vertices = (blend[..., :3] * rest_v[..., None, :]).sum(-1) + blend[..., 3]  # (B, V, 3)
-            kp = torch.stack([torch.sparse.mm(self._reg_full, v) for v in vertices])  # (B, 18, 3)
-            j24_anny = W[:, self._smpl24_bones, :3, 3]
-        else:
-            kp, j24_anny = self._fast_joints(body_pose, sc)
+        kp, j24_anny, G, t_nodes = self._fast_joints(body_pose, sc)
         # Anny frame → canonical frame, then global orientation about the root (at the origin) and transl
-        Rg = self._global_rotation(global_orient)  # (B, 3, 3) acting on canonical coordinates
-        Rt = (Rg @ self._C).transpose(-1, -2)
-        t = transl[:, None] if transl is not None else 0.0
+        Rf = self._global_rotation(global_orient) @ self._C  # (B, 3, 3)
+        Rt = Rf.transpose(-1, -2)
+        t = transl[:, None] if transl is not None else torch.zeros_like(global_orient)[:, None]
+        vertices = None
+        if return_vertices:  # linear blend skinning, the bones of each node combined (exact)
+            yv = self._vertex_constants(sc).expand(B, -1, -1)  # (B, N*3, V)
+            M = (Rf[:, None] @ G).permute(0, 2, 1, 3).reshape(B, 3, -1)  # (B, 3, N*3)
+            vT = M @ yv + (Rf @ t_nodes.transpose(1, 2)) @ self._v_cT + t.transpose(1, 2)  # (B, 3, V)
+            kp = (vT @ self._reg_fullT).transpose(1, 2)  # (B, 18, 3), canonical
+            vertices = vT.transpose(1, 2)
+        else:
+            kp = kp @ Rt + t
         res: dict[str, torch.Tensor] = {}
         want24 = any(s != "coco17" for s in joint_sets)
         if want24:
             j24 = j24_anny @ Rt + t
-            j30 = torch.cat([j24, (kp[:, 0:5] @ Rt + t), (kp[:, 17:18] @ Rt + t)], dim=1)
+            j30 = torch.cat([j24, kp[:, 0:5], kp[:, 17:18]], dim=1)
         for s in joint_sets:
             if s == "coco17":
-                res[s] = kp[:, :17] @ Rt + t
+                res[s] = kp[:, :17]
             elif s == "smpl24":
                 res[s] = j24
             elif s == "smpl30":
                 res[s] = j30
             else:
                 res[s] = j30[:, self._map30[s]]
-        if vertices is not None:
-            vertices = vertices @ Rt + t
         return BodyOutput(joints=res, vertices=vertices)
 
     def _global_rotation(self, global_orient: torch.Tensor) -> torch.Tensor:

@@ -187,3 +187,27 @@ def test_limits_and_prior(anny):
 def test_unknown_joint_set(anny):
     with pytest.raises(ValueError, match="h36m17"):
         anny(*_rest(anny), joint_sets=("h36m17",))
+
+
+def test_matches_anny_own_forward(anny):
+    """Vertices and COCO key-points equal Anny's own forward (its kinematics, skinning and regressor)."""
+    import anny as anny_pkg
+
+    _, pose, betas, _ = _random(anny, 2, seed=9)
+    ours = anny(torch.zeros(2, 3), pose, betas, joint_sets=("coco17", "smpl24"), return_vertices=True)
+    fast = anny(torch.zeros(2, 3), pose, betas, joint_sets=("coco17", "smpl24"))
+    C = torch.tensor([[1.0, 0, 0], [0, 0, 1], [0, -1, 0]])  # Anny (z up, facing -y) → canonical
+    R = axis_angle_to_matrix(pose.reshape(2, -1, 3))
+    deltas = torch.eye(4).repeat(2, len(anny.bone_labels), 1, 1)
+    for i, (bone, _) in enumerate(ANNY_POSE_BONES):
+        deltas[:, anny.bone_labels.index(bone), :3, :3] = C.T @ R[:, i] @ C
+    with torch.no_grad():
+        ref = anny.anny(pose_parameters=deltas, phenotype_kwargs=betas)
+        kp_ref = anny_pkg.KeypointsRegressor.coco(anny.anny)(ref)[:, :17]
+    np.testing.assert_allclose(ours.vertices.numpy(), (ref["vertices"] @ C.T).numpy(), atol=1e-4)
+    np.testing.assert_allclose(ours.joints["coco17"].numpy(), (kp_ref @ C.T).numpy(), atol=1e-4)
+    np.testing.assert_allclose(fast.joints["coco17"].numpy(), (kp_ref @ C.T).numpy(), atol=1e-4)
+    heads = ref["bone_poses"][:, [anny.bone_labels.index(b) for b in
+                                  ("root", "upperleg01.L", "lowerleg01.R", "wrist.L", "head")], :3, 3]
+    idx = [J.index("smpl24", n) for n in ("Pelvis", "L_Hip", "R_Knee", "L_Wrist", "Head")]
+    np.testing.assert_allclose(fast.joints["smpl24"][:, idx].numpy(), (heads @ C.T).numpy(), atol=1e-4)
