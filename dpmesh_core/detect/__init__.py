@@ -6,7 +6,7 @@
   - "mediapipe": BlazePose (single person; optional extra); options: box_detector, min_detection_confidence.
   - "mmpose": adapter over MMPoseInferencer; options: inferencer | config, checkpoint, det_model, det_weights.
   - "file": key-points from a file; options: path (required), format.
-* ``describe_backends() -> list[dict(name, available, detail, licence)]`` for ``dpmesh doctor``.
+* ``describe_backends() -> list[dict(name, available, detail, licence, fix)]`` for ``dpmesh doctor``.
 * ``Tracker`` (:mod:`.tracker`) keeps ``track_id`` stable across video frames.
 
 Importing this package loads no network and no optional dependency.
@@ -65,30 +65,31 @@ def get_detector(name: str = "yolo", device: str = "cpu", conf: float = 0.25, io
 
 
 def describe_backends() -> list[dict[str, Any]]:
-    """One dict per backend: ``name``, ``available`` (bool), ``detail`` (str), ``licence`` (str).
+    """One dict per backend: ``name``, ``available`` (bool), ``detail``, ``licence``, ``fix`` (how to get it).
 
     Cheap: looks for packages and files, loads no network.
     """
     from ..errors import ModelFilesMissingError
-    from .mediapipe_backend import mediapipe_available
-    from .mmpose_backend import mmpose_available
-    from .yolo_weights import WEIGHTS_LICENCE, find_yolo_pose_weights
+    from .mediapipe_backend import MEDIAPIPE_HINT, mediapipe_available
+    from .mmpose_backend import MMPOSE_HINT, mmpose_available
+    from .yolo_weights import INSTALL_HINT, WEIGHTS_LICENCE, find_yolo_pose_weights
 
     out = []
     try:
         p = find_yolo_pose_weights()
         out.append({"name": "yolo", "available": True, "detail": f"YOLO11n-pose weights: {p} (default)",
-                    "licence": WEIGHTS_LICENCE})
+                    "licence": WEIGHTS_LICENCE, "fix": ""})
     except ModelFilesMissingError as e:
-        out.append({"name": "yolo", "available": False, "detail": str(e), "licence": WEIGHTS_LICENCE})
+        out.append({"name": "yolo", "available": False, "detail": str(e), "licence": WEIGHTS_LICENCE,
+                    "fix": INSTALL_HINT})
     ok, detail = mediapipe_available()
     out.append({"name": "mediapipe", "available": ok, "detail": f"BlazePose, single person: {detail}",
-                "licence": "Apache-2.0"})
+                "licence": "Apache-2.0", "fix": "" if ok else MEDIAPIPE_HINT})
     ok, detail = mmpose_available()
     out.append({"name": "mmpose", "available": ok, "detail": f"MMPoseInferencer adapter: {detail}",
-                "licence": "Apache-2.0 (code); weights: your checkpoint's licence"})
+                "licence": "Apache-2.0 (code); weights: your checkpoint's licence", "fix": "" if ok else MMPOSE_HINT})
     out.append({"name": "file", "available": True, "detail": "key-points from COCO / AlphaPose / OpenPose files",
-                "licence": "n/a"})
+                "licence": "n/a", "fix": ""})
     return out
 
 

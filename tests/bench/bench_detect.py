@@ -1,0 +1,132 @@
+"""YOLO11n-pose detector speed: our torch network vs the same network in onnxruntime; video throughput.
+
+Prints figures (medians); asserts nothing. Usage:
+    .venv/bin/python tests/bench/bench_detect.py [--repeats 15] [--frames 40] [--video PATH]
+
+* load: reading the .pt with the restricted unpickler + building + fusing (first call, uncached).
+* network, 1 x 3 x 640 x 640: unfused NCHW / fused NCHW / fused channels-last (the detector's setting),
+  all under torch.inference_mode; then the fused module exported with torch.onnx.export (needs the
+  ``onnx`` package) and run in onnxruntime (CPU, default threads), with the max abs difference.
+* detect(): a whole call on a photo (letterbox + network + NMS + mapping back).
+* street.avi: frames per second of detect() + Tracker, one frame at a time and in batches of 4.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+os.environ.setdefault("DPMESH_HOME", str(REPO / ".dpmesh-home"))
+
+
+def _median_ms(fn, repeats: int, warmup: int = 2) -> float:
+    for _ in range(warmup):
+        fn()
+    ts = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1000.0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    shared = Path(os.environ.get("DPMESH_SHARED", REPO.parent / "shared"))
+    ap.add_argument("--video", default=str(shared / "media" / "street.avi"))
+    ap.add_argument("--image", default=str(shared / "media" / "COCO_val2014_000000000395.jpg"))
+    ap.add_argument("--repeats", type=int, default=15)
+    ap.add_argument("--frames", type=int, default=40)
+    args = ap.parse_args()
+
+    import cv2
+    import numpy as np
+    import torch
+
+    from dpmesh_core.detect import Tracker, get_detector
+    from dpmesh_core.detect.yolo_net import build_from_checkpoint
+    from dpmesh_core.detect.yolo_weights import read_yolo_checkpoint
+
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
+    t0 = time.perf_counter()
+    net = build_from_checkpoint(read_yolo_checkpoint())
+    t_build = time.perf_counter() - t0
+    fused = build_from_checkpoint(read_yolo_checkpoint()).fuse()
+    print(f"load (read .pt + build + strict load): {t_build * 1000:.0f} ms")
+
+    x = torch.rand(1, 3, 640, 640, generator=torch.Generator().manual_seed(0))
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    fused_cl = build_from_checkpoint(read_yolo_checkpoint()).fuse().to(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        ms_plain = _median_ms(lambda: net(x), args.repeats)
+        ms_fused = _median_ms(lambda: fused(x), args.repeats)
+        ms_ours = _median_ms(lambda: fused_cl(x_cl), args.repeats)
+        ref = fused_cl(x_cl).numpy()
+    print(f"torch unfused NCHW          : {ms_plain:7.1f} ms (median of {args.repeats})")
+    print(f"torch fused NCHW            : {ms_fused:7.1f} ms")
+    print(f"torch fused channels-last   : {ms_ours:7.1f} ms   <- the detector's network")
+
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        print("onnxruntime not installed: no comparison")
+        ort = None
+    if ort is not None:
+        try:
+            with tempfile.TemporaryDirectory() as d:
+                path = os.path.join(d, "yolo11n_pose.onnx")
+                torch.onnx.export(fused, (x,), path, dynamo=False, opset_version=17, input_names=["images"],
+                                  output_names=["output0"])
+                sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+                feed = {"images": x.numpy()}
+                ms_ort = _median_ms(lambda: sess.run(None, feed), args.repeats)
+                diff = float(np.abs(sess.run(None, feed)[0] - ref).max())
+            print(f"onnxruntime (same weights)  : {ms_ort:7.1f} ms   max |diff| vs ours {diff:.2e}")
+            print(f"ratio ours / onnxruntime    : {ms_ours / ms_ort:7.2f}   (target <= 1.5)")
+        except Exception as e:  # noqa: BLE001 - a bench reports and goes on
+            print(f"onnx export / onnxruntime failed: {type(e).__name__}: {e}")
+
+    det = get_detector("yolo")
+    img = np.ascontiguousarray(cv2.imread(args.image)[:, :, ::-1])
+    ms_det = _median_ms(lambda: det.detect(img), args.repeats)
+    print(f"detect() on {Path(args.image).name} {img.shape[1]}x{img.shape[0]}: {ms_det:.1f} ms "
+          f"({len(det.detect(img))} people)")
+
+    cap = cv2.VideoCapture(args.video)
+    frames = []
+    while len(frames) < args.frames:
+        ok, f = cap.read()
+        if not ok:
+            break
+        frames.append(np.ascontiguousarray(f[:, :, ::-1]))
+    cap.release()
+    if not frames:
+        print(f"cannot read {args.video}")
+        return
+    det.detect(frames[0])
+    tr = Tracker()
+    t = time.perf_counter()
+    n_people = 0
+    for f in frames:
+        n_people += len(tr.update(det.detect(f)))
+    dt = time.perf_counter() - t
+    print(f"street.avi {frames[0].shape[1]}x{frames[0].shape[0]}, {len(frames)} frames, detect+track one by one: "
+          f"{len(frames) / dt:.1f} frames/s ({dt / len(frames) * 1000:.0f} ms/frame, {n_people / len(frames):.1f} "
+          f"people/frame, {len(set(tr.active_ids))} live tracks at the end)")
+    tr.reset()
+    t = time.perf_counter()
+    for i in range(0, len(frames), 4):
+        for persons in det.detect_many(frames[i : i + 4]):
+            tr.update(persons)
+    dt = time.perf_counter() - t
+    print(f"street.avi detect_many(batch 4)+track: {len(frames) / dt:.1f} frames/s")
+    print(f"load average at the end {os.getloadavg()[0]:.1f} (other jobs on this machine inflate every figure)")
+
+
+if __name__ == "__main__":
+    main()
