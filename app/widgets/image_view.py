@@ -235,6 +235,7 @@ class ImageView(QGraphicsView):
         doc.results_changed.connect(lambda _f: self.persons_item.update())
         doc.frame_changed.connect(lambda _f: self.refresh_image())
         doc.media_changed.connect(self._on_media_changed)
+        self.refresh_image()
 
     # ------------------------------------------------------------------ display
     def _on_media_changed(self) -> None:

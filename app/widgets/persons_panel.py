@@ -52,6 +52,7 @@ class PersonsPanel(QWidget):
         doc.joint_selection_changed.connect(self._on_joint)
         doc.frame_changed.connect(lambda _f: self.refresh())
         doc.media_changed.connect(self.refresh)
+        self.refresh()
 
     def refresh(self) -> None:
         self._updating = True

@@ -1,0 +1,189 @@
+"""Widgets driven like a user would: key-point drag / add / occlude / box in the image view, video
+key-frame propagation, the attention panel, the models dialog's file checks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+from app_testkit import RecordingEstimator, make_person
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
+from PySide6.QtGui import QMouseEvent
+from PySide6.QtWidgets import QApplication
+
+from app.document import Document
+from app.jobs import InferenceService
+from app.session import Session
+from app.widgets.image_view import ImageView
+
+
+def _mouse(view: ImageView, kind: QEvent.Type, scene_xy, button=Qt.MouseButton.LeftButton) -> None:
+    vp = view.mapFromScene(QPointF(*scene_xy))
+    buttons = Qt.MouseButton.NoButton if kind == QEvent.Type.MouseButtonRelease else button
+    ev = QMouseEvent(kind, QPointF(vp), QPointF(view.viewport().mapToGlobal(QPoint(vp))), button, buttons,
+                     Qt.KeyboardModifier.NoModifier)
+    QApplication.sendEvent(view.viewport(), ev)
+
+
+@pytest.fixture
+def view(qtbot, image):
+    doc = Document()
+    doc.set_media(None, image=image)
+    doc.set_frame_persons(0, [make_person(0), make_person(1, x0=350)])
+    v = ImageView(doc)
+    qtbot.addWidget(v)
+    v.resize(800, 600)
+    v.show()
+    qtbot.waitExposed(v)
+    v.fit()
+    return v
+
+
+def test_drag_a_keypoint_is_one_undoable_edit(view, qtbot):
+    doc = view.doc
+    uid = doc.uids()[1]
+    p = doc.person(uid)
+    j = 6
+    start = tuple(map(float, p.keypoints[j, :2]))
+    edits = []
+    doc.person_edited.connect(lambda f, u: edits.append(u))
+    _mouse(view, QEvent.Type.MouseButtonPress, start)
+    assert doc.selected_uid == uid and doc.selected_joint == j
+    for k in range(1, 6):  # intermediate moves only preview (no edit, no re-inference yet)
+        _mouse(view, QEvent.Type.MouseMove, (start[0] + 4 * k, start[1] + 2 * k))
+    assert edits == [] and doc.undo_stack.count() == 0
+    _mouse(view, QEvent.Type.MouseButtonRelease, (start[0] + 20, start[1] + 10))
+    q = doc.person(uid)
+    assert edits == [uid] and doc.undo_stack.count() == 1
+    assert np.allclose(q.keypoints[j, :2], (start[0] + 20, start[1] + 10), atol=1.5)
+    assert q.edited[j] and q.source == "user"
+    doc.undo_stack.undo()
+    assert np.allclose(doc.person(uid).keypoints[j, :2], start)
+
+
+def test_add_keypoint_mode_and_occlusion_key(view, qtbot):
+    doc = view.doc
+    uid = doc.uids()[0]
+    doc.edit_delete_keypoint(uid, 2)
+    doc.select(uid)
+    view.joint_to_add = 2
+    view.set_mode("add_joint")
+    _mouse(view, QEvent.Type.MouseButtonPress, (60.0, 70.0))
+    _mouse(view, QEvent.Type.MouseButtonRelease, (60.0, 70.0))
+    p = doc.person(uid)
+    assert np.allclose(p.keypoints[2], (60, 70, 1), atol=1.5) and p.visible[2] and p.edited[2]
+    doc.edit_toggle_visibility(uid, 2)
+    assert not doc.person(uid).visible[2]
+
+
+def test_box_mode_emits_box_and_place_mode_builds_a_person(view, qtbot):
+    doc = view.doc
+    boxes = []
+    view.box_drawn.connect(lambda *b: boxes.append(b))
+    view.set_mode("box")
+    _mouse(view, QEvent.Type.MouseButtonPress, (400.0, 50.0))
+    _mouse(view, QEvent.Type.MouseMove, (500.0, 300.0))
+    _mouse(view, QEvent.Type.MouseButtonRelease, (520.0, 330.0))
+    assert len(boxes) == 1 and np.allclose(boxes[0], (400, 50, 520, 330), atol=1.5)
+    view.set_mode("place")
+    n0 = len(doc.persons())
+    pts = [(300.0 + 5 * i, 100.0 + 10 * i) for i in range(4)]
+    for xy in pts:
+        _mouse(view, QEvent.Type.MouseButtonPress, xy)
+        _mouse(view, QEvent.Type.MouseButtonRelease, xy)
+    assert len(doc.persons()) == n0 + 1
+    p = doc.persons()[-1]
+    assert p.visible[:4].all() and not p.visible[4:].any()
+    assert np.allclose(p.keypoints[:4, :2], pts, atol=1.5)
+    assert p.box[0] < 300 and p.box[3] > 130  # box follows the placed joints
+    while doc.undo_stack.canUndo():  # all of it can be undone
+        doc.undo_stack.undo()
+    assert len(doc.persons()) == n0
+
+
+class _Video:
+    """A tiny in-memory video with the api Media interface (kind, path, num_frames, fps, size, frame)."""
+
+    kind, path, num_frames, fps, size = "video", "", 6, 25.0, (320, 240)
+
+    def frame(self, i):
+        return np.full((240, 320, 3), 10 * i, np.uint8)
+
+    def close(self):
+        pass
+
+
+def test_propagate_corrections_interpolates_between_key_frames(qapp, qtbot):
+    est = RecordingEstimator()
+    s = Session(inference=InferenceService(estimator_factory=lambda: est))
+    s.auto_detect = False
+    s.live_inference = False
+    try:
+        s.doc.set_media(_Video())
+        base = dataclasses.replace(make_person(0), track_id=7)
+        for f in range(6):
+            s.doc.set_frame_persons(f, [base])
+        u0 = s.doc.uids(0)[0]
+        u4 = s.doc.uids(4)[0]
+        s.doc.edit_move_keypoint(u0, 3, (100.0, 100.0))
+        s.doc.edit_move_keypoint(u4, 3, (140.0, 60.0))  # the next corrected key frame
+        n = s.propagate_corrections(u0)
+        assert n == 3  # frames 1, 2, 3
+        for f, t in ((1, 0.25), (2, 0.5), (3, 0.75)):
+            p = s.doc.persons(f)[0]
+            assert np.allclose(p.keypoints[3, :2], (100 + 40 * t, 100 - 40 * t)) and p.edited[3]
+        assert np.allclose(s.doc.persons(5)[0].keypoints[3, :2], base.keypoints[3, :2])  # past the key frame
+        s.doc.undo_stack.undo()  # one macro
+        assert np.allclose(s.doc.persons(2)[0].keypoints, base.keypoints)
+    finally:
+        s.shutdown()
+
+
+def test_attention_view_explains_or_shows_maps(qapp, qtbot, image):
+    from app.widgets.attention_view import AttentionView, attention_grid, overlay_on_crop
+
+    est = RecordingEstimator()
+    s = Session(inference=InferenceService(estimator_factory=lambda: est))
+    s.auto_detect = False
+    try:
+        s.open_image_array(image, [make_person(0)])
+        qtbot.waitUntil(lambda: s.doc.results()[0] is not None, timeout=10000)
+        av = AttentionView(s)
+        qtbot.addWidget(av)
+        assert av.stack.currentIndex() == 0 and "Models" in av.explain.text()  # fitting: an explanation
+        uid = s.doc.uids()[0]
+        rng = np.random.default_rng(0)
+        att = {"8": rng.random((30, 8, 8)), "16": rng.random((30, 16, 16))}
+        s.doc.set_result(uid, dataclasses.replace(s.doc.result(uid), attention=att, estimator="dpmesh"))
+        s.doc.select(uid)
+        assert av.stack.currentIndex() == 1
+        grid = attention_grid(att["16"], cols=6)
+        assert grid.shape == (5 * 17, 6 * 17) and np.nanmax(grid) == pytest.approx(1.0)
+        crop = np.zeros((256, 256, 3), np.uint8)
+        over = overlay_on_crop(crop, att["8"][0])
+        assert over.shape == crop.shape and over.max() > 0
+    finally:
+        s.shutdown()
+
+
+def test_models_dialog_file_checks(qapp, tmp_path, isolated_home):
+    from app.dialogs.models_dialog import ModelsDialog, check_model_file
+
+    assert check_model_file("smpl", "") == (False, "not set")
+    assert check_model_file("smpl", str(tmp_path / "nope.pkl"))[1] == "does not exist"
+    wrong = tmp_path / "model.jpg"
+    wrong.write_bytes(b"x" * 4096)
+    ok, msg = check_model_file("smpl", str(wrong))
+    assert not ok and ".jpg" in msg  # a model file of the wrong kind is named as such
+    good = tmp_path / "basicModel_neutral.pkl"
+    good.write_bytes(b"x" * 4096)
+    assert check_model_file("smpl", str(good))[0]
+    assert not check_model_file("smpl", str(tmp_path))[0]  # a folder is not an SMPL file
+    dlg = ModelsDialog()
+    dlg.edits["smpl"].setText(str(good))
+    assert "✓" in dlg.status["smpl"].text()
+    dlg.save()
+    from dpmesh_core.config import ModelFiles
+
+    assert ModelFiles.load().smpl == str(good)
