@@ -72,9 +72,12 @@ SMPL_JOINT_LIMITS = {
 class _ChumpyStandIn:
     """Receives the pickled state of a chumpy object (``Ch`` keeps its value in ``state['x']``)."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # unpickling calls only __new__ + __setstate__
         self.state: dict = {}
-        self.cls_name = type(self).__name__
+
+    @property
+    def cls_name(self) -> str:
+        return type(self).__name__
 
     def __setstate__(self, state: Any) -> None:
         self.state = state if isinstance(state, dict) else {"state": state}
@@ -118,7 +121,7 @@ class _RestrictedUnpickler(pickle.Unpickler):
 
 
 def _chumpy_value(obj: _ChumpyStandIn, path: str) -> np.ndarray:
-    st = obj.state
+    st = getattr(obj, "state", {})
     if "x" in st:
         return np.asarray(_unwrap(st["x"], path))
     if "a" in st:  # chumpy.reordering.* : the operand is ``a``

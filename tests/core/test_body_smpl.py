@@ -321,3 +321,37 @@ def test_factory(arrays, tmp_path, monkeypatch):
     assert syn.name == "synthetic-smpl" and syn.num_vertices == 6890
     with pytest.raises(InputError, match="unknown body model"):
         load_body_model("smplx-ultra")
+
+
+def test_chumpy_reordering_objects_are_evaluated(tmp_path, monkeypatch):
+    """chumpy.reordering.transpose / Select pickled around a Ch become the numpy values they denote."""
+    ch_mod, re_mod, pkg = (types.ModuleType(n) for n in ("chumpy.ch", "chumpy.reordering", "chumpy"))
+
+    class Ch:
+        def __init__(self, x):
+            self.x = x
+
+    class transpose:  # noqa: N801 - chumpy's class name
+        def __init__(self, a, axes):
+            self.a, self.axes = a, axes
+
+    class Select:
+        def __init__(self, a, idxs, preferred_shape):
+            self.a, self.idxs, self.preferred_shape = a, idxs, preferred_shape
+
+    for cls, mod in ((Ch, ch_mod), (transpose, re_mod), (Select, re_mod)):
+        cls.__module__, cls.__qualname__ = mod.__name__, cls.__name__
+        setattr(mod, cls.__name__, cls)
+    a = np.arange(24.0).reshape(2, 3, 4)
+    with monkeypatch.context() as mp:
+        for mod in (pkg, ch_mod, re_mod):
+            mp.setitem(sys.modules, mod.__name__, mod)
+        blob = pickle.dumps({"t": transpose(Ch(a), (2, 0, 1)), "s": Select(Ch(a), np.array([1, 5, 7]), (3,))},
+                            protocol=2)
+    p = tmp_path / "reorder.pkl"
+    p.write_bytes(blob)
+    from dpmesh_core.body.smpl_model import _read_pickle
+
+    got = _read_pickle(p)
+    np.testing.assert_array_equal(got["t"], np.transpose(a, (2, 0, 1)))
+    np.testing.assert_array_equal(got["s"], a.ravel()[[1, 5, 7]])
