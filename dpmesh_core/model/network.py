@@ -314,19 +314,13 @@ def load_network(directory: str | os.PathLike, device: str | torch.device = "cpu
     """Load a folder written by ``save_network`` strictly (memory-mapped safetensors), on ``device`` in
     ``dtype`` (default: as stored), in eval mode. Missing files → ModelFilesMissingError; corrupt file →
     InputError naming it; keys/shapes that do not match the config → CheckpointMismatchError."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
     d = Path(directory)
     cfg = read_network_config(d)
     wpath = d / WEIGHTS_NAME
     if not wpath.is_file():
         raise ModelFilesMissingError(f"network weights {WEIGHTS_NAME}", [str(wpath)],
                                      "The folder is incomplete; save or convert it again.")
-    try:
-        state = load_file(str(wpath), device="cpu")
-    except (SafetensorError, OSError, ValueError, RuntimeError) as e:
-        raise InputError(f"not a readable safetensors file ({e})", path=wpath) from e
+    state = read_safetensors_mmap(wpath)
     net = _build_empty(cfg)
     check_state_dict(net, state, wpath)
     net.load_state_dict(state, strict=True, assign=True)
@@ -338,6 +332,60 @@ def load_network(directory: str | os.PathLike, device: str | torch.device = "cpu
     if body_model is not None:
         net.set_body_model(body_model)
     return net.eval()
+
+
+_ST_DTYPES = {
+    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+    "BOOL": torch.bool,
+}
+
+
+def read_safetensors_mmap(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Memory-map a ``.safetensors`` file: tensors are views of the mapped file (copy-on-write, pages read
+    on first touch), so loading is near-instant and the file is never modified. The header is validated
+    (offsets inside the file, sizes matching shapes): a truncated or foreign file raises InputError."""
+    import mmap
+
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        with open(p, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ValueError("file shorter than a safetensors header")
+            n = int.from_bytes(head, "little")
+            if n <= 0 or 8 + n > size or n > 100_000_000:
+                raise ValueError(f"header length {n} does not fit a {size}-byte file")
+            header = json.loads(fh.read(n).decode("utf-8"))
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_COPY)
+    except (OSError, ValueError, UnicodeDecodeError) as e:
+        raise InputError(f"not a readable safetensors file ({e})", path=p) from e
+    if not isinstance(header, dict):
+        raise InputError("not a readable safetensors file (header is not a mapping)", path=p)
+    base = 8 + n
+    out: dict[str, torch.Tensor] = {}
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        try:
+            dt = _ST_DTYPES[info["dtype"]]
+            shape = [int(x) for x in info["shape"]]
+            a, b = (int(x) for x in info["data_offsets"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise InputError(f"malformed safetensors header entry {name!r} ({e})", path=p) from e
+        count = 1
+        for x in shape:
+            count *= x
+        itemsize = torch.empty((), dtype=dt).element_size()
+        if a < 0 or b < a or base + b > size or (b - a) != count * itemsize:
+            raise InputError(f"tensor {name!r} lies outside the file or has a wrong size (truncated?)", path=p)
+        if count == 0:
+            out[name] = torch.empty(shape, dtype=dt)
+            continue
+        t = torch.frombuffer(mm, dtype=torch.uint8, count=b - a, offset=base + a)
+        out[name] = t.view(dt).reshape(shape)
+    return out
 
 
 def _build_empty(cfg: NetworkConfig) -> DPMeshNetwork:
