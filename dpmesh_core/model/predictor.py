@@ -109,6 +109,8 @@ class DPMeshPredictor:
     refine / fitter: run ``fitter.refine(image, persons, initial)`` after the network (estimator
         "dpmesh+fit"); ``fitter`` must then be given (a KeypointFitter on the same body model).
     cache_size: VAE latents kept (LRU over (frame, crop box)).
+
+    A network passed in is moved to ``device``/``dtype`` in place.
     """
 
     name = "dpmesh"
@@ -132,7 +134,11 @@ class DPMeshPredictor:
         else:
             net, smpl_arrays = self._load(Path(network_or_path), merge_lora)
         self.network = net.to(device=self.device, dtype=self.dtype).eval()
-        self.body_model = self._resolve_body(body_model, smpl_arrays).to(self.device)
+        body = self._resolve_body(body_model, smpl_arrays)
+        if "smpl30" not in getattr(body, "joint_sets", ()) or getattr(body, "pose_dim", None) != 69:
+            raise ConfigError(f"the DPMesh network's mesh is SMPL: body model {getattr(body, 'name', body)!r} "
+                              "is not SMPL-like (needs 69 body-pose values and the smpl30 joint set)", "body_model")
+        self.body_model = body.to(self.device)
         self.network.set_body_model(self.body_model)
 
     # ---- loading -----------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import torch
 
-from dpmesh_core.body import load_body_model
+from dpmesh_core.body import BodyModel, load_body_model
 from dpmesh_core.errors import ConfigError, EstimationError, InputError, ModelFilesMissingError
 from dpmesh_core.geometry import apply_affine, crop_affine, invert_affine, project, square_box
 from dpmesh_core.model.network import DPMeshNetwork, save_network
@@ -216,6 +216,14 @@ def test_bad_inputs(predictor, network, body, image, persons, tmp_path):
         DPMeshPredictor(junk, body_model=body)
     with pytest.raises(ConfigError):
         DPMeshPredictor(network, body_model=body, refine=True)
+
+    class NotSMPL(BodyModel):  # a body model with another pose space (like Anny) cannot carry SMPL output
+        name = "other"
+        pose_dim = 12
+        joint_sets = ("coco17",)
+
+    with pytest.raises(ConfigError, match="SMPL"):
+        DPMeshPredictor(network, body_model=NotSMPL())
     unknown = Person(box=[0, 0, 10, 10], keypoints=np.ones((17, 3)), joint_set="coco17")
     unknown = dataclasses.replace(unknown)
     object.__setattr__(unknown, "joint_set", "nonsense")
