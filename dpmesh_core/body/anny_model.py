@@ -193,8 +193,8 @@ class AnnyBody(BodyModel):
             rest_heads = out["rest_bone_heads"][0]
 
         self.anny = m.to(dtype)
-        f = m.faces.cpu().numpy()
-        self._faces = np.ascontiguousarray(f.astype(np.int32))
+        f = m.faces if m.faces.shape[-1] == 3 else m.get_triangular_faces()  # quads → triangles
+        self._faces = np.ascontiguousarray(f.cpu().numpy().astype(np.int32))
         self._num_vertices = int(V)
         self.register_buffer("_C", torch.tensor(_ANNY_TO_CANONICAL, dtype=dtype), persistent=False)
         self.register_buffer("_reg_fullT", Wreg.T.to(dtype).contiguous(), persistent=False)  # (V, 18)
@@ -202,8 +202,6 @@ class AnnyBody(BodyModel):
         self.register_buffer("_kp_A", A[:, active].to(dtype), persistent=False)  # (K, Na)
         self.register_buffer("_kp_P", Prest[:, active].to(dtype), persistent=False)  # (K, Na, 3)
         self.register_buffer("_kp_dirs", Pdirs[:, active].to(dtype), persistent=False)  # (K, Na, 3, C)
-        self.register_buffer("_pose_bones", torch.tensor([labels.index(b) for b, _ in ANNY_POSE_BONES]),
-                             persistent=False)
         self.register_buffer("_smpl24_bones", torch.tensor([labels.index(ANNY_SMPL24_BONES[n]) for n in J.SMPL24]),
                              persistent=False)
         # Fast joints: every bone follows its nearest posed ancestor-or-self ("node": the root or a pose
@@ -258,7 +256,6 @@ class AnnyBody(BodyModel):
                              persistent=False)
         self._shape_cache: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
         self._map30 = {s: torch.as_tensor(J.mapping("smpl30", s)) for s in ("graph15", "openpose18")}
-        self._coco_in30 = torch.as_tensor([J.SMPL30.index(n) for n in ("Nose", "L_Eye", "R_Eye", "L_Ear", "R_Ear")])
 
         # --- priors and limits
         smpl_names = [n for _, n in ANNY_POSE_BONES]
