@@ -16,9 +16,10 @@ Frame
   left = +x, metres): ``(x, y, z)_canonical = (x, z, -y)_anny``.
 
 Joint sets
-  * ``coco17``: Anny's own COCO key-point regressor (a linear blend of surface vertices, fitted to COCO
-    annotation conventions: hips a little lateral and below the hip-joint centres, shoulders at the
-    acromion).
+  * ``coco17``: Anny's own COCO key-point regressor (a linear blend of vertices made for COCO annotation
+    conventions). Checked against the skeleton: its hips sit ~4 cm below and ~1.5 cm medial of the
+    hip-joint bone heads, its shoulders ~2 cm above the shoulder-joint heads — where COCO annotators
+    click (the hip crease / the top of the shoulder), so it is preferred over bone heads.
   * ``smpl24``: bone heads with the nearest SMPL meaning (``ANNY_SMPL24_BONES``). Approximations:
     Pelvis = the root bone head (SMPL's pelvis joint sits ~9 cm higher), Torso/Spine/Chest = spine03/02/01,
     L/R_Thorax = shoulder01 (SMPL's collar joint), L/R_Toe = the middle toe's base (toe3-1),
