@@ -529,7 +529,7 @@ _NUMPY_GLOBALS = {
     ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
     ("numpy._core.numeric", "_frombuffer"), ("builtins", "set"), ("__builtin__", "set"),
-    ("builtins", "frozenset"), ("collections", "OrderedDict"), ("copy_reg", "_reconstructor"),
+    ("builtins", "frozenset"), ("collections", "OrderedDict"), ("copy_reg", "_reconstructor"), ("_codecs", "encode"),
     ("copyreg", "_reconstructor"), ("builtins", "object"), ("__builtin__", "object"),
 }
 

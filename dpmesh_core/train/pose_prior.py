@@ -139,9 +139,9 @@ def train_pose_prior(poses: np.ndarray, cfg: PosePriorConfig, model: Any = None,
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-        acc["loss"] += float(loss)
-        acc["recon"] += float(rl)
-        acc["commit"] += float(commit)
+        acc["loss"] += float(loss.detach())
+        acc["recon"] += float(rl.detach())
+        acc["commit"] += float(commit.detach())
         used.update(codes.unique().tolist())
         k += 1
         if cfg.log_every and (step % cfg.log_every == 0 or step == cfg.steps):
