@@ -114,9 +114,22 @@ def _cache_ready(cache: Path) -> bool:
     return any(cache.glob("v*/build_compact_model_data_*.safetensors"))
 
 
-def build_anny(progress: ProgressFn | None = None, cache_dir: Path | None = None):
+def _prune_intermediates(cache: Path) -> None:
+    """Delete Anny's intermediate build caches (~780 MB: raw assets and uncompacted blend shapes); loading
+    needs only the compact model data (~50 MB)."""
+    freed = 0
+    for f in cache.glob("v*/*.safetensors"):
+        if not f.name.startswith("build_compact_model_data_"):
+            freed += f.stat().st_size
+            f.unlink()
+    if freed:
+        log.info("removed %.0f MB of Anny intermediate build files", freed / 1e6)
+
+
+def build_anny(progress: ProgressFn | None = None, cache_dir: Path | None = None, keep_intermediates: bool = False):
     """Instantiate ``anny.Anny`` (float64, torch LBS), building its cache under ``cache_dir`` (default
-    ``paths.anny_cache_dir()``) on first use. A ``filelock`` in that dir serialises concurrent builds."""
+    ``paths.anny_cache_dir()``) on first use. A ``filelock`` in that dir serialises concurrent builds.
+    After a first build the intermediate caches are deleted unless ``keep_intermediates``."""
     try:
         import anny
         import anny.paths
@@ -140,6 +153,8 @@ def build_anny(progress: ProgressFn | None = None, cache_dir: Path | None = None
         if first:
             msg = f"Anny body model cache built in {time.perf_counter() - t0:.0f} s"
             log.info(msg)
+            if not keep_intermediates:
+                _prune_intermediates(cache)
         else:
             msg = "Anny body model loaded"
         if progress:
