@@ -140,3 +140,18 @@ def test_doctor_lists_components_and_licences(capsys):
 def test_console_script_entry_point():
     r = subprocess.run([sys.executable, "-m", "dpmesh_core.cli", "--version"], capture_output=True, text=True)
     assert r.returncode == 0 and "dpmesh" in r.stdout
+
+
+def test_predict_video_names_files_per_frame_and_tracks(tmp_path, media_dir, capsys):
+    out = tmp_path / "out"
+    rc, stdout, _ = _run(["predict", str(media_dir / "street.avi"), "-o", str(out), "--max-frames", "2",
+                          "--stride", "3", "--json"], capsys)
+    assert rc == 0
+    events = [json.loads(x) for x in stdout.splitlines()]
+    frames = [e for e in events if e["event"] == "frame"]
+    assert [e["frame"] for e in frames] == [0, 3]
+    assert all(e["meshes"] >= 1 for e in frames)
+    names = sorted(p.name for p in out.glob("*.obj"))
+    assert any(n.startswith("street_f000000_person") for n in names)
+    assert any(n.startswith("street_f000003_person") for n in names)
+    assert len(names) == sum(e["meshes"] for e in frames)
