@@ -31,6 +31,23 @@ from .yolo_weights import YoloCheckpoint, read_yolo_checkpoint
 log = logging.getLogger(__name__)
 
 
+def _find_conv_pointwise() -> Any:
+    """oneDNN's fused convolution + activation op (what inductor uses on CPU), or None if absent."""
+    try:
+        if not torch.backends.mkldnn.is_available():
+            return None
+        return torch.ops.mkldnn._convolution_pointwise.default
+    except (AttributeError, RuntimeError):
+        return None
+
+
+_CONV_POINTWISE = _find_conv_pointwise()
+
+
+def _exporting() -> bool:
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+
+
 def _autopad(k: int, p: int | None = None, d: int = 1) -> int:
     if d > 1:
         k = d * (k - 1) + 1
@@ -47,7 +64,12 @@ class Conv(nn.Module):
         self.bn: nn.Module = nn.BatchNorm2d(c2, eps=1e-3, momentum=0.03)
         self.act: nn.Module = nn.SiLU() if act else nn.Identity()
 
+    _pointwise = False  # set by fuse(): run conv + SiLU as one oneDNN call on CPU
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self._pointwise and x.device.type == "cpu" and x.dtype == torch.float32 and not _exporting():
+            c = self.conv
+            return _CONV_POINTWISE(x, c.weight, c.bias, c.padding, c.stride, c.dilation, c.groups, "swish", [], "")
         return self.act(self.bn(self.conv(x)))
 
     @torch.no_grad()
@@ -63,6 +85,7 @@ class Conv(nn.Module):
         fused.weight.copy_(conv.weight * scale.view(-1, 1, 1, 1))
         fused.bias.copy_(bn.bias - bn.running_mean * scale)
         self.conv, self.bn = fused, nn.Identity()
+        self._pointwise = isinstance(self.act, nn.SiLU) and _CONV_POINTWISE is not None
 
 
 class DWConv(Conv):
