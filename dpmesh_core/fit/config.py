@@ -27,6 +27,11 @@ class FitConfig:
     camera_iters: int = 10
     #: cold start, stage 2: everything (orientation, translation, body pose, shape)
     cold_iters: int = 40
+    #: stage 2 is split into len(prior_anneal) equal parts whose pose-prior and joint-limit weights are
+    #: multiplied by these factors in turn (strong prior first, then relaxed: avoids bad local minima)
+    prior_anneal: tuple[float, ...] = (10.0, 3.0, 1.0)
+    #: cold start, stage 3: shape parameters too, on the best initialisation only (0: shape stays at the mean)
+    shape_iters: int = 15
     #: warm start (previous result given, e.g. one key-point dragged or the next video frame)
     warm_iters: int = 8
     #: ``refine`` of a network result
@@ -45,7 +50,7 @@ class FitConfig:
     #: person box size that reference pixels correspond to
     reference_size_px: float = 256.0
     #: prior weights
-    pose_prior_weight: float = 20.0
+    pose_prior_weight: float = 5.0
     shape_prior_weight: float = 20.0
     joint_limit_weight: float = 50.0
     #: weak prior on log-depth around the key-point-scale initial depth
@@ -61,7 +66,8 @@ class FitConfig:
     num_inits: int = 8
     #: initial orientations kept after stage 1 (the others are dropped to save time)
     keep_after_camera_stage: int = 8
-    #: fit shape parameters (False: keep the body model's mean shape)
+    #: fit shape parameters in stage 3 of a cold start (False: keep the body model's mean shape). Warm starts
+    #: and ``refine`` keep the shape they start from (a person's shape does not change between frames)
     optimize_betas: bool = True
     #: fewer usable key-points than this → EstimationError for that person
     min_visible_joints: int = 2
@@ -72,7 +78,7 @@ class FitConfig:
     output_joint_set: str | None = None
 
     def validate(self) -> None:
-        for name in ("camera_iters", "cold_iters", "warm_iters", "refine_iters"):
+        for name in ("camera_iters", "cold_iters", "shape_iters", "warm_iters", "refine_iters"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"must be ≥ 0, got {getattr(self, name)}", name)
         if self.cold_iters + self.camera_iters < 1:
@@ -88,6 +94,9 @@ class FitConfig:
                      "temporal_weight", "refine_prior_weight"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"must be ≥ 0, got {getattr(self, name)}", name)
+        if not self.prior_anneal or any(not m > 0 for m in self.prior_anneal):
+            raise ConfigError(f"must be a non-empty list of positive factors, got {self.prior_anneal}",
+                              "prior_anneal")
         if not 1 <= self.num_inits <= 8:
             raise ConfigError(f"must be in 1..8, got {self.num_inits}", "num_inits")
         if not 1 <= self.keep_after_camera_stage <= 8:

@@ -184,7 +184,7 @@ class KeypointFitter:
     def body_forward(self, params: Sequence[BodyParams], joint_sets: tuple[str, ...],
                      return_vertices: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """Evaluate the body model on a list of params → ({set: (N, K, 3)}, (N, V, 3) or None), metres."""
-        with torch.inference_mode():
+        with torch.no_grad():
             go, bp, be, tr = (torch.as_tensor(np.stack([getattr(p, k) for p in params]), dtype=self.dtype,
                                               device=self.device)
                               for k in ("global_orient", "body_pose", "betas", "transl"))
@@ -244,7 +244,7 @@ class KeypointFitter:
             self._plans[joint_set] = None
             return None
         _, bset, A = best
-        with torch.inference_mode():
+        with torch.no_grad():
             out = self.body(torch.zeros(1, 3, device=self.device), torch.zeros(1, self.body.pose_dim, device=self.device),
                             self.body.mean_betas(1).to(self.device), torch.zeros(1, 3, device=self.device),
                             joint_sets=(bset,))
@@ -374,8 +374,9 @@ class KeypointFitter:
         g = allj.gather(1, pr.idx).view(allj.shape[0], -1, 2, 3)
         return (g * pr.coef[..., None]).sum(2)
 
-    def _energy(self, go, bp, be, uvl, pr: _Problem, sets, weight: torch.Tensor, use_priors: bool) -> torch.Tensor:
-        """(B,) total energy."""
+    def _energy(self, go, bp, be, uvl, pr: _Problem, sets, weight: torch.Tensor, use_priors: bool,
+                prior_mult: float = 1.0) -> torch.Tensor:
+        """(B,) total energy (``prior_mult`` scales the pose prior and joint-limit weights)."""
         cfg = self.config
         transl = self._to_transl(uvl, pr)
         kp3 = self._keypoints3d(go, bp, be, transl, pr, sets)
@@ -386,8 +387,8 @@ class KeypointFitter:
         e = (weight * rho).sum(1) / weight.sum(1).clamp_min(1e-6)
         e = e + cfg.depth_prior_weight * (uvl[:, 2] - pr.log_z0) ** 2
         if use_priors:
-            e = e + cfg.pose_prior_weight * self.body.pose_prior(bp) + cfg.joint_limit_weight * \
-                self.body.joint_limit_penalty(bp)
+            e = e + prior_mult * (cfg.pose_prior_weight * self.body.pose_prior(bp) + cfg.joint_limit_weight
+                                  * self.body.joint_limit_penalty(bp))
             if cfg.optimize_betas:
                 e = e + cfg.shape_prior_weight * self.body.shape_prior(be)
         if pr.prev is not None and pr.prev_weight > 0:
@@ -452,7 +453,7 @@ class KeypointFitter:
         go = matrix_to_axis_angle(R0)
         bp = torch.zeros(B, self.body.pose_dim, device=dev, dtype=dt)
         be = self.body.mean_betas(B).to(device=dev, dtype=dt)
-        with torch.inference_mode():  # place the body: centroid of visible key-points at the initial depth
+        with torch.no_grad():  # place the body: centroid of visible key-points at the initial depth
             kp3 = self._keypoints3d(go, bp, be, torch.zeros(B, 3, device=dev, dtype=dt), pr, sets)
             w = pr.weight
             wn = w / w.sum(1, keepdim=True).clamp_min(1e-6)
@@ -466,24 +467,49 @@ class KeypointFitter:
         self._run_adam(params, {"go": cfg.lr_rotation, "uvl": cfg.lr_transl}, cfg.camera_iters,
                        lambda p: self._energy(p["go"], bp, be, p["uvl"], pr, sets, pr.torso_weight, False))
         if ninit > 1 and cfg.keep_after_camera_stage < ninit and cfg.cold_iters > 0:
-            with torch.inference_mode():
+            with torch.no_grad():
                 e = self._energy(params["go"], bp, be, params["uvl"], pr, sets, pr.torso_weight, False)
             keep = torch.topk(e.view(len(cold), ninit), cfg.keep_after_camera_stage, dim=1, largest=False).indices
             sel = (keep + torch.arange(len(cold), device=dev)[:, None] * ninit).reshape(-1)
             params = {kk: v[sel] for kk, v in params.items()}
             bp, be = bp[sel], be[sel]
             owner = [owner[s] for s in sel.tolist()]
-            pr = self._problem(owner, persons, cams, plans, weights, sets, offsets, k)
-        # stage 2: everything
+            pr = self._select(pr, sel)
+        # stage 2: orientation, translation and pose (shape at the mean: cheap, and shape barely shows in 2-D)
         params["bp"], params["be"] = bp, be
-        lrs = {"go": cfg.lr_rotation, "uvl": cfg.lr_transl, "bp": cfg.lr_rotation, "be": cfg.lr_betas}
-        if not cfg.optimize_betas:
-            lrs["be"] = 0.0
-        self._run_adam(params, lrs, cfg.cold_iters,
-                       lambda p: self._energy(p["go"], p["bp"], p["be"], p["uvl"], pr, sets, pr.weight, True))
-        with torch.inference_mode():
+        lrs = {"go": cfg.lr_rotation, "uvl": cfg.lr_transl, "bp": cfg.lr_rotation}
+        anneal = cfg.prior_anneal
+        for c, mult in enumerate(anneal):  # SMPLify-style: strong pose prior first, relaxed step by step
+            n_c = cfg.cold_iters // len(anneal) + (1 if c < cfg.cold_iters % len(anneal) else 0)
+            self._run_adam(params, lrs, n_c,
+                           lambda p, m=mult: self._energy(p["go"], p["bp"], p["be"], p["uvl"], pr, sets, pr.weight,
+                                                          True, m))
+        with torch.no_grad():
+            e = self._energy(params["go"], params["bp"], params["be"], params["uvl"], pr, sets, pr.weight, True)
+        # keep the best initialisation per person
+        own = np.asarray(owner)
+        sel = []
+        for i in cold:
+            idx = np.flatnonzero(own == i)
+            sel.append(int(idx[int(torch.argmin(e[torch.as_tensor(idx, device=e.device)]))]))
+        selt = torch.as_tensor(sel, device=dev)
+        params = {kk: v[selt] for kk, v in params.items()}
+        pr = self._select(pr, selt)
+        owner = list(cold)
+        # stage 3: everything, shape included
+        if cfg.optimize_betas and cfg.shape_iters > 0:
+            lrs["be"] = cfg.lr_betas
+            self._run_adam(params, lrs, cfg.shape_iters,
+                           lambda p: self._energy(p["go"], p["bp"], p["be"], p["uvl"], pr, sets, pr.weight, True))
+        with torch.no_grad():
             e = self._energy(params["go"], params["bp"], params["be"], params["uvl"], pr, sets, pr.weight, True)
         return self._pick_best(owner, e, params, pr)
+
+    @staticmethod
+    def _select(pr: _Problem, sel: torch.Tensor) -> _Problem:
+        """The sub-problem of batch elements ``sel``."""
+        return _Problem(pr.owner[sel.cpu().numpy()], pr.idx[sel], pr.coef[sel], pr.target[sel], pr.weight[sel],
+                        pr.torso_weight[sel], pr.scale[sel], pr.focal[sel], pr.principal[sel], pr.log_z0[sel])
 
     def _solve_warm(self, warm, persons, cams, plans, weights, sets, offsets, k, starts, iters, prior_weight):
         cfg = self.config
@@ -502,11 +528,10 @@ class KeypointFitter:
         pr.prev_weight = prior_weight
         params = {"go": go, "uvl": uvl, "bp": bp, "be": be}
         f = cfg.lr_warm_factor
-        lrs = {"go": cfg.lr_rotation * f, "uvl": cfg.lr_transl * f, "bp": cfg.lr_rotation * f,
-               "be": cfg.lr_betas * f if cfg.optimize_betas else 0.0}
+        lrs = {"go": cfg.lr_rotation * f, "uvl": cfg.lr_transl * f, "bp": cfg.lr_rotation * f}  # shape kept
         self._run_adam(params, lrs, iters,
                        lambda p: self._energy(p["go"], p["bp"], p["be"], p["uvl"], pr, sets, pr.weight, True))
-        with torch.inference_mode():
+        with torch.no_grad():
             e = self._energy(params["go"], params["bp"], params["be"], params["uvl"], pr, sets, pr.weight, True)
         return self._pick_best(warm, e, params, pr)
 
@@ -522,7 +547,7 @@ class KeypointFitter:
 
     def _finish(self, todo, solved, persons, cams, plans, sets, results, estimator) -> None:
         out_sets = tuple(dict.fromkeys(list(sets) + [self.config.output_joint_set or plans[i].body_set for i in todo]))
-        with torch.inference_mode():
+        with torch.no_grad():
             go, bp, be, tr, e = (torch.stack([solved[i][c] for i in todo]) for c in range(5))
             out = self.body(go, bp, be, tr, joint_sets=out_sets, return_vertices=True)
             verts = out.vertices.cpu().numpy()

@@ -1,0 +1,233 @@
+"""KeypointFitter: recovery from its own projections, occlusion handling, errors, warm starts, frames."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+
+from dpmesh_core.body import joints as J
+from dpmesh_core.body import load_body_model
+from dpmesh_core.config import from_dict
+from dpmesh_core.errors import ConfigError, EstimationError
+from dpmesh_core.fit import FitConfig, KeypointFitter, smooth_sequence
+from dpmesh_core.fit.synthetic import sample_scene
+from dpmesh_core.train.metrics import pa_mpjpe
+from dpmesh_core.types import BodyParams, Camera, Estimator, MeshResult, Person
+
+W, H = 1280, 720
+CAM = Camera.default_for(W, H)
+
+
+@pytest.fixture(scope="module")
+def body():
+    return load_body_model("synthetic-smpl")
+
+
+@pytest.fixture(scope="module")
+def fitter(body):
+    """Weak priors and a longer shape stage: what exact (noise-free) key-points call for (the defaults are
+    tuned for detector noise and trade a little exactness for robustness; see test_default_config_*)."""
+    return KeypointFitter(body, FitConfig(pose_prior_weight=0.5, shape_iters=30))
+
+
+@pytest.fixture(scope="module")
+def scene(body):
+    return sample_scene(body, CAM, 3, np.random.default_rng(7), depth_range=(3.0, 8.0))
+
+
+@pytest.fixture(scope="module")
+def cold(fitter, scene):
+    """Cold fit of the three synthetic persons, together in one call."""
+    persons = [_person(sp.joints2d, track_id=10 + i) for i, sp in enumerate(scene)]
+    return persons, fitter.estimate(np.zeros((H, W, 3), np.uint8), persons)
+
+
+def _person(uv: np.ndarray, visible=None, track_id=None) -> Person:
+    kp = np.concatenate([uv, np.ones((len(uv), 1))], 1).astype(np.float32)
+    box = Person.box_from_keypoints(kp, visible)
+    return Person(box=box, keypoints=kp, visible=visible, track_id=track_id)
+
+
+def _reproj(res: MeshResult, uv: np.ndarray, vis=None) -> np.ndarray:
+    err = np.linalg.norm(res.keypoints2d - uv, axis=1)
+    return err if vis is None else err[vis]
+
+
+def test_default_config_fits_noiseless_keypoints_closely(body, scene):
+    res = KeypointFitter(body).estimate(None, [_person(sp.joints2d) for sp in scene], camera=CAM)
+    for sp, r in zip(scene, res, strict=True):
+        assert np.median(_reproj(r, sp.joints2d)) < 4.0
+        assert pa_mpjpe(r.joints3d[None], sp.joints3d[None])[0] < 70.0
+
+
+def test_is_an_estimator(fitter):
+    assert isinstance(fitter, Estimator)
+    assert fitter.name == "fit"
+
+
+def test_recovers_pose_and_camera_from_noiseless_projections(cold, scene):
+    persons, results = cold
+    for sp, res in zip(scene, results, strict=True):
+        assert isinstance(res, MeshResult)
+        assert np.median(_reproj(res, sp.joints2d)) < 1.5
+        assert _reproj(res, sp.joints2d).max() < 6.0
+        assert pa_mpjpe(res.joints3d[None], sp.joints3d[None])[0] < 50.0  # mm
+        # depth within 10 % (key-point scale fixes it up to the shape/depth ambiguity)
+        assert abs(res.params.transl[2] - sp.params.transl[2]) / sp.params.transl[2] < 0.10
+
+
+def test_output_shapes_dtypes_and_frames(cold, body):
+    persons, results = cold
+    for i, res in enumerate(results):
+        assert res.vertices.shape == (body.num_vertices, 3) and res.vertices.dtype == np.float32
+        assert res.faces.shape[1] == 3 and res.faces.dtype == np.int32
+        assert res.joint_set == "coco17"
+        assert res.joints3d.shape == (17, 3) and res.joints2d.shape == (17, 2)
+        assert res.keypoints2d.shape == (17, 2)
+        assert res.params.model == body.name
+        assert res.params.body_pose.shape == (body.pose_dim,) and res.params.betas.shape == (body.num_betas,)
+        assert res.estimator == "fit" and res.track_id == 10 + i
+        assert res.camera == CAM  # default camera from the image size
+        assert np.isfinite(res.loss) and res.loss >= 0
+        assert (res.vertices[:, 2] > 0).all() and (res.joints3d[:, 2] > 0).all()  # in front of the camera
+        nose_y = res.joints2d[J.index("coco17", "Nose"), 1]
+        ankles_y = res.joints2d[[J.index("coco17", "L_Ankle"), J.index("coco17", "R_Ankle")], 1]
+        assert (nose_y < ankles_y).all()  # upright in the image (y down)
+        # joints2d is the projection of joints3d
+        proj = res.joints3d[:, :2] / res.joints3d[:, 2:] * np.array(CAM.focal) + np.array(CAM.principal)
+        np.testing.assert_allclose(res.joints2d, proj, atol=0.05)
+
+
+def test_occluded_keypoint_weighs_nothing(fitter, scene):
+    uv = scene[0].joints2d.copy()
+    vis = np.ones(17, bool)
+    j = J.index("coco17", "L_Wrist")
+    vis[j] = False
+    far = uv.copy()
+    far[j] += (400.0, -300.0)
+    a = fitter.estimate(None, [_person(uv, vis)], camera=CAM)[0]
+    b = fitter.estimate(None, [_person(far, vis)], camera=CAM)[0]
+    np.testing.assert_allclose(a.vertices, b.vertices, atol=1e-6)
+    np.testing.assert_allclose(a.params.body_pose, b.params.body_pose, atol=1e-6)
+    assert np.median(_reproj(a, uv, vis)) < 2.0
+
+
+def test_nan_keypoints_are_ignored(fitter, scene):
+    uv = scene[1].joints2d.copy()
+    j = J.index("coco17", "R_Knee")
+    nan_uv = uv.copy()
+    nan_uv[j] = np.nan
+    vis = np.ones(17, bool)
+    vis[j] = False
+    with_nan = fitter.estimate(None, [_person(nan_uv, np.ones(17, bool))], camera=CAM)[0]
+    hidden = fitter.estimate(None, [_person(uv, vis)], camera=CAM)[0]
+    assert isinstance(with_nan, MeshResult)
+    for arr in (with_nan.vertices, with_nan.joints3d, with_nan.keypoints2d, with_nan.params.body_pose):
+        assert np.isfinite(arr).all()
+    np.testing.assert_allclose(with_nan.vertices, hidden.vertices, atol=1e-6)
+
+
+def test_too_few_joints_is_an_error_for_that_person_only(fitter, scene):
+    one = np.zeros(17, bool)
+    one[0] = True
+    persons = [_person(scene[0].joints2d), _person(scene[1].joints2d, one), _person(scene[2].joints2d)]
+    res = fitter.estimate(None, persons, camera=CAM)
+    assert isinstance(res[0], MeshResult) and isinstance(res[2], MeshResult)
+    assert isinstance(res[1], EstimationError) and res[1].person_index == 1
+    assert "1 usable" in str(res[1])
+    assert np.median(_reproj(res[2], scene[2].joints2d)) < 1.5
+
+
+def test_warm_start_converges_faster_to_the_same_answer(fitter, cold, scene):
+    persons, results = cold
+    e0 = fitter.evaluations
+    again = fitter.estimate(None, persons, camera=CAM, previous=results)
+    warm_evals = fitter.evaluations - e0
+    e0 = fitter.evaluations
+    fitter.estimate(None, persons[:1], camera=CAM)
+    cold_evals = fitter.evaluations - e0
+    assert warm_evals * 3 < cold_evals
+    for r0, r1 in zip(results, again, strict=True):
+        assert np.abs(r1.vertices - r0.vertices).max() < 0.01  # metres
+        assert np.abs(r1.keypoints2d - r0.keypoints2d).max() < 1.0  # pixels
+
+
+def test_warm_start_follows_a_dragged_keypoint(fitter, cold, scene):
+    persons, results = cold
+    j = J.index("coco17", "R_Wrist")
+    uv = scene[0].joints2d.copy()
+    uv[j] += (25.0, 15.0)
+    moved = _person(uv, track_id=persons[0].track_id)
+    before = np.linalg.norm(results[0].keypoints2d[j] - uv[j])
+    res = fitter.estimate(None, [moved], camera=CAM, previous=[results[0]])[0]
+    after = np.linalg.norm(res.keypoints2d[j] - uv[j])
+    assert before > 25.0 and after < 0.3 * before
+    others = np.delete(np.arange(17), j)
+    assert np.median(_reproj(res, uv)[others]) < 2.0
+
+
+def test_other_joint_set_and_deterministic(fitter, scene):
+    kp = np.concatenate([scene[2].joints2d, np.ones((17, 1))], 1)
+    op = J.convert(kp, "coco17", "openpose18")  # Neck synthesised from the shoulders
+    p = Person(box=Person.box_from_keypoints(op), keypoints=op, joint_set="openpose18")
+    a = fitter.estimate(None, [p], camera=CAM)[0]
+    b = fitter.estimate(None, [p], camera=CAM)[0]
+    assert a.keypoints2d.shape == (18, 2)
+    np.testing.assert_array_equal(a.vertices, b.vertices)
+    assert np.median(np.linalg.norm(a.keypoints2d - op[:, :2], axis=1)) < 2.0
+
+
+def test_refine_matching_and_mismatching_models(fitter, cold, scene):
+    persons, results = cold
+    start = dataclasses.replace(results[0], params=dataclasses.replace(
+        results[0].params, body_pose=results[0].params.body_pose + 0.05))
+    out = fitter.refine(None, persons[:1], [start])[0]
+    assert out.estimator == "dpmesh+fit"
+    assert np.median(_reproj(out, scene[0].joints2d)) < np.median(_reproj(start, scene[0].joints2d)) + 1.0
+    assert np.median(_reproj(out, scene[0].joints2d)) < 2.0
+    other = dataclasses.replace(results[0], params=BodyParams("smpl", np.zeros(3), np.zeros(69), np.zeros(10),
+                                                              np.array([0, 0, 5.0])))
+    with pytest.raises(ConfigError, match="body model"):
+        fitter.refine(None, persons[:1], [other])
+
+
+def test_config_is_strict():
+    cfg = from_dict(FitConfig, {"cold_iters": 5, "robust_sigma_px": 10})
+    assert cfg.cold_iters == 5 and cfg.robust_sigma_px == 10.0
+    with pytest.raises(ConfigError, match="cold_itres"):
+        from_dict(FitConfig, {"cold_itres": 5})
+    with pytest.raises(ConfigError, match="num_inits"):
+        from_dict(FitConfig, {"num_inits": 9})
+    with pytest.raises(ConfigError, match="lr_rotation"):
+        from_dict(FitConfig, {"lr_rotation": 0.0})
+    with pytest.raises(ConfigError, match="output_joint_set"):
+        from_dict(FitConfig, {"output_joint_set": "nope"})
+
+
+def test_smooth_sequence_reduces_jitter(fitter, body, cold):
+    persons, results = cold
+    base = results[0]
+    rng = np.random.default_rng(3)
+    frames = []
+    for _ in range(9):
+        jitter = rng.normal(0, 0.05, body.pose_dim).astype(np.float32)
+        tr = base.params.transl + rng.normal(0, 0.05, 3).astype(np.float32)
+        params = dataclasses.replace(base.params, body_pose=base.params.body_pose + jitter, transl=tr)
+        frames.append([dataclasses.replace(base, params=params), None])
+    smoothed = smooth_sequence(frames, fitter, sigma=2.0, persons_per_frame=[[persons[0], persons[1]]] * 9)
+    assert [len(f) for f in smoothed] == [2] * 9 and all(f[1] is None for f in smoothed)
+    raw_tr = np.stack([f[0].params.transl for f in frames])
+    sm_tr = np.stack([f[0].params.transl for f in smoothed])
+    assert np.diff(sm_tr, axis=0).std() < 0.5 * np.diff(raw_tr, axis=0).std()
+    sm_pose = np.stack([f[0].params.body_pose for f in smoothed])
+    raw_pose = np.stack([f[0].params.body_pose for f in frames])
+    assert np.diff(sm_pose, axis=0).std() < 0.5 * np.diff(raw_pose, axis=0).std()
+    # geometry follows the smoothed params
+    r = smoothed[4][0]
+    js, verts = fitter.body_forward([r.params], ("coco17",))
+    np.testing.assert_allclose(r.vertices, verts[0], atol=1e-5)
+    assert r.keypoints2d.shape == (17, 2) and np.isfinite(r.keypoints2d).all()
+    assert math.isclose(float(np.abs(r.joints3d - js["coco17"][0]).max()), 0.0, abs_tol=1e-5)
