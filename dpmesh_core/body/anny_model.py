@@ -37,7 +37,7 @@ Speed
   memoised while ``betas`` stay constant) and c precomputed. Both are exact: equal to Anny's own forward up
   to float round-off (tested). The joints-only path never touches the 13,718 vertices.
 
-First use builds Anny's cache (about a minute and a few hundred MB) under ``paths.anny_cache_dir()``; a file
+First use builds Anny's cache (1-5 min of CPU; ~830 MB while building, 50 MB kept) under ``paths.anny_cache_dir()``; a file
 lock serialises concurrent first builds; progress goes to logging (INFO) and to an optional
 ``progress(fraction, message)`` callback.
 """
@@ -144,7 +144,7 @@ def build_anny(progress: ProgressFn | None = None, cache_dir: Path | None = None
     with FileLock(str(cache / "anny-build.lock"), timeout=1800):
         first = not _cache_ready(cache)
         if first:
-            msg = f"Building the Anny body model cache in {cache} (first use only, about a minute)..."
+            msg = f"Building the Anny body model cache in {cache} (first use only, one to a few minutes)..."
             log.info(msg)
             if progress:
                 progress(0.0, msg)
