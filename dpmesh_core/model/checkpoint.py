@@ -20,6 +20,7 @@ directions), and is checked in the tests against diffusers' own ``convert_ldm_un
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import os
@@ -374,6 +375,26 @@ def load_official_checkpoint(path: str | os.PathLike, network: nn.Module, merge_
     return res
 
 
+def load_official_network(path: str | os.PathLike, config=None, *, merge_lora: bool = False,
+                          state: Mapping[str, torch.Tensor] | None = None):
+    """Build a DPMeshNetwork for an official checkpoint without random initialisation (modules are built on
+    the "meta" device and the file's memory-mapped tensors are assigned) and load it strictly.
+
+    config: a NetworkConfig (default ``preset("sd15")``). Returns ``(network, OfficialLoadResult)``; the
+    network is on CPU in the file's dtype, in eval mode, with no body model attached.
+    """
+    from . import network as network_mod
+    from .config import preset
+
+    cfg = copy.deepcopy(config) if config is not None else preset("sd15")
+    if merge_lora:
+        cfg.backbone.lora_merged = True
+    official = state if state is not None else read_state_dict(path)
+    net = network_mod._build_empty(cfg)
+    res = load_official_checkpoint(path, net, state=official)
+    return net.eval(), res
+
+
 # ---------------------------------------------------------------------------------------------------------
 # ours → official (tests, export)
 # ---------------------------------------------------------------------------------------------------------
@@ -618,13 +639,7 @@ def convert_official(src: str | os.PathLike, out_dir: str | os.PathLike, *, pres
     from . import network as network_mod
     from .config import preset
 
-    cfg = preset(preset_name)
-    if merge_lora:
-        cfg.backbone.lora_merged = True
-    official = read_state_dict(src)
-    net = network_mod._build_empty(cfg)  # meta tensors: the checkpoint's (memory-mapped) tensors are assigned
-    res = load_official_checkpoint(src, net, state=official)
-    del official
+    net, res = load_official_network(src, preset(preset_name), merge_lora=merge_lora)
     out = Path(out_dir)
     network_mod.save_network(net, out)
     if res.smpl:

@@ -144,8 +144,33 @@ def test_shapes_dtypes_and_determinism(backbone, inputs, tiny_cfg):
     assert torch.equal(out.features["f16"][:, -30:], out.attention["16"])
     assert torch.equal(out.features["f8"][:, -30:], out.attention["8"])
     # the latent is the posterior mode without scaling: equals diffusers' encode().latent_dist.mode()
-    h = backbone.vae.quant_conv(backbone.vae.encoder(image))
-    assert torch.allclose(z, h[:, :4], atol=0)
+    with torch.no_grad():
+        ref = backbone.vae.encode(image).latent_dist.mode()
+    assert torch.allclose(z, ref, atol=1e-6)
+
+
+def test_wiring_controlnet_residuals_into_unet_at_t1(backbone, inputs):
+    """f32 = output of up_blocks[3] of the U-Net run at t = 1 on the clean latent with the residuals of a
+    ControlNet fed cat(latent, heatmaps) (34 channels) and the same context."""
+    image, heat, ctx = inputs
+    z = backbone.encode(image)
+    got = {}
+    h = backbone.unet.up_blocks[3].register_forward_hook(lambda m, a, o: got.__setitem__("f32", o))
+    try:
+        with torch.no_grad():
+            t = torch.tensor([1, 1])
+            down, mid = backbone.controlnet(torch.cat([z, heat], 1), t, encoder_hidden_states=ctx,
+                                            controlnet_cond=z, return_dict=False)
+            backbone.unet(z, t, encoder_hidden_states=ctx, down_block_additional_residuals=down,
+                          mid_block_additional_residual=mid)
+    finally:
+        h.remove()
+    with torch.no_grad():
+        out = backbone(z, heat, ctx)
+        no_heat = backbone(z, torch.zeros_like(heat), ctx)
+    assert backbone.controlnet.conv_in.in_channels == 34
+    assert torch.equal(out.features["f32"], got["f32"])
+    assert not torch.allclose(out.features["f32"], no_heat.features["f32"])  # heatmaps matter
 
 
 def test_attention_maps_are_probabilities_over_joint_tokens(backbone, inputs):
