@@ -7,7 +7,8 @@
   Results and errors come back as Qt signals, delivered in the GUI thread.
 * ``InferenceService``: the inference worker of the app (one estimator built lazily *in* the worker
   thread, so torch never loads on the GUI thread; detection jobs too).
-* ``RenderService``: a second thread that owns the Open3D renderer (Open3D is thread-confined).
+* ``RenderService``: a render thread feeding a render process that owns Open3D (Open3D is
+  thread-confined and keeps the GIL while it renders, so in-process it would stall the GUI).
 * ``TrainingProcess``: the headless ``dpmesh train CONFIG --json`` in a ``QProcess``; parses JSON lines.
 """
 
@@ -365,11 +366,137 @@ def make_renderer(width: int, height: int, state: dict) -> Any:
     return r
 
 
-class RenderService(QObject):
-    """Renders meshes on its own thread (Open3D's legacy Visualizer must stay in one thread).
+def _render_server(conn: Any) -> None:
+    """Main loop of the render process: owns every Open3D renderer (one per output size, at most 3).
 
-    ``render_view(key, meshes, camera, view, size)`` → ``rendered(key, rgb)``;
-    ``render_overlay(key, image, results, alpha)`` → ``rendered(key, rgb)``. Latest request per key wins.
+    Open3D's Python bindings keep the GIL while they render (hundreds of ms with software OpenGL), which
+    would freeze the GUI thread however the work is threaded; in a separate process it cannot.
+    Requests: ("render", (meshes, camera, view, size)) / ("overlay", (image, results, alpha, colors));
+    replies: ("ok", rgb) or ("error", message). ``None`` ends the loop.
+    """
+    os.environ.pop("DISPLAY", None)  # Open3D's EGL path: works headless and on virtual X servers
+    state: dict[str, Any] = {"glfw_started": True}
+    renderers: collections.OrderedDict[tuple[int, int], Any] = collections.OrderedDict()
+
+    def get(w: int, h: int) -> Any:
+        r = renderers.pop((w, h), None)
+        if r is None:
+            r = make_renderer(w, h, state)
+            while len(renderers) >= 3:
+                renderers.popitem(last=False)[1].close()
+        renderers[(w, h)] = r
+        return r
+
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            break
+        if msg is None:
+            break
+        op, args = msg
+        try:
+            if op == "render":
+                meshes, camera, view, size = args
+                out = get(*size).render(meshes, camera, view)
+            elif op == "overlay":
+                image, results, alpha, colors = args
+                h, w = image.shape[:2]
+                out = get(w, h).render_overlay(image, results, alpha, colors=colors)
+            else:
+                raise ValueError(f"unknown render request {op!r}")
+            conn.send(("ok", out))
+        except Exception as e:  # noqa: BLE001 - reported to the app, the server keeps serving
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+    for r in renderers.values():
+        r.close()
+
+
+class _RenderClient:
+    """The render thread's handle on the render process (started on first use, restarted never: if it
+    dies, rendering falls back to the numpy rasteriser in the render thread)."""
+
+    def __init__(self) -> None:
+        self.proc: Any = None
+        self.conn: Any = None
+        self.failed = False
+        self._fallback: dict[tuple[int, int], Any] = {}
+
+    def _start(self) -> None:
+        """Start ``python -m app.jobs --render-server FD`` connected through a socket pair (a fresh
+        interpreter: nothing of the parent process, e.g. a script's main module, is re-run)."""
+        import socket
+        import subprocess
+        from multiprocessing.connection import Connection
+
+        if os.name != "posix":
+            raise OSError("the render process needs a POSIX socket pair here")
+        ours, theirs = socket.socketpair()
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "app.jobs", "--render-server", str(theirs.fileno())],
+                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                cwd=os.getcwd())
+        finally:
+            theirs.close()
+        self.conn = Connection(ours.detach())
+
+    def request(self, op: str, args: tuple) -> Any:
+        if not self.failed:
+            try:
+                if self.proc is None:
+                    self._start()
+                self.conn.send((op, args))
+                status, out = self.conn.recv()
+            except (EOFError, OSError, BrokenPipeError) as e:
+                log.warning("render process unavailable (%s); rendering in-process with numpy", e)
+                self.failed = True
+            else:
+                if status == "error":
+                    raise RuntimeError(out)
+                return out
+        return self._render_here(op, args)
+
+    def _render_here(self, op: str, args: tuple) -> Any:
+        from dpmesh_core import api
+
+        def get(w: int, h: int) -> Any:
+            if (w, h) not in self._fallback:
+                self._fallback[(w, h)] = api.MeshRenderer(w, h, backend="numpy", background=BACKGROUND)
+            return self._fallback[(w, h)]
+
+        if op == "render":
+            meshes, camera, view, size = args
+            return get(*size).render(meshes, camera, view)
+        image, results, alpha, colors = args
+        return get(image.shape[1], image.shape[0]).render_overlay(image, results, alpha, colors=colors)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            import subprocess
+
+            try:
+                self.conn.send(None)
+            except (OSError, BrokenPipeError):
+                pass
+            try:
+                self.proc.wait(3)
+            except subprocess.TimeoutExpired:
+                self.proc.terminate()
+                self.proc.wait(2)
+            self.conn.close()
+            self.proc = None
+        for r in self._fallback.values():
+            r.close()
+        self._fallback.clear()
+
+
+class RenderService(QObject):
+    """Mesh rendering off the GUI thread: a render thread (coalescing queue, latest request per key wins)
+    that hands each request to a render process owning Open3D (see ``_render_server``).
+
+    ``render_view(key, meshes, camera, view, size)`` / ``render_overlay(key, image, results, alpha, colors)``
+    → ``rendered(key, rgb, seconds)``; failures → ``error(message)``.
     """
 
     rendered = Signal(object, object, float)
@@ -380,27 +507,16 @@ class RenderService(QObject):
         self.runner = JobRunner("render", self)
         self.runner.job_finished.connect(self._on_finished)
         self.runner.job_failed.connect(lambda k, i, m, e: self.error.emit(m))
-
-    def _renderer(self, width: int, height: int) -> Any:
-        """The thread's one renderer (several live Open3D contexts in one thread do not mix well),
-        re-created when the image size changes. See ``make_renderer``."""
-        tl = self.runner.thread_local
-        r = tl.get("renderer")
-        if r is None or tl.get("renderer_size") != (width, height):
-            if r is not None and hasattr(r, "close"):
-                r.close()
-            r = make_renderer(width, height, tl)
-            tl["renderer"], tl["renderer_size"] = r, (width, height)
-        return r
+        self._client = _RenderClient()
 
     def render_view(self, key: Hashable, meshes: list, camera: Any, view: Any,
                     size: tuple[int, int]) -> int:
-        """Render ``meshes`` [(V (N, 3) m, faces (F, 3), rgb)] seen by ``camera`` after the (4, 4) ``view``
-        transform, at ``size`` (w, h) pixels."""
+        """Render ``meshes`` [(V (N, 3) m, faces (F, 3), rgb 0..1)] seen by ``camera`` after the (4, 4)
+        ``view`` transform, at ``size`` (w, h) pixels."""
 
         def job() -> tuple[Any, float]:
             t0 = time.perf_counter()
-            img = self._renderer(*size).render(meshes, camera, view)
+            img = self._client.request("render", (meshes, camera, view, tuple(size)))
             return img, time.perf_counter() - t0
 
         return self.runner.submit(key, job)
@@ -411,8 +527,7 @@ class RenderService(QObject):
 
         def job() -> tuple[Any, float]:
             t0 = time.perf_counter()
-            h, w = image.shape[:2]
-            img = self._renderer(w, h).render_overlay(image, results, alpha, colors=colors)
+            img = self._client.request("overlay", (image, list(results), alpha, colors))
             return img, time.perf_counter() - t0
 
         return self.runner.submit(key, job)
@@ -422,13 +537,8 @@ class RenderService(QObject):
         self.rendered.emit(key, img, secs)
 
     def shutdown(self) -> None:
-        def close() -> None:
-            r = self.runner.thread_local.pop("renderer", None)
-            if r is not None and hasattr(r, "close"):
-                r.close()
-
-        self.runner.submit(("close",), close)
         self.runner.stop()
+        self._client.close()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -511,3 +621,18 @@ class TrainingProcess(QObject):
             self._handle_line(self._buf.decode("utf-8", "replace").strip())
             self._buf = b""
         self.finished.emit(int(code), "crashed or stopped" if status == QProcess.ExitStatus.CrashExit else "exited")
+
+
+def _render_server_main(argv: list[str]) -> int:
+    """Entry of the render process: ``python -m app.jobs --render-server FD``."""
+    from multiprocessing.connection import Connection
+
+    if len(argv) != 2 or argv[0] != "--render-server":
+        print("usage: python -m app.jobs --render-server FD", file=sys.stderr)
+        return 2
+    _render_server(Connection(int(argv[1])))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_render_server_main(sys.argv[1:]))

@@ -312,7 +312,10 @@ class MainWindow(QMainWindow):
     # ------------------------------------------------------------------ title / status
     def _update_title(self) -> None:
         name = self.doc.media_path or self.doc.settings.get("title") or "no media"
-        dirty = "" if self.doc.undo_stack.isClean() else " •"
+        try:
+            dirty = "" if self.doc.undo_stack.isClean() else " •"
+        except RuntimeError:  # the stack is being destroyed (window closing)
+            return
         self.setWindowTitle(f"DPMesh Studio — {Path(str(name)).name}{dirty}")
 
     def _on_busy(self, busy: bool) -> None:

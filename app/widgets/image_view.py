@@ -90,6 +90,9 @@ class PersonsItem(QGraphicsItem):
         self.rect = QRectF(0, 0, 1, 1)
         self.drag_preview: tuple[int, int, QPointF] | None = None  # (uid, joint, pos) while dragging
         self.setZValue(10)
+        # Painted again only on update() (edits, selection, results), not on every viewport repaint: each
+        # Python→Qt call of paint() may wait for the GIL while the worker computes.
+        self.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
 
     def set_rect(self, rect: QRectF) -> None:
         self.prepareGeometryChange()

@@ -53,7 +53,10 @@ def bench_inference() -> None:
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication([])
+    from app.main import configure_runtime
     from app.main_window import MainWindow
+
+    configure_runtime()
 
     win = MainWindow()
     win._no_prompt = True
