@@ -301,3 +301,31 @@ def test_load_controlnet_from_standard_single_file(tmp_path):
     assert torch.equal(cn.controlnet_mid_block.weight, src.controlnet_mid_block.weight)
     with pytest.raises(ModelFilesMissingError, match="ControlNet"):
         ck.load_controlnet(tmp_path / "none", cfg)
+
+
+def test_sd15_official_layout_on_meta_device():
+    """At the real sd15 size (meta tensors: no memory, no init), the official layout has the spec's §7.2/7.3
+    names and shapes, and maps back onto the backbone strictly."""
+    from dpmesh_core.model.backbone import DPMeshBackbone
+
+    class _Wrap(torch.nn.Module):
+        def __init__(self, bb):
+            super().__init__()
+            self.backbone = bb
+
+    with torch.device("meta"):
+        net = _Wrap(DPMeshBackbone(preset("sd15").backbone))
+    off = ck.official_state_dict_from_network(net)
+    u = "module.backbone.sd_model.model.diffusion_model."
+    c = "module.backbone.sd_model.control_model."
+    assert sum(k.endswith(".lora_down.weight") for k in off) == 144
+    assert tuple(off[c + "input_blocks.0.0.weight"].shape) == (320, 34, 3, 3)
+    assert tuple(off[c + "zero_convs.11.0.weight"].shape) == (1280, 1280, 1, 1)
+    assert c + "middle_block_out.0.weight" in off and not any("input_hint_block" in k for k in off)
+    assert tuple(off[u + "input_blocks.1.1.transformer_blocks.0.attn1.to_q.lora_down.weight"].shape) == (64, 320)
+    assert tuple(off[u + "output_blocks.11.1.transformer_blocks.0.ff.net.0.proj.lora_up.weight"].shape) == (2560, 64)
+    assert u + "output_blocks.8.2.conv.weight" in off and u + "output_blocks.2.1.conv.weight" in off
+    assert u + "input_blocks.1.1.transformer_blocks.0.attn1.to_out.0.linear.bias" in off
+    assert tuple(off["module.backbone.sd_model.first_stage_model.encoder.mid.attn_1.q.weight"].shape) == (512, 512, 1, 1)
+    mapped, res = ck.official_to_network_state(off, net.state_dict(), net.backbone.cfg)
+    assert res.lora_pairs == 144 and set(mapped) == set(net.state_dict())
