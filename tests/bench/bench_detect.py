@@ -4,9 +4,10 @@ Prints figures (medians); asserts nothing. Usage:
     .venv/bin/python tests/bench/bench_detect.py [--repeats 15] [--frames 40] [--video PATH]
 
 * load: reading the .pt with the restricted unpickler + building + fusing (first call, uncached).
-* network, 1 x 3 x 640 x 640: unfused NCHW / fused NCHW / fused channels-last (the detector's setting),
-  all under torch.inference_mode; then the fused module exported with torch.onnx.export (needs the
-  ``onnx`` package) and run in onnxruntime (CPU, default threads), with the max abs difference.
+* network, 1 x 3 x 640 x 640 under torch.inference_mode: unfused NCHW, fused NCHW, and the detector's
+  setting (fused BN, channels-last, conv+SiLU as one oneDNN call) against the same fused module exported
+  with torch.onnx.export (needs the ``onnx`` package) and run in onnxruntime, at 1 thread and at torch's
+  default thread count (each library given the same count), with the max abs difference.
 * detect(): a whole call on a photo (letterbox + network + NMS + mapping back).
 * street.avi: frames per second of detect() + Tracker, one frame at a time and in batches of 4.
 """
@@ -18,6 +19,7 @@ import os
 import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,47 +51,57 @@ def main() -> None:
     import torch
 
     from dpmesh_core.detect import Tracker, get_detector
-    from dpmesh_core.detect.yolo_net import build_from_checkpoint
+    from dpmesh_core.detect.yolo_net import build_from_checkpoint, load_yolo_pose_net
     from dpmesh_core.detect.yolo_weights import read_yolo_checkpoint
 
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
     t0 = time.perf_counter()
     net = build_from_checkpoint(read_yolo_checkpoint())
     t_build = time.perf_counter() - t0
-    fused = build_from_checkpoint(read_yolo_checkpoint()).fuse()
+    fused = build_from_checkpoint(read_yolo_checkpoint()).fuse()  # NCHW, plain ops (also what is exported)
     print(f"load (read .pt + build + strict load): {t_build * 1000:.0f} ms")
 
     x = torch.rand(1, 3, 640, 640, generator=torch.Generator().manual_seed(0))
     x_cl = x.contiguous(memory_format=torch.channels_last)
-    fused_cl = build_from_checkpoint(read_yolo_checkpoint()).fuse().to(memory_format=torch.channels_last)
+    ours = load_yolo_pose_net("cpu", torch.float32)  # fused, channels-last, conv+SiLU in one oneDNN call
     with torch.inference_mode():
         ms_plain = _median_ms(lambda: net(x), args.repeats)
         ms_fused = _median_ms(lambda: fused(x), args.repeats)
-        ms_ours = _median_ms(lambda: fused_cl(x_cl), args.repeats)
-        ref = fused_cl(x_cl).numpy()
+        ref = ours(x_cl).numpy()
     print(f"torch unfused NCHW          : {ms_plain:7.1f} ms (median of {args.repeats})")
     print(f"torch fused NCHW            : {ms_fused:7.1f} ms")
-    print(f"torch fused channels-last   : {ms_ours:7.1f} ms   <- the detector's network")
 
+    sess_path = None
+    tmp = tempfile.TemporaryDirectory()
     try:
         import onnxruntime as ort
-    except ImportError:
-        print("onnxruntime not installed: no comparison")
-        ort = None
-    if ort is not None:
-        try:
-            with tempfile.TemporaryDirectory() as d:
-                path = os.path.join(d, "yolo11n_pose.onnx")
-                torch.onnx.export(fused, (x,), path, dynamo=False, opset_version=17, input_names=["images"],
-                                  output_names=["output0"])
-                sess = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-                feed = {"images": x.numpy()}
-                ms_ort = _median_ms(lambda: sess.run(None, feed), args.repeats)
-                diff = float(np.abs(sess.run(None, feed)[0] - ref).max())
-            print(f"onnxruntime (same weights)  : {ms_ort:7.1f} ms   max |diff| vs ours {diff:.2e}")
-            print(f"ratio ours / onnxruntime    : {ms_ours / ms_ort:7.2f}   (target <= 1.5)")
-        except Exception as e:  # noqa: BLE001 - a bench reports and goes on
-            print(f"onnx export / onnxruntime failed: {type(e).__name__}: {e}")
+
+        sess_path = os.path.join(tmp.name, "yolo11n_pose.onnx")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(fused, (x,), sess_path, dynamo=False, opset_version=17, input_names=["images"],
+                              output_names=["output0"])
+    except Exception as e:  # noqa: BLE001 - a bench reports and goes on
+        print(f"no onnxruntime comparison: {type(e).__name__}: {e} (needs the onnx and onnxruntime packages)")
+        sess_path = None
+
+    default_threads = torch.get_num_threads()
+    for nt in sorted({1, default_threads}):
+        torch.set_num_threads(nt)
+        with torch.inference_mode():
+            ms_ours = _median_ms(lambda: ours(x_cl), args.repeats)
+        line = f"[{nt} thread{'s' if nt > 1 else ''}] ours (fused, channels-last): {ms_ours:7.1f} ms"
+        if sess_path is not None:
+            so = ort.SessionOptions()
+            so.intra_op_num_threads = nt
+            sess = ort.InferenceSession(sess_path, so, providers=["CPUExecutionProvider"])
+            feed = {"images": x.numpy()}
+            ms_ort = _median_ms(lambda sess=sess, feed=feed: sess.run(None, feed), args.repeats)
+            diff = float(np.abs(sess.run(None, feed)[0] - ref).max())
+            line += f" | onnxruntime: {ms_ort:7.1f} ms | ratio {ms_ours / ms_ort:.2f} (target <= 1.5) | max|diff| {diff:.1e}"
+        print(line)
+    torch.set_num_threads(default_threads)
+    tmp.cleanup()
 
     det = get_detector("yolo")
     img = np.ascontiguousarray(cv2.imread(args.image)[:, :, ::-1])
@@ -97,14 +109,14 @@ def main() -> None:
     print(f"detect() on {Path(args.image).name} {img.shape[1]}x{img.shape[0]}: {ms_det:.1f} ms "
           f"({len(det.detect(img))} people)")
 
-    cap = cv2.VideoCapture(args.video)
+    from dpmesh_core.io.video import VideoReader
+
     frames = []
-    while len(frames) < args.frames:
-        ok, f = cap.read()
-        if not ok:
-            break
-        frames.append(np.ascontiguousarray(f[:, :, ::-1]))
-    cap.release()
+    with VideoReader(args.video) as vr:
+        for f in vr:
+            frames.append(f)
+            if len(frames) >= args.frames:
+                break
     if not frames:
         print(f"cannot read {args.video}")
         return
