@@ -406,23 +406,7 @@ class KeypointFitter:
             return
         fixed = {k: v.detach() for k, v in params.items() if lrs.get(k, 0.0) <= 0}
         if self.config.optimizer == "lbfgs":
-            scale = {k: lrs[k] for k in params if k not in fixed}
-            leaves = {k: (params[k].detach() / scale[k]).clone().requires_grad_(True) for k in scale}
-            opt = torch.optim.LBFGS(list(leaves.values()), lr=1.0, max_iter=steps, max_eval=int(steps * 1.25) + 1,
-                                    tolerance_grad=1e-9, tolerance_change=1e-12, history_size=10,
-                                    line_search_fn="strong_wolfe")
-
-            def lbfgs_closure():
-                self.evaluations += 1
-                loss = closure({**fixed, **{k: v * scale[k] for k, v in leaves.items()}}).sum()
-                grads = torch.autograd.grad(loss, list(leaves.values()))
-                for leaf, g in zip(leaves.values(), grads):
-                    leaf.grad = g
-                return loss.detach()
-
-            opt.step(lbfgs_closure)
-            for k in leaves:
-                params[k] = (leaves[k] * scale[k]).detach()
+            self._run_lbfgs(params, lrs, fixed, steps, closure)
             return
         leaves = {k: v.detach().clone().requires_grad_(True) for k, v in params.items() if k not in fixed}
         opt = torch.optim.Adam([{"params": [leaves[k]], "lr": lrs[k], "base": lrs[k]} for k in leaves])
@@ -441,6 +425,78 @@ class KeypointFitter:
             opt.step()
         for k in leaves:
             params[k] = leaves[k].detach()
+
+    def _run_lbfgs(self, params, lrs, fixed, steps: int, closure, history: int = 8) -> None:
+        """Batched L-BFGS, independent per batch element: each element has its own curvature history and
+        its own step length (Armijo test, one trial per iteration), so one person's problem never alters
+        another's and each iteration costs exactly one batched evaluation.
+        Variables are pre-scaled by their rates (a unit step moves each group by about its rate)."""
+        keys = [k for k in params if k not in fixed]
+        sizes = [params[k].shape[1] for k in keys]
+        scale = torch.cat([torch.full((n,), float(lrs[k]), dtype=self.dtype, device=self.device)
+                           for k, n in zip(keys, sizes)])
+        x = torch.cat([params[k].detach() for k in keys], 1) / scale
+
+        def fg(xv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+            self.evaluations += 1
+            xr = xv.detach().requires_grad_(True)
+            parts = dict(zip(keys, torch.split(xr * scale, sizes, 1)))
+            with torch.enable_grad():
+                e = closure({**fixed, **parts})
+                (g,) = torch.autograd.grad(e.sum(), xr)
+            return e.detach(), g
+
+        e, g = fg(x)
+        S: list[torch.Tensor] = []
+        Y: list[torch.Tensor] = []
+        R: list[torch.Tensor] = []
+        gamma = torch.ones(x.shape[0], dtype=self.dtype, device=self.device)
+        tstep = torch.ones_like(gamma)
+        for _ in range(steps):
+            q = g.clone()
+            alphas = []
+            for s_, y_, r_ in zip(reversed(S), reversed(Y), reversed(R)):
+                a_ = r_ * (s_ * q).sum(1)
+                q = q - a_[:, None] * y_
+                alphas.append(a_)
+            if S:
+                d = q * gamma[:, None]
+            else:  # first step: at most one rate-unit per variable
+                d = q / q.abs().amax(1, keepdim=True).clamp_min(1.0)
+            for (s_, y_, r_), a_ in zip(zip(S, Y, R), reversed(alphas)):
+                b_ = r_ * (y_ * d).sum(1)
+                d = d + s_ * (a_ - b_)[:, None]
+            d = -d
+            d = d / (d.abs().amax(1, keepdim=True) / 10.0).clamp_min(1.0)  # never jump more than 10 rate-units
+            gd = (g * d).sum(1)
+            bad = ~(gd < 0)
+            if bad.any():
+                d = torch.where(bad[:, None], -g / g.abs().amax(1, keepdim=True).clamp_min(1.0), d)
+                gd = (g * d).sum(1)
+            # one trial per iteration (one batched evaluation): a rejected element stays put and retries
+            # next iteration with a shorter step; an accepted one moves and lets its step grow back to 1
+            xt = x + tstep[:, None] * d
+            et, gt = fg(xt)
+            acc = torch.isfinite(et) & (et <= e + 1e-4 * tstep * gd)
+            x_new = torch.where(acc[:, None], xt, x)
+            e_new = torch.where(acc, et, e)
+            g_new = torch.where(acc[:, None], gt, g)
+            tstep = torch.where(acc, (tstep * 4).clamp_max(1.0), tstep * 0.2)
+            s_ = x_new - x
+            y_ = g_new - g
+            sy = (s_ * y_).sum(1)
+            valid = acc & (sy > 1e-10)
+            S.append(s_)
+            Y.append(y_)
+            R.append(torch.where(valid, 1.0 / sy.clamp_min(1e-10), torch.zeros_like(sy)))  # 0 = no-op pair
+            gamma = torch.where(valid, sy / (y_ * y_).sum(1).clamp_min(1e-20), gamma)
+            if len(S) > history:
+                S.pop(0), Y.pop(0), R.pop(0)
+            x, e, g = x_new, e_new, g_new
+            if bool((g.abs().amax(1) < 1e-6).all()):
+                break
+        for k, v in zip(keys, torch.split(x * scale, sizes, 1)):
+            params[k] = v.detach()
 
     def _solve_cold(self, cold, persons, cams, plans, weights, sets, offsets, k):
         cfg = self.config
