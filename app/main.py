@@ -47,6 +47,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("file", nargs="?", help="image, video or .dpmesh project to open (default: the demo scene)")
     p.add_argument("--no-recovery", action="store_true", help="do not offer to restore autosaved work")
     p.add_argument("--autosave", type=int, default=60, help="autosave interval in seconds (default 60)")
+    p.add_argument("--quit-after", type=float, default=None, metavar="S",
+                   help="close the window after S seconds (scripted screenshots, smoke runs)")
     return p.parse_args(argv)
 
 
@@ -75,7 +77,13 @@ def main(argv: list[str] | None = None) -> int:
         win.session.start_background()
 
     QTimer.singleShot(0, start)
-    return app.exec()
+    if args.quit_after:
+        win._no_prompt = True
+        QTimer.singleShot(int(args.quit_after * 1000), win.close)
+    code = app.exec()
+    win.deleteLater()  # tear the window (and its worker threads) down before the interpreter
+    app.processEvents()
+    return code
 
 
 if __name__ == "__main__":

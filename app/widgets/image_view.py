@@ -141,7 +141,10 @@ class PersonsItem(QGraphicsItem):
         painter.drawText(QPointF(float(b[0]) + 3 * px, float(b[1]) - 4 * px), label)
         # limbs
         _, limbs = JointTables.get(p.joint_set)
-        width = (3.0 if selected else 2.0) * px
+        # Sizes in screen pixels, shrunk for people that appear small so their skeleton stays readable.
+        box_h_screen = float(b[3] - b[1]) / px
+        size = float(np.clip(box_h_screen / 90.0, 0.45, 1.0))
+        width = (3.0 if selected else 2.0) * px * max(size, 0.6)
         for i, j in limbs:
             if i >= len(kp) or j >= len(kp) or not (present[i] and present[j]):
                 continue
@@ -156,7 +159,7 @@ class PersonsItem(QGraphicsItem):
             if not present[j]:
                 continue
             conf = float(np.clip(kp[j, 2], 0, 1))
-            r = (2.5 + 3.5 * conf) * px * (1.25 if selected else 1.0)
+            r = (2.5 + 3.5 * conf) * px * (1.25 if selected else 1.0) * size
             c = QColor(color)
             c.setAlpha(int(90 + 165 * conf))
             pt = QPointF(kp[j, 0], kp[j, 1])

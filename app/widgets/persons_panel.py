@@ -92,7 +92,7 @@ class PersonsPanel(QWidget):
             name = names[j] if j < len(names) else str(j)
             conf = float(p.keypoints[j, 2])
             state = "visible" if p.visible[j] else ("missing" if conf <= 0 else "occluded")
-            src = "edited" if p.edited[j] else p.source
+            src = "✎ edited" if p.edited[j] else ("placed" if p.source == "user" and p.score >= 1.0 else "auto")
             for c, v in enumerate((name, f"{conf:.2f}", state, src)):
                 item = QTableWidgetItem(v)
                 if not p.visible[j]:

@@ -1,0 +1,74 @@
+"""Drive the real main window through the three daily workflows and save screenshots (for eyes, not CI).
+
+  load-and-inspect → correct key-points (drag, mark occluded) and re-infer → export OBJ.
+
+Run under a virtual screen:
+  DPMESH_HOME=$PWD/.dpmesh-home xvfb-run -a -s "-screen 0 1600x1000x24" .venv/bin/python tests/bench/tour_app.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+PHOTO = "/work/shared/media/COCO_val2014_000000000395.jpg"
+
+
+def main(out: Path) -> None:
+    from PySide6.QtWidgets import QApplication
+
+    from app.main import configure_runtime
+    from app.main_window import MainWindow
+
+    configure_runtime()
+    app = QApplication.instance() or QApplication([])
+    win = MainWindow()
+    win._no_prompt = True
+    win.resize(1600, 1000)
+    win.show()
+    out.mkdir(parents=True, exist_ok=True)
+
+    def spin(pred, timeout=120.0):
+        t0 = time.perf_counter()
+        while not pred() and time.perf_counter() - t0 < timeout:
+            app.processEvents()
+            time.sleep(0.005)
+        for _ in range(20):
+            app.processEvents()
+            time.sleep(0.01)
+
+    doc = win.doc
+
+    def settled():
+        return (doc.persons() and all(doc.result(u) is not None or doc.result_error(u) for u in doc.uids())
+                and not win.session.is_busy())
+
+    win.open_path(sys.argv[2] if len(sys.argv) > 2 else PHOTO)
+    spin(settled)
+    win.grab().save(str(out / "1_inspect.png"))
+    # correct: select the most complete person, drag its left wrist, mark its right knee occluded
+    uid = max(doc.uids(), key=lambda u: doc.person(u).weights.sum())
+    doc.select(uid)
+    p = doc.person(uid)
+    doc.select_joint(9)
+    doc.edit_move_keypoint(uid, 9, (float(p.keypoints[9, 0]) - 30, float(p.keypoints[9, 1]) - 40), drag_id=1)
+    doc.edit_toggle_visibility(uid, 14)
+    win.mesh_view.sel_box.setChecked(True)
+    win.mesh_view.orbit(40, 10)
+    spin(lambda: not win.session.is_busy() and doc.result(uid) is not None)
+    win.grab().save(str(out / "2_corrected.png"))
+    files = win.session.export_meshes(out / "export", "all", ("obj",))
+    print("exported:", [f.name for f in files])
+    win.a_overlay.setChecked(False)
+    spin(lambda: True, 0.2)
+    win.grab().save(str(out / "3_overlay_off.png"))
+    print("persons", len(doc.persons()), "meshes", sum(r is not None for r in doc.results()),
+          "edited joints of selected:", np.flatnonzero(doc.person(uid).edited).tolist())
+    win.close()
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1] if len(sys.argv) > 1 else "/tmp/dpmesh_tour"))
