@@ -242,21 +242,24 @@ class InferenceService(QObject):
         return self.runner.submit(("estimate", uid), job)
 
     def estimate_many(self, frame: int, uids: list[int], image: Any, persons: list, camera: Any = None,
-                      previous: list | None = None) -> int:
+                      previous: list | None = None, slot: Hashable | None = None) -> int:
         """Estimate several persons of one frame in one call (the fitter batches them: much faster than
         one job per person). One ``result_ready`` per uid."""
 
         def job() -> tuple[Any, float]:
             t0 = time.perf_counter()
             out = self._estimator().estimate(image, list(persons), camera=camera, previous=previous)
-            return list(zip(uids, out)), time.perf_counter() - t0
+            return frame, list(zip(uids, out)), time.perf_counter() - t0
 
         for u in uids:  # a pending single-person job is superseded by this one
             self.runner.cancel(("estimate", u))
-        return self.runner.submit(("estimate-frame", frame), job)
+        return self.runner.submit(("estimate-frame", frame if slot is None else slot), job)
 
-    def detect(self, frame: int, image: Any) -> int:
-        return self.runner.submit(("detect", frame), lambda: self._detector().detect(image))
+    def detect(self, frame: int, image: Any, slot: Hashable | None = None) -> int:
+        """Detect persons on ``frame``; jobs sharing a ``slot`` (e.g. "auto" while scrubbing a video)
+        coalesce, else one job per frame. → ``persons_detected(frame, persons)``."""
+        return self.runner.submit(("detect", frame if slot is None else slot),
+                                  lambda: (frame, self._detector().detect(image)))
 
     def detect_in_box(self, frame: int, image: Any, box: Any) -> int:
         return self.runner.submit(("detect-box", frame), lambda: self._detector().detect_in_box(image, box))
@@ -285,7 +288,7 @@ class InferenceService(QObject):
             else:
                 self.result_ready.emit(key[1], res, None, secs)
         elif kind == "estimate-frame":
-            pairs, secs = result
+            _frame, pairs, secs = result
             self.last_seconds = secs
             for uid, res in pairs:
                 if isinstance(res, Exception):
@@ -293,7 +296,8 @@ class InferenceService(QObject):
                 else:
                     self.result_ready.emit(uid, res, None, secs)
         elif kind == "detect":
-            self.persons_detected.emit(key[1], list(result))
+            frame, persons = result
+            self.persons_detected.emit(frame, list(persons))
         elif kind == "detect-box":
             self.person_detected_in_box.emit(key[1], result)
         elif kind == "call":
@@ -304,7 +308,7 @@ class InferenceService(QObject):
         if kind == "estimate":
             self.result_ready.emit(key[1], None, message, 0.0)
         elif kind == "estimate-frame":
-            self.frame_failed.emit(key[1], message)
+            self.frame_failed.emit(key[1] if isinstance(key[1], int) else -1, message)
         self.error.emit(str(kind), message)
 
 

@@ -530,6 +530,24 @@ class MainWindow(QMainWindow):
 
     def _on_estimator(self, i: int) -> None:
         kind = self.estimator_combo.itemData(i)
+        if kind == "dpmesh":
+            from dpmesh_core.config import ModelFiles
+
+            try:
+                ckpt = ModelFiles.load().dpmesh_checkpoint
+            except DPMeshError:
+                ckpt = None
+            if not ckpt or not Path(ckpt).exists():
+                ans = QMessageBox.question(
+                    self, "DPMesh checkpoint needed",
+                    "The DPMesh network needs a checkpoint (and the SMPL file). None is set, so key-point "
+                    "fitting stays in use.\n\nOpen the Models dialog to set them?")
+                self.estimator_combo.blockSignals(True)
+                self.estimator_combo.setCurrentIndex(self.estimator_combo.findData(self.session.estimator_kind))
+                self.estimator_combo.blockSignals(False)
+                if ans == QMessageBox.StandardButton.Yes:
+                    self.models_dialog()
+                return
         self.session.set_estimator(kind)
         self.attention_view.refresh()
 

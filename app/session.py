@@ -77,6 +77,7 @@ class Session(QObject):
         self._autosave.timeout.connect(self.autosave)
         self._dirty_since_autosave = False
         self._background_started = False
+        self._auto_pending: set[int] = set()
         self.last_release_time: float | None = None
         self.doc.person_edited.connect(self._on_person_edited)
         self.doc.results_changed.connect(self._on_results_changed)
@@ -172,19 +173,25 @@ class Session(QObject):
             self.message.emit("Demo scene: two people, one partly hidden. Drag key-points to correct them.")
 
     # ------------------------------------------------------------------ detection
-    def detect_frame(self, frame: int | None = None, force: bool = False) -> None:
+    def detect_frame(self, frame: int | None = None, force: bool = False, auto: bool = False) -> None:
+        """Detect persons on ``frame``. ``auto`` (frame changes while scrubbing/playing a video): such
+        requests coalesce, so only the frame the user stopped on is detected."""
         f = self.doc.current_frame if frame is None else frame
         if not force and (f in self._detected_frames or f in self._pending_detect):
             return
         img = self.doc.image(f)
         if img is None:
             return
+        if auto:
+            self._pending_detect = {x for x in self._pending_detect if x not in self._auto_pending}
+            self._auto_pending = {f}
         self._pending_detect.add(f)
-        self.inference.detect(f, img)
+        self.inference.detect(f, img, slot="auto" if auto else None)
         self.message.emit(f"Detecting persons on frame {f}…" if self.doc.is_video else "Detecting persons…")
 
     def _on_detected(self, frame: int, persons: list[Person]) -> None:
         self._pending_detect.discard(frame)
+        self._auto_pending.discard(frame)
         self._detected_frames.add(frame)
         if self.doc.persons(frame) and frame in self._user_touched_frames():
             return  # never overwrite the user's work with a late detection
@@ -192,7 +199,7 @@ class Session(QObject):
             persons = self._track(frame, persons)
         self.doc.set_frame_persons(frame, persons)
         if self.live_inference:
-            self.estimate_all(frame)
+            self.estimate_all(frame, auto=self.doc.is_video)
         self.detection_done.emit(frame, len(persons))
         self.message.emit(f"{len(persons)} person(s) found." + (" Estimating meshes…" if persons else
                                                                  " Draw a box (B) to add one."))
@@ -219,10 +226,10 @@ class Session(QObject):
 
     def _on_frame_changed(self, frame: int) -> None:
         if self.doc.is_video and self.auto_detect and not self.doc.persons(frame):
-            self.detect_frame(frame)
+            self.detect_frame(frame, auto=True)
         elif self.live_inference and any(self.doc.result(u) is None and self.doc.result_error(u) is None
                                          for u in self.doc.uids(frame)):
-            self.estimate_all(frame)
+            self.estimate_all(frame, auto=True)
         self._request_overlay(frame)
 
     # ------------------------------------------------------------------ estimation
@@ -264,7 +271,7 @@ class Session(QObject):
             return
         self.inference.estimate(uid, img, p, self.camera(frame), self._previous_for(uid, frame))
 
-    def estimate_all(self, frame: int | None = None) -> None:
+    def estimate_all(self, frame: int | None = None, auto: bool = False) -> None:
         """Estimate every person of ``frame`` in one batched job (persons with < 2 usable joints get an
         error at once)."""
         f = self.doc.current_frame if frame is None else frame
@@ -281,7 +288,8 @@ class Session(QObject):
             prev.append(self._previous_for(u, f))
         if uids:
             self.inference.estimate_many(f, uids, img, persons, self.camera(f),
-                                         prev if any(x is not None for x in prev) else None)
+                                         prev if any(x is not None for x in prev) else None,
+                                         slot="auto" if auto else None)
 
     def set_estimator(self, kind: str, model_path: str | None = None) -> None:
         """Switch estimator ("fit" or "dpmesh"); re-estimates the current frame."""
@@ -302,7 +310,7 @@ class Session(QObject):
         self.result_timing.emit(uid, secs)
 
     def _on_frame_failed(self, frame: int, message: str) -> None:
-        for u in self.doc.uids(frame):
+        for u in self.doc.uids(frame if frame >= 0 else None):
             if self.doc.result(u) is None:
                 self.doc.set_result(u, message)
         self.error.emit("Estimation failed", message)
