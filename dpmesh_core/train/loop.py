@@ -275,8 +275,10 @@ def train(config: TrainConfig, resume: bool = False) -> Iterator[dict[str, Any]]
         batches = _batches_for_epoch(len(data), cfg.batch_size, cfg.seed, epoch)
         if not batches:
             raise InputError("the training data is empty", cfg.data.train[0].path)
+        # a private generator: creating the loader must not consume the global torch RNG (exact resume)
         loader = torch.utils.data.DataLoader(data, batch_sampler=batches[pos:], collate_fn=collate,
-                                             num_workers=loader_workers)
+                                             num_workers=loader_workers,
+                                             generator=torch.Generator().manual_seed(cfg.seed + epoch))
         for batch in loader:
             pos += 1
             skipped_acc += int(batch.get("num_skipped", 0))
