@@ -16,7 +16,7 @@ import itertools
 import sys
 
 import numpy as np
-from PySide6.QtCore import QPointF, QRectF, Qt, Signal
+from PySide6.QtCore import QLineF, QPointF, QRectF, Qt, Signal
 from PySide6.QtGui import QBrush, QColor, QImage, QPainter, QPen, QPixmap
 from PySide6.QtWidgets import (
     QGraphicsItem,
@@ -145,9 +145,11 @@ class PersonsItem(QGraphicsItem):
         box_h_screen = float(b[3] - b[1]) / px
         size = float(np.clip(box_h_screen / 90.0, 0.45, 1.0))
         width = (3.0 if selected else 2.0) * px * max(size, 0.6)
-        for i, j in limbs:
-            if i >= len(kp) or j >= len(kp) or not (present[i] and present[j]):
-                continue
+        drawn = [(i, j) for i, j in limbs if i < len(kp) and j < len(kp) and present[i] and present[j]]
+        # a dark outline under solid limbs keeps them readable over a mesh of the same colour
+        painter.setPen(QPen(QColor(0, 0, 0, 120), width + 2.0 * px, Qt.PenStyle.SolidLine, Qt.PenCapStyle.RoundCap))
+        painter.drawLines([QLineF(kp[i, 0], kp[i, 1], kp[j, 0], kp[j, 1]) for i, j in drawn if vis[i] and vis[j]])
+        for i, j in drawn:
             occl = not (vis[i] and vis[j])
             c = QColor(color)
             c.setAlpha(110 if occl else 230)
