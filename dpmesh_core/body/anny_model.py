@@ -271,6 +271,16 @@ class AnnyBody(BodyModel):
         self.register_buffer("_CU0", (torch.tensor(_ANNY_TO_CANONICAL, dtype=U0.dtype) @ U0).to(dtype),
                              persistent=False)
         self._shape_cache: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
+        bone_par = torch.tensor([0] + list(parents[1:]))
+        anc = torch.zeros(len(labels), len(labels), dtype=dtype)  # anc[c, a] = 1: a on the chain root..c
+        for c in range(len(labels)):
+            a = c
+            while a != 0:
+                anc[c, a] = 1.0
+                a = parents[a]
+        self.register_buffer("_bone_parent", bone_par, persistent=False)
+        self.register_buffer("_parent_is_root", bone_par[1:] == 0, persistent=False)
+        self.register_buffer("_ancestors", anc, persistent=False)
         self._map30 = {s: torch.as_tensor(J.mapping("smpl30", s)) for s in ("graph15", "openpose18")}
 
         # --- priors and limits
@@ -364,15 +374,9 @@ class AnnyBody(BodyModel):
         """coeffs (B, C); rest bone poses (B, Nb, 4, 4); and for the fast path, in Anny's frame: the
         reference-pose node heads t0 (B, N, 3), node offsets from their parent node (B, N-1, 3), SMPL-24
         head offsets from their node (B, 24, 3), and key-point node vectors Y (B, K, N, 3)."""
-        import anny.utils.kinematics as kin
-
-        m = self.anny
         coeffs = self.phenotype_coefficients(betas)
         rest = self._rest_skeleton(coeffs)
-        eye = torch.eye(4, dtype=rest.dtype, device=rest.device).expand_as(rest)
-        T0, W0 = kin.forward_kinematic((m.kinematic_chain_levels, m.kinematic_chain_indices), rest, eye,
-                                       "local-ref", m.reference_bone_orientations)
-        h0 = W0[..., :3, 3]  # (B, Nb, 3) reference-pose heads
+        T0, h0 = self._reference_pose(rest)
         t0 = h0[:, self._node_bones]
         T0a = T0[:, self._kp_bones]  # (B, Na, 4, 4)
         Q = self._kp_P + torch.einsum("kbdc,nc->nkbd", self._kp_dirs, coeffs)  # (B, K, Na, 3)
@@ -384,6 +388,26 @@ class AnnyBody(BodyModel):
             "offsets": t0[:, 1:] - h0[:, self._node_parent_bones],
             "head24": h0[:, self._smpl24_bones] - h0[:, self._smpl24_node_bones],
         }
+
+    def _reference_pose(self, rest: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Skinning transforms T0 (B, Nb, 4, 4) and heads h0 (B, Nb, 3) of the reference pose (all deltas
+        identity), Anny frame; closed form of Anny's 'local-ref' forward kinematics: world rotations
+        R0_c = U_0ᵀ U_c, heads h0_c = h0_p + U_0ᵀ A_p (h_c - h_p) with A_p = U_p R_pᵀ (A_root = I), summed
+        along each chain by one product with the constant ancestor matrix, and T0_c = W0_c P_c⁻¹."""
+        R, h = rest[..., :3, :3], rest[..., :3, 3]
+        U = self.anny.reference_bone_orientations
+        U = R if U is None else U.expand_as(R)
+        par = self._bone_parent
+        A = U[:, par] @ R[:, par].transpose(-1, -2)  # (B, Nb, 3, 3): A of each bone's parent
+        A = torch.cat([A[:, :1], torch.where(self._parent_is_root[:, None, None], torch.eye(
+            3, dtype=A.dtype, device=A.device), A[:, 1:])], 1)
+        U0t = U[:, :1].transpose(-1, -2)
+        e = (U0t @ A @ (h - h[:, par])[..., None])[..., 0]  # (B, Nb, 3) edge vectors (e_root = 0)
+        h0 = self._ancestors @ e  # (Nb, Nb) @ (B, Nb, 3)
+        Rt = U0t @ U @ R.transpose(-1, -2)  # R0_c R_cᵀ
+        t = h0 - (Rt @ h[..., None])[..., 0]
+        bottom = Rt.new_tensor([0.0, 0.0, 0.0, 1.0]).expand(*Rt.shape[:2], 1, 4)
+        return torch.cat([torch.cat([Rt, t[..., None]], -1), bottom], -2), h0
 
     def _vertex_constants(self, sc: dict[str, torch.Tensor]) -> torch.Tensor:
         """(B, N*3, V): y_va = Σ_{bones b of node a} w_vb (T0_b v_rest - t0_a) (B, V, N, 3) laid out as
