@@ -29,11 +29,11 @@ class FitConfig:
     cold_iters: int = 30
     #: stage 2 is split into len(prior_anneal) equal parts whose pose-prior and joint-limit weights are
     #: multiplied by these factors in turn (strong prior first, then relaxed: avoids bad local minima)
-    prior_anneal: tuple[float, ...] = (10.0, 3.0, 1.0)
+    prior_anneal: tuple[float, ...] = (3.0, 1.0)
     #: cold start, stage 3: shape parameters too, on the best initialisation only (0: shape stays at the mean)
     shape_iters: int = 10
     #: warm start (previous result given, e.g. one key-point dragged or the next video frame)
-    warm_iters: int = 8
+    warm_iters: int = 10
     #: ``refine`` of a network result
     refine_iters: int = 40
     #: "lbfgs" (quasi-Newton with a strong-Wolfe line search: few iterations; the default) or "adam"
@@ -50,7 +50,7 @@ class FitConfig:
     #: person box size that reference pixels correspond to
     reference_size_px: float = 256.0
     #: prior weights
-    pose_prior_weight: float = 5.0
+    pose_prior_weight: float = 10.0
     shape_prior_weight: float = 20.0
     joint_limit_weight: float = 50.0
     #: weak prior on log-depth around the key-point-scale initial depth
