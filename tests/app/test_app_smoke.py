@@ -55,6 +55,19 @@ def test_main_window_detect_fit_overlay_screenshot(qtbot, tmp_path):
     assert not np.allclose(doc.result(uid).vertices, old.vertices)
     win.a_undo.trigger()
     assert np.allclose(doc.person(uid).keypoints, p.keypoints)
+    # add a person by drawing a box: key-points are detected inside it (real detector), then estimated
+    n = len(doc.persons())
+    x0, y0, x1, y1 = (float(v) for v in doc.person(uid).box)
+    win.image_view.box_drawn.emit(x0 - 5, y0 - 5, x1 + 5, y1 + 5)
+    qtbot.waitUntil(lambda: len(doc.persons()) == n + 1, timeout=30000)
+    added = doc.persons()[-1]
+    assert added.source == "user" and int(added.visible.sum()) >= 5
+    qtbot.waitUntil(lambda: doc.result(doc.uids()[-1]) is not None, timeout=60000)
+    # unreadable media: a message, the scene stays
+    bad = tmp_path / "broken.jpg"
+    bad.write_bytes(b"not an image")
+    assert not win.open_path(str(bad))
+    assert len(doc.persons()) == n + 1
     shot = win.grab()
     path = tmp_path / "main_window.png"
     assert shot.save(str(path)) and path.stat().st_size > 10000
