@@ -73,6 +73,10 @@ class Session(QObject):
         self._pending_detect: set[int] = set()
         self._busy = {"inference": False, "render": False}
         self.autosave_interval_s = 60
+        self._overlay_timer = QTimer(self)
+        self._overlay_timer.setSingleShot(True)
+        self._overlay_timer.setInterval(0)
+        self._overlay_timer.timeout.connect(lambda: self._request_overlay(self.doc.current_frame))
         self._autosave = QTimer(self)
         self._autosave.timeout.connect(self.autosave)
         self._dirty_since_autosave = False
@@ -327,7 +331,7 @@ class Session(QObject):
     # ------------------------------------------------------------------ overlay
     def _on_results_changed(self, frame: int) -> None:
         if frame == self.doc.current_frame:
-            self._request_overlay(frame)
+            self._overlay_timer.start()  # a batch of results → one overlay request
 
     def _request_overlay(self, frame: int) -> None:
         img = self.doc.image(frame)

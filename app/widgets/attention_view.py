@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 import pyqtgraph as pg
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtWidgets import QComboBox, QHBoxLayout, QLabel, QSlider, QStackedWidget, QVBoxLayout, QWidget
 
 from ..session import Session
@@ -107,8 +107,12 @@ class AttentionView(QWidget):
         for sig in (self.res_combo.currentIndexChanged, self.joint_combo.currentIndexChanged,
                     self.alpha.valueChanged):
             sig.connect(lambda *_: self.refresh())
-        self.doc.selection_changed.connect(lambda _u: self.refresh())
-        self.doc.results_changed.connect(lambda _f: self.refresh())
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(0)
+        self._timer.timeout.connect(self.refresh)
+        self.doc.selection_changed.connect(lambda _u: self._timer.start())
+        self.doc.results_changed.connect(lambda _f: self._timer.start())
         self.refresh()
 
     def current_attention(self) -> tuple[dict | None, object]:

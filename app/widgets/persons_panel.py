@@ -3,7 +3,7 @@ selected person (select a joint; double-click toggles visibility)."""
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt
+from PySide6.QtCore import Qt, QTimer
 from PySide6.QtGui import QBrush, QColor, QIcon, QPixmap
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -46,8 +46,12 @@ class PersonsPanel(QWidget):
         lay.addLayout(row)
         lay.addWidget(self.table, 2)
         self._updating = False
-        doc.persons_changed.connect(lambda _f: self.refresh())
-        doc.results_changed.connect(lambda _f: self.refresh())
+        self._timer = QTimer(self)  # many changes in one event-loop turn (a batch of results) → one refresh
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(0)
+        self._timer.timeout.connect(self.refresh)
+        doc.persons_changed.connect(lambda _f: self._timer.start())
+        doc.results_changed.connect(lambda _f: self._timer.start())
         doc.selection_changed.connect(lambda _u: self.refresh())
         doc.joint_selection_changed.connect(self._on_joint)
         doc.frame_changed.connect(lambda _f: self.refresh())

@@ -157,7 +157,7 @@ def test_attention_view_explains_or_shows_maps(qapp, qtbot, image):
         att = {"8": rng.random((30, 8, 8)), "16": rng.random((30, 16, 16))}
         s.doc.set_result(uid, dataclasses.replace(s.doc.result(uid), attention=att, estimator="dpmesh"))
         s.doc.select(uid)
-        assert av.stack.currentIndex() == 1
+        qtbot.waitUntil(lambda: av.stack.currentIndex() == 1, timeout=2000)  # refresh is coalesced
         grid = attention_grid(att["16"], cols=6)
         assert grid.shape == (5 * 17, 6 * 17) and np.nanmax(grid) == pytest.approx(1.0)
         crop = np.zeros((256, 256, 3), np.uint8)
