@@ -13,8 +13,17 @@ Objective per batch element (see ``FitConfig`` for units)::
       + λ_depth · (log z − log z₀)²                          weak depth prior around the key-point-scale depth
       + λ_temp · (‖R − R_prev‖² + ‖θ − θ_prev‖² + ‖β − β_prev‖² + ‖t − t_prev‖²)   warm start / refine only
 
-Translation is optimised as ``(u, v, log z)`` with ``t = (u·z·100/fx, v·z·100/fy, z)`` so that one Adam
-step moves the body by a similar number of pixels whatever its distance.
+Translation is optimised as ``(u, v, log z)`` with ``t = (u·z·100/fx, v·z·100/fy, z)`` so that one step
+moves the body by a similar number of pixels whatever its distance.
+
+Schedule (``FitConfig``). Cold start: the translation is initialised from key-point scale (pixel vs metric
+segment lengths at focal f) for each of up to 8 initial orientations (facing the camera, away, ±90°, ±45°,
+±135°); stage 1 fits orientation + translation on the torso key-points; stage 2 adds the body pose, with the
+pose prior annealed from strong to nominal; the best initialisation per person is kept; stage 3 adds the
+shape. Warm start (``previous`` given: the drag path, or the next video frame): one initialisation, a few
+iterations, shape kept, a temporal term toward the previous parameters. The optimiser is a batched L-BFGS
+whose batch elements are fully independent (own curvature history, own step length), so persons of one
+frame never influence each other; one iteration = one batched skeleton evaluation (forward + backward).
 """
 
 from __future__ import annotations
@@ -152,7 +161,8 @@ class KeypointFitter:
         starts: list[BodyParams | None] = []
         for i in range(len(persons)):
             p = previous[i] if previous is not None else None
-            starts.append(p.params if p is not None and p.params.model == self.body.name else None)
+            ok = isinstance(p, MeshResult) and p.params.model == self.body.name
+            starts.append(p.params if ok else None)  # type: ignore[union-attr]
         with _torch_threads(self.config.num_threads):
             return self._solve(persons, [cam] * len(persons), starts, estimator="fit",
                                iters=self.config.warm_iters, prior_weight=self.config.temporal_weight)
