@@ -86,6 +86,7 @@ class MeshCanvas(QWidget):
 
     def resizeEvent(self, e) -> None:  # noqa: N802
         self.scaled = None
+        self.view.schedule()
 
 
 class MeshView(QWidget):
@@ -200,7 +201,11 @@ class MeshView(QWidget):
             self.canvas.image = None
             self.canvas.update()
             return
-        self.session.render.render_view(("meshview", id(self)), meshes, camera, view, camera.image_size)
+        # Render at the widget's size (same aspect as the frame): fewer pixels than the frame on big videos.
+        iw, ih = camera.image_size
+        scale = min(self.canvas.width() / iw, self.canvas.height() / ih, 1.0)
+        size = (max(int(iw * scale), 32), max(int(ih * scale), 32))
+        self.session.render.render_view(("meshview", id(self)), meshes, camera, view, size)
 
     def _on_rendered(self, key: object, rgb: object, secs: float) -> None:
         if key != ("meshview", id(self)) or rgb is None:
