@@ -591,6 +591,8 @@ class MainWindow(QMainWindow):
                 return
             if ans == QMessageBox.StandardButton.Discard:
                 self.session._remove_autosave()
+        elif self.doc.undo_stack.isClean():
+            self.session._remove_autosave()  # nothing unsaved: no recovery prompt next time
         self.training_panel.shutdown()
         self.session.shutdown()
         e.accept()

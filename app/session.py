@@ -164,16 +164,49 @@ class Session(QObject):
         self.start_background()
 
     def open_demo(self) -> None:
-        """Build (or load from cache) the project's demo scene in the worker, then show it."""
+        """Build (or load from cache) the project's demo scene in the worker, then show it.
+
+        The image is also written as a PNG in the app's data folder, so the demo behaves like any opened
+        photo (projects, autosave and exports need a media file)."""
+        from PySide6.QtCore import QStandardPaths
+
+        folder = Path(QStandardPaths.writableLocation(QStandardPaths.StandardLocation.AppDataLocation) or ".")
+        if os.environ.get("DPMESH_HOME"):
+            folder = Path(os.environ["DPMESH_HOME"]) / "data"
+        target = folder / "demo" / "demo_scene.png"
+
+        def job() -> tuple[Any, Any, str | None]:
+            api = _api()
+            image, persons = api.demo_scene()
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                api.write_image(target, image)
+                return image, persons, str(target)
+            except (OSError, DPMeshError):
+                return image, persons, None
+
         self.message.emit("Preparing the demo scene (first time: builds the body model cache)…")
-        self.inference.call("demo", lambda: _api().demo_scene())
+        self.inference.call("demo", job)
 
     def _on_generic(self, key: Any, result: Any) -> None:
         if key == "joint-tables":
             self.doc.persons_changed.emit(self.doc.current_frame)  # redraw with limbs
         elif key == "demo":
-            image, persons = result
-            self.open_image_array(image, persons, name="Demo scene")
+            image, persons, path = result
+            if path is not None:
+                auto, self.auto_detect = self.auto_detect, False  # the demo brings its own persons
+                try:
+                    self.open_path(path)
+                except DPMeshError:
+                    path = None
+                finally:
+                    self.auto_detect = auto
+            if path is None:
+                self.open_image_array(image, persons, name="Demo scene")
+            else:
+                self._detected_frames.add(0)
+                self.doc.set_frame_persons(0, list(persons))
+                self.estimate_all(0)
             self.message.emit("Demo scene: two people, one partly hidden. Drag key-points to correct them.")
 
     # ------------------------------------------------------------------ detection
