@@ -188,6 +188,7 @@ class InferenceService(QObject):
     busy_changed = Signal(bool)
     estimator_ready = Signal(str)
     generic_finished = Signal(object, object)
+    generic_progress = Signal(object, object)
     frame_failed = Signal(int, str)
 
     def __init__(self, estimator_factory: Callable[[], Any] | None = None,
@@ -199,6 +200,7 @@ class InferenceService(QObject):
         self.runner.job_finished.connect(self._on_finished)
         self.runner.job_failed.connect(self._on_failed)
         self.runner.busy_changed.connect(self.busy_changed)
+        self.runner.job_progress.connect(self._on_progress)
         self.last_seconds = 0.0
 
     # worker-thread helpers ------------------------------------------------------------
@@ -278,6 +280,10 @@ class InferenceService(QObject):
         self.runner.stop()
 
     # signal routing -------------------------------------------------------------------
+    def _on_progress(self, key: Any, job_id: int, value: Any) -> None:
+        if key[0] == "call":
+            self.generic_progress.emit(key[1], value)
+
     def _on_finished(self, key: Any, job_id: int, result: Any) -> None:
         kind = key[0]
         if kind == "estimate":

@@ -180,6 +180,9 @@ class MainWindow(QMainWindow):
         self.a_play = self._act("Play / pause", self.timeline.toggle_play, "Space")
         self.a_propagate = self._act("Carry corrections to next frames", self.propagate, "Ctrl+I",
                                      "Interpolate this person's corrected joints up to its next corrected frame")
+        self.a_process_video = self._act("Process all frames", self._toggle_video, "Ctrl+Shift+P",
+                                         "Detect, track and estimate every frame (click again to stop)",
+                                         checkable=True)
         self.a_smooth = self._act("Temporal mesh smoothing", self._set_smooth, None,
                                   "Warm-start each frame from the previous one (video)", checkable=True, checked=True)
         self.a_help = self._act("Keyboard shortcuts", lambda: self._docks["Shortcuts"].show(), "F1")
@@ -217,7 +220,8 @@ class MainWindow(QMainWindow):
         for d in self._docks.values():
             m.addAction(d.toggleViewAction())
         m = mb.addMenu("&Video")
-        for a in (self.a_prev_frame, self.a_next_frame, self.a_play, self.a_propagate, self.a_smooth):
+        for a in (self.a_prev_frame, self.a_next_frame, self.a_play, self.a_propagate, self.a_process_video,
+                  self.a_smooth):
             m.addAction(a)
         m = mb.addMenu("&Tools")
         for a in (self.a_detect, self.a_reestimate, self.a_live, self.a_models):
@@ -279,7 +283,7 @@ class MainWindow(QMainWindow):
                         self.a_mode_place, self.a_skip, self.a_toggle_vis, self.a_del_joint, self.a_del_person,
                         self.a_next_person, self.a_prev_person, self.a_next_joint),
             "View": (self.a_overlay, self.a_skeleton, self.a_fit, self.a_zoom_in, self.a_zoom_out),
-            "Video": (self.a_prev_frame, self.a_next_frame, self.a_play, self.a_propagate),
+            "Video": (self.a_prev_frame, self.a_next_frame, self.a_play, self.a_propagate, self.a_process_video),
             "Inference": (self.a_detect, self.a_reestimate),
         }
         for g, acts in groups.items():
@@ -306,6 +310,7 @@ class MainWindow(QMainWindow):
         self.image_view.box_drawn.connect(self._on_box)
         self.image_view.mode_changed.connect(self._on_mode)
         s.inference.person_detected_in_box.connect(self._on_box_person)
+        s.video_progress.connect(self._on_video_progress)
         self.doc.undo_stack.cleanChanged.connect(lambda _c: self._update_title())
         self.doc.media_changed.connect(self._update_title)
 
@@ -521,6 +526,19 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Carried corrections to {n} frame(s)." if n else
                                      "Nothing to carry: select a tracked person with corrected joints on a video.",
                                      8000)
+
+    def _toggle_video(self, on: bool) -> None:
+        if on:
+            if not self.session.process_video():
+                self.a_process_video.setChecked(False)
+                self.statusBar().showMessage("Open a video first.", 5000)
+        else:
+            self.session.cancel_video()
+
+    def _on_video_progress(self, f: int, n: int) -> None:
+        self.busy_label.setText(f"video {f + 1}/{n}")
+        if f + 1 >= n:
+            self.a_process_video.setChecked(False)
 
     def _set_live(self, on: bool) -> None:
         self.session.live_inference = bool(on)

@@ -92,6 +92,7 @@ class Session(QObject):
         self.inference.error.connect(self._on_inference_error)
         self.inference.busy_changed.connect(lambda b: self._set_busy("inference", b))
         self.inference.generic_finished.connect(self._on_generic)
+        self.inference.generic_progress.connect(self._on_generic_progress)
         self.inference.frame_failed.connect(self._on_frame_failed)
         self.render.rendered.connect(self._on_rendered)
         self.render.error.connect(lambda m: self.message.emit(f"Mesh rendering failed: {m}"))
@@ -189,7 +190,9 @@ class Session(QObject):
         self.inference.call("demo", job)
 
     def _on_generic(self, key: Any, result: Any) -> None:
-        if key == "joint-tables":
+        if key == "video":
+            self.message.emit("Video processed: every frame has persons and meshes (File ▸ Export for all frames).")
+        elif key == "joint-tables":
             self.doc.persons_changed.emit(self.doc.current_frame)  # redraw with limbs
         elif key == "demo":
             image, persons, path = result
@@ -538,6 +541,68 @@ class Session(QObject):
                 sizes[key] = size
         api.write_coco_keypoints(path, frames, image_sizes=sizes or None)
         return Path(path)
+
+    # ------------------------------------------------------------------ video: whole-video processing
+    video_progress = Signal(int, int)  # frame, number of frames
+
+    def process_video(self, stride: int = 1) -> bool:
+        """Detect (where the user has no persons yet), track and estimate every ``stride``-th frame of the
+        video in the background, warm-starting each track from its previous frame when smoothing is on.
+        Frames the user already has persons on keep them. Cancel with ``cancel_video``."""
+        if not self.doc.is_video or not self.doc.media_path:
+            return False
+        path, smooth = self.doc.media_path, self.smooth_video
+        known = {f: self.doc.persons(f) for f in self.doc.frames_with_persons()}
+        inf = self.inference
+
+        def job():
+            api = _api()
+            media = api.open_media(path)  # the worker's own reader: video readers are not thread-safe
+            tracker = api.Tracker()
+            previous: dict[int, MeshResult] = {}
+            try:
+                w, h = media.size
+                cam = Camera.default_for(w, h)
+                n = media.num_frames
+                for f in range(0, n, stride):
+                    img = media.frame(f)
+                    persons = known.get(f)
+                    if persons is None:
+                        persons = list(tracker.update(inf._detector().detect(img)))
+                    prev = None
+                    if smooth:
+                        prev = [previous.get(p.track_id) if p.track_id is not None else None for p in persons]
+                    res = inf._estimator().estimate(img, persons, camera=cam, previous=prev) if persons else []
+                    for p, r in zip(persons, res):
+                        if isinstance(r, MeshResult) and p.track_id is not None:
+                            previous[p.track_id] = r
+                    yield f, n, persons, res, f in known
+            finally:
+                media.close()
+
+        self.inference.call("video", job)
+        self.message.emit("Processing every frame of the video…")
+        return True
+
+    def cancel_video(self) -> None:
+        self.inference.runner.cancel(("call", "video"))
+
+    def _on_generic_progress(self, key: Any, value: Any) -> None:
+        if key != "video":
+            return
+        f, n, persons, results, was_known = value
+        if was_known:
+            uids = self.doc.uids(f)
+            current = self.doc.persons(f)
+            for i, (p, r) in enumerate(zip(persons, results)):
+                if i < len(current) and current[i] is p:  # not edited meanwhile
+                    self.doc.set_result(uids[i], r if isinstance(r, MeshResult) else str(r))
+        else:
+            self._detected_frames.add(f)
+            uids = self.doc.set_frame_persons(f, list(persons))
+            for u, r in zip(uids, results):
+                self.doc.set_result(u, r if isinstance(r, MeshResult) else str(r))
+        self.video_progress.emit(f, n)
 
     # ------------------------------------------------------------------ video: key-frame interpolation
     def propagate_corrections(self, uid: int, until: int | None = None) -> int:

@@ -187,3 +187,44 @@ def test_models_dialog_file_checks(qapp, tmp_path, isolated_home):
     from dpmesh_core.config import ModelFiles
 
     assert ModelFiles.load().smpl == str(good)
+
+
+class _BoxDetector:
+    """A tiny detector (the Detector interface): one person whose key-points follow the frame brightness."""
+
+    def detect(self, image):
+        s = float(image.mean()) / 10.0
+        p = make_person(0, x0=20 + s)
+        return [p]
+
+    def detect_in_box(self, image, box):
+        return None
+
+
+def test_process_whole_video_in_background(qapp, qtbot, tmp_path):
+    import cv2
+
+    path = tmp_path / "clip.avi"
+    vw = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 240))
+    for i in range(6):
+        vw.write(np.full((240, 320, 3), 20 * i, np.uint8))
+    vw.release()
+    est = RecordingEstimator()
+    s = Session(inference=InferenceService(estimator_factory=lambda: est, detector_factory=_BoxDetector))
+    s.auto_detect = False
+    progress = []
+    s.video_progress.connect(lambda f, n: progress.append((f, n)))
+    try:
+        s.open_path(path)
+        assert s.doc.is_video and s.doc.num_frames == 6
+        mine = make_person(5, x0=200)
+        s.doc.set_frame_persons(2, [mine])  # the user's persons on frame 2 are kept
+        assert s.process_video()
+        qtbot.waitUntil(lambda: len(progress) == 6, timeout=20000)
+        for f in range(6):
+            assert len(s.doc.persons(f)) == 1 and s.doc.results(f)[0] is not None
+        assert s.doc.persons(2)[0] is mine
+        assert s.doc.persons(1)[0].track_id is not None  # tracked
+        assert len(est.calls) == 6
+    finally:
+        s.shutdown()
