@@ -235,7 +235,17 @@ class MainWindow(QMainWindow):
         tb.setObjectName("toolbar-main")
         tb.setToolButtonStyle(Qt.ToolButtonStyle.ToolButtonTextOnly)
         self.addToolBar(tb)
-        for a in (self.a_open, self.a_save, self.a_undo, self.a_redo):
+        for a in (self.a_open, self.a_save):
+            tb.addAction(a)
+        # compact Undo / Redo buttons (the menu entries name the edit); the shortcuts live on the menu ones
+        stack = self.doc.undo_stack
+        for text, fn, can, sig, txt in (("Undo", stack.undo, stack.canUndo, stack.canUndoChanged, stack.undoText),
+                                        ("Redo", stack.redo, stack.canRedo, stack.canRedoChanged, stack.redoText)):
+            a = QAction(text, self)
+            a.triggered.connect(fn)
+            a.setEnabled(can())
+            sig.connect(a.setEnabled)
+            stack.indexChanged.connect(lambda _i, a=a, text=text, txt=txt: a.setToolTip(f"{text} {txt()}".strip()))
             tb.addAction(a)
         tb.addSeparator()
         for a in (self.a_mode_edit, self.a_mode_add):
