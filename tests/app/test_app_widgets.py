@@ -228,3 +228,22 @@ def test_process_whole_video_in_background(qapp, qtbot, tmp_path):
         assert len(est.calls) == 6
     finally:
         s.shutdown()
+
+
+def test_training_panel_plots_events(qapp, qtbot):
+    from app.widgets.training_panel import TrainingPanel
+
+    tp = TrainingPanel()
+    qtbot.addWidget(tp)
+    for s in range(1, 11):
+        tp.on_event({"event": "step", "step": s, "loss": 2.0 / s, "losses": {"joint": 1.0 / s, "mesh": 0.5}, "lr": 1e-4})
+    tp.on_event({"event": "eval", "metrics": {"mpjpe": 90.0, "pa_mpjpe": 60.0, "note": "text is skipped"}})
+    assert set(tp.series) == {"loss", "joint", "mesh"} and len(tp.series["loss"][0]) == 10
+    x, y = tp._curves["loss"].getData()
+    assert list(x) == list(range(1, 11)) and y[-1] == 0.2
+    assert set(tp.metrics) == {"mpjpe", "pa_mpjpe"} and tp.metrics["mpjpe"] == ([10], [90.0])
+    assert tp.state.text().startswith("step 10")
+    tp.on_event({"event": "error", "type": "InputError", "message": "annotations missing"})
+    assert "annotations missing" in tp.state.text()
+    tp.start()  # no config chosen: says so instead of starting
+    assert not tp.proc.is_running() and "config" in tp.state.text()
