@@ -117,7 +117,7 @@ def rasterize(
 
 
 def _random_person(rng: np.random.Generator, body: BodyModel, focal: float, size: tuple[int, int],
-                   pose_scale: float) -> dict[str, np.ndarray]:
+                   pose_scale: float, yaw_range: float = np.pi) -> dict[str, np.ndarray]:
     W, H = size
     nb = int(getattr(body, "num_betas", 10) or 10)
     betas = np.clip(rng.normal(0, 1, nb), -2, 2)
@@ -127,7 +127,7 @@ def _random_person(rng: np.random.Generator, body: BodyModel, focal: float, size
     lo, hi = getattr(body, "_lim_lo", None), getattr(body, "_lim_hi", None)
     if isinstance(lo, torch.Tensor) and isinstance(hi, torch.Tensor):
         pose = np.clip(pose, lo.cpu().numpy(), hi.cpu().numpy())
-    yaw = rng.uniform(-np.pi, np.pi)
+    yaw = rng.uniform(-yaw_range, yaw_range)
     tilt = rng.normal(0, 0.08, 2)
     R = axis_angle_to_matrix(np.array([np.pi, 0, 0])) @ axis_angle_to_matrix(np.array([tilt[0], yaw, tilt[1]]))
     go = matrix_to_axis_angle(R)
@@ -146,8 +146,12 @@ def render_scene(
     background: np.ndarray | None = None,
     occluder_prob: float = 0.5,
     pose_scale: float = 0.6,
+    yaw_range: float = np.pi,
 ) -> tuple[np.ndarray, list[PersonAnnotation], dict]:
-    """Render one scene. Returns (image (H, W, 3) uint8, persons, camera {"focal", "principal"})."""
+    """Render one scene. Returns (image (H, W, 3) uint8, persons, camera {"focal", "principal"}).
+
+    pose_scale: pose spread relative to the body model's; yaw_range: body yaw ~ U(±yaw_range) radians
+    (0 = facing the camera)."""
     import cv2
 
     W, H = size
@@ -156,7 +160,7 @@ def render_scene(
     img = background.copy() if background is not None else procedural_background(rng, W, H)
     idmap = np.zeros((H, W), np.uint8)
     depth = np.full((H, W), np.inf, np.float32)
-    people = [_random_person(rng, body, f, size, pose_scale) for _ in range(num_persons)]
+    people = [_random_person(rng, body, f, size, pose_scale, yaw_range) for _ in range(num_persons)]
     faces = np.asarray(body.faces)
     outs = []
     with torch.no_grad():
@@ -207,6 +211,7 @@ def generate(
     max_persons: int = 2,
     occluder_prob: float = 0.5,
     pose_scale: float = 0.6,
+    yaw_range: float = np.pi,
     backgrounds: Sequence[str | os.PathLike] = (),
     sequence: str = "synthetic",
     image_format: str = "jpg",
@@ -229,7 +234,7 @@ def generate(
             bg = photo_background(backgrounds[int(rng.integers(len(backgrounds)))], rng, W, H)
         n = int(rng.integers(1, max_persons + 1))
         img, persons, cam = render_scene(rng, body, size, num_persons=n, background=bg,
-                                         occluder_prob=occluder_prob, pose_scale=pose_scale)
+                                         occluder_prob=occluder_prob, pose_scale=pose_scale, yaw_range=yaw_range)
         path = out / "images" / f"{i:06d}.{image_format}"
         write_image(path, img)
         records.append(ImageRecord(image=path, width=W, height=H, persons=persons, sequence=sequence, camera=cam))
