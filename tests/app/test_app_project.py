@@ -50,6 +50,8 @@ def test_save_load_round_trip(session, qtbot, tmp_path):
     out = session.save_project(tmp_path / "scene")  # the extension is added
     assert out.suffix == ".dpmesh" and out.exists()
     assert session.doc.undo_stack.isClean()
+    saved = json.loads(out.read_text())
+    assert [r["model"] for r in saved["results"]["0"]] == ["test"] * 3  # body parameters are kept
     s2 = _session(qtbot)
     try:
         assert s2.load_project(out)
