@@ -128,6 +128,7 @@ class DPMeshPredictor:
         self.cache_size = int(cache_size)
         self._latents: OrderedDict[tuple, torch.Tensor] = OrderedDict()
         self._boxes: OrderedDict[tuple, np.ndarray] = OrderedDict()
+        self._results: OrderedDict[tuple, MeshResult] = OrderedDict()
         smpl_arrays = None
         if isinstance(network_or_path, DPMeshNetwork):
             net = network_or_path
@@ -196,8 +197,8 @@ class DPMeshPredictor:
 
     # ---- caches ------------------------------------------------------------------------------------
     def forget(self, frame_key: str | None = None) -> None:
-        """Drop cached latents and remembered crop boxes (of one frame, or all)."""
-        for cache in (self._latents, self._boxes):
+        """Drop cached latents, results and remembered crop boxes (of one frame, or all)."""
+        for cache in (self._latents, self._boxes, self._results):
             for k in [k for k in cache if frame_key is None or k[0] == frame_key]:
                 del cache[k]
 
@@ -241,6 +242,11 @@ class DPMeshPredictor:
         A = crop_affine(box, self.network.config.head.input_size)
         joints_crop = apply_affine(A, kp30[:, :2]).astype(np.float32)
         return _Prepared(i, box, A, joints_crop, mask, (frame_key, tuple(np.round(box, 3).tolist())))
+
+    @staticmethod
+    def _result_key(p: _Prepared, person: Person, cam: Camera) -> tuple:
+        return (p.latent_key[0], p.latent_key[1], p.joints_crop.tobytes(), p.mask.tobytes(), person.joint_set,
+                person.track_id, cam.focal, cam.principal)
 
     def _latents_for(self, image: np.ndarray, preps: list[_Prepared]) -> torch.Tensor:
         import cv2
@@ -299,16 +305,28 @@ class DPMeshPredictor:
                 preps.append(self._prepare(i, person, (W, H), key, None if boxes is None else boxes[i], keep_box))
             except EstimationError as e:
                 results[i] = e
-        if preps:
+        # persons whose inputs did not change since the last call (same latent, key-points, camera) reuse
+        # their result: after an edit only the edited person runs
+        todo = []
+        for p in preps:
+            hit = self._results.get(self._result_key(p, persons[p.index], cam))
+            if hit is not None:
+                self._results.move_to_end(self._result_key(p, persons[p.index], cam))
+                results[p.index] = hit
+            else:
+                todo.append(p)
+        if todo:
             try:
-                meshes = self._run(img, preps, [persons[p.index] for p in preps], cam)
+                meshes = self._run(img, todo, [persons[p.index] for p in todo], cam)
             except DPMeshError:
                 raise
             except (RuntimeError, ValueError) as e:  # numerical failure of the batch: report per person
                 log.exception("DPMesh network failed")
-                meshes = [EstimationError(f"network failed: {e}", person_index=p.index) for p in preps]
-            for p, m in zip(preps, meshes):
+                meshes = [EstimationError(f"network failed: {e}", person_index=p.index) for p in todo]
+            for p, m in zip(todo, meshes):
                 results[p.index] = m
+                if isinstance(m, MeshResult):
+                    self._lru_put(self._results, self._result_key(p, persons[p.index], cam), m)
         if self.refine:
             ok = [i for i, r in enumerate(results) if isinstance(r, MeshResult)]
             if ok:
