@@ -363,11 +363,12 @@ class SampleBuilder:
             ok = m >= 0
             j3[ok] = person.joints3d[m[ok]]
             j3_valid = ok.copy()
+            # the crop affine rotates, then mirrors (geometry.crop_affine): same order in 3-D
+            if p.rotation:
+                j3 = aug.rotate_points_3d(j3, p.rotation)
             if p.flip:
                 j3 = aug.flip_points_3d(j3, "smpl30")
                 j3_valid = j3_valid[perm]
-            if p.rotation:
-                j3 = aug.rotate_points_3d(j3, p.rotation)
         has_3d = bool(j3_valid[0])
         root = j3[0].copy()
         jc = j3 - root if has_3d else np.zeros((30, 3))
@@ -391,10 +392,10 @@ class SampleBuilder:
             betas[: len(b)] = b
             if np.abs(betas).max() > 3:  # spec §5.1: implausible fits reset
                 betas[:] = 0
-            if p.flip:
-                pose = aug.flip_pose(pose)
             if p.rotation:
                 pose = aug.rotate_root(pose, p.rotation)
+            if p.flip:
+                pose = aug.flip_pose(pose)
         pv = np.ones((24, 3), np.float32)
         pv[list(_POSE_UNSUPERVISED)] = 0
         out["pose"] = pose.astype(np.float32)
