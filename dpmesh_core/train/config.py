@@ -97,13 +97,15 @@ class DataConfig:
 class ModelSettings:
     """preset: "tiny" | "sd15" (ignored when ``network`` is given in full); init_from: a saved network
     folder to start from; body_model: "synthetic-smpl" | "smpl" | "anny" (the loss needs SMPL-30 joints);
-    body_model_path: the SMPL file for "smpl"."""
+    body_model_path: the SMPL file for "smpl"; pose_prior: a ``pose_prior.save_pose_prior`` file installed
+    as the pose decoder (needs ``network.head.pose_decoder: vq``)."""
 
     preset: str = "tiny"
     network: NetworkConfig | None = None
     init_from: str | None = None
     body_model: str = "synthetic-smpl"
     body_model_path: str | None = None
+    pose_prior: str | None = None
 
     def validate(self) -> None:
         from ..model.config import PRESETS

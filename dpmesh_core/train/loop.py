@@ -2,7 +2,7 @@
 
 ``train(config, resume=False)`` yields, in order:
 
-* ``{"event": "start", "step", "device", "precision", "num_params", "num_trainable", "data": {counts},
+* ``{"event": "start", "step", "total_steps", "device", "precision", "num_params", "num_trainable", "data": {counts},
   "output_dir"}``
 * every ``log_every`` steps: ``{"event": "step", "step", "epoch", "loss", "losses": {term: value}, "lr":
   {group: lr}, "grad_norm", "skipped", "samples_per_s"}``
@@ -188,6 +188,10 @@ def build_network(cfg: TrainConfig, device: torch.device):
         net = load_network(cfg.model.init_from, device=device, body_model=body)
     else:
         net = DPMeshNetwork(cfg.model.network_config(), body_model=body)
+    if cfg.model.pose_prior:
+        from .pose_prior import load_into_network
+
+        load_into_network(net, cfg.model.pose_prior)
     return net.to(device), body
 
 
@@ -259,7 +263,8 @@ def train(config: TrainConfig, resume: bool = False) -> Iterator[dict[str, Any]]
 
     n_params = sum(p.numel() for p in net.parameters())
     n_train = sum(p.numel() for g in opt.param_groups for p in g["params"])
-    yield {"event": "start", "step": step, "device": str(device), "precision": precision, "num_params": n_params,
+    yield {"event": "start", "step": step, "total_steps": cfg.max_steps, "device": str(device), "precision": precision,
+           "num_params": n_params,
            "num_trainable": n_train, "data": data.stats.as_dict(), "train_samples": len(data),
            "output_dir": str(out_dir)}
 

@@ -188,3 +188,16 @@ def load_pose_prior(path: str | os.PathLike, vq: Any) -> Any:
     except (OSError, RuntimeError, ValueError) as e:
         raise InputError(f"cannot load pose prior: {e}", path) from e
     return vq
+
+
+def load_into_network(net: Any, path: str | os.PathLike) -> Any:
+    """Install a pre-trained tokenizer as the pose decoder of a network built with
+    ``head.pose_decoder = "vq"`` (``net.vq.vqvae``, kept frozen). ConfigError for a VPoser network."""
+    from ..errors import ConfigError
+
+    if not hasattr(net, "vq"):
+        raise ConfigError("the network uses the VPoser decoder; build it with head.pose_decoder: vq",
+                          "model.pose_prior")
+    load_pose_prior(path, net.vq.vqvae)
+    net.vq.requires_grad_(False)
+    return net

@@ -17,7 +17,6 @@ from dpmesh_core.train.pose_prior import (
 
 
 def test_pose_prior_training(tmp_path):
-    torch.set_num_threads(1)
     rng = np.random.default_rng(0)
     centres = rng.normal(0, 0.4, (4, 72))
     poses72 = centres[rng.integers(0, 4, 200)] + rng.normal(0, 0.03, (200, 72))
