@@ -167,7 +167,7 @@ def test_attention_view_explains_or_shows_maps(qapp, qtbot, image):
         s.shutdown()
 
 
-def test_models_dialog_file_checks(qapp, tmp_path, isolated_home):
+def test_models_dialog_file_checks(qapp, qtbot, tmp_path, isolated_home):
     from app.dialogs.models_dialog import ModelsDialog, check_model_file
 
     assert check_model_file("smpl", "") == (False, "not set")
@@ -181,6 +181,7 @@ def test_models_dialog_file_checks(qapp, tmp_path, isolated_home):
     assert check_model_file("smpl", str(good))[0]
     assert not check_model_file("smpl", str(tmp_path))[0]  # a folder is not an SMPL file
     dlg = ModelsDialog()
+    qtbot.addWidget(dlg)
     dlg.edits["smpl"].setText(str(good))
     assert "✓" in dlg.status["smpl"].text()
     dlg.save()
