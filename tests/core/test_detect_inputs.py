@@ -130,3 +130,15 @@ def test_occluded_person_found_in_box(det):
     upper = [0, 5, 6, 7, 8]  # nose, shoulders, elbows: still in view
     err = np.linalg.norm(p.keypoints[upper, :2] - rk[upper, :2], axis=1)
     assert np.median(err) < 10.0
+
+
+def test_detect_many_matches_detect(det, photo):
+    img, _ = photo
+    half = np.ascontiguousarray(img[::2, ::2])
+    batch = det.detect_many([img, half])
+    assert det.detect_many([]) == []
+    for single, batched in zip((det.detect(img), det.detect(half)), batch):
+        assert len(single) == len(batched) >= 1
+        for a, b in zip(single, batched):
+            np.testing.assert_allclose(a.box, b.box, atol=0.05)
+            np.testing.assert_allclose(a.keypoints, b.keypoints, atol=0.05)
