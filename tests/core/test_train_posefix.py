@@ -65,7 +65,7 @@ def test_outcome_frequencies_match_renormalised_probabilities(with_near):
     if with_near:
         near = KP.copy()[None]
         near[0, :, 0] += 400.0  # far away person: every candidate is usable
-    n = 500
+    n = 350
     outcomes = np.stack([synthesize_pose_with_outcomes(KP, AREA, near, rng)[1] for _ in range(n)])
     assert (outcomes != UNTOUCHED).all()
     exp_total = np.zeros(5)
@@ -90,7 +90,7 @@ def test_sparse_person_uses_the_sparse_tables():
     rng = np.random.default_rng(2)
     kp = KP.copy()
     kp[5:, 2] = 0  # only the 5 face joints are valid
-    n = 1500
+    n = 800
     oc = np.stack([synthesize_pose_with_outcomes(kp, AREA, None, rng)[1] for _ in range(n)])
     assert (oc[:, 5:] == UNTOUCHED).all()
     exp = _expected(1, 5, 0, np.array([1, 1, 1, 0, 1], float))  # eye: jitter .20, miss .15, inv .01
@@ -105,7 +105,7 @@ def test_outcome_geometry():
     near[0, :, 0] += 400.0
     d10, d50, d85 = (oks_distance(k, AREA) for k in (0.10, 0.50, 0.85))
     seen = set()
-    for _ in range(150):
+    for _ in range(100):
         out, oc = synthesize_pose_with_outcomes(KP, AREA, near, rng)
         assert np.all(out[:, 2] == 1.0)
         for j in range(17):
