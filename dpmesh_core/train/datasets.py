@@ -763,8 +763,10 @@ class MixedDataset(torch.utils.data.Dataset):
             if hasattr(d, "set_epoch"):
                 d.set_epoch(epoch)
         rng = np.random.default_rng([self.seed, self.epoch, 7919])
-        counts = np.floor(self.ratios * self.length).astype(int)
-        counts[np.argmax(self.ratios)] += self.length - counts.sum()
+        ratios = self.ratios * np.array([len(d) > 0 for d in self.datasets], np.float64)  # empty sets get none
+        ratios = ratios / ratios.sum() if ratios.sum() > 0 else self.ratios
+        counts = np.floor(ratios * self.length).astype(int)
+        counts[np.argmax(ratios)] += self.length - counts.sum()
         which = np.concatenate([np.full(c, k) for k, c in enumerate(counts)]) if self.length else np.zeros(0, int)
         rng.shuffle(which)
         local = np.zeros(self.length, np.int64)

@@ -167,6 +167,8 @@ def test_coco_reader_and_mixing(tmp_path):
     assert got.count("a") == 300 and got.count("b") == 100
     mix.set_epoch(1)
     assert [mix[i] for i in range(20)] != got[:20]
+    mix2 = MixedDataset([Const("a", 4), Const("b", 0)], [1, 1], length=10)  # an empty set gets no share
+    assert [mix2[i] for i in range(10)] == ["a"] * 10
 
 
 def test_train_config_strict(tmp_path):
