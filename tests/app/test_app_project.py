@@ -35,7 +35,7 @@ def _edited_scene(s: Session, qtbot) -> None:
     s.doc.edit_move_keypoint(u0, 3, (111.0, 222.0))
     s.doc.edit_toggle_visibility(u1, 5)
     s.doc.edit_add_person(make_person(2, x0=400))
-    qtbot.waitUntil(lambda: all(r is not None for r in s.doc.results()), timeout=10000)
+    qtbot.waitUntil(lambda: all(r is not None for r in s.doc.results()), timeout=60000)
 
 
 def _persons_equal(a, b) -> bool:
@@ -61,7 +61,7 @@ def test_save_load_round_trip(session, qtbot, tmp_path):
         assert tuple(p.keypoints[3, :2]) == (111.0, 222.0) and p.edited[3]
         assert not s2.doc.persons(0)[1].visible[5]
         # meshes come back (re-estimated from the saved key-points)
-        qtbot.waitUntil(lambda: all(r is not None for r in s2.doc.results()), timeout=10000)
+        qtbot.waitUntil(lambda: all(r is not None for r in s2.doc.results()), timeout=60000)
     finally:
         s2.shutdown()
 

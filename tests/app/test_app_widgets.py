@@ -148,7 +148,7 @@ def test_attention_view_explains_or_shows_maps(qapp, qtbot, image):
     s.auto_detect = False
     try:
         s.open_image_array(image, [make_person(0)])
-        qtbot.waitUntil(lambda: s.doc.results()[0] is not None, timeout=10000)
+        qtbot.waitUntil(lambda: s.doc.results()[0] is not None, timeout=60000)
         av = AttentionView(s)
         qtbot.addWidget(av)
         assert av.stack.currentIndex() == 0 and "Models" in av.explain.text()  # fitting: an explanation
@@ -157,7 +157,7 @@ def test_attention_view_explains_or_shows_maps(qapp, qtbot, image):
         att = {"8": rng.random((30, 8, 8)), "16": rng.random((30, 16, 16))}
         s.doc.set_result(uid, dataclasses.replace(s.doc.result(uid), attention=att, estimator="dpmesh"))
         s.doc.select(uid)
-        qtbot.waitUntil(lambda: av.stack.currentIndex() == 1, timeout=2000)  # refresh is coalesced
+        qtbot.waitUntil(lambda: av.stack.currentIndex() == 1, timeout=10000)  # refresh is coalesced
         grid = attention_grid(att["16"], cols=6)
         assert grid.shape == (5 * 17, 6 * 17) and np.nanmax(grid) == pytest.approx(1.0)
         crop = np.zeros((256, 256, 3), np.uint8)
@@ -221,7 +221,7 @@ def test_process_whole_video_in_background(qapp, qtbot, tmp_path):
         mine = make_person(5, x0=200)
         s.doc.set_frame_persons(2, [mine])  # the user's persons on frame 2 are kept
         assert s.process_video()
-        qtbot.waitUntil(lambda: len(progress) == 6, timeout=20000)
+        qtbot.waitUntil(lambda: len(progress) == 6, timeout=60000)
         for f in range(6):
             assert len(s.doc.persons(f)) == 1 and s.doc.results(f)[0] is not None
         assert s.doc.persons(2)[0] is mine
