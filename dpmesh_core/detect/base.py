@@ -48,7 +48,8 @@ def as_rgb_uint8(image: Any) -> np.ndarray:
 
     Accepts (H, W) or (H, W, 1) grey, (H, W, 3) RGB, (H, W, 4) RGBA (composited on white, like
     ``io.images``); uint8, bool, other integer types (clipped to 0..255; uint16 scaled by 1/257) and floats
-    (in [0, 1], scaled by 255). Raises InputError for anything else (wrong rank, empty, NaN, too large).
+    (scaled by 255 when their maximum is <= 1, else taken as 0..255). Raises InputError for anything
+    else (wrong rank, empty, NaN, too large).
     """
     a = np.asarray(image)
     if a.ndim == 3 and a.shape[2] == 1:
@@ -69,7 +70,8 @@ def as_rgb_uint8(image: Any) -> np.ndarray:
         elif np.issubdtype(a.dtype, np.floating):
             if not np.isfinite(a).all():
                 raise InputError("image contains NaN or infinite values")
-            a = np.clip(np.rint(a * 255.0), 0, 255).astype(np.uint8)
+            scale = 255.0 if a.size == 0 or float(a.max()) <= 1.0 else 1.0  # [0, 1] floats, else 0..255
+            a = np.clip(np.rint(a * scale), 0, 255).astype(np.uint8)
         else:
             raise InputError(f"unsupported image dtype {a.dtype}")
     if a.ndim == 2:

