@@ -1,7 +1,7 @@
 """YOLO11n-pose detector speed: our torch network vs the same network in onnxruntime; video throughput.
 
 Prints figures (medians); asserts nothing. Usage:
-    .venv/bin/python tests/bench/bench_detect.py [--repeats 15] [--frames 40] [--video PATH]
+    .venv/bin/python tests/bench/bench_detect.py [--repeats 15] [--frames 40] [--threads N] [--video PATH]
 
 * load: reading the .pt with the restricted unpickler + building + fusing (first call, uncached).
 * network, 1 x 3 x 640 x 640 under torch.inference_mode: unfused NCHW, fused NCHW, and the detector's
@@ -44,6 +44,7 @@ def main() -> None:
     ap.add_argument("--image", default=str(shared / "media" / "COCO_val2014_000000000395.jpg"))
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--frames", type=int, default=40)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads for detect()/video (0: torch default)")
     args = ap.parse_args()
 
     import cv2
@@ -100,8 +101,9 @@ def main() -> None:
             diff = float(np.abs(sess.run(None, feed)[0] - ref).max())
             line += f" | onnxruntime: {ms_ort:7.1f} ms | ratio {ms_ours / ms_ort:.2f} (target <= 1.5) | max|diff| {diff:.1e}"
         print(line)
-    torch.set_num_threads(default_threads)
+    torch.set_num_threads(args.threads or default_threads)
     tmp.cleanup()
+    print(f"detect() and video below with {torch.get_num_threads()} torch thread(s)")
 
     det = get_detector("yolo")
     img = np.ascontiguousarray(cv2.imread(args.image)[:, :, ::-1])
