@@ -339,8 +339,12 @@ def official_to_network_state(
     shape = sorted(f"{k}: file {tuple(out[k].shape)} vs model {tuple(target[k].shape)}"
                    for k in set(out) & set(target) if tuple(out[k].shape) != tuple(target[k].shape))
     if missing or unexpected or shape:
-        note = "" if any(k.startswith(UNET_OFF) or k.startswith("module." + UNET_OFF) for k in official) \
-            else "no 'backbone.sd_model.model.diffusion_model' keys: not an official DPMesh checkpoint?"
+        if not any(k.startswith(UNET_OFF) or k.startswith("module." + UNET_OFF) for k in official):
+            note = "no 'backbone.sd_model.model.diffusion_model' keys: not an official DPMesh checkpoint?"
+        elif any(".lora_" in k for k in unexpected):
+            note = f"LoRA on modules outside lora_targets {list(cfg.lora_targets)}, or a different LoRA layout"
+        else:
+            note = ""
         raise CheckpointMismatchError(path, missing=missing, unexpected=sorted(unexpected),
                                       shape_mismatch=shape, note=note)
     return {k: out[k] for k in target}, res
