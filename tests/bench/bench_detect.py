@@ -9,6 +9,8 @@ Prints figures (medians); asserts nothing. Usage:
   with torch.onnx.export (needs the ``onnx`` package) and run in onnxruntime, at 1 thread and at torch's
   default thread count (each library given the same count), with the max abs difference.
 * detect(): a whole call on a photo (letterbox + network + NMS + mapping back).
+* On a shared, oversubscribed machine run it with OMP_WAIT_POLICY=PASSIVE: spinning OpenMP workers make
+  torch's multi-threaded figures up to 10x worse there (onnxruntime has its own thread pool).
 * street.avi: frames per second of detect() + Tracker, one frame at a time and in batches of 4.
 """
 
@@ -55,7 +57,8 @@ def main() -> None:
     from dpmesh_core.detect.yolo_net import build_from_checkpoint, load_yolo_pose_net
     from dpmesh_core.detect.yolo_weights import read_yolo_checkpoint
 
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, load average {os.getloadavg()[0]:.1f}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '(unset)')}")
     t0 = time.perf_counter()
     net = build_from_checkpoint(read_yolo_checkpoint())
     t_build = time.perf_counter() - t0
