@@ -245,7 +245,7 @@ class MainWindow(QMainWindow):
             a.triggered.connect(fn)
             a.setEnabled(can())
             sig.connect(a.setEnabled)
-            stack.indexChanged.connect(lambda _i, a=a, text=text, txt=txt: a.setToolTip(f"{text} {txt()}".strip()))
+            stack.indexChanged.connect(lambda _i, a=a, text=text, txt=txt: self._undo_tip(a, text, txt))
             tb.addAction(a)
         tb.addSeparator()
         for a in (self.a_mode_edit, self.a_mode_add):
@@ -270,6 +270,13 @@ class MainWindow(QMainWindow):
         tb.addWidget(self.estimator_combo)
         tb.addSeparator()
         tb.addAction(self.a_export)
+
+    @staticmethod
+    def _undo_tip(action: QAction, text: str, txt: Any) -> None:
+        try:
+            action.setToolTip(f"{text} {txt()}".strip())
+        except RuntimeError:  # the stack or the action is being destroyed (window closing)
+            pass
 
     def _build_status(self) -> None:
         sb = self.statusBar()
