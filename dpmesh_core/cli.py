@@ -47,8 +47,9 @@ def _run_events(events: Iterator[dict[str, Any]], as_json: bool, describe) -> li
             seen.append(ev)
             kind = ev.get("event")
             if kind == "start":
-                bar = tqdm(total=ev.get("frames"), desc=describe(ev), unit="frame", file=sys.stderr,
-                           disable=ev.get("frames", 0) <= 1 and not sys.stderr.isatty())
+                total = ev.get("frames", ev.get("total_steps"))
+                bar = tqdm(total=total, desc=describe(ev), unit="frame" if "frames" in ev else "step",
+                           file=sys.stderr, disable=(total or 0) <= 1 and not sys.stderr.isatty())
             elif kind in ("frame", "step"):
                 if bar is not None:
                     bar.update(1)
