@@ -61,6 +61,7 @@ _LAZY: dict[str, str] = {
     "load_project": "dpmesh_core.io.project",
     "autosave_path_for": "dpmesh_core.io.project",
     "find_recovery_files": "dpmesh_core.io.project",
+    "results_summary": "dpmesh_core.io.project",
     "MeshRenderer": "dpmesh_core.io.render",
     "render_overlay": "dpmesh_core.io.render",
     "JOINT_SETS": "dpmesh_core.body.joints",
