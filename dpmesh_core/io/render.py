@@ -23,8 +23,11 @@ to that thread). Colours are RGB in [0, 1] or [0, 255].
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -197,6 +200,16 @@ def rasterize(
 # renderer
 
 
+def _ensure_runtime_dir() -> None:
+    """EGL/GLFW complain on stderr ("XDG_RUNTIME_DIR is invalid or not set") on headless machines; give the
+    process a private runtime dir (mode 0700, as the XDG spec requires) when none is set."""
+    if os.environ.get("XDG_RUNTIME_DIR"):
+        return
+    d = Path(tempfile.gettempdir()) / f"dpmesh-runtime-{os.getuid()}"
+    d.mkdir(mode=0o700, exist_ok=True)
+    os.environ["XDG_RUNTIME_DIR"] = str(d)
+
+
 class MeshRenderer:
     """Reusable renderer of a fixed output size (width, height) pixels.
 
@@ -231,6 +244,7 @@ class MeshRenderer:
     def _init_open3d(self) -> None:
         import open3d as o3d
 
+        _ensure_runtime_dir()
         vis = o3d.visualization.Visualizer()
         # Open3D logs its EGL fallback at INFO level on stdout: keep stdout clean (the CLI's --json events).
         with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
