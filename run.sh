@@ -6,6 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/install.sh
+# torch's OpenMP threads spin while waiting; on a shared or busy machine that slows everything ~10x.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 case "${1:-}" in
   predict|doctor|convert|train|eval|bench|demo) exec .venv/bin/dpmesh "$@" ;;
 esac

@@ -5,6 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")"
 bash scripts/install.sh
+# torch's OpenMP threads spin while waiting; on a shared or busy machine that slows everything ~10x.
+export OMP_WAIT_POLICY="${OMP_WAIT_POLICY:-PASSIVE}"
 export DPMESH_HOME="${DPMESH_HOME:-$PWD/.dpmesh-home}"   # caches (Anny build) stay inside the checkout
 export QT_QPA_PLATFORM="${QT_QPA_PLATFORM:-offscreen}"
 export PYTHONDONTWRITEBYTECODE=1
