@@ -37,7 +37,7 @@ import logging
 import os
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +48,7 @@ from ..body.joints import GRAPH15, SMPL30, convert, convert_visibility, mapping,
 from ..errors import InputError, MediaError, UnsafeFileError
 from ..geometry import apply_affine, crop_affine, dpmesh_focal, square_box
 from . import augment as aug
+from .config import SampleSettings
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +243,7 @@ def read_annotations(path: str | os.PathLike, stats: DatasetStats | None = None)
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(SampleSettings):
     """How a person becomes a training sample.
 
     input_size: crop side px (256); heatmap_size: input key-point grid (32); output_size: target grid (64).
@@ -250,24 +251,17 @@ class SampleConfig:
     bbox_3d_size: metres spanned by the 64 depth bins (2.0; spec §5.7).
     """
 
-    input_size: int = 256
     heatmap_size: int = 32
     output_size: int = 64
     train: bool = True
-    box_pad: float = 1.2
-    test_box_scale: float = 1.1
-    box_jitter: tuple[float, float] = (1.0, 1.2)
-    scale_factor: float = 0.25
-    rotation_factor: float = 30.0
-    rotation_prob: float = 0.6
-    flip_prob: float = 0.5
-    color_factor: float = 0.2
-    occlusion_prob: float = 0.5
-    occlusion_max_area: float = 0.3
-    posefix: bool = True
-    joint_drop: float = 0.0
-    bbox_3d_size: float = 2.0
     return_clean: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: SampleSettings, **runtime: Any) -> SampleConfig:
+        """The user-facing ``SampleSettings`` of a TrainConfig plus runtime fields (``train``, ...)."""
+        values = {f.name: getattr(settings, f.name) for f in fields(SampleSettings)}
+        values.update(runtime)
+        return cls(**values)
 
 
 class SampleBuilder:

@@ -72,13 +72,10 @@ def autocast_for(device: torch.device, precision: str):
 
 def sample_config(cfg: TrainConfig, train: bool) -> SampleConfig:
     s = cfg.data.sample
-    return SampleConfig(
-        input_size=s.input_size, train=train, box_pad=s.box_pad, test_box_scale=s.test_box_scale,
-        box_jitter=tuple(s.box_jitter), scale_factor=s.scale_factor, rotation_factor=s.rotation_factor,
-        rotation_prob=s.rotation_prob, flip_prob=s.flip_prob, color_factor=s.color_factor,
-        occlusion_prob=s.occlusion_prob, occlusion_max_area=s.occlusion_max_area, posefix=s.posefix,
+    return SampleConfig.from_settings(
+        s, train=train, box_jitter=tuple(s.box_jitter),
         joint_drop=max(s.joint_drop, cfg.nkr.student_joint_drop if cfg.nkr.enabled else 0.0),
-        bbox_3d_size=s.bbox_3d_size, return_clean=bool(cfg.nkr.enabled and train))
+        return_clean=bool(cfg.nkr.enabled and train))
 
 
 def build_source(src: Any, sample: SampleConfig, seed: int):
