@@ -487,9 +487,7 @@ class AnnyBody(BodyModel):
         joint_sets: tuple[str, ...] = ("coco17",),
         return_vertices: bool = False,
     ) -> BodyOutput:
-        for s in joint_sets:
-            if s not in self.joint_sets:
-                raise ValueError(f"anny: joint set {s!r} not available; have {self.joint_sets}")
+        self.check_joint_sets(joint_sets)
         B = max(global_orient.shape[0], body_pose.shape[0], betas.shape[0])
         global_orient, body_pose, betas = (x.expand(B, -1) for x in (global_orient, body_pose, betas))
         sc = self._shape(betas)

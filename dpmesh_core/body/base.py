@@ -62,6 +62,12 @@ class BodyModel(torch.nn.Module):
     ) -> BodyOutput:
         raise NotImplementedError
 
+    def check_joint_sets(self, joint_sets: tuple[str, ...]) -> None:
+        """Raise ValueError naming any joint set this model cannot return."""
+        for s in joint_sets:
+            if s not in self.joint_sets:
+                raise ValueError(f"{self.name}: joint set {s!r} not available; have {self.joint_sets}")
+
     def mean_betas(self, batch: int = 1) -> torch.Tensor:
         """(B, num_betas) the average body."""
         return torch.zeros(batch, self.num_betas)

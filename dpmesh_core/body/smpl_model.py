@@ -375,9 +375,7 @@ class SMPLBody(BodyModel):
         joint_sets: tuple[str, ...] = ("coco17",),
         return_vertices: bool = False,
     ) -> BodyOutput:
-        for s in joint_sets:
-            if s not in self.joint_sets:
-                raise ValueError(f"{self.name}: joint set {s!r} not available; have {self.joint_sets}")
+        self.check_joint_sets(joint_sets)
         B = max(global_orient.shape[0], body_pose.shape[0], betas.shape[0])
         global_orient = global_orient.expand(B, -1)
         body_pose = body_pose.expand(B, -1)
