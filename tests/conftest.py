@@ -30,3 +30,15 @@ def media_dir(shared_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def reference_dir(shared_dir: Path) -> Path:
     return shared_dir / "reference"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _one_torch_thread():
+    """Run the suite's (small) torch work on one intra-op thread, restored at the end: on a shared 2-core
+    machine two spinning OpenMP threads per process can make small ops 10x slower."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -13,18 +13,6 @@ from dpmesh_core.detect.tracker import oks
 from dpmesh_core.types import Person
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Run this module's network passes on one intra-op thread (restored after): the test machine's two
-    cores are shared by several test runs, and oversubscribed OpenMP threads slow torch down several fold."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _person(cx: float, cy: float, rng: np.random.Generator, size: float = 100.0) -> Person:
     # a crude stick figure: 17 points spread over a box of the given size
     offs = rng.uniform(-0.4, 0.4, (17, 2)) * size

@@ -19,18 +19,6 @@ from dpmesh_core.detect.yolo_weights import read_yolo_checkpoint
 from dpmesh_core.geometry import box_iou
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Run this module's network passes on one intra-op thread (restored after): the test machine's two
-    cores are shared by several test runs, and oversubscribed OpenMP threads slow torch down several fold."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def shared_dir() -> Path:
     env = os.environ.get("DPMESH_SHARED")
     p = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"

@@ -27,15 +27,6 @@ def _randomise_zeros(module: torch.nn.Module, seed: int = 0) -> None:
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """The CI box has 2 shared cores; one intra-op thread is faster for these tiny models."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def tiny_cfg():
     return preset("tiny").backbone

@@ -18,14 +18,6 @@ from dpmesh_core.model.config import preset
 from dpmesh_core.model.network import DPMeshNetwork, load_network
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _randomise_zeros(module: torch.nn.Module, seed: int = 0) -> None:
     """Zero-initialised tensors (LoRA B, zero convs, proj_out, query contents...) would hide whole paths
     from a parity test: fill every all-zero floating tensor."""

@@ -17,15 +17,6 @@ from dpmesh_core.model.regressor import Regressor, inverse_sigmoid, sample_volum
 from dpmesh_core.torchgeom import axis_angle_to_matrix
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads per process can be 10× slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def _feats(cfg, b=2, seed=0):
     g = torch.Generator().manual_seed(seed)
     c = cfg.feature_channels

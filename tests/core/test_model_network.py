@@ -18,15 +18,6 @@ from dpmesh_core.model.network import DPMeshNetwork, load_network, save_network
 B = 2
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads per process can be 10× slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def body():
     return load_body_model("synthetic-smpl")

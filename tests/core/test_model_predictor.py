@@ -25,15 +25,6 @@ REF = Path("/work/shared/reference/yolo11n_pose_detections.json")
 NAME = "COCO_val2014_000000000192.jpg"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One intra-op thread: on a shared 2-core machine two OpenMP threads per process can be 10× slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def image():
     img = cv2.imread(str(MEDIA / NAME))

@@ -29,15 +29,6 @@ NO_AUG = {"rotation_prob": 0.0, "flip_prob": 0.0, "occlusion_prob": 0.0, "posefi
           "color_factor": 0.0}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Small ops on a shared 2-core machine: one thread avoids OpenMP spin contention. Restored after."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @pytest.fixture(scope="module")
 def synth(tmp_path_factory):
     root = tmp_path_factory.mktemp("synth")
