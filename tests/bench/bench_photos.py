@@ -23,7 +23,7 @@ def main() -> None:
 
     det = api.get_detector("yolo")
     est = api.make_estimator("fit")
-    rel, n_persons, n_meshes, times = [], [], 0, 0, []
+    rel, n_persons, n_meshes, times = [], 0, 0, []
     for path in sorted((REPO.parent / "shared" / "media").glob("*.jpg")):
         img = api.read_image(path)
         persons = det.detect(img)
