@@ -25,7 +25,7 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
@@ -117,6 +117,7 @@ def make_estimator(
     body_model: str = "anny",
     device: str | None = None,
     refine: bool = False,
+    progress: Callable[[float, str], None] | None = None,
     **kw: Any,
 ) -> Estimator:
     """Build an estimator behind the one ``Estimator`` interface.
@@ -125,6 +126,7 @@ def make_estimator(
       "smpl" (needs the user's SMPL file: ``ModelFiles.smpl`` / DPMESH_SMPL) or "synthetic-smpl").
     kind="dpmesh": the DPMesh network from ``model_path`` (our converted folder or an official
       ``*_best_ckpt.pth.tar``; default ``ModelFiles.dpmesh_checkpoint``); ``refine`` adds a fitting pass.
+    ``progress(fraction, message)`` hears about slow one-off set-up (Anny's first cache build, ~1 min).
     Extra keyword arguments go to the estimator (e.g. ``config=FitConfig(...)``, ``dtype=``).
     """
     if kind == "fit":
@@ -132,7 +134,8 @@ def make_estimator(
         from .fit import KeypointFitter
 
         smpl_path = ModelFiles.load().smpl if body_model == "smpl" else None
-        body = load_body_model(body_model, path=kw.pop("body_path", smpl_path), device=device or "cpu")
+        body_kw = {"progress": progress} if (body_model == "anny" and progress is not None) else {}
+        body = load_body_model(body_model, path=kw.pop("body_path", smpl_path), device=device or "cpu", **body_kw)
         return KeypointFitter(body, device=device or "cpu", **kw)
     if kind == "dpmesh":
         from .model.predictor import DPMeshPredictor
@@ -222,6 +225,7 @@ class PredictOptions:
     max_frames: int | None = None
     stride: int = 1
     estimator_kwargs: dict[str, Any] = field(default_factory=dict)
+    progress: Callable[[float, str], None] | None = None
 
     def validate(self) -> None:
         bad = [f for f in self.formats if f not in ("obj", "ply", "glb", "gltf", "npz")]
@@ -302,7 +306,7 @@ def predict(
     detector = None if kp_table is not None else __getattr__("get_detector")(opts.detector, conf=opts.conf)
     estimator = make_estimator(
         opts.estimator, model_path=opts.model_path, body_model=opts.body_model, device=opts.device,
-        refine=opts.refine, **opts.estimator_kwargs,
+        refine=opts.refine, progress=opts.progress, **opts.estimator_kwargs,
     )
     total_files = 0
     for media_path in inputs:

@@ -75,6 +75,18 @@ def _run_events(events: Iterator[dict[str, Any]], as_json: bool, describe) -> li
 # ------------------------------------------------------------------------------------------ commands
 
 
+def _setup_progress(as_json: bool):
+    """One-off set-up messages (Anny's first build): a JSON event, or a line on stderr."""
+
+    def progress(fraction: float, message: str) -> None:
+        if as_json:
+            _emit_json({"event": "setup", "fraction": fraction, "message": message})
+        else:
+            print(f"dpmesh: {message}", file=sys.stderr, flush=True)
+
+    return progress
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from . import api
 
@@ -91,6 +103,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         smooth=not args.no_smooth,
         max_frames=args.max_frames,
         stride=args.stride,
+        progress=_setup_progress(args.json),
     )
     _run_events(api.predict(args.input, args.output, opts), args.json, lambda ev: ev["input"].split("/")[-1])
     return 0
