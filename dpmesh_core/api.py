@@ -303,14 +303,20 @@ def predict(
     if opts.keypoints:
         kp_table = __getattr__("read_keypoints")(opts.keypoints)
     out = Path(out_dir)
-    detector = None if kp_table is not None else __getattr__("get_detector")(opts.detector, conf=opts.conf)
-    estimator = make_estimator(
-        opts.estimator, model_path=opts.model_path, body_model=opts.body_model, device=opts.device,
-        refine=opts.refine, progress=opts.progress, **opts.estimator_kwargs,
-    )
+    open_media = __getattr__("open_media")
+    first_media = open_media(inputs[0])  # a bad first input fails before the slow model set-up
+    try:
+        detector = None if kp_table is not None else __getattr__("get_detector")(opts.detector, conf=opts.conf)
+        estimator = make_estimator(
+            opts.estimator, model_path=opts.model_path, body_model=opts.body_model, device=opts.device,
+            refine=opts.refine, progress=opts.progress, **opts.estimator_kwargs,
+        )
+    except BaseException:
+        first_media.close()
+        raise
     total_files = 0
-    for media_path in inputs:
-        media = __getattr__("open_media")(media_path)
+    for index, media_path in enumerate(inputs):
+        media = first_media if index == 0 else open_media(media_path)
         out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".dpmesh-staging-", dir=out))
         try:

@@ -78,7 +78,13 @@ def _run_events(events: Iterator[dict[str, Any]], as_json: bool, describe) -> li
 def _setup_progress(as_json: bool):
     """One-off set-up messages (Anny's first build): a JSON event, or a line on stderr."""
 
+    building = False
+
     def progress(fraction: float, message: str) -> None:
+        nonlocal building
+        building = building or fraction < 1.0
+        if not building:  # a cached load: nothing worth saying
+            return
         if as_json:
             _emit_json({"event": "setup", "fraction": fraction, "message": message})
         else:
