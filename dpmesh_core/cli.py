@@ -135,7 +135,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .model.checkpoint import convert_official
 
-    out = convert_official(args.checkpoint, args.output, merge_lora=args.merge_lora)
+    out = convert_official(args.checkpoint, args.output, preset_name=args.preset, merge_lora=args.merge_lora)
     print(f"converted {args.checkpoint} -> {out}")
     return 0
 
@@ -198,6 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("checkpoint")
     cv.add_argument("output")
     cv.add_argument("--merge-lora", action="store_true", help="fold LoRA into the U-Net weights")
+    cv.add_argument("--preset", default="sd15", choices=["sd15", "tiny"],
+                    help="architecture of the file (official releases are sd15; tiny is for tests)")
     cv.set_defaults(func=cmd_convert)
 
     tr = sub.add_parser("train", help="train the DPMesh network from a YAML config")
