@@ -93,6 +93,9 @@ class PersonsItem(QGraphicsItem):
         # Painted again only on update() (edits, selection, results), not on every viewport repaint: each
         # Python→Qt call of paint() may wait for the GIL while the worker computes.
         self.setCacheMode(QGraphicsItem.CacheMode.DeviceCoordinateCache)
+        # update(rect) then repaints only the persons inside ``rect`` (option.exposedRect): an edit redraws
+        # one skeleton, not all of them (antialiased wide lines cost ~30 µs each in the raster engine).
+        self.setFlag(QGraphicsItem.GraphicsItemFlag.ItemUsesExtendedStyleOption, True)
 
     def set_rect(self, rect: QRectF) -> None:
         self.prepareGeometryChange()
@@ -101,14 +104,29 @@ class PersonsItem(QGraphicsItem):
     def boundingRect(self) -> QRectF:  # noqa: N802 - Qt API
         return self.rect.adjusted(-2000, -2000, 2000, 2000)
 
+    def person_rect(self, p: Person, uid: int | None = None) -> QRectF:
+        """Scene rect that holds everything painted for ``p`` (box, label, joints incl. a dragged one)."""
+        kp = np.asarray(p.keypoints, np.float64)
+        ok = (kp[:, 2] > 0) & np.isfinite(kp).all(1)
+        xs = [float(p.box[0]), float(p.box[2])] + [float(x) for x in kp[ok, 0]]
+        ys = [float(p.box[1]), float(p.box[3])] + [float(y) for y in kp[ok, 1]]
+        if self.drag_preview is not None and self.drag_preview[0] == uid:
+            xs.append(self.drag_preview[2].x())
+            ys.append(self.drag_preview[2].y())
+        m = 48.0 / max(self.view.transform().m11(), 1e-6)  # label, rings and pens: ~48 screen pixels
+        return QRectF(min(xs) - m, min(ys) - m, max(xs) - min(xs) + 2 * m, max(ys) - min(ys) + 2 * m)
+
     def paint(self, painter: QPainter, option: QStyleOptionGraphicsItem, widget: QWidget | None = None) -> None:
         doc = self.view.doc
         scale = max(painter.worldTransform().m11(), 1e-6)
         px = 1.0 / scale  # one screen pixel in scene units
         painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
         sel = doc.selected_uid
+        exposed = option.exposedRect
         order = sorted(zip(doc.uids(), doc.persons()), key=lambda t: t[0] == sel)  # selected on top
         for uid, person in order:
+            if exposed.isValid() and not exposed.intersects(self.person_rect(person, uid)):
+                continue  # a partial update: this person's pixels are still in the cache
             self._paint_person(painter, uid, person, px, uid == sel)
 
     def _paint_person(self, painter: QPainter, uid: int, p: Person, px: float, selected: bool) -> None:
@@ -237,10 +255,13 @@ class ImageView(QGraphicsView):
         self._place_uid = -1
         self._place_next = 0
         self._image_size: tuple[int, int] | None = None
+        self._painted: dict[int, tuple[Person, bool]] | None = None  # what the persons layer shows
+        self._painted_sel = -1
+        self._preview_rect: QRectF | None = None
         doc.persons_changed.connect(self._on_persons_changed)
-        doc.selection_changed.connect(lambda _u: self.persons_item.update())
-        doc.joint_selection_changed.connect(lambda _j: self.persons_item.update())
-        doc.results_changed.connect(lambda _f: self.persons_item.update())
+        doc.selection_changed.connect(lambda _u: self._update_changed_persons())
+        doc.joint_selection_changed.connect(lambda _j: self._update_person(self.doc.selected_uid))
+        doc.results_changed.connect(lambda f: self._on_persons_changed(f))
         doc.frame_changed.connect(lambda _f: self.refresh_image())
         doc.media_changed.connect(self._on_media_changed)
         self.refresh_image()
@@ -254,7 +275,36 @@ class ImageView(QGraphicsView):
 
     def _on_persons_changed(self, frame: int) -> None:
         if frame == self.doc.current_frame:
+            self._update_changed_persons()
+
+    def _repaint_all_persons(self) -> None:
+        self._painted = None
+        self.persons_item.update()
+
+    def _update_person(self, uid: int) -> None:
+        p = self.doc.person(uid)
+        if p is not None:
+            self.persons_item.update(self.persons_item.person_rect(p, uid))
+
+    def _update_changed_persons(self) -> None:
+        """Repaint only the persons whose Person object, error mark or selection changed since the last
+        call (results arriving change nothing visible but the error mark)."""
+        doc = self.doc
+        now = {u: (p, bool(doc.result_error(u))) for u, p in zip(doc.uids(), doc.persons())}
+        before, self._painted = self._painted, now
+        sel_before, self._painted_sel = self._painted_sel, doc.selected_uid
+        if before is None:
             self.persons_item.update()
+            return
+        changed = {u for u in now.keys() | before.keys()
+                   if u not in now or u not in before or now[u][0] is not before[u][0] or now[u][1] != before[u][1]}
+        if sel_before != doc.selected_uid:
+            changed |= {sel_before, doc.selected_uid}
+        item = self.persons_item
+        for u in changed:
+            for state in (before.get(u), now.get(u)):
+                if state is not None:
+                    item.update(item.person_rect(state[0], u))
 
     def refresh_image(self) -> None:
         img = self.doc.image()
@@ -270,7 +320,7 @@ class ImageView(QGraphicsView):
         self._image_size = (w, h)
         if first:
             self.fit()
-        self.persons_item.update()
+        self._repaint_all_persons()
 
     def set_overlay(self, rgb: np.ndarray | None) -> None:
         """Show an RGB image (the meshes drawn over the frame) above the frame, or nothing."""
@@ -450,7 +500,11 @@ class ImageView(QGraphicsView):
             return
         if self._drag is not None:
             self.persons_item.drag_preview = (self._drag[0], self._drag[1], pos)
-            self.persons_item.update()
+            p = self.doc.person(self._drag[0])
+            if p is not None:
+                rect = self.persons_item.person_rect(p, self._drag[0])
+                self.persons_item.update(rect if self._preview_rect is None else rect.united(self._preview_rect))
+                self._preview_rect = rect
             return
         if self._box_from is not None:
             self.rubber.setRect(QRectF(self._box_from, pos).normalized())
@@ -481,7 +535,10 @@ class ImageView(QGraphicsView):
             p = self.doc.person(uid)
             if p is not None and (abs(p.keypoints[j, 0] - pos.x()) > 1e-3 or abs(p.keypoints[j, 1] - pos.y()) > 1e-3):
                 self.doc.edit_move_keypoint(uid, j, (pos.x(), pos.y()), drag_id=self._drag_id)
-            self.persons_item.update()
+            if self._preview_rect is not None:
+                self.persons_item.update(self._preview_rect)
+                self._preview_rect = None
+            self._update_person(uid)
             return
         if self._box_from is not None:
             r = QRectF(self._box_from, pos).normalized()
