@@ -376,6 +376,110 @@ def make_renderer(width: int, height: int, state: dict) -> Any:
     return r
 
 
+class _OverlayLayers:
+    """Per-person mesh layers for the overlay, cached in the render process.
+
+    An edit changes one person's mesh, so only that person is rendered again (~35 ms with software
+    OpenGL instead of ~130 ms for 8 persons); the cached layers (colour + depth, cropped to the mesh) are
+    depth-composited in numpy. A layer's key is a digest of its vertices, faces, colour, camera and output
+    size. When most persons are new (a new frame) the whole scene is rendered in one pass for the reply and
+    the per-person layers are filled afterwards while the process is idle (``fill_one``).
+    """
+
+    MAX_LAYERS = 48
+
+    def __init__(self) -> None:
+        self.layers: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()
+        self.todo: list[tuple[bytes, Any, tuple]] = []  # (key, renderer getter args, mesh spec + camera)
+
+    @staticmethod
+    def _key(mesh: tuple, camera: Any, size: tuple[int, int]) -> bytes:
+        import hashlib
+
+        import numpy as np
+
+        v, f, c = mesh
+        h = hashlib.blake2b(digest_size=16)
+        for a in (np.ascontiguousarray(v, np.float32), np.ascontiguousarray(f, np.int32)):
+            h.update(str(a.shape).encode())
+            h.update(a.tobytes())
+        h.update(repr((tuple(float(x) for x in c), camera, size)).encode())
+        return h.digest()
+
+    def _render_layer(self, renderer: Any, mesh: tuple, camera: Any) -> tuple:
+        import numpy as np
+
+        rgb, mask, depth = renderer.render_with_mask([mesh], camera, None)
+        ys, xs = np.nonzero(mask)
+        if len(ys) == 0:
+            return (0, 0, 0, 0, None, None)
+        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+        return (y0, y1, x0, x1, rgb[y0:y1, x0:x1].copy(), depth[y0:y1, x0:x1].copy())
+
+    def _store(self, key: bytes, layer: tuple) -> None:
+        self.layers[key] = layer
+        self.layers.move_to_end(key)
+        while len(self.layers) > self.MAX_LAYERS:
+            self.layers.popitem(last=False)
+
+    def overlay(self, get: Callable[[int, int], Any], image: Any, results: list, alpha: float,
+                colors: list | None) -> Any:
+        """Same picture as ``MeshRenderer.render_overlay(image, results, alpha, colors=colors)``."""
+        import numpy as np
+
+        from dpmesh_core.types import MeshResult
+
+        img = np.asarray(image)
+        h, w = img.shape[:2]
+        meshes, camera = [], None
+        for i, r in enumerate(results):
+            if not isinstance(r, MeshResult):
+                continue
+            camera = camera or r.camera
+            col = colors[i % len(colors)] if colors else None
+            if col is None:  # the renderer's own colouring rule: let it do the whole picture
+                return get(w, h).render_overlay(image, results, alpha)
+            meshes.append((r.vertices, r.faces, tuple(float(x) for x in col)))
+        if not meshes:
+            return img.copy()
+        renderer = get(w, h)
+        keys = [self._key(m, camera, (w, h)) for m in meshes]
+        missing = [i for i, k in enumerate(keys) if k not in self.layers]
+        self.todo = []
+        if len(missing) > 2 and len(missing) > len(meshes) // 2:
+            # mostly new: one pass now (cheaper than one per person), layers later while idle
+            self.todo = [(keys[i], (w, h), (meshes[i], camera)) for i in missing]
+            rgb, mask, _ = renderer.render_with_mask(meshes, camera, None)
+        else:
+            for i in missing:
+                self._store(keys[i], self._render_layer(renderer, meshes[i], camera))
+            zbuf = np.full((h, w), np.inf, np.float32)
+            rgb = np.zeros((h, w, 3), np.uint8)
+            for k in keys:
+                y0, y1, x0, x1, lrgb, ldepth = self.layers[k]
+                self.layers.move_to_end(k)
+                if lrgb is None:
+                    continue
+                zr = zbuf[y0:y1, x0:x1]
+                closer = (ldepth > 0) & (ldepth < zr)
+                zr[closer] = ldepth[closer]
+                rgb[y0:y1, x0:x1][closer] = lrgb[closer]
+            mask = np.isfinite(zbuf)
+        a = float(np.clip(alpha, 0.0, 1.0))
+        out = img.astype(np.float32)
+        out[mask] = (1 - a) * out[mask] + a * rgb[mask].astype(np.float32)
+        return (out + 0.5).astype(np.uint8)
+
+    def fill_one(self, get: Callable[[int, int], Any]) -> bool:
+        """Render one pending per-person layer; False when none is left."""
+        while self.todo:
+            key, size, (mesh, camera) = self.todo.pop(0)
+            if key not in self.layers:
+                self._store(key, self._render_layer(get(*size), mesh, camera))
+                return True
+        return False
+
+
 def _render_server(conn: Any) -> None:
     """Main loop of the render process: owns every Open3D renderer (one per output size, at most 3).
 
@@ -397,8 +501,11 @@ def _render_server(conn: Any) -> None:
         renderers[(w, h)] = r
         return r
 
+    layers = _OverlayLayers()
     while True:
         try:
+            while not conn.poll(0) and layers.fill_one(get):  # idle: fill the overlay's per-person layers
+                pass
             msg = conn.recv()
         except (EOFError, OSError):
             break
@@ -411,8 +518,7 @@ def _render_server(conn: Any) -> None:
                 out = get(*size).render(meshes, camera, view)
             elif op == "overlay":
                 image, results, alpha, colors = args
-                h, w = image.shape[:2]
-                out = get(w, h).render_overlay(image, results, alpha, colors=colors)
+                out = layers.overlay(get, image, results, alpha, colors)
             else:
                 raise ValueError(f"unknown render request {op!r}")
             conn.send(("ok", out))

@@ -197,3 +197,48 @@ def test_training_process_stop(qapp, qtbot, tmp_path):
         tp.stop()
     qtbot.waitUntil(lambda: bool(done), timeout=10000)
     assert not tp.is_running()
+
+
+def _box_result(cx: float, cy: float, z: float, s: float = 0.3):
+    """A MeshResult whose mesh is a cube of side ``s`` metres centred at (cx, cy, z), camera frame."""
+    import numpy as np
+
+    from dpmesh_core.types import BodyParams, Camera, MeshResult
+
+    c = np.array([[x, y, zz] for x in (-1, 1) for y in (-1, 1) for zz in (-1, 1)], np.float32) * s / 2
+    v = c + np.array([cx, cy, z], np.float32)
+    f = np.array([[0, 1, 3], [0, 3, 2], [4, 6, 7], [4, 7, 5], [0, 4, 5], [0, 5, 1],
+                  [2, 3, 7], [2, 7, 6], [0, 2, 6], [0, 6, 4], [1, 5, 7], [1, 7, 3]], np.int32)
+    zeros3 = np.zeros(3, np.float32)
+    return MeshResult(vertices=v, faces=f, joints3d=v[:2], joints2d=np.zeros((2, 2), np.float32), joint_set="coco17",
+                      params=BodyParams("smpl", zeros3, np.zeros(69, np.float32), np.zeros(10, np.float32), zeros3),
+                      camera=Camera.default_for(96, 80))
+
+
+def test_overlay_layers_match_render_overlay_after_one_person_changes():
+    """The render process's per-person layer cache gives the same picture as one render of all meshes,
+    including where persons overlap (depth), after a full render, an idle fill and a one-person edit."""
+    import numpy as np
+
+    from app.jobs import _OverlayLayers
+    from dpmesh_core import api
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)
+    renderer = api.MeshRenderer(96, 80, backend="numpy")
+    results = [_box_result(-0.2, 0.0, 3.0), _box_result(0.0, 0.05, 3.4), _box_result(0.15, -0.1, 2.6), None]
+    colors = [(0.9, 0.1, 0.1), (0.1, 0.9, 0.1), (0.1, 0.1, 0.9), (1.0, 1.0, 0.0)]
+    layers = _OverlayLayers()
+    get = lambda w, h: renderer  # noqa: E731
+    first = layers.overlay(get, image, results, 0.6, colors)
+    np.testing.assert_array_equal(first, renderer.render_overlay(image, results, 0.6, colors=colors))
+    assert layers.todo and not layers.layers  # mostly new: one pass, layers left for idle time
+    while layers.fill_one(get):
+        pass
+    assert len(layers.layers) == 3
+    moved = list(results)
+    moved[1] = _box_result(-0.1, 0.0, 2.9)  # now in front of person 0
+    again = layers.overlay(get, image, moved, 0.6, colors)
+    assert len(layers.layers) == 4 and not layers.todo  # only the edited person was rendered
+    np.testing.assert_array_equal(again, renderer.render_overlay(image, moved, 0.6, colors=colors))
+    assert not np.array_equal(again, first)
