@@ -65,6 +65,7 @@ class JobRunner(QThread):
         self._next_id = 1
         self._busy = False
         self.thread_local: dict[str, Any] = {}  # objects owned by the worker thread (estimator, renderer)
+        self.on_start: Callable[[], None] | None = None  # run once in the worker thread, before any job
 
     # ------------------------------------------------------------------ GUI-thread API
     def submit(self, key: Hashable, fn: Callable[[], Any]) -> int:
@@ -125,6 +126,11 @@ class JobRunner(QThread):
             self.busy_changed.emit(busy)
 
     def run(self) -> None:  # noqa: D401 - QThread API
+        if self.on_start is not None:
+            try:
+                self.on_start()
+            except Exception:  # noqa: BLE001 - an optimisation only
+                log.debug("worker start hook failed", exc_info=True)
         while True:
             with self._cond:
                 while not self._pending and not self._stop:
@@ -195,6 +201,7 @@ class InferenceService(QObject):
                  detector_factory: Callable[[], Any] | None = None, parent: QObject | None = None):
         super().__init__(parent)
         self.runner = JobRunner("inference", self)
+        self.runner.on_start = preload_native_libraries
         self._estimator_factory = estimator_factory or _default_estimator
         self._detector_factory = detector_factory or _default_detector
         self.runner.job_finished.connect(self._on_finished)
@@ -316,6 +323,32 @@ class InferenceService(QObject):
         elif kind == "estimate-frame":
             self.frame_failed.emit(key[1] if isinstance(key[1], int) else -1, message)
         self.error.emit(str(kind), message)
+
+
+def preload_native_libraries() -> None:
+    """Load torch's big shared libraries (libtorch_cpu.so: ~200 ms of relocations and static initialisers)
+    with the GIL released, so that the later ``import torch`` does not hold the GIL that long and the GUI
+    thread keeps running. Linux only; harmless if it does nothing (the import loads them anyway).
+
+    A ``ctypes.CDLL`` would hold the GIL during ``dlopen``; a call through a ctypes *function* releases it.
+    The libraries are opened RTLD_LOCAL, exactly as the import would open them.
+    """
+    import ctypes
+    import importlib.util
+
+    if not sys.platform.startswith("linux") or "torch" in sys.modules:
+        return
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.origin:
+        return
+    lib = os.path.join(os.path.dirname(spec.origin), "lib")
+    dlopen = ctypes.CDLL(None).dlopen
+    dlopen.restype = ctypes.c_void_p
+    dlopen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    for name in ("libtorch_cpu.so", "libtorch_python.so"):
+        path = os.path.join(lib, name)
+        if os.path.exists(path):
+            dlopen(path.encode(), os.RTLD_NOW | os.RTLD_LOCAL)
 
 
 def _default_estimator() -> Any:
