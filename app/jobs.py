@@ -435,7 +435,7 @@ class _OverlayLayers:
         h = hashlib.blake2b(digest_size=16)
         for a in (np.ascontiguousarray(v, np.float32), np.ascontiguousarray(f, np.int32)):
             h.update(str(a.shape).encode())
-            h.update(a.tobytes())
+            h.update(a.data)  # no copy
         h.update(repr((tuple(float(x) for x in c), camera, size)).encode())
         return h.digest()
 
@@ -498,10 +498,13 @@ class _OverlayLayers:
                 zr[closer] = ldepth[closer]
                 rgb[y0:y1, x0:x1][closer] = lrgb[closer]
             mask = np.isfinite(zbuf)
+        # the blend of render_overlay, computed on the covered pixels only (same float32 arithmetic)
         a = float(np.clip(alpha, 0.0, 1.0))
-        out = img.astype(np.float32)
-        out[mask] = (1 - a) * out[mask] + a * rgb[mask].astype(np.float32)
-        return (out + 0.5).astype(np.uint8)
+        out = np.array(img, np.uint8, copy=True).reshape(-1, 3)
+        idx = np.flatnonzero(mask)
+        under = out[idx].astype(np.float32)
+        out[idx] = ((1 - a) * under + a * rgb.reshape(-1, 3)[idx].astype(np.float32) + 0.5).astype(np.uint8)
+        return out.reshape(img.shape)
 
     def fill_one(self, get: Callable[[int, int], Any]) -> bool:
         """Render one pending per-person layer; False when none is left."""
