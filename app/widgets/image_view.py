@@ -277,8 +277,12 @@ class ImageView(QGraphicsView):
         if frame == self.doc.current_frame:
             self._update_changed_persons()
 
+    def _snapshot(self) -> dict[int, tuple[Person, bool]]:
+        doc = self.doc
+        return {u: (p, bool(doc.result_error(u))) for u, p in zip(doc.uids(), doc.persons())}
+
     def _repaint_all_persons(self) -> None:
-        self._painted = None
+        self._painted, self._painted_sel = self._snapshot(), self.doc.selected_uid
         self.persons_item.update()
 
     def _update_person(self, uid: int) -> None:
@@ -290,7 +294,7 @@ class ImageView(QGraphicsView):
         """Repaint only the persons whose Person object, error mark or selection changed since the last
         call (results arriving change nothing visible but the error mark)."""
         doc = self.doc
-        now = {u: (p, bool(doc.result_error(u))) for u, p in zip(doc.uids(), doc.persons())}
+        now = self._snapshot()
         before, self._painted = self._painted, now
         sel_before, self._painted_sel = self._painted_sel, doc.selected_uid
         if before is None:

@@ -62,6 +62,39 @@ def test_drag_a_keypoint_is_one_undoable_edit(view, qtbot):
     assert np.allclose(doc.person(uid).keypoints[j, :2], start)
 
 
+def test_partial_skeleton_repaints_match_a_full_repaint(view, qtbot):
+    """Edits, selection and a drag repaint only the changed persons; the picture must equal a full repaint."""
+    doc = view.doc
+    painted = []
+    orig = view.persons_item._paint_person
+    view.persons_item._paint_person = lambda painter, uid, *a: (painted.append(uid), orig(painter, uid, *a))[1]
+
+    def grab_now():
+        QApplication.processEvents()
+        return view.viewport().grab().toImage()
+
+    grab_now()
+    u0, u1 = doc.uids()
+    painted.clear()
+    p = doc.person(u1)
+    doc.edit_move_keypoint(u1, 6, (float(p.keypoints[6, 0]) + 15, float(p.keypoints[6, 1]) + 9), drag_id=1)
+    doc.select(u1)
+    doc.select_joint(6)
+    start = tuple(map(float, doc.person(u1).keypoints[8, :2]))
+    _mouse(view, QEvent.Type.MouseButtonPress, start)
+    _mouse(view, QEvent.Type.MouseMove, (start[0] + 30, start[1] - 20))
+    partial = grab_now()
+    assert painted and set(painted) == {u1}  # the other person (far away) was not painted again
+    view.persons_item.update()  # everything
+    full = grab_now()
+    assert partial == full
+    _mouse(view, QEvent.Type.MouseButtonRelease, (start[0] + 30, start[1] - 20))
+    doc.set_result(u0, "needs at least 2 visible key-points")  # the error mark appears on person 0
+    partial = grab_now()
+    view.persons_item.update()
+    assert partial == grab_now()
+
+
 def test_add_keypoint_mode_and_occlusion_key(view, qtbot):
     doc = view.doc
     uid = doc.uids()[0]
