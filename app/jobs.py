@@ -424,6 +424,7 @@ class _OverlayLayers:
     def __init__(self) -> None:
         self.layers: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()
         self.todo: list[tuple[bytes, Any, tuple]] = []  # (key, renderer getter args, mesh spec + camera)
+        self.background: dict[tuple[int, int], Any] = {}  # per output size: the renderer's background pixel
 
     @staticmethod
     def _key(mesh: tuple, camera: Any, size: tuple[int, int]) -> bytes:
@@ -443,6 +444,8 @@ class _OverlayLayers:
         import numpy as np
 
         rgb, mask, depth = renderer.render_with_mask([mesh], camera, None)
+        if not mask.all():
+            self.background[(rgb.shape[1], rgb.shape[0])] = rgb[~mask][0].copy()
         ys, xs = np.nonzero(mask)
         if len(ys) == 0:
             return (0, 0, 0, 0, None, None)
@@ -475,29 +478,7 @@ class _OverlayLayers:
             meshes.append((r.vertices, r.faces, tuple(float(x) for x in col)))
         if not meshes:
             return img.copy()
-        renderer = get(w, h)
-        keys = [self._key(m, camera, (w, h)) for m in meshes]
-        missing = [i for i, k in enumerate(keys) if k not in self.layers]
-        self.todo = []
-        if len(missing) > 2 and len(missing) > len(meshes) // 2:
-            # mostly new: one pass now (cheaper than one per person), layers later while idle
-            self.todo = [(keys[i], (w, h), (meshes[i], camera)) for i in missing]
-            rgb, mask, _ = renderer.render_with_mask(meshes, camera, None)
-        else:
-            for i in missing:
-                self._store(keys[i], self._render_layer(renderer, meshes[i], camera))
-            zbuf = np.full((h, w), np.inf, np.float32)
-            rgb = np.zeros((h, w, 3), np.uint8)
-            for k in keys:
-                y0, y1, x0, x1, lrgb, ldepth = self.layers[k]
-                self.layers.move_to_end(k)
-                if lrgb is None:
-                    continue
-                zr = zbuf[y0:y1, x0:x1]
-                closer = (ldepth > 0) & (ldepth < zr)
-                zr[closer] = ldepth[closer]
-                rgb[y0:y1, x0:x1][closer] = lrgb[closer]
-            mask = np.isfinite(zbuf)
+        rgb, mask = self.compose(get, meshes, camera, (w, h))
         # the blend of render_overlay, computed on the covered pixels only (same float32 arithmetic)
         a = float(np.clip(alpha, 0.0, 1.0))
         out = np.array(img, np.uint8, copy=True).reshape(-1, 3)
@@ -505,6 +486,58 @@ class _OverlayLayers:
         under = out[idx].astype(np.float32)
         out[idx] = ((1 - a) * under + a * rgb.reshape(-1, 3)[idx].astype(np.float32) + 0.5).astype(np.uint8)
         return out.reshape(img.shape)
+
+    def compose(self, get: Callable[[int, int], Any], meshes: list, camera: Any,
+                size: tuple[int, int]) -> tuple[Any, Any]:
+        """(rgb (H, W, 3) uint8, mask (H, W) bool) of ``meshes`` seen by ``camera`` (no view transform), as
+        ``render_with_mask`` would give them (rgb is only meaningful under the mask), from cached layers."""
+        import numpy as np
+
+        w, h = size
+        renderer = get(w, h)
+        keys = [self._key(m, camera, (w, h)) for m in meshes]
+        missing = [i for i, k in enumerate(keys) if k not in self.layers]
+        if len(missing) > 2 and len(missing) > len(meshes) // 2:
+            # mostly new: one pass now (cheaper than one per person), layers later while idle
+            self.todo = [t for t in self.todo if t[1] != (w, h)]
+            self.todo += [(keys[i], (w, h), (meshes[i], camera)) for i in missing]
+            rgb, mask, _ = renderer.render_with_mask(meshes, camera, None)
+            if not mask.all():
+                self.background[(w, h)] = rgb[~mask][0].copy()
+            return rgb, mask
+        for i in missing:
+            self._store(keys[i], self._render_layer(renderer, meshes[i], camera))
+        zbuf = np.full((h, w), np.inf, np.float32)
+        rgb = np.zeros((h, w, 3), np.uint8)
+        for k in keys:
+            y0, y1, x0, x1, lrgb, ldepth = self.layers[k]
+            self.layers.move_to_end(k)
+            if lrgb is None:
+                continue
+            zr = zbuf[y0:y1, x0:x1]
+            closer = (ldepth > 0) & (ldepth < zr)
+            zr[closer] = ldepth[closer]
+            rgb[y0:y1, x0:x1][closer] = lrgb[closer]
+        return rgb, np.isfinite(zbuf)
+
+    def view(self, get: Callable[[int, int], Any], meshes: list, camera: Any, view: Any,
+             size: tuple[int, int]) -> Any:
+        """Same picture as ``MeshRenderer.render(meshes, camera, view)`` at ``size``; from cached layers when
+        the view is the camera's own (the mesh view at reset, where an edit changes one person)."""
+        import numpy as np
+
+        renderer = get(*size)
+        if camera is None or (view is not None and not np.allclose(view, np.eye(4), atol=1e-9)):
+            return renderer.render(meshes, camera, view)
+        meshes = [(v, f, tuple(float(x) for x in c)) for v, f, c in meshes]
+        rgb, mask = self.compose(get, meshes, camera, size)
+        bg = self.background.get(size)
+        if bg is None:  # the renderer's background colour, exactly as it writes it
+            return renderer.render(meshes, camera, view)
+        out = np.empty_like(rgb)
+        out[...] = bg
+        out[mask] = rgb[mask]
+        return out
 
     def fill_one(self, get: Callable[[int, int], Any]) -> bool:
         """Render one pending per-person layer; False when none is left."""
@@ -551,7 +584,7 @@ def _render_server(conn: Any) -> None:
         try:
             if op == "render":
                 meshes, camera, view, size = args
-                out = get(*size).render(meshes, camera, view)
+                out = layers.view(get, meshes, camera, view, tuple(size))
             elif op == "overlay":
                 image, results, alpha, colors = args
                 out = layers.overlay(get, image, results, alpha, colors)

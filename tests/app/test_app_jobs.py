@@ -242,3 +242,15 @@ def test_overlay_layers_match_render_overlay_after_one_person_changes():
     assert len(layers.layers) == 4 and not layers.todo  # only the edited person was rendered
     np.testing.assert_array_equal(again, renderer.render_overlay(image, moved, 0.6, colors=colors))
     assert not np.array_equal(again, first)
+    # the mesh view at the camera's own view comes from the same layers (another size: its own layers)
+    small = api.MeshRenderer(48, 40, backend="numpy")
+    get2 = lambda w, h: renderer if (w, h) == (96, 80) else small  # noqa: E731
+    meshes = [(r.vertices, r.faces, c) for r, c in zip(moved, colors) if r is not None]
+    cam = moved[0].camera
+    for _ in range(2):  # one combined pass, then from layers
+        while layers.fill_one(get2):
+            pass
+        np.testing.assert_array_equal(layers.view(get2, meshes, cam, np.eye(4), (48, 40)), small.render(meshes, cam, None))
+    turned = np.eye(4)
+    turned[:3, 3] = (0.05, 0.0, 0.1)
+    np.testing.assert_array_equal(layers.view(get2, meshes, cam, turned, (48, 40)), small.render(meshes, cam, turned))
