@@ -501,9 +501,10 @@ class _OverlayLayers:
             # mostly new: one pass now (cheaper than one per person), layers later while idle
             self.todo = [t for t in self.todo if t[1] != (w, h)]
             self.todo += [(keys[i], (w, h), (meshes[i], camera)) for i in missing]
-            rgb, mask, _ = renderer.render_with_mask(meshes, camera, None)
+            rgb, mask, depth = renderer.render_with_mask(meshes, camera, None)
             if not mask.all():
                 self.background[(w, h)] = rgb[~mask][0].copy()
+            self._layers_from_scene(keys, meshes, camera, (w, h), rgb, mask, depth)
             return rgb, mask
         for i in missing:
             self._store(keys[i], self._render_layer(renderer, meshes[i], camera))
@@ -519,6 +520,42 @@ class _OverlayLayers:
             zr[closer] = ldepth[closer]
             rgb[y0:y1, x0:x1][closer] = lrgb[closer]
         return rgb, np.isfinite(zbuf)
+
+    def _layers_from_scene(self, keys: list, meshes: list, camera: Any, size: tuple[int, int], rgb: Any,
+                           mask: Any, depth: Any) -> None:
+        """Cut the layers of persons whose projected box (+2 px) overlaps no other person's out of a
+        whole-scene render: their pixels there are theirs alone (the others stay in ``todo``)."""
+        import numpy as np
+
+        w, h = size
+        cw, ch = camera.image_size
+        sx, sy = w / float(cw), h / float(ch)
+        fx, fy = camera.focal[0] * sx, camera.focal[1] * sy
+        cx, cy = (camera.principal[0] + 0.5) * sx - 0.5, (camera.principal[1] + 0.5) * sy - 0.5
+        boxes = []
+        for v, _f, _c in meshes:
+            v = np.asarray(v, np.float64)
+            if len(v) == 0 or v[:, 2].min() <= 1e-3:
+                boxes.append(None)  # behind the camera: no reliable box
+                continue
+            u, q = fx * v[:, 0] / v[:, 2] + cx, fy * v[:, 1] / v[:, 2] + cy
+            boxes.append((int(np.floor(q.min())) - 2, int(np.ceil(q.max())) + 3,
+                          int(np.floor(u.min())) - 2, int(np.ceil(u.max())) + 3))
+        done = set()
+        for i, b in enumerate(boxes):
+            if b is None or keys[i] in self.layers:
+                continue
+            if any(j != i and (o is None or (b[0] < o[1] and o[0] < b[1] and b[2] < o[3] and o[2] < b[3]))
+                   for j, o in enumerate(boxes)):
+                continue
+            y0, y1, x0, x1 = max(b[0], 0), min(b[1], h), max(b[2], 0), min(b[3], w)
+            if y0 >= y1 or x0 >= x1:
+                self._store(keys[i], (0, 0, 0, 0, None, None))
+            else:
+                m = mask[y0:y1, x0:x1]
+                self._store(keys[i], (y0, y1, x0, x1, rgb[y0:y1, x0:x1].copy(), np.where(m, depth[y0:y1, x0:x1], 0)))
+            done.add(keys[i])
+        self.todo = [t for t in self.todo if t[0] not in done]
 
     def view(self, get: Callable[[int, int], Any], meshes: list, camera: Any, view: Any,
              size: tuple[int, int]) -> Any:

@@ -226,20 +226,22 @@ def test_overlay_layers_match_render_overlay_after_one_person_changes():
     rng = np.random.default_rng(0)
     image = rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)
     renderer = api.MeshRenderer(96, 80, backend="numpy")
-    results = [_box_result(-0.2, 0.0, 3.0), _box_result(0.0, 0.05, 3.4), _box_result(0.15, -0.1, 2.6), None]
-    colors = [(0.9, 0.1, 0.1), (0.1, 0.9, 0.1), (0.1, 0.1, 0.9), (1.0, 1.0, 0.0)]
+    results = [_box_result(-0.2, 0.0, 3.0), _box_result(0.0, 0.05, 3.4), _box_result(0.15, -0.1, 2.6), None,
+               _box_result(0.8, 0.55, 3.0, s=0.2)]  # the last one overlaps nobody
+    colors = [(0.9, 0.1, 0.1), (0.1, 0.9, 0.1), (0.1, 0.1, 0.9), (1.0, 1.0, 0.0), (0.9, 0.5, 0.1)]
     layers = _OverlayLayers()
     get = lambda w, h: renderer  # noqa: E731
     first = layers.overlay(get, image, results, 0.6, colors)
     np.testing.assert_array_equal(first, renderer.render_overlay(image, results, 0.6, colors=colors))
-    assert layers.todo and not layers.layers  # mostly new: one pass, layers left for idle time
+    # mostly new: one pass; the isolated person's layer is cut from it, the others are left for idle time
+    assert len(layers.todo) == 3 and len(layers.layers) == 1
     while layers.fill_one(get):
         pass
-    assert len(layers.layers) == 3
+    assert len(layers.layers) == 4
     moved = list(results)
     moved[1] = _box_result(-0.1, 0.0, 2.9)  # now in front of person 0
     again = layers.overlay(get, image, moved, 0.6, colors)
-    assert len(layers.layers) == 4 and not layers.todo  # only the edited person was rendered
+    assert len(layers.layers) == 5 and not layers.todo  # only the edited person was rendered
     np.testing.assert_array_equal(again, renderer.render_overlay(image, moved, 0.6, colors=colors))
     assert not np.array_equal(again, first)
     # the mesh view at the camera's own view comes from the same layers (another size: its own layers)
