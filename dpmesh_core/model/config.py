@@ -112,15 +112,11 @@ class BackboneConfig:
         """latent ⊕ heatmaps (SD1.5: 4 + 30 = 34)."""
         return self.latent_channels + self.num_joints
 
-    def unet_kwargs(self) -> dict[str, Any]:
-        """``UNet2DConditionModel(**kwargs)`` for this config (SD1.5 block types)."""
+    def _encoder_kwargs(self) -> dict[str, Any]:
+        """What the U-Net and the ControlNet share: the SD1.5 encoder layout at this width."""
         return dict(
-            sample_size=32,
-            in_channels=self.latent_channels,
-            out_channels=self.latent_channels,
             down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
                               "DownBlock2D"),
-            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
             block_out_channels=tuple(self.block_out_channels),
             layers_per_block=self.layers_per_block,
             attention_head_dim=self.num_heads,
@@ -130,21 +126,23 @@ class BackboneConfig:
             freq_shift=0,
         )
 
+    def unet_kwargs(self) -> dict[str, Any]:
+        """``UNet2DConditionModel(**kwargs)`` for this config (SD1.5 block types)."""
+        return dict(
+            sample_size=32,
+            in_channels=self.latent_channels,
+            out_channels=self.latent_channels,
+            up_block_types=("UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
+            **self._encoder_kwargs(),
+        )
+
     def controlnet_kwargs(self) -> dict[str, Any]:
         """``ControlNetModel(**kwargs)``: SD1.5 encoder layout, ``in_channels`` = latent + joints."""
         return dict(
             in_channels=self.controlnet_in_channels,
             conditioning_channels=self.num_joints,
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D",
-                              "DownBlock2D"),
-            block_out_channels=tuple(self.block_out_channels),
             conditioning_embedding_out_channels=(16, 32, 96, 256),
-            layers_per_block=self.layers_per_block,
-            attention_head_dim=self.num_heads,
-            cross_attention_dim=self.cross_attention_dim,
-            norm_num_groups=self.norm_num_groups,
-            flip_sin_to_cos=True,
-            freq_shift=0,
+            **self._encoder_kwargs(),
         )
 
     def vae_kwargs(self) -> dict[str, Any]:
