@@ -240,11 +240,12 @@ class NetworkConfig:
         return self.backbone.cross_attention_dim
 
 
-PRESETS = ("tiny", "sd15")
+PRESETS = ("tiny", "micro", "sd15")
 
 
 def preset(name: str) -> NetworkConfig:
-    """The named architecture: ``"sd15"`` (released sizes) or ``"tiny"`` (tests; same structure).
+    """The named architecture: ``"sd15"`` (released sizes), ``"tiny"`` (tests; same structure) or
+    ``"micro"`` (narrower, fewer regressor layers: short CPU training runs in tests and benchmarks).
 
     Raises ConfigError for an unknown name.
     """
@@ -268,6 +269,26 @@ def preset(name: str) -> NetworkConfig:
             refine_ffn=32, vposer_hidden=32, vq_tokens=8, vq_codebook=16, vq_dim=16,
         )
         cfg = NetworkConfig(backbone=bb, head=head, preset="tiny")
+    elif name == "micro":
+        # Narrower still, fewer regressor layers: the same structure, cheap enough on a CPU for tests that
+        # train for tens of steps (the learning test) and for the training benchmark.
+        bb = BackboneConfig(
+            block_out_channels=(8, 8, 16, 16),
+            layers_per_block=2,
+            num_heads=2,
+            cross_attention_dim=16,
+            norm_num_groups=4,
+            vae_block_out_channels=(4, 4, 4, 4),
+            vae_layers_per_block=1,
+            vae_norm_num_groups=2,
+            lora_rank=2,
+            lora_alpha=2.0,
+        )
+        head = HeadConfig(
+            fused_channels=64, depth_bins=8, fusion_groups=4, d_model=8, nheads=2, ffn=16, refine_ffn=16,
+            vposer_hidden=32, enc_layers=1, dec_layers=2, refine_layers=1,
+        )
+        cfg = NetworkConfig(backbone=bb, head=head, preset="micro")
     else:
         raise ConfigError(f"unknown preset {name!r}; known: {', '.join(PRESETS)}", "preset")
     cfg.backbone.validate()

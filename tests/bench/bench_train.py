@@ -20,15 +20,6 @@ from dpmesh_core.train.config import train_config_from_dict
 from dpmesh_core.train.loop import train
 from dpmesh_core.train.synthetic import generate_dataset
 
-MICRO = {
-    "preset": "custom",
-    "backbone": {"block_out_channels": [8, 8, 16, 16], "layers_per_block": 2, "num_heads": 2,
-                 "cross_attention_dim": 16, "norm_num_groups": 4, "vae_block_out_channels": [4, 4, 4, 4],
-                 "vae_layers_per_block": 1, "vae_norm_num_groups": 2, "lora_rank": 2, "lora_alpha": 2.0},
-    "head": {"fused_channels": 64, "depth_bins": 8, "fusion_groups": 4, "d_model": 8, "nheads": 2, "ffn": 16,
-             "refine_ffn": 16, "vposer_hidden": 32, "enc_layers": 1, "dec_layers": 2, "refine_layers": 1},
-}
-
 
 def run(ann: Path, out: Path, model: dict, batch: int, steps: int, nkr: bool, device: str) -> list[float]:
     cfg = train_config_from_dict({
@@ -63,7 +54,7 @@ def main() -> None:
               f"({(time.perf_counter() - t0) / 8:.2f} s/image)")
         print(f"device={args.device} threads={torch.get_num_threads()}")
         print(f"{'model':<6} {'nkr':<4} {'batch':>5} {'s/step':>8} {'steps/s':>8} {'samples/s':>10}")
-        for name, model in (("micro", {"network": MICRO}), ("tiny", {"preset": "tiny"})):
+        for name, model in (("micro", {"preset": "micro"}), ("tiny", {"preset": "tiny"})):
             for nkr in (False, True):
                 for b in (int(x) for x in args.batches.split(",")):
                     ts = run(ann, d / f"run_{name}_{b}_{nkr}", model, b, args.steps, nkr, args.device)

@@ -9,22 +9,18 @@ import pytest
 import torch
 
 from dpmesh_core.body import load_body_model
+from dpmesh_core.config import to_dict
 from dpmesh_core.geometry import project
+from dpmesh_core.model.config import preset
 from dpmesh_core.train.config import train_config_from_dict
 from dpmesh_core.train.datasets import DPMeshAnnotations, SampleConfig
 from dpmesh_core.train.evaluate import evaluate, evaluate_network, format_table
 from dpmesh_core.train.loop import build_network, latest_checkpoint, seed_everything, train
 from dpmesh_core.train.synthetic import generate_dataset
 
-MICRO = {
-    "preset": "custom",
-    "backbone": {"block_out_channels": [8, 8, 16, 16], "layers_per_block": 2, "num_heads": 2,
-                 "cross_attention_dim": 16, "norm_num_groups": 4, "vae_block_out_channels": [4, 4, 4, 4],
-                 "vae_layers_per_block": 1, "vae_norm_num_groups": 2, "lora_rank": 2, "lora_alpha": 2.0},
-    "head": {"fused_channels": 64, "depth_bins": 8, "fusion_groups": 4, "d_model": 8, "nheads": 2, "ffn": 16,
-             "refine_ffn": 16, "vposer_hidden": 32, "enc_layers": 1, "dec_layers": 2, "refine_layers": 1,
-             "dropout": 0.0},
-}
+# The "micro" preset with dropout off, so a few dozen steps show learning deterministically.
+MICRO = to_dict(preset("micro"))
+MICRO["head"]["dropout"] = 0.0
 NO_AUG = {"rotation_prob": 0.0, "flip_prob": 0.0, "occlusion_prob": 0.0, "posefix": False, "scale_factor": 0.0,
           "color_factor": 0.0}
 
