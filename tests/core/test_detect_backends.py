@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -139,7 +137,7 @@ def test_blazepose_mapping():
     np.testing.assert_allclose(kp[:, 2], 0.7)
 
 
-def test_mediapipe_backend_on_a_photo():
+def test_mediapipe_backend_on_a_photo(shared_dir):
     ok, detail = mediapipe_available()
     if not ok:
         with pytest.raises(ModelFilesMissingError, match="mediapipe"):
@@ -147,8 +145,7 @@ def test_mediapipe_backend_on_a_photo():
         pytest.skip(f"optional mediapipe backend unavailable: {detail}")
     import cv2
 
-    env = os.environ.get("DPMESH_SHARED")
-    sh = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
+    sh = shared_dir
     name = "COCO_val2014_000000000192.jpg"
     ref = json.loads((sh / "reference" / "yolo11n_pose_detections.json").read_text())["images"][name]["people"][0]
     img = np.ascontiguousarray(cv2.imread(str(sh / "media" / name))[:, :, ::-1])

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-from pathlib import Path
 
 import cv2
 import numpy as np
@@ -13,14 +11,6 @@ import pytest
 from dpmesh_core.detect import Detector, as_rgb_uint8, get_detector
 from dpmesh_core.errors import InputError
 from dpmesh_core.geometry import box_iou
-
-
-def shared_dir() -> Path:
-    env = os.environ.get("DPMESH_SHARED")
-    p = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
-    if not (p / "reference").is_dir():
-        pytest.fail(f"reference data not found at {p} (set DPMESH_SHARED to the shared folder)")
-    return p
 
 
 @pytest.fixture(scope="module")
@@ -34,9 +24,9 @@ def base_dets(det, photo):
 
 
 @pytest.fixture(scope="module")
-def photo():
+def photo(shared_dir):
     """An image with one clear person (COCO 294) and its reference detection."""
-    sh = shared_dir()
+    sh = shared_dir
     name = "COCO_val2014_000000000294.jpg"
     ref = json.loads((sh / "reference" / "yolo11n_pose_detections.json").read_text())["images"][name]
     img = np.ascontiguousarray(cv2.imread(str(sh / "media" / name))[:, :, ::-1])
@@ -122,9 +112,9 @@ def test_detect_in_box(det, photo):
         det.detect_in_box(img, [0, 0, np.nan, 5])
 
 
-def test_occluded_person_found_in_box(det):
+def test_occluded_person_found_in_box(det, shared_dir):
     """A person the full-image pass misses when a big grey occluder hides most of them."""
-    sh = shared_dir()
+    sh = shared_dir
     name = "COCO_val2014_000000000192.jpg"
     ref = json.loads((sh / "reference" / "yolo11n_pose_detections.json").read_text())["images"][name]
     img = np.ascontiguousarray(cv2.imread(str(sh / "media" / name))[:, :, ::-1])

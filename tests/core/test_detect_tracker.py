@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import pytest
 
@@ -72,10 +69,8 @@ def test_gap_new_person_and_max_age():
     assert tr.update([]) == []
 
 
-def test_street_video_ids_persist():
-    env = os.environ.get("DPMESH_SHARED")
-    sh = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
-    path = sh / "media" / "street.avi"
+def test_street_video_ids_persist(media_dir):
+    path = media_dir / "street.avi"
     if not path.is_file():
         pytest.fail(f"street video not found at {path} (set DPMESH_SHARED)")
     import cv2

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import cv2
@@ -17,14 +16,6 @@ from dpmesh_core.detect.yolo import letterbox, nms, postprocess
 from dpmesh_core.detect.yolo_net import build_from_checkpoint, load_yolo_pose_net
 from dpmesh_core.detect.yolo_weights import read_yolo_checkpoint
 from dpmesh_core.geometry import box_iou
-
-
-def shared_dir() -> Path:
-    env = os.environ.get("DPMESH_SHARED")
-    p = Path(env) if env else Path(__file__).resolve().parents[2].parent / "shared"
-    if not (p / "reference").is_dir():
-        pytest.fail(f"reference data not found at {p} (set DPMESH_SHARED to the shared folder)")
-    return p
 
 
 def read_rgb(path: Path) -> np.ndarray:
@@ -52,8 +43,8 @@ def test_checkpoint_is_read_without_ultralytics():
     assert "ultralytics" not in sys.modules
 
 
-def test_raw_output_matches_reference():
-    ref_dir = shared_dir() / "reference"
+def test_raw_output_matches_reference(reference_dir):
+    ref_dir = reference_dir
     x = read_rgb(ref_dir / "yolo11n_pose_input_395_letterbox640.png")
     ref = np.load(ref_dir / "yolo11n_pose_raw_output_395.npy")
     assert x.shape == (640, 640, 3) and ref.shape == (1, 56, 8400)
@@ -75,16 +66,16 @@ def test_raw_output_matches_reference():
     assert np.abs(plain - out).max() <= 1e-4 * rng
 
 
-def test_letterbox_reproduces_reference_input():
-    sh = shared_dir()
+def test_letterbox_reproduces_reference_input(shared_dir):
+    sh = shared_dir
     ref = read_rgb(sh / "reference" / "yolo11n_pose_input_395_letterbox640.png")
     canvas, gain, pad = letterbox(read_rgb(sh / "media" / "COCO_val2014_000000000395.jpg"))
     assert canvas.shape == (640, 640, 3) and gain == 1.0 and pad == (0, 30)
     np.testing.assert_array_equal(canvas, ref)
 
 
-def test_detections_match_reference_on_every_image(detector):
-    sh = shared_dir()
+def test_detections_match_reference_on_every_image(detector, shared_dir):
+    sh = shared_dir
     ref_all = json.loads((sh / "reference" / "yolo11n_pose_detections.json").read_text())
     images = ref_all["images"]
     assert len(images) >= 10
