@@ -30,6 +30,10 @@ class FitConfig:
     #: stage 2 is split into len(prior_anneal) equal parts whose pose-prior and joint-limit weights are
     #: multiplied by these factors in turn (strong prior first, then relaxed: avoids bad local minima)
     prior_anneal: tuple[float, ...] = (3.0, 1.0)
+    #: robust-scale multipliers of the same parts of stage 2 (a wide scale first lets far key-points — a
+    #: raised arm the rest pose is far from — pull the limb before the nominal scale starts to treat
+    #: remaining far key-points as outliers); the last factor repeats if there are fewer than parts
+    robust_anneal: tuple[float, ...] = (3.0, 1.0)
     #: cold start, stage 3: shape parameters too, on the best initialisation only (0: shape stays at the mean)
     shape_iters: int = 10
     #: warm start (previous result given, e.g. one key-point dragged or the next video frame)
@@ -97,6 +101,9 @@ class FitConfig:
         if not self.prior_anneal or any(not m > 0 for m in self.prior_anneal):
             raise ConfigError(f"must be a non-empty list of positive factors, got {self.prior_anneal}",
                               "prior_anneal")
+        if not self.robust_anneal or any(not m > 0 for m in self.robust_anneal):
+            raise ConfigError(f"must be a non-empty list of positive factors, got {self.robust_anneal}",
+                              "robust_anneal")
         if not 1 <= self.num_inits <= 8:
             raise ConfigError(f"must be in 1..8, got {self.num_inits}", "num_inits")
         if not 1 <= self.keep_after_camera_stage <= 8:

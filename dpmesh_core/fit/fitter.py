@@ -385,14 +385,15 @@ class KeypointFitter:
         return (g * pr.coef[..., None]).sum(2)
 
     def _energy(self, go, bp, be, uvl, pr: _Problem, sets, weight: torch.Tensor, use_priors: bool,
-                prior_mult: float = 1.0) -> torch.Tensor:
-        """(B,) total energy (``prior_mult`` scales the pose prior and joint-limit weights)."""
+                prior_mult: float = 1.0, sigma_mult: float = 1.0) -> torch.Tensor:
+        """(B,) total energy (``prior_mult`` scales the pose prior and joint-limit weights, ``sigma_mult`` the
+        robust scale)."""
         cfg = self.config
         transl = self._to_transl(uvl, pr)
         kp3 = self._keypoints3d(go, bp, be, transl, pr, sets)
         uv = project(kp3, pr.focal, pr.principal)
         r2 = ((uv - pr.target) ** 2).sum(-1) * (pr.scale**2)[:, None]
-        s2 = cfg.robust_sigma_px**2
+        s2 = (cfg.robust_sigma_px * sigma_mult) ** 2
         rho = s2 * r2 / (s2 + r2)
         e = (weight * rho).sum(1) / weight.sum(1).clamp_min(1e-6)
         e = e + cfg.depth_prior_weight * (uvl[:, 2] - pr.log_z0) ** 2
@@ -545,11 +546,13 @@ class KeypointFitter:
         params["bp"], params["be"] = bp, be
         lrs = {"go": cfg.lr_rotation, "uvl": cfg.lr_transl, "bp": cfg.lr_rotation}
         anneal = cfg.prior_anneal
+        ranneal = cfg.robust_anneal
         for c, mult in enumerate(anneal):  # SMPLify-style: strong pose prior first, relaxed step by step
             n_c = cfg.cold_iters // len(anneal) + (1 if c < cfg.cold_iters % len(anneal) else 0)
+            sm = ranneal[min(c, len(ranneal) - 1)]
             self._run_adam(params, lrs, n_c,
-                           lambda p, m=mult: self._energy(p["go"], p["bp"], p["be"], p["uvl"], pr, sets, pr.weight,
-                                                          True, m))
+                           lambda p, m=mult, sm=sm: self._energy(p["go"], p["bp"], p["be"], p["uvl"], pr, sets,
+                                                                 pr.weight, True, m, sm))
         with torch.no_grad():
             e = self._energy(params["go"], params["bp"], params["be"], params["uvl"], pr, sets, pr.weight, True)
         # keep the best initialisation per person
