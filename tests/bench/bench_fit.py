@@ -14,7 +14,7 @@
     vs input follows the noise).
 
 Run: DPMESH_HOME=/work/main/.dpmesh-home .venv/bin/python tests/bench/bench_fit.py [--models synthetic-smpl,anny]
-[--n 40] [--timing 15]
+[--n 40] [--timing 15] [--bounds 100]
 """
 
 from __future__ import annotations
@@ -30,8 +30,8 @@ from dpmesh_core.body import load_body_model
 from dpmesh_core.fit import FitConfig, KeypointFitter
 from dpmesh_core.fit.synthetic import sample_scene
 from dpmesh_core.train.metrics import joint_errors, pa_mpjpe
-from dpmesh_core.train.posefix import synthesize_pose
-from dpmesh_core.types import Camera, Person
+from dpmesh_core.train.posefix import INVERSION, MISS, synthesize_pose, synthesize_pose_with_outcomes
+from dpmesh_core.types import Camera, MeshResult, Person
 
 CAM = Camera.default_for(1280, 720)
 HIPS = [J.index("coco17", "L_Hip"), J.index("coco17", "R_Hip")]
@@ -103,12 +103,47 @@ def bench_accuracy(fitter: KeypointFitter, n: int, rng: np.random.Generator, noi
           f"median {np.median(rin):4.2f} px vs input, {np.median(rgt):4.2f} px vs GT (GT vs input: {np.median(floor):4.2f} px) | occluded {np.mean(occ):.0%}")
 
 
+def bench_bounds(body, n: int, rng: np.random.Generator) -> None:
+    """Where the noisy-input error comes from (PA-MPJPE medians on the same persons and noise draws):
+    each corruption alone, the fit with an oracle that drops the detector's misses / inversions, and the
+    optimum of the fitting objective itself (a fit *started at the ground truth*, no pull toward it)."""
+    fitter = KeypointFitter(body)
+    gt_start = KeypointFitter(body, FitConfig(warm_iters=60, temporal_weight=0.0, lr_warm_factor=1.0))
+    scene = sample_scene(body, CAM, n, rng)
+    rows: dict[str, list[float]] = {k: [] for k in ("clean", "occluded only", "noise only", "noise + occlusion",
+                                                    "  … oracle drops misses/inversions",
+                                                    "  … started at the ground truth",
+                                                    "  … both (oracle + ground-truth start)")}
+    for sp in scene:
+        kp = _clean_kp(sp.joints2d)
+        box = Person.box_from_keypoints(kp, pad=1.0)
+        area = float((box[2] - box[0]) * (box[3] - box[1]))
+        noisy, outcome = synthesize_pose_with_outcomes(kp.astype(np.float64), area, None, rng)
+        noisy = noisy.astype(np.float32)
+        vis = np.ones(17, bool)
+        vis[rng.choice(17, int(round(rng.uniform(0.2, 0.4) * 17)), replace=False)] = False
+        good = vis & ~np.isin(outcome, (MISS, INVERSION))
+        gt = MeshResult(vertices=np.zeros((0, 3), np.float32), faces=np.zeros((0, 3), np.int32),
+                        joints3d=sp.joints3d, joints2d=sp.joints2d, joint_set="coco17", params=sp.params, camera=CAM)
+        allv = np.ones(17, bool)
+        for name, f, k, v, prev in zip(rows, (fitter,) * 5 + (gt_start,) * 2,
+                                       (kp, kp, noisy, noisy, noisy, noisy, noisy),
+                                       (allv, vis, allv, vis, good, vis, good), (None,) * 5 + ([gt],) * 2):
+            res = f.estimate(None, [_person(k, v)], camera=CAM, previous=prev)[0]
+            rows[name].append(pa_mpjpe(res.joints3d[None].astype(np.float64), sp.joints3d[None].astype(np.float64))[0])
+    print("  where the error comes from (PA-MPJPE median / mean, mm):")
+    for name, v in rows.items():
+        print(f"    {name:40s} {np.median(v):5.1f} / {np.mean(v):5.1f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--models", default="synthetic-smpl,anny")
     ap.add_argument("--n", type=int, default=40, help="persons for the accuracy benchmark")
     ap.add_argument("--timing", type=int, default=15, help="persons for the speed benchmark")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--bounds", type=int, default=0, metavar="N",
+                    help="also break the noisy-input error down on N persons (oracle and ground-truth-start fits)")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     print(f"torch {torch.__version__}, fitter threads {FitConfig().num_threads}, "
@@ -120,6 +155,8 @@ def main() -> None:
         bench_speed(fitter, args.timing, np.random.default_rng(args.seed))
         bench_accuracy(fitter, args.n, np.random.default_rng(args.seed + 1), noisy=False)
         bench_accuracy(fitter, args.n, np.random.default_rng(args.seed + 2), noisy=True)
+        if args.bounds:
+            bench_bounds(body, args.bounds, np.random.default_rng(args.seed + 3))
 
 
 if __name__ == "__main__":
