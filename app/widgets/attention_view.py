@@ -116,12 +116,31 @@ class AttentionView(QWidget):
         self.refresh()
 
     def current_attention(self) -> tuple[dict | None, object]:
+        att, person, _box = self._current()
+        return att, person
+
+    def _current(self) -> tuple[dict | None, object, object]:
+        """(attention maps, person, the crop box the network looked at (None: not recorded))."""
         uid = self.doc.selected_uid
         if uid == -1:
             uids = self.doc.uids()
             uid = uids[0] if uids else -1
         r = self.doc.result(uid) if uid != -1 else None
-        return (r.attention if r is not None else None), (self.doc.person(uid) if uid != -1 else None)
+        box = (r.params.extra or {}).get("crop_box") if r is not None else None
+        return (r.attention if r is not None else None), (self.doc.person(uid) if uid != -1 else None), box
+
+    def crop_box(self) -> object:
+        """The square box of the crop under the overlay: the network's own crop when the result records it
+        (the maps are in its coordinates), else the box DPMesh would choose for the person now."""
+        _att, person, box = self._current()
+        img = self.doc.image()
+        if box is not None:
+            return np.asarray(box, np.float64)
+        if img is None or person is None:
+            return None
+        from dpmesh_core import api
+
+        return api.crop_box(person, (img.shape[1], img.shape[0]))
 
     def refresh(self) -> None:
         att, person = self.current_attention()
@@ -139,11 +158,12 @@ class AttentionView(QWidget):
         self.grid_view.setImage(attention_grid(maps).T, autoLevels=False, levels=(0, 1))
         j = min(self.joint_combo.currentIndex(), maps.shape[0] - 1)
         img = self.doc.image()
-        if img is None or person is None:
+        box = self.crop_box()
+        if img is None or box is None:
             return
         from dpmesh_core import api
 
-        box = api.crop_box(person, (img.shape[1], img.shape[0]))
         crop = api.crop_image(img, box, size=256)
+        self.last_crop = crop
         over = overlay_on_crop(crop, maps[j], self.alpha.value() / 100)
         self.crop_view.setImage(np.transpose(over, (1, 0, 2)), autoLevels=False, levels=(0, 255))
