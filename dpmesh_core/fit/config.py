@@ -26,7 +26,7 @@ class FitConfig:
     #: cold start, stage 1: global orientation + translation only, on torso key-points
     camera_iters: int = 8
     #: cold start, stage 2: everything (orientation, translation, body pose, shape)
-    cold_iters: int = 30
+    cold_iters: int = 24
     #: stage 2 is split into len(prior_anneal) equal parts whose pose-prior and joint-limit weights are
     #: multiplied by these factors in turn (strong prior first, then relaxed: avoids bad local minima)
     prior_anneal: tuple[float, ...] = (3.0, 1.0)
@@ -35,7 +35,7 @@ class FitConfig:
     #: remaining far key-points as outliers); the last factor repeats if there are fewer than parts
     robust_anneal: tuple[float, ...] = (3.0, 1.0)
     #: cold start, stage 3: shape parameters too, on the best initialisation only (0: shape stays at the mean)
-    shape_iters: int = 10
+    shape_iters: int = 4
     #: warm start (previous result given, e.g. one key-point dragged or the next video frame)
     warm_iters: int = 10
     #: ``refine`` of a network result

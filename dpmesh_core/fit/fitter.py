@@ -104,6 +104,7 @@ class _Problem:
     focal: torch.Tensor          # (B, 2)
     principal: torch.Tensor      # (B, 2)
     log_z0: torch.Tensor         # (B,) depth prior centre
+    rest: torch.Tensor           # (B, J, 3) key-points at the rest pose and mean shape (root at the origin)
     prev: dict[str, torch.Tensor] | None = None   # temporal targets (global_orient as matrices)
     prev_weight: float = 0.0
 
@@ -226,6 +227,26 @@ class KeypointFitter:
             out.append(ry @ flip)
         return torch.as_tensor(np.stack(out), dtype=self.dtype, device=self.device)
 
+    def _rotation_centre(self) -> torch.Tensor:
+        """(3,) the point the body model rotates about under ``global_orient`` (rest pose, mean shape, zero
+        translation): joints(R) = R·joints(I) + (I − R)·c. Solved once from two rotations (least squares)."""
+        if getattr(self, "_centre", None) is None:
+            bset = next(s for s in self.body.joint_sets if s in J.JOINT_SETS)
+            with torch.no_grad():
+                go = torch.tensor([[0.0, 0.0, 0.0], [0.7, 0.0, 0.0], [0.0, 0.9, 0.4]], device=self.device)
+                n = go.shape[0]
+                out = self.body(go, torch.zeros(n, self.body.pose_dim, device=self.device),
+                                self.body.mean_betas(n).to(self.device), torch.zeros(n, 3, device=self.device),
+                                joint_sets=(bset,)).joints[bset].double()
+                R = axis_angle_to_matrix(go).double()
+                eye = torch.eye(3, dtype=torch.float64, device=self.device)
+                # joints(R) − R·joints(I) = (I − R)·c for every joint: stack both rotations, solve for c
+                rhs = torch.cat([(out[k] - out[0] @ R[k].T).mean(0) for k in (1, 2)])
+                lhs = torch.cat([eye - R[k] for k in (1, 2)])
+                c = torch.linalg.lstsq(lhs, rhs[:, None]).solution[:, 0]
+            self._centre = c.to(self.dtype)
+        return self._centre
+
     def _plan(self, joint_set: str) -> _Plan | None:
         """Cached mapping from key-point set ``joint_set`` to the body model's joints (None: unknown set)."""
         if joint_set in self._plans:
@@ -347,6 +368,7 @@ class KeypointFitter:
         foc = np.zeros((B, 2), np.float32)
         pp = np.zeros((B, 2), np.float32)
         logz = np.zeros(B, np.float32)
+        rest = np.zeros((B, Jmax, 3), np.float32)
         for b, i in enumerate(owner):
             p, plan, cam = persons[i], plans[i], cams[i]
             nj, o = p.num_joints, offsets[plan.body_set]
@@ -356,6 +378,7 @@ class KeypointFitter:
             kp = np.nan_to_num(p.keypoints[:, :2].astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
             tgt[b, :nj] = kp
             w[b, :nj] = weights[i]
+            rest[b, :nj] = plan.rest
             t = weights[i] * plan.torso
             tw[b, :nj] = t if (t > 0).sum() >= 2 else weights[i]
             vis = kp[weights[i] > 0]
@@ -368,7 +391,8 @@ class KeypointFitter:
             logz[b] = math.log(self._initial_depth(plan, kp, weights[i], float(np.mean(cam.focal)), box))
         t = lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)  # noqa: E731
         gidx = torch.as_tensor(idx.reshape(B, Jmax * 2, 1).repeat(3, 2), device=self.device)
-        return _Problem(np.asarray(owner), gidx, t(coef), t(tgt), t(w), t(tw), t(scale), t(foc), t(pp), t(logz))
+        return _Problem(np.asarray(owner), gidx, t(coef), t(tgt), t(w), t(tw), t(scale), t(foc), t(pp), t(logz),
+                        t(rest))
 
     def _to_transl(self, uvl: torch.Tensor, pr: _Problem) -> torch.Tensor:
         z = uvl[:, 2:3].exp()
@@ -385,12 +409,18 @@ class KeypointFitter:
         return (g * pr.coef[..., None]).sum(2)
 
     def _energy(self, go, bp, be, uvl, pr: _Problem, sets, weight: torch.Tensor, use_priors: bool,
-                prior_mult: float = 1.0, sigma_mult: float = 1.0) -> torch.Tensor:
+                prior_mult: float = 1.0, sigma_mult: float = 1.0, rigid: bool = False) -> torch.Tensor:
         """(B,) total energy (``prior_mult`` scales the pose prior and joint-limit weights, ``sigma_mult`` the
-        robust scale)."""
+        robust scale). ``rigid``: ``bp``/``be`` are the rest pose and mean shape, so the key-points are the
+        problem's rest key-points moved rigidly (same values, without evaluating the body model)."""
         cfg = self.config
         transl = self._to_transl(uvl, pr)
-        kp3 = self._keypoints3d(go, bp, be, transl, pr, sets)
+        if rigid:  # rest pose, mean shape: the skeleton moves rigidly (no body-model evaluation needed)
+            R = axis_angle_to_matrix(go)
+            c = self._rotation_centre()
+            kp3 = torch.einsum("bij,bkj->bki", R, pr.rest) + (c - torch.einsum("bij,j->bi", R, c) + transl)[:, None]
+        else:
+            kp3 = self._keypoints3d(go, bp, be, transl, pr, sets)
         uv = project(kp3, pr.focal, pr.principal)
         r2 = ((uv - pr.target) ** 2).sum(-1) * (pr.scale**2)[:, None]
         s2 = (cfg.robust_sigma_px * sigma_mult) ** 2
@@ -532,10 +562,11 @@ class KeypointFitter:
         params = {"go": go.clone(), "uvl": self._from_transl(t.clone(), pr)}
         # stage 1: orientation + translation on torso key-points, rest pose
         self._run_adam(params, {"go": cfg.lr_rotation, "uvl": cfg.lr_transl}, cfg.camera_iters,
-                       lambda p: self._energy(p["go"], bp, be, p["uvl"], pr, sets, pr.torso_weight, False))
+                       lambda p: self._energy(p["go"], bp, be, p["uvl"], pr, sets, pr.torso_weight, False,
+                                              rigid=True))
         if ninit > 1 and cfg.keep_after_camera_stage < ninit and cfg.cold_iters > 0:
             with torch.no_grad():
-                e = self._energy(params["go"], bp, be, params["uvl"], pr, sets, pr.torso_weight, False)
+                e = self._energy(params["go"], bp, be, params["uvl"], pr, sets, pr.torso_weight, False, rigid=True)
             keep = torch.topk(e.view(len(cold), ninit), cfg.keep_after_camera_stage, dim=1, largest=False).indices
             sel = (keep + torch.arange(len(cold), device=dev)[:, None] * ninit).reshape(-1)
             params = {kk: v[sel] for kk, v in params.items()}
@@ -578,7 +609,8 @@ class KeypointFitter:
     def _select(pr: _Problem, sel: torch.Tensor) -> _Problem:
         """The sub-problem of batch elements ``sel``."""
         return _Problem(pr.owner[sel.cpu().numpy()], pr.idx[sel], pr.coef[sel], pr.target[sel], pr.weight[sel],
-                        pr.torso_weight[sel], pr.scale[sel], pr.focal[sel], pr.principal[sel], pr.log_z0[sel])
+                        pr.torso_weight[sel], pr.scale[sel], pr.focal[sel], pr.principal[sel], pr.log_z0[sel],
+                        pr.rest[sel])
 
     def _solve_warm(self, warm, persons, cams, plans, weights, sets, offsets, k, starts, iters, prior_weight):
         cfg = self.config

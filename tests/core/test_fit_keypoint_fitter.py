@@ -234,3 +234,26 @@ def test_smooth_sequence_reduces_jitter(fitter, body, cold):
     np.testing.assert_allclose(r.vertices, verts[0], atol=1e-5)
     assert r.keypoints2d.shape == (17, 2) and np.isfinite(r.keypoints2d).all()
     assert math.isclose(float(np.abs(r.joints3d - js["coco17"][0]).max()), 0.0, abs_tol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["synthetic-smpl", "anny"])
+def test_rigid_first_stage_matches_the_body_model(name):
+    """Stage 1 moves the rest-pose skeleton rigidly instead of evaluating the body model; the rotation
+    centre it uses must reproduce the model exactly (SMPL rotates about its pelvis, Anny about the origin)."""
+    import torch
+
+    from dpmesh_core.torchgeom import axis_angle_to_matrix
+
+    body = load_body_model(name)
+    f = KeypointFitter(body)
+    c = f._rotation_centre()
+    rng = np.random.default_rng(3)
+    go = torch.as_tensor(rng.normal(0, 1.5, (5, 3)), dtype=torch.float32)
+    t = torch.as_tensor(rng.normal(0, 1, (5, 3)), dtype=torch.float32)
+    zeros = torch.zeros(5, body.pose_dim)
+    with torch.no_grad():
+        rest = body(torch.zeros(1, 3), zeros[:1], body.mean_betas(1), torch.zeros(1, 3), joint_sets=("coco17",))
+        moved = body(go, zeros, body.mean_betas(5), t, joint_sets=("coco17",)).joints["coco17"]
+    R = axis_angle_to_matrix(go)
+    rigid = torch.einsum("bij,kj->bki", R, rest.joints["coco17"][0]) + (c - torch.einsum("bij,j->bi", R, c) + t)[:, None]
+    assert torch.allclose(rigid, moved, atol=2e-5)
