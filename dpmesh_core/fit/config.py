@@ -51,6 +51,9 @@ class FitConfig:
     lr_final_factor: float = 0.1
     #: Geman-McClure scale, reference pixels
     robust_sigma_px: float = 20.0
+    #: robust-scale multiplier of key-points the user placed by hand (``Person.edited``): a correction is not
+    #: a detector error, so it must not be discounted as an outlier when it is far from the current body
+    edited_robust_factor: float = 8.0
     #: person box size that reference pixels correspond to
     reference_size_px: float = 256.0
     #: prior weights
@@ -87,7 +90,8 @@ class FitConfig:
                 raise ConfigError(f"must be ≥ 0, got {getattr(self, name)}", name)
         if self.cold_iters + self.camera_iters < 1:
             raise ConfigError("camera_iters + cold_iters must be ≥ 1", "cold_iters")
-        for name in ("lr_rotation", "lr_transl", "lr_betas", "robust_sigma_px", "reference_size_px"):
+        for name in ("lr_rotation", "lr_transl", "lr_betas", "robust_sigma_px", "reference_size_px",
+                     "edited_robust_factor"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"must be > 0, got {getattr(self, name)}", name)
         if not 0 < self.lr_warm_factor <= 1:

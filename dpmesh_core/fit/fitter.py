@@ -105,6 +105,8 @@ class _Problem:
     principal: torch.Tensor      # (B, 2)
     log_z0: torch.Tensor         # (B,) depth prior centre
     rest: torch.Tensor           # (B, J, 3) key-points at the rest pose and mean shape (root at the origin)
+    robust: torch.Tensor         # (B, J) robust-scale multiplier per key-point (``edited_robust_factor`` where
+                                 # the user placed the key-point by hand, else 1)
     prev: dict[str, torch.Tensor] | None = None   # temporal targets (global_orient as matrices)
     prev_weight: float = 0.0
 
@@ -369,6 +371,7 @@ class KeypointFitter:
         pp = np.zeros((B, 2), np.float32)
         logz = np.zeros(B, np.float32)
         rest = np.zeros((B, Jmax, 3), np.float32)
+        rob = np.ones((B, Jmax), np.float32)
         for b, i in enumerate(owner):
             p, plan, cam = persons[i], plans[i], cams[i]
             nj, o = p.num_joints, offsets[plan.body_set]
@@ -379,6 +382,7 @@ class KeypointFitter:
             tgt[b, :nj] = kp
             w[b, :nj] = weights[i]
             rest[b, :nj] = plan.rest
+            rob[b, :nj] = np.where(p.edited, self.config.edited_robust_factor, 1.0)
             t = weights[i] * plan.torso
             tw[b, :nj] = t if (t > 0).sum() >= 2 else weights[i]
             vis = kp[weights[i] > 0]
@@ -392,7 +396,7 @@ class KeypointFitter:
         t = lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)  # noqa: E731
         gidx = torch.as_tensor(idx.reshape(B, Jmax * 2, 1).repeat(3, 2), device=self.device)
         return _Problem(np.asarray(owner), gidx, t(coef), t(tgt), t(w), t(tw), t(scale), t(foc), t(pp), t(logz),
-                        t(rest))
+                        t(rest), t(rob))
 
     def _to_transl(self, uvl: torch.Tensor, pr: _Problem) -> torch.Tensor:
         z = uvl[:, 2:3].exp()
@@ -423,7 +427,7 @@ class KeypointFitter:
             kp3 = self._keypoints3d(go, bp, be, transl, pr, sets)
         uv = project(kp3, pr.focal, pr.principal)
         r2 = ((uv - pr.target) ** 2).sum(-1) * (pr.scale**2)[:, None]
-        s2 = (cfg.robust_sigma_px * sigma_mult) ** 2
+        s2 = (cfg.robust_sigma_px * sigma_mult * pr.robust) ** 2
         rho = s2 * r2 / (s2 + r2)
         e = (weight * rho).sum(1) / weight.sum(1).clamp_min(1e-6)
         e = e + cfg.depth_prior_weight * (uvl[:, 2] - pr.log_z0) ** 2
@@ -610,7 +614,7 @@ class KeypointFitter:
         """The sub-problem of batch elements ``sel``."""
         return _Problem(pr.owner[sel.cpu().numpy()], pr.idx[sel], pr.coef[sel], pr.target[sel], pr.weight[sel],
                         pr.torso_weight[sel], pr.scale[sel], pr.focal[sel], pr.principal[sel], pr.log_z0[sel],
-                        pr.rest[sel])
+                        pr.rest[sel], pr.robust[sel])
 
     def _solve_warm(self, warm, persons, cams, plans, weights, sets, offsets, k, starts, iters, prior_weight):
         cfg = self.config

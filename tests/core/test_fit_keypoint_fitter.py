@@ -257,3 +257,32 @@ def test_rigid_first_stage_matches_the_body_model(name):
     R = axis_angle_to_matrix(go)
     rigid = torch.einsum("bij,kj->bki", R, rest.joints["coco17"][0]) + (c - torch.einsum("bij,j->bi", R, c) + t)[:, None]
     assert torch.allclose(rigid, moved, atol=2e-5)
+
+
+def test_hand_placed_keypoint_is_trusted_not_rejected_as_outlier(body, scene):
+    """A key-point the user dragged far from the body (beyond the robust scale) must pull the limb there;
+    the same displacement coming from the detector is (rightly) discounted as a probable outlier."""
+    f = KeypointFitter(body)
+    sp = scene[0]
+    start = f.estimate(None, [_person(sp.joints2d)], camera=CAM)[0]
+    wrist = J.index("coco17", "R_Wrist")
+    elbow = J.index("coco17", "R_Elbow")
+    uv = sp.joints2d.copy()
+    # swing the forearm by 90° in the image, keeping it reachable (0.9 × its full length in pixels)
+    fore = sp.joints3d[wrist] - sp.joints3d[elbow]
+    length_px = float(np.linalg.norm(fore)) * CAM.focal[0] / float(sp.joints3d[elbow, 2])
+    d = uv[wrist] - uv[elbow]
+    d = d / np.linalg.norm(d)
+    uv[wrist] = uv[elbow] + 0.9 * length_px * np.array([-d[1], d[0]])
+    detected = _person(uv)
+    edited = np.zeros(17, bool)
+    edited[wrist] = True
+    by_hand = dataclasses.replace(detected, edited=edited, source="user")
+    far = np.linalg.norm(uv[wrist] - sp.joints2d[wrist])
+    box_h = float(detected.box[3] - detected.box[1])
+    assert far > 0.1 * box_h  # well beyond the robust scale (20 reference px of 256)
+    warm_det = f.estimate(None, [detected], camera=CAM, previous=[start])[0]
+    warm_hand = f.estimate(None, [by_hand], camera=CAM, previous=[start])[0]
+    e_det = np.linalg.norm(warm_det.keypoints2d[wrist] - uv[wrist])
+    e_hand = np.linalg.norm(warm_hand.keypoints2d[wrist] - uv[wrist])
+    assert e_hand < 0.35 * far and e_hand < 0.6 * e_det, (far, e_det, e_hand)
