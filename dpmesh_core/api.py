@@ -207,7 +207,8 @@ class PredictOptions:
     estimator / model_path / body_model / refine / device: see ``make_estimator``.
     keypoints: a key-point file to use instead of detecting (COCO / OpenPose / AlphaPose JSON).
     detector / conf: detector backend and confidence threshold.
-    smooth: temporal smoothing of meshes on video.
+    smooth: on video, warm-start each track from its previous frame and (with key-point fitting) smooth its
+      parameters over time with a Gaussian of ``smooth_sigma`` processed frames (outputs then lag ⌈3σ⌉ frames).
     max_frames: stop a video after this many frames (None = all); stride: take every n-th frame.
     """
 
@@ -222,6 +223,7 @@ class PredictOptions:
     detector: str = "yolo"
     conf: float = 0.25
     smooth: bool = True
+    smooth_sigma: float = 1.5
     max_frames: int | None = None
     stride: int = 1
     estimator_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -233,6 +235,8 @@ class PredictOptions:
             raise InputError(f"unknown mesh format(s) {bad or '(none)'}; choose from obj, ply, glb, npz")
         if self.stride < 1:
             raise InputError("stride must be ≥ 1")
+        if not self.smooth_sigma >= 0:
+            raise InputError(f"smooth_sigma must be ≥ 0, got {self.smooth_sigma}")
 
 
 def list_inputs(path: str | os.PathLike) -> list[Path]:
@@ -354,22 +358,17 @@ def _predict_one(
     # ~100 kB instead of 2.7 MB raw) and decoded lazily while the video is written.
     renderer = __getattr__("MeshRenderer")(w, h) if opts.overlay else None
     overlay_frames: list[Any] = []
-    for fi in frames:
-        image = media.frame(fi)
-        if kp_table is not None:
-            persons = _persons_from_file(kp_table, media_path, fi, media.kind)
-        else:
-            persons = detector.detect(image)
-            if tracker is not None:
-                persons = tracker.update(persons)
-        prev = None
-        if is_video and opts.smooth:
-            prev = [previous.get(p.track_id) if p.track_id is not None else None for p in persons]
-        results = estimator.estimate(image, persons, camera=camera, previous=prev) if persons else []
+    # video + fitting: Gaussian smoothing of each track's parameters over the frames around it (a fixed lag)
+    smoother = None
+    if is_video and opts.smooth and hasattr(estimator, "body_forward") and opts.smooth_sigma > 0:
+        from .fit import StreamingSmoother
+
+        smoother = StreamingSmoother(estimator, sigma=opts.smooth_sigma)
+    held: dict[int, np.ndarray] = {}  # images of frames the smoother still holds back (for the overlay)
+
+    def _frame_outputs(fi: int, persons: list, results: list, image: np.ndarray) -> Iterator[dict[str, Any]]:
+        nonlocal files
         errors = [str(r) for r in results if isinstance(r, EstimationError)]
-        for p, r in zip(persons, results):
-            if isinstance(r, MeshResult) and p.track_id is not None:
-                previous[p.track_id] = r
         files += _write_frame_outputs(staging, stem, fi if is_video else None, results, opts.formats)
         if renderer is not None:
             import cv2
@@ -385,6 +384,32 @@ def _predict_one(
             "event": "frame", "input": str(media_path), "frame": fi, "persons": len(persons),
             "meshes": sum(isinstance(r, MeshResult) for r in results), "errors": errors,
         }
+
+    for fi in frames:
+        image = media.frame(fi)
+        if kp_table is not None:
+            persons = _persons_from_file(kp_table, media_path, fi, media.kind)
+        else:
+            persons = detector.detect(image)
+            if tracker is not None:
+                persons = tracker.update(persons)
+        prev = None
+        if is_video and opts.smooth:
+            prev = [previous.get(p.track_id) if p.track_id is not None else None for p in persons]
+        results = estimator.estimate(image, persons, camera=camera, previous=prev) if persons else []
+        for p, r in zip(persons, results):
+            if isinstance(r, MeshResult) and p.track_id is not None:
+                previous[p.track_id] = r
+        if smoother is None:
+            ready = [(fi, persons, results)]
+        else:  # written a few frames later, smoothed over the frames around them
+            held[fi] = image
+            ready = smoother.push(fi, persons, results)
+        for fr, ps, rs in ready:
+            yield from _frame_outputs(fr, ps, rs, held.pop(fr, image))
+    if smoother is not None:
+        for fr, ps, rs in smoother.flush():
+            yield from _frame_outputs(fr, ps, rs, held.pop(fr))
     if opts.overlay and overlay_frames:
         if is_video:
             import cv2

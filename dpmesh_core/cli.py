@@ -108,6 +108,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         keypoints=args.keypoints,
         conf=args.conf,
         smooth=not args.no_smooth,
+        smooth_sigma=args.smooth_sigma,
         max_frames=args.max_frames,
         stride=args.stride,
         progress=_setup_progress(args.json),
@@ -207,6 +208,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: automatic)")
     pr.add_argument("--conf", type=float, default=0.25, help="detector confidence threshold (default 0.25)")
     pr.add_argument("--no-smooth", action="store_true", help="video: no warm start / temporal smoothing")
+    pr.add_argument("--smooth-sigma", type=float, default=1.5, metavar="FRAMES",
+                    help="video with key-point fitting: Gaussian smoothing of each person's body over this many "
+                         "processed frames (default 1.5; 0 = warm start only)")
     pr.add_argument("--max-frames", type=int, help="video: stop after this many frames")
     pr.add_argument("--stride", type=int, default=1, help="video: take every n-th frame")
     pr.add_argument("--json", action="store_true", help="JSON-lines events on stdout")

@@ -118,3 +118,67 @@ def smooth_sequence(
                 k2[~plan.modelled] = np.nan
         out[t][s] = dataclasses.replace(old, vertices=verts[b], joints3d=j3, joints2d=j2, params=p, keypoints2d=k2)
     return out
+
+
+
+class StreamingSmoother:
+    """``smooth_sequence`` applied while a video is being processed, with a fixed lag.
+
+    ``push`` one processed frame (its persons and results) and get back the frames whose smoothing window
+    (±⌈3σ⌉ processed frames, where the kernel is cut off) is complete; ``flush`` returns the rest at the
+    end. Like ``smooth_sequence``, each result is smoothed along its track (``track_id``, else slot index)
+    over the processed frames (σ counts processed frames, so a stride widens it in video frames). Only the
+    frames returned are re-skinned and only a window of frames is kept, so cost per frame and memory stay
+    bounded; the output equals ``smooth_sequence`` over the whole video (tested).
+    """
+
+    def __init__(self, fitter, sigma: float = 1.5):
+        if sigma < 0:
+            raise InputError(f"sigma must be ≥ 0, got {sigma}")
+        self.fitter = fitter
+        self.sigma = float(sigma)
+        self.lag = int(np.ceil(3 * sigma)) if sigma > 0 else 0
+        self._buf: list[tuple[int, object, list[Person], list]] = []  # (position, frame, persons, results)
+        self._count = 0   # frames pushed so far
+        self._emitted = 0  # frames returned so far
+
+    def push(self, frame: object, persons: Sequence[Person], results: Sequence) -> list[tuple[object, list[Person], list]]:
+        """Add the next processed frame; returns the (frame, persons, smoothed results) now complete."""
+        self._buf.append((self._count, frame, list(persons), list(results)))
+        self._count += 1
+        out = []
+        while self._emitted < self._count - self.lag:
+            out.append(self._emit(self._emitted))
+            self._emitted += 1
+        self._buf = [b for b in self._buf if b[0] >= self._emitted - self.lag]
+        return out
+
+    def flush(self) -> list[tuple[object, list[Person], list]]:
+        """The frames still held back (call once, after the last ``push``)."""
+        out = [self._emit(t) for t in range(self._emitted, self._count)]
+        self._emitted = self._count
+        self._buf = []
+        return out
+
+    def _emit(self, t: int) -> tuple[object, list[Person], list]:
+        window = [b for b in self._buf if abs(b[0] - t) <= self.lag]
+        centre = next(i for i, b in enumerate(window) if b[0] == t)
+        _, frame, persons, results = window[centre]
+        if self.sigma <= 0 or not any(isinstance(r, MeshResult) for r in results):
+            return frame, persons, results
+        body_name = self.fitter.body.name
+        key = lambda r, s: ("track", r.track_id) if r.track_id is not None else ("slot", s)  # noqa: E731
+        smoothed = list(results)
+        for s, r in enumerate(results):
+            if not isinstance(r, MeshResult):
+                continue
+            if r.params.model != body_name:
+                raise ConfigError(f"frame {frame} slot {s}: result of body model {r.params.model!r} cannot be "
+                                  f"smoothed with {body_name!r}")
+            track = [(b[0], q.params) for b in window for k, q in enumerate(b[3])
+                     if isinstance(q, MeshResult) and key(q, k) == key(r, s)]
+            pos = [p for p, _ in track]
+            sm = smooth_params([q for _, q in track], pos, self.sigma)
+            smoothed[s] = dataclasses.replace(r, params=sm[pos.index(t)])
+        # re-skin this frame only (σ = 0: the parameters are already smoothed)
+        return frame, persons, smooth_sequence([smoothed], self.fitter, sigma=0.0, persons_per_frame=[persons])[0]
