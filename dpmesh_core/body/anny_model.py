@@ -44,6 +44,7 @@ lock serialises concurrent first builds; progress goes to logging (INFO) and to 
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 from collections.abc import Callable
@@ -271,6 +272,8 @@ class AnnyBody(BodyModel):
         self.register_buffer("_CU0", (torch.tensor(_ANNY_TO_CANONICAL, dtype=U0.dtype) @ U0).to(dtype),
                              persistent=False)
         self._shape_cache: tuple[torch.Tensor, dict[str, torch.Tensor]] | None = None
+        #: per-person shape constants (no-grad path), least recently used first; see ``_shape``
+        self._row_cache: collections.OrderedDict[tuple, dict[str, torch.Tensor]] = collections.OrderedDict()
         bone_par = torch.tensor([0] + list(parents[1:]))
         anc = torch.zeros(len(labels), len(labels), dtype=dtype)  # anc[c, a] = 1: a on the chain root..c
         for c in range(len(labels)):
@@ -356,17 +359,35 @@ class AnnyBody(BodyModel):
         z = betas.new_zeros(betas.shape[0], 0)
         return self.anny._get_phenotype_blendshape_coefficients(betas, z, z)
 
+    #: persons whose shape constants (incl. the 3.3 MB skinning constants) stay memoised
+    ROW_CACHE_SIZE = 24
+
     def _shape(self, betas: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Shape-dependent constants of ``betas`` (B, 6); see ``_shape_constants``. Memoised for the last
-        constant ``betas`` (no grad), so a pose-only fit skips the per-bone Procrustes solves."""
+        """Shape-dependent constants of ``betas`` (B, 6); see ``_shape_constants``. Without grad they are
+        memoised for the last batch (a pose-only fit skips the per-bone Procrustes solves) and per person
+        (``ROW_CACHE_SIZE`` most recent shapes), so re-skinning persons seen before — the next video frame,
+        a smoothed track, a reopened project — skips both the solves and the skinning constants."""
         if betas.requires_grad:
             return self._shape_constants(betas)
         cached = self._shape_cache
         if cached is not None and cached[0].shape == betas.shape and cached[0].device == betas.device \
                 and cached[0].dtype == betas.dtype and torch.equal(cached[0], betas):
             return cached[1]
-        with torch.no_grad():
-            consts = self._shape_constants(betas)
+        keys = [(betas.dtype, betas.device, row.tobytes()) for row in betas.detach().cpu().numpy()]
+        missing = list(dict.fromkeys(k for k in keys if k not in self._row_cache))
+        if missing:
+            with torch.no_grad():
+                fresh = self._shape_constants(betas[[keys.index(k) for k in missing]])
+            for i, k in enumerate(missing):
+                self._row_cache[k] = {n: v[i:i + 1] for n, v in fresh.items()}
+        for k in keys:
+            self._row_cache.move_to_end(k)
+        rows = [self._row_cache[k] for k in keys]
+        consts = rows[0].copy() if len(rows) == 1 else {n: torch.cat([r[n] for r in rows]) for n in rows[0]
+                                                        if n != "yv"}
+        consts["_rows"] = rows  # type: ignore[assignment]  (per-person entries: _vertex_constants fills them)
+        while len(self._row_cache) > max(self.ROW_CACHE_SIZE, len(set(keys))):
+            self._row_cache.popitem(last=False)
         self._shape_cache = (betas.detach().clone(), consts)
         return consts
 
@@ -414,6 +435,20 @@ class AnnyBody(BodyModel):
         (B, (a, j), v), so that a posed vertex is Σ_a G_a y_va + c_va t_a (memoised with the shape constants)."""
         if "yv" in sc:
             return sc["yv"]
+        rows = sc.get("_rows")
+        if rows is not None:  # memoised per person: compute only the persons never skinned before
+            todo = [r for r in rows if "yv" not in r]
+            if todo:
+                part = {n: torch.cat([r[n] for r in todo]) for n in ("coeffs", "T0", "t0")}
+                yv = self._vertex_constants_of(part)
+                for i, r in enumerate(todo):
+                    r["yv"] = yv[i:i + 1]
+            sc["yv"] = rows[0]["yv"] if len(rows) == 1 else torch.cat([r["yv"] for r in rows])
+            return sc["yv"]
+        sc["yv"] = self._vertex_constants_of(sc)  # fresh ones (with grad) die with the call
+        return sc["yv"]
+
+    def _vertex_constants_of(self, sc: dict[str, torch.Tensor]) -> torch.Tensor:
         m = self.anny
         rest_v = m.template_vertices[None] + torch.einsum("cpd,bc->bpd", m.blendshapes, sc["coeffs"])
         T0 = sc["T0"][:, self._vb_idx]  # (B, V, k, 4, 4)
@@ -422,9 +457,7 @@ class AnnyBody(BodyModel):
         B, V, k, _ = z.shape
         yv = z.new_zeros(B, V, self._v_cT.shape[0], 3).scatter_add(
             2, self._vb_node[None, :, :, None].expand(B, V, k, 3), z)
-        yv = yv.permute(0, 2, 3, 1).reshape(B, -1, V)  # (B, N*3, V): wide matrix products below
-        sc["yv"] = yv  # kept with the (memoised, constant-shape) constants; fresh ones die with the call
-        return yv
+        return yv.permute(0, 2, 3, 1).reshape(B, -1, V)  # (B, N*3, V): wide matrix products below
 
     def _node_transforms(self, body_pose: torch.Tensor, sc: dict[str, torch.Tensor]
                          ) -> tuple[torch.Tensor, torch.Tensor]:

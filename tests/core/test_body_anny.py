@@ -210,3 +210,39 @@ def test_matches_anny_own_forward(anny):
                                   ("root", "upperleg01.L", "lowerleg01.R", "wrist.L", "head")], :3, 3]
     idx = [J.index("smpl24", n) for n in ("Pelvis", "L_Hip", "R_Knee", "L_Wrist", "Head")]
     np.testing.assert_allclose(fast.joints["smpl24"][:, idx].numpy(), (heads @ C.T).numpy(), atol=1e-4)
+
+
+def test_per_person_shape_memo_gives_identical_meshes(anny):
+    """Shape constants are memoised per person (no grad): re-skinning persons in other batch compositions
+    (a smoothed video frame, the next frame with a newcomer) must give the uncached result, and the memo
+    stays bounded."""
+    torch.manual_seed(1)
+    n = anny.ROW_CACHE_SIZE + 6
+    betas = torch.rand(n, anny.num_betas)
+    pose = 0.2 * torch.randn(n, anny.pose_dim)
+    go, tr = 0.3 * torch.randn(n, 3), torch.randn(n, 3)
+
+    def skin(idx):
+        with torch.no_grad():
+            out = anny(go[idx], pose[idx], betas[idx], tr[idx], return_vertices=True)
+        return out.vertices, out.joints["coco17"]
+
+    anny._row_cache.clear()
+    anny._shape_cache = None
+    fresh = [skin([i]) for i in range(3)]  # one person at a time
+    for idx in ([0, 1], [2, 1, 0], [1], [2, 0, 2]):
+        v, j = skin(idx)
+        for b, i in enumerate(idx):
+            # equal up to float rounding (batched matrix products may sum in another order)
+            assert torch.allclose(v[b], fresh[i][0][0], atol=1e-4) and torch.allclose(j[b], fresh[i][1][0], atol=1e-4)
+    skin(list(range(n)))  # more persons in one batch than the memo holds: all kept for this call
+    skin([0])
+    assert len(anny._row_cache) <= n
+    skin(list(range(3, 3 + anny.ROW_CACHE_SIZE)))
+    assert len(anny._row_cache) == anny.ROW_CACHE_SIZE
+    # with grad the constants are computed afresh (no memo), and agree
+    b = betas[:2].clone().requires_grad_(True)
+    out = anny(go[:2], pose[:2], b, tr[:2], return_vertices=True)
+    assert torch.allclose(out.vertices.detach(), skin([0, 1])[0], atol=1e-5)
+    out.vertices.sum().backward()
+    assert b.grad is not None and torch.isfinite(b.grad).all()
