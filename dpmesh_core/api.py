@@ -20,6 +20,7 @@ Main entry points
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import logging
 import os
@@ -168,6 +169,50 @@ def estimate(
         h, w = image.shape[:2]
         camera = Camera.default_for(w, h)
     return list(est.estimate(image, list(persons), camera=camera, previous=previous))
+
+
+def restore_results(
+    summaries: Sequence[dict[str, Any] | None],
+    persons: Sequence[Person],
+    estimator: Estimator | None = None,
+) -> list[MeshResult | None]:
+    """Meshes back from a project file's saved body parameters (``ProjectData.results[frame]``), without
+    estimating again: one ``MeshResult`` per person, or None where nothing was saved or the saved body model
+    cannot be built here (e.g. SMPL without the user's file) — estimate those instead.
+
+    ``estimator``: a key-point fitter to skin with when its body model matches (saves loading one).
+    """
+    from .io.project import summary_to_params
+
+    out: list[MeshResult | None] = [None] * len(persons)
+    groups: dict[str, list[int]] = {}
+    parsed: dict[int, tuple] = {}
+    for i, sm in enumerate(list(summaries)[:len(persons)]):
+        if not sm:
+            continue
+        try:
+            parsed[i] = summary_to_params(sm)
+        except (KeyError, TypeError, ValueError):
+            continue  # a damaged entry: estimate that person again
+        groups.setdefault(parsed[i][0].model, []).append(i)
+    for model, idx in groups.items():
+        fitter = estimator if getattr(getattr(estimator, "body", None), "name", None) == model and \
+            hasattr(estimator, "results_from_params") else None
+        if fitter is None:
+            try:
+                fitter = make_estimator("fit", body_model=model)
+            except (DPMeshError, ValueError):
+                continue
+        try:
+            res = fitter.results_from_params([parsed[i][0] for i in idx], [parsed[i][1] for i in idx],
+                                             [persons[i] for i in idx])
+        except DPMeshError:
+            continue
+        for i, r in zip(idx, res):
+            sm = summaries[i]
+            out[i] = dataclasses.replace(r, estimator=str(sm.get("estimator") or r.estimator),
+                                         loss=sm.get("loss"), track_id=sm.get("track_id", r.track_id))
+    return out
 
 
 def crop_box(person: Person, image_size: tuple[int, int], scale: float = 1.1) -> np.ndarray:

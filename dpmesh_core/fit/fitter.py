@@ -29,6 +29,7 @@ frame never influence each other; one iteration = one batched skeleton evaluatio
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from collections.abc import Iterator, Sequence
@@ -193,6 +194,60 @@ class KeypointFitter:
         with _torch_threads(self.config.num_threads):
             return self._solve(persons, cams, [r.params for r in initial], estimator="dpmesh+fit",
                                iters=self.config.refine_iters, prior_weight=self.config.refine_prior_weight)
+
+    def results_from_params(
+        self,
+        params: Sequence[BodyParams],
+        cameras: Sequence[Camera],
+        persons: Sequence[Person | None] | None = None,
+        like: Sequence[MeshResult | None] | None = None,
+        estimator: str = "fit",
+    ) -> list[MeshResult]:
+        """Skin the body at given parameters (no fitting): one ``MeshResult`` per entry, as ``estimate`` would
+        return it — vertices, joints in ``like[i].joint_set`` (else ``output_joint_set``, else the body set
+        of ``persons[i]``'s key-points, else coco17), their projections, and the re-projected key-points of
+        ``persons[i]`` when given. ``like[i]``: a result whose metadata (estimator, loss, track id,
+        attention) is kept. Used to rebuild saved results and to re-skin smoothed parameters."""
+        n = len(params)
+        persons = list(persons) if persons is not None else [None] * n
+        like = list(like) if like is not None else [None] * n
+        if not (len(cameras) == len(persons) == len(like) == n):
+            raise InputError(f"params, cameras, persons and like must have one entry each; got {n}, "
+                             f"{len(cameras)}, {len(persons)}, {len(like)}")
+        if not n:
+            return []
+        for i, p in enumerate(params):
+            if p.model != self.body.name:
+                raise ConfigError(f"entry {i}: parameters of body model {p.model!r} cannot be skinned with "
+                                  f"{self.body.name!r}")
+        plans = [self._plan(p.joint_set) if p is not None else None for p in persons]
+        out_sets = []
+        for i in range(n):
+            js = like[i].joint_set if like[i] is not None else self.config.output_joint_set or (
+                plans[i].body_set if plans[i] is not None else "coco17")
+            out_sets.append(js)
+        need = tuple(dict.fromkeys(out_sets + [pl.body_set for pl in plans if pl is not None]))
+        joints, verts = self.body_forward(params, need, return_vertices=True)
+        results = []
+        for b, (prm, cam) in enumerate(zip(params, cameras)):
+            f, c = np.asarray(cam.focal, np.float64), np.asarray(cam.principal, np.float64)
+            j3 = joints[out_sets[b]][b]
+            j2 = j3[:, :2] / (j3[:, 2:3] + 1e-4) * f + c
+            k2 = None
+            if plans[b] is not None:
+                kp3 = plans[b].A @ joints[plans[b].body_set][b]
+                k2 = kp3[:, :2] / (kp3[:, 2:3] + 1e-4) * f + c
+                k2[~plans[b].modelled] = np.nan
+            old = like[b]
+            if old is not None:
+                results.append(dataclasses.replace(old, vertices=verts[b], joints3d=j3, joints2d=j2,
+                                                   joint_set=out_sets[b], params=prm, camera=cam, keypoints2d=k2))
+            else:
+                tid = persons[b].track_id if persons[b] is not None else None
+                results.append(MeshResult(vertices=verts[b], faces=self._faces, joints3d=j3, joints2d=j2,
+                                          joint_set=out_sets[b], params=prm, camera=cam, keypoints2d=k2,
+                                          estimator=estimator, track_id=tid))
+        return results
 
     def body_forward(self, params: Sequence[BodyParams], joint_sets: tuple[str, ...],
                      return_vertices: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray | None]:

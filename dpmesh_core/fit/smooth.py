@@ -94,29 +94,11 @@ def smooth_sequence(
         entries.extend((t, s, p) for (t, s), p in zip(members, sm))
     if not entries:
         return out
-    need = tuple(dict.fromkeys(results_per_frame[t][s].joint_set for t, s, _ in entries))  # type: ignore[union-attr]
-    plans = {}
-    if persons_per_frame is not None:
-        for t, s, _ in entries:
-            js = persons_per_frame[t][s].joint_set
-            if js not in plans:
-                plans[js] = fitter._plan(js)
-        need = tuple(dict.fromkeys(need + tuple(p.body_set for p in plans.values() if p is not None)))
-    joints, verts = fitter.body_forward([p for _, _, p in entries], need, return_vertices=True)
-    for b, (t, s, p) in enumerate(entries):
-        old: MeshResult = results_per_frame[t][s]  # type: ignore[assignment]
-        cam = old.camera
-        f, c = np.asarray(cam.focal, np.float64), np.asarray(cam.principal, np.float64)
-        j3 = joints[old.joint_set][b]
-        j2 = j3[:, :2] / (j3[:, 2:3] + 1e-4) * f + c
-        k2 = None
-        if persons_per_frame is not None:
-            plan = plans.get(persons_per_frame[t][s].joint_set)
-            if plan is not None:
-                kp3 = plan.A @ joints[plan.body_set][b]
-                k2 = kp3[:, :2] / (kp3[:, 2:3] + 1e-4) * f + c
-                k2[~plan.modelled] = np.nan
-        out[t][s] = dataclasses.replace(old, vertices=verts[b], joints3d=j3, joints2d=j2, params=p, keypoints2d=k2)
+    olds = [results_per_frame[t][s] for t, s, _ in entries]
+    persons = [persons_per_frame[t][s] for t, s, _ in entries] if persons_per_frame is not None else None
+    fresh = fitter.results_from_params([p for _, _, p in entries], [o.camera for o in olds], persons, like=olds)
+    for (t, s, _), r in zip(entries, fresh):
+        out[t][s] = r  # keypoints2d is None without persons: it would be stale
     return out
 
 

@@ -325,3 +325,17 @@ def test_streaming_smoother_equals_offline_smoothing(fitter, body, cold):
                 np.testing.assert_allclose(a.params.body_pose, b.params.body_pose, atol=1e-6)
                 np.testing.assert_allclose(a.vertices, b.vertices, atol=1e-5)
                 np.testing.assert_allclose(a.keypoints2d, b.keypoints2d, atol=1e-3)
+
+
+def test_results_from_params_rebuild_what_the_fit_returned(fitter, cold):
+    """Saved parameters (a project file) give back the same meshes, joints and re-projections."""
+    persons, results = cold
+    again = fitter.results_from_params([r.params for r in results], [r.camera for r in results], persons)
+    for a, r, p in zip(again, results, persons):
+        np.testing.assert_allclose(a.vertices, r.vertices, atol=1e-5)
+        np.testing.assert_allclose(a.joints3d, r.joints3d, atol=1e-5)
+        np.testing.assert_allclose(a.keypoints2d, r.keypoints2d, atol=1e-3)
+        assert a.joint_set == r.joint_set and a.track_id == p.track_id and a.estimator == "fit"
+    wrong = dataclasses.replace(results[0].params, model="anny")
+    with pytest.raises(ConfigError, match="anny"):
+        fitter.results_from_params([wrong], [results[0].camera])

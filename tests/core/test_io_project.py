@@ -148,3 +148,35 @@ def test_project_without_media(tmp_path):
     p = save_project(tmp_path / "empty.dpmesh", ProjectData(media_path=""))
     back = load_project(p)
     assert back.media_missing and back.media_path == "" and back.frames == {} and back.results == {}
+
+
+def test_saved_results_rebuild_the_same_meshes_without_fitting(tmp_path, media_dir, reference_dir):
+    """A project keeps body parameters, not vertices; api.restore_results skins them back (no fitting) to the
+    meshes the fitter produced. Damaged entries or body models that cannot be built come back as None."""
+    from dpmesh_core import api
+    from dpmesh_core.io import ProjectData, load_project, save_project
+
+    name = "COCO_val2014_000000000192.jpg"
+    ref = json.loads((reference_dir / "yolo11n_pose_detections.json").read_text())["images"][name]
+    persons = [Person(box=p["box_xyxy"], keypoints=p["keypoints"], score=p["score"], track_id=i)
+               for i, p in enumerate(ref["people"][:3])]
+    image = api.read_image(media_dir / name)
+    est = api.make_estimator("fit", body_model="synthetic-smpl")
+    results = api.estimate(image, persons, est)
+    path = tmp_path / "p.dpmesh.json"
+    save_project(path, ProjectData(media_path=str(media_dir / name), frames={0: persons},
+                                   results={0: api.results_summary(results)}))
+    data = load_project(path)
+    evaluations = est.evaluations
+    back = api.restore_results(data.results[0], data.frames[0], est)
+    assert est.evaluations == evaluations  # nothing was fitted
+    for a, r in zip(back, results):
+        np.testing.assert_allclose(a.vertices, r.vertices, atol=1e-4)
+        np.testing.assert_allclose(a.keypoints2d, r.keypoints2d, atol=1e-2)
+        assert (a.estimator, a.track_id, a.joint_set) == (r.estimator, r.track_id, r.joint_set)
+        assert a.loss == pytest.approx(r.loss)
+    # without the fitter at hand it builds one for the saved body model
+    alone = api.restore_results(data.results[0][:1], data.frames[0][:1])
+    np.testing.assert_allclose(alone[0].vertices, results[0].vertices, atol=1e-4)
+    damaged = [dict(data.results[0][0], body_pose="junk"), None, dict(data.results[0][2], model="no-such-model")]
+    assert api.restore_results(damaged, data.frames[0], est) == [None, None, None]
