@@ -5,8 +5,9 @@
   so 10 rapid edits of one person run one estimation. ``cancel(key)`` drops a pending job and discards the
   result of a running one; a job that is a generator is also stopped at its next ``yield``.
   Results and errors come back as Qt signals, delivered in the GUI thread.
-* ``InferenceService``: the inference worker of the app (one estimator built lazily *in* the worker
-  thread, so torch never loads on the GUI thread; detection jobs too).
+* ``InferenceService``: the inference worker of the app: a runner thread feeding an inference process
+  that owns the estimator and the detector (torch never loads in the app process; a fit does not compete
+  with the GUI thread for the GIL). Injected factories run in the runner thread instead.
 * ``RenderService``: a render thread feeding a render process that owns Open3D (Open3D is
   thread-confined and keeps the GIL while it renders, so in-process it would stall the GUI).
 * ``TrainingProcess``: the headless ``dpmesh train CONFIG --json`` in a ``QProcess``; parses JSON lines.
@@ -15,6 +16,7 @@
 from __future__ import annotations
 
 import collections
+import functools
 import inspect
 import json
 import logging
@@ -176,15 +178,465 @@ class JobRunner(QThread):
 
 
 # ---------------------------------------------------------------------------------------------------
-class InferenceService(QObject):
-    """The app's inference worker: estimation and detection jobs on one background thread.
+# Inference. By default the estimator and the detector live in an inference *process* (``python -m
+# app.jobs --inference-server FD``): torch's import and initialisation are long C calls that keep the GIL,
+# and a fit competes with the GUI thread for it, so in-process they stall the GUI however they are
+# threaded. The runner thread is the client: each job sends one request over a socket and blocks on the
+# reply (which releases the GIL). With injected factories (embedding, tests) everything runs in the
+# runner thread instead, through the same request handler.
 
-    ``estimator_factory()`` is called in the worker thread the first time an estimator is needed (and
-    again after ``set_estimator_factory``); the default builds ``api.make_estimator("fit")``.
+DEFAULT_ESTIMATOR: tuple[str, str | None] = ("fit", None)
+DEFAULT_DETECTOR = "yolo"
+IMAGE_SLOTS = 4  # images the inference process keeps (by token) so that an edit does not send its image again
+
+
+def build_estimator(spec: tuple[str, str | None]) -> Any:
+    """``api.make_estimator(kind, model_path=...)`` from a picklable spec ``(kind, model_path)``."""
+    from dpmesh_core import api
+
+    kind, model_path = spec
+    return api.make_estimator(kind, model_path=model_path)
+
+
+def build_detector(name: str = DEFAULT_DETECTOR) -> Any:
+    """``api.get_detector(name)``."""
+    from dpmesh_core import api
+
+    return api.get_detector(name)
+
+
+class InferenceContext:
+    """The estimator and the detector a worker (the inference process or thread) owns, each built on first
+    use from its factory. Named operations (``app.ops``) receive it as their first argument."""
+
+    def __init__(self, estimator_factory: Callable[[], Any], detector_factory: Callable[[], Any]):
+        self.estimator_factory = estimator_factory
+        self.detector_factory = detector_factory
+        self._estimator: Any = None
+        self._built_with: Any = None  # the factory that built ``_estimator``
+        self._detector: Any = None
+        self.built: list[str] = []  # names of the estimators built since the worker last reported them
+
+    def estimator(self) -> Any:
+        factory = self.estimator_factory
+        if self._estimator is None or self._built_with is not factory:
+            self._estimator, self._built_with = None, None
+            self._estimator, self._built_with = factory(), factory
+            self.built.append(str(getattr(self._estimator, "name", type(self._estimator).__name__)))
+        return self._estimator
+
+    def detector(self) -> Any:
+        if self._detector is None:
+            self._detector = self.detector_factory()
+        return self._detector
+
+    def set_estimator_factory(self, factory: Callable[[], Any]) -> None:
+        """Build the estimator with ``factory`` from the next use on (callable from any thread)."""
+        self.estimator_factory = factory
+
+
+def op_path(op: Callable[..., Any] | str) -> str:
+    """``"module:qualname"`` of a named operation (a module-level function; closures cannot travel)."""
+    if isinstance(op, str):
+        if ":" not in op:
+            raise ValueError(f"an operation path looks like 'package.module:function', not {op!r}")
+        return op
+    module, qualname = getattr(op, "__module__", None), getattr(op, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname:
+        raise TypeError(f"{op!r} is not a module-level function: the inference process needs an import path")
+    return f"{module}:{qualname}"
+
+
+def resolve_op(path: str) -> Callable[..., Any]:
+    import importlib
+
+    module, _, qualname = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _run_request(ctx: InferenceContext, op: str, args: tuple) -> Any:
+    """One inference request, in the worker (process or thread): its result, or a generator (a long
+    ``call`` whose every ``yield`` is a progress message)."""
+    if op == "estimate":
+        image, persons, camera, previous = args
+        t0 = time.perf_counter()
+        out = ctx.estimator().estimate(image, list(persons), camera=camera, previous=previous)
+        return list(out), time.perf_counter() - t0
+    if op == "detect":
+        return list(ctx.detector().detect(args[0]))
+    if op == "detect-box":
+        image, box = args
+        return ctx.detector().detect_in_box(image, box)
+    if op == "warm-up":
+        ctx.estimator()
+        return None
+    if op == "set-estimator":
+        ctx.set_estimator_factory(functools.partial(build_estimator, tuple(args)))
+        return None
+    if op == "call":
+        path, call_args = args
+        return resolve_op(path)(ctx, *call_args)
+    raise ValueError(f"unknown inference request {op!r}")
+
+
+class InferenceProcessError(DPMeshError):
+    """The inference process stopped (crashed, was killed) or cannot be started; the next job starts it
+    again."""
+
+
+class RemoteError(DPMeshError):
+    """An unexpected error (not a ``DPMeshError``) raised in the inference process, as ``"Type: message"``
+    (what the in-thread worker shows); the traceback is in the process's log (stderr)."""
+
+
+_PORTABLE_MODULES = ("builtins", "dpmesh_core.errors", __name__)
+
+
+def _portable(e: BaseException) -> BaseException:
+    """``e`` if the app process can unpickle it without importing anything heavy (torch), else the
+    nearest equivalent with the same message: the closest ``dpmesh_core.errors`` class, or RemoteError."""
+    import pickle
+
+    cls = type(e)
+    if cls.__module__ in _PORTABLE_MODULES:
+        try:
+            pickle.loads(pickle.dumps(e))
+            return e
+        except Exception:  # noqa: BLE001 - not faithfully picklable: fall through
+            pass
+    if isinstance(e, DPMeshError):
+        for base in cls.__mro__:
+            if base.__module__ == "dpmesh_core.errors":
+                out = base.__new__(base)
+                Exception.__init__(out, str(e))
+                return out
+    return RemoteError(f"{cls.__name__}: {e}")
+
+
+def _portable_value(v: Any, depth: int = 3) -> Any:
+    """``v`` with the exceptions inside (plain lists, tuples and dicts, a few levels) made portable."""
+    if isinstance(v, BaseException):
+        return _portable(v)
+    if depth <= 0:
+        return v
+    if type(v) in (list, tuple):
+        return type(v)(_portable_value(x, depth - 1) for x in v)
+    if type(v) is dict:
+        return {k: _portable_value(x, depth - 1) for k, x in v.items()}
+    return v
+
+
+class _ImageRef:
+    """An image in a request: its pixels the first time (``data``), then only its token."""
+
+    __slots__ = ("token", "data")
+
+    def __init__(self, token: int, data: Any = None):
+        self.token, self.data = token, data
+
+    def __getstate__(self) -> tuple:
+        return self.token, self.data
+
+    def __setstate__(self, state: tuple) -> None:
+        self.token, self.data = state
+
+
+class _ImageSlots:
+    """The process's side: the last ``IMAGE_SLOTS`` images by token (least recently used goes first)."""
+
+    def __init__(self) -> None:
+        self.images: collections.OrderedDict[int, Any] = collections.OrderedDict()
+
+    def resolve(self, ref: _ImageRef) -> Any:
+        if ref.data is not None:
+            if ref.token:
+                self.images[ref.token] = ref.data
+                while len(self.images) > IMAGE_SLOTS:
+                    self.images.popitem(last=False)
+            return ref.data
+        self.images.move_to_end(ref.token)  # KeyError: the client lost track (a bug): reported as an error
+        return self.images[ref.token]
+
+
+class _ImageMirror:
+    """The client's side of ``_ImageSlots``: which images (by identity, held weakly) the process has. The
+    app's images are never changed in place (a new frame is a new array), so identity is enough."""
+
+    def __init__(self) -> None:
+        self.refs: collections.OrderedDict[int, Any] = collections.OrderedDict()
+        self._next = 1
+
+    def ref(self, image: Any) -> _ImageRef:
+        import weakref
+
+        for token, w in self.refs.items():
+            if w() is image:
+                self.refs.move_to_end(token)
+                return _ImageRef(token)
+        try:
+            w = weakref.ref(image)
+        except TypeError:
+            return _ImageRef(0, image)  # token 0: used once, not kept
+        token, self._next = self._next, self._next + 1
+        self.refs[token] = w
+        while len(self.refs) > IMAGE_SLOTS:
+            self.refs.popitem(last=False)
+        return _ImageRef(token, image)
+
+    def clear(self) -> None:
+        self.refs.clear()
+
+
+def _inference_server(conn: Any) -> None:
+    """Main loop of the inference process: owns the estimator and the detector (built from picklable
+    specs on first use).
+
+    Requests: (op, args) as in ``_run_request`` (top-level ``_ImageRef`` arguments are resolved first);
+    ``None`` ends the loop. Replies: ("ok", value, built) / ("error", exception, built), where ``built``
+    lists the estimators built meanwhile; a streamed call sends ("progress", value, built) for each
+    ``yield`` and then waits for "next" (go on) or anything else (stop: it answers ("stopped", None, built)).
+    Exceptions travel as ``_portable`` ones.
+    """
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl+C in a terminal is for the app, which stops us
+    ctx = InferenceContext(functools.partial(build_estimator, DEFAULT_ESTIMATOR), build_detector)
+    slots = _ImageSlots()
+
+    def built() -> list[str]:
+        out, ctx.built = ctx.built, []
+        return out
+
+    while True:
+        try:
+            msg = conn.recv()
+            if msg is None:
+                break
+            _serve_request(conn, ctx, slots, msg, built)
+        except _ConnectionLost:
+            break
+        except (EOFError, OSError):
+            break
+
+
+class _ConnectionLost(Exception):
+    pass
+
+
+def _serve_request(conn: Any, ctx: InferenceContext, slots: _ImageSlots, msg: Any,
+                   built: Callable[[], list[str]]) -> None:
+    """Answer one request of the inference process (see ``_inference_server``)."""
+
+    def send(reply: tuple) -> None:
+        try:
+            conn.send(reply)
+        except (OSError, BrokenPipeError) as e:
+            raise _ConnectionLost from e
+
+    def recv() -> Any:
+        try:
+            return conn.recv()
+        except (EOFError, OSError) as e:
+            raise _ConnectionLost from e
+
+    try:
+        op, args = msg
+        args = tuple(slots.resolve(a) if isinstance(a, _ImageRef) else a for a in args)
+        out = _run_request(ctx, op, args)
+        if inspect.isgenerator(out):
+            for value in out:
+                send(("progress", _portable_value(value), built()))
+                if recv() != "next":
+                    out.close()
+                    send(("stopped", None, built()))
+                    break
+            else:
+                send(("ok", None, built()))
+        else:
+            send(("ok", _portable_value(out), built()))
+    except _ConnectionLost:
+        raise
+    except Exception as e:  # noqa: BLE001 - reported to the app, the server keeps serving
+        if not isinstance(e, DPMeshError):
+            log.error("inference request failed:\n%s", traceback.format_exc())
+        send(("error", _portable(e), built()))
+
+
+def _spawn_server(flag: str) -> tuple[Any, Any]:
+    """Start ``python -m app.jobs FLAG FD`` connected through a socket pair (a fresh interpreter: nothing of
+    the parent process, e.g. a script's main module, is re-run). Returns (Popen, Connection)."""
+    import socket
+    import subprocess
+    from multiprocessing.connection import Connection
+
+    if os.name != "posix":
+        raise OSError("the worker processes need a POSIX socket pair here")
+    ours, theirs = socket.socketpair()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.jobs", flag, str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            cwd=os.getcwd())
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return proc, Connection(ours.detach())
+
+
+class _InferenceClient:
+    """The runner thread's handle on the inference process: started on first use, and again after it died
+    (each failure is reported once, as an ``InferenceProcessError`` of the job it broke)."""
+
+    def __init__(self, on_built: Callable[[str], None]):
+        self.proc: Any = None
+        self.conn: Any = None
+        self.images = _ImageMirror()
+        self.spec: tuple[str, str | None] = DEFAULT_ESTIMATOR  # the estimator wanted (set from any thread)
+        self._sent_spec = DEFAULT_ESTIMATOR  # the one the process builds
+        self._on_built = on_built
+
+    @property
+    def pid(self) -> int | None:
+        return None if self.proc is None else self.proc.pid
+
+    def _ensure(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            self._discard()  # died while idle
+        if self.proc is None:
+            try:
+                self.proc, self.conn = _spawn_server("--inference-server")
+            except OSError as e:
+                raise InferenceProcessError(f"cannot start the inference process: {e}") from e
+            self.images.clear()
+            self._sent_spec = DEFAULT_ESTIMATOR
+        spec = self.spec
+        if spec != self._sent_spec:
+            self._exchange(("set-estimator", spec))
+            self._sent_spec = spec
+
+    def _discard(self) -> int | None:
+        """Forget the process (killing it if it still runs); its exit code."""
+        import subprocess
+
+        proc, self.proc = self.proc, None
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+        self.images.clear()
+        if proc is None:
+            return None
+        try:
+            return proc.wait(2)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            return proc.wait(2)
+
+    def _lost(self) -> InferenceProcessError:
+        code = self._discard()
+        return InferenceProcessError(f"the inference process stopped unexpectedly (exit code {code}); "
+                                     "it is started again for the next job")
+
+    def _send(self, msg: Any) -> None:
+        try:
+            self.conn.send(msg)
+        except (OSError, BrokenPipeError):
+            raise self._lost() from None
+        except Exception:  # e.g. an argument that does not pickle: nothing was sent, image slots unknown
+            self.images.clear()
+            raise
+
+    def _recv(self) -> tuple[str, Any]:
+        try:
+            kind, value, built = self.conn.recv()
+        except (EOFError, OSError):
+            raise self._lost() from None
+        for name in built:
+            self._on_built(name)
+        return kind, value
+
+    def _exchange(self, msg: Any) -> Any:
+        self._send(msg)
+        kind, value = self._recv()
+        if kind == "error":
+            raise value
+        return value
+
+    def request(self, op: str, args: tuple) -> Any:
+        """Send one request and wait for its reply (the wait releases the GIL): its value, or for a
+        streamed call a generator of its progress messages (closing it stops the call). Top-level numpy
+        arguments are images: sent once, then named by token. Errors are raised as they were raised."""
+        import numpy as np
+
+        self._ensure()
+        args = tuple(self.images.ref(a) if isinstance(a, np.ndarray) else a for a in args)
+        self._send((op, args))
+        kind, value = self._recv()
+        if kind == "error":
+            raise value
+        if kind == "progress":
+            return self._stream(value)
+        return value
+
+    def _stream(self, first: Any) -> Any:
+        value = first
+        while True:
+            done = False
+            try:
+                yield value
+                done = True
+            finally:
+                if not done:  # closed (cancelled) or abandoned: stop the call, read its last word
+                    self._send("stop")
+                    self._recv()
+            self._send("next")
+            kind, value = self._recv()
+            if kind == "error":
+                raise value
+            if kind != "progress":
+                return
+
+    def kill(self) -> None:
+        """Stop the process now (from any thread): a job waiting on it fails at once."""
+        proc = self.proc
+        if proc is not None and proc.poll() is None:
+            proc.kill()
+
+    def close(self) -> None:
+        """End the process cleanly (call when the runner thread has stopped)."""
+        import subprocess
+
+        if self.proc is None:
+            return
+        try:
+            self.conn.send(None)
+        except (OSError, BrokenPipeError):
+            pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._discard()
+
+
+# ---------------------------------------------------------------------------------------------------
+class InferenceService(QObject):
+    """The app's inference worker: estimation, detection and named operations on one background thread
+    (coalescing queue: the latest job per key wins).
+
+    Default: the runner thread is the client of an inference process that owns the estimator (built
+    from the spec of ``set_estimator(kind, model_path)``, "fit" first) and the detector ("yolo"); the app
+    process never imports torch. With ``estimator_factory`` and/or ``detector_factory`` (embedding, tests)
+    they are built and run in the runner thread instead (the other one from its default spec).
 
     Signals: result_ready(uid, result_or_None, error_message_or_None, seconds), persons_detected(frame,
     persons), person_detected_in_box(frame, person_or_None), error(context, message), busy_changed(bool),
-    estimator_changed(name).
+    estimator_ready(name), generic_finished(key, result), generic_progress(key, value), frame_failed(frame,
+    message).
     """
 
     result_ready = Signal(int, object, object, float)
@@ -201,52 +653,76 @@ class InferenceService(QObject):
                  detector_factory: Callable[[], Any] | None = None, parent: QObject | None = None):
         super().__init__(parent)
         self.runner = JobRunner("inference", self)
-        self.runner.on_start = preload_native_libraries
-        self._estimator_factory = estimator_factory or _default_estimator
-        self._detector_factory = detector_factory or _default_detector
+        self._spec: tuple[str, str | None] = DEFAULT_ESTIMATOR
+        self.in_process = estimator_factory is None and detector_factory is None
+        self._client: _InferenceClient | None = None
+        self._ctx: InferenceContext | None = None
+        if self.in_process:
+            self._client = _InferenceClient(self._built)
+        else:
+            self.runner.on_start = preload_native_libraries
+            self._ctx = InferenceContext(estimator_factory or (lambda: build_estimator(self._spec)),
+                                         detector_factory or build_detector)
         self.runner.job_finished.connect(self._on_finished)
         self.runner.job_failed.connect(self._on_failed)
         self.runner.busy_changed.connect(self.busy_changed)
         self.runner.job_progress.connect(self._on_progress)
         self.last_seconds = 0.0
 
-    # worker-thread helpers ------------------------------------------------------------
-    def _estimator(self) -> Any:
-        tl = self.runner.thread_local
-        if tl.get("estimator") is None:
-            tl["estimator"] = self._estimator_factory()
-            self.estimator_ready.emit(str(getattr(tl["estimator"], "name", type(tl["estimator"]).__name__)))
-        return tl["estimator"]
+    # worker thread --------------------------------------------------------------------
+    def _built(self, name: str) -> None:
+        self.estimator_ready.emit(name)
 
-    def _detector(self) -> Any:
-        tl = self.runner.thread_local
-        if tl.get("detector") is None:
-            tl["detector"] = self._detector_factory()
-        return tl["detector"]
+    def _do(self, op: str, *args: Any) -> Any:
+        """Run one request (in the runner thread): in the inference process, or here."""
+        if self._client is not None:
+            return self._client.request(op, args)
+        assert self._ctx is not None
+        try:
+            return _run_request(self._ctx, op, args)
+        finally:
+            for name in self._ctx.built:
+                self.estimator_ready.emit(name)
+            self._ctx.built.clear()
+
+    @property
+    def server_pid(self) -> int | None:
+        """Process id of the inference process (None: not started, or in-thread mode)."""
+        return None if self._client is None else self._client.pid
 
     # GUI-thread API -------------------------------------------------------------------
+    def start(self) -> None:
+        """Start the inference process now (in the background), so that torch loads before the first job."""
+        if self._client is not None:
+            self.runner.submit(("start",), lambda: self._client._ensure())  # type: ignore[union-attr]
+
+    def set_estimator(self, kind: str, model_path: str | None = None) -> None:
+        """Use ``api.make_estimator(kind, model_path=model_path)`` from the next job on (built lazily by the
+        worker; a bad model file is reported by the next estimation)."""
+        spec = (str(kind), None if model_path is None else str(model_path))
+        self._spec = spec
+        if self._client is None:
+            self.set_estimator_factory(lambda: build_estimator(spec))
+        else:
+            self._client.spec = spec  # the next request tells the process (cancelling jobs cannot lose it)
+
     def set_estimator_factory(self, factory: Callable[[], Any]) -> None:
-        """Use another estimator from the next job on (built lazily in the worker thread)."""
-        self._estimator_factory = factory
-
-        def reset() -> None:
-            self.runner.thread_local["estimator"] = None
-            return None
-
-        self.runner.submit(("reset-estimator",), reset)
+        """In-thread mode only: use another estimator factory from the next job on."""
+        if self._ctx is None:
+            raise TypeError("the inference process builds estimators from specs: use set_estimator(kind, path)")
+        self._ctx.set_estimator_factory(factory)
 
     def warm_up(self) -> None:
         """Build the estimator now (in the background) so the first edit is answered quickly."""
-        self.runner.submit(("warm-up",), lambda: (self._estimator(), None)[1])
+        self.runner.submit(("warm-up",), lambda: self._do("warm-up"))
 
     def estimate(self, uid: int, image: Any, person: Any, camera: Any = None, previous: Any = None) -> int:
         """Re-estimate person ``uid`` (coalesced: only the latest request per uid runs)."""
+        prev = None if previous is None else [previous]
 
         def job() -> tuple[Any, float]:
-            t0 = time.perf_counter()
-            out = self._estimator().estimate(image, [person], camera=camera,
-                                             previous=None if previous is None else [previous])
-            return out[0], time.perf_counter() - t0
+            out, secs = self._do("estimate", image, [person], camera, prev)
+            return out[0], secs
 
         return self.runner.submit(("estimate", uid), job)
 
@@ -254,11 +730,11 @@ class InferenceService(QObject):
                       previous: list | None = None, slot: Hashable | None = None) -> int:
         """Estimate several persons of one frame in one call (the fitter batches them: much faster than
         one job per person). One ``result_ready`` per uid."""
+        persons, uids = list(persons), list(uids)
 
-        def job() -> tuple[Any, float]:
-            t0 = time.perf_counter()
-            out = self._estimator().estimate(image, list(persons), camera=camera, previous=previous)
-            return frame, list(zip(uids, out)), time.perf_counter() - t0
+        def job() -> tuple[Any, list, float]:
+            out, secs = self._do("estimate", image, persons, camera, previous)
+            return frame, list(zip(uids, out)), secs
 
         for u in uids:  # a pending single-person job is superseded by this one
             self.runner.cancel(("estimate", u))
@@ -268,14 +744,17 @@ class InferenceService(QObject):
         """Detect persons on ``frame``; jobs sharing a ``slot`` (e.g. "auto" while scrubbing a video)
         coalesce, else one job per frame. → ``persons_detected(frame, persons)``."""
         return self.runner.submit(("detect", frame if slot is None else slot),
-                                  lambda: (frame, self._detector().detect(image)))
+                                  lambda: (frame, self._do("detect", image)))
 
     def detect_in_box(self, frame: int, image: Any, box: Any) -> int:
-        return self.runner.submit(("detect-box", frame), lambda: self._detector().detect_in_box(image, box))
+        return self.runner.submit(("detect-box", frame), lambda: self._do("detect-box", image, box))
 
-    def call(self, key: Hashable, fn: Callable[[], Any]) -> int:
-        """Run any core call in the worker; the result comes back in ``generic_finished(key, result)``."""
-        return self.runner.submit(("call", key), fn)
+    def call(self, key: Hashable, op: Callable[..., Any] | str, *args: Any) -> int:
+        """Run the named operation ``op(ctx, *args)`` (a module-level function, or its "module:function"
+        path; picklable arguments) in the worker; the result comes back in ``generic_finished(key,
+        result)``, each ``yield`` of a generator operation in ``generic_progress(key, value)``."""
+        path = op_path(op)
+        return self.runner.submit(("call", key), lambda: self._do("call", path, args))
 
     def cancel(self, uid: int) -> None:
         self.runner.cancel(("estimate", uid))
@@ -284,7 +763,15 @@ class InferenceService(QObject):
         self.runner.cancel_all()
 
     def shutdown(self) -> None:
+        """Cancel everything, stop the runner thread and end the inference process (no orphan)."""
+        if self._client is None:
+            self.runner.stop()
+            return
+        self.runner.cancel_all()
+        if self.runner.is_busy():  # a job is running (its result would be discarded): stop the process under it
+            self._client.kill()
         self.runner.stop()
+        self._client.close()
 
     # signal routing -------------------------------------------------------------------
     def _on_progress(self, key: Any, job_id: int, value: Any) -> None:
@@ -349,18 +836,6 @@ def preload_native_libraries() -> None:
         path = os.path.join(lib, name)
         if os.path.exists(path):
             dlopen(path.encode(), os.RTLD_NOW | os.RTLD_LOCAL)
-
-
-def _default_estimator() -> Any:
-    from dpmesh_core import api
-
-    return api.make_estimator("fit")
-
-
-def _default_detector() -> Any:
-    from dpmesh_core import api
-
-    return api.get_detector("yolo")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -645,23 +1120,7 @@ class _RenderClient:
         self._fallback: dict[tuple[int, int], Any] = {}
 
     def _start(self) -> None:
-        """Start ``python -m app.jobs --render-server FD`` connected through a socket pair (a fresh
-        interpreter: nothing of the parent process, e.g. a script's main module, is re-run)."""
-        import socket
-        import subprocess
-        from multiprocessing.connection import Connection
-
-        if os.name != "posix":
-            raise OSError("the render process needs a POSIX socket pair here")
-        ours, theirs = socket.socketpair()
-        try:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "app.jobs", "--render-server", str(theirs.fileno())],
-                pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                cwd=os.getcwd())
-        finally:
-            theirs.close()
-        self.conn = Connection(ours.detach())
+        self.proc, self.conn = _spawn_server("--render-server")
 
     def request(self, op: str, args: tuple) -> Any:
         if not self.failed:
@@ -845,16 +1304,23 @@ class TrainingProcess(QObject):
         self.finished.emit(int(code), "crashed or stopped" if status == QProcess.ExitStatus.CrashExit else "exited")
 
 
-def _render_server_main(argv: list[str]) -> int:
-    """Entry of the render process: ``python -m app.jobs --render-server FD``."""
+def _server_main(argv: list[str]) -> int:
+    """Entry of the worker processes: ``python -m app.jobs --render-server FD`` / ``--inference-server FD``."""
     from multiprocessing.connection import Connection
 
-    if len(argv) != 2 or argv[0] != "--render-server":
-        print("usage: python -m app.jobs --render-server FD", file=sys.stderr)
+    servers = {"--render-server": _render_server, "--inference-server": _inference_server}
+    if len(argv) != 2 or argv[0] not in servers:
+        print("usage: python -m app.jobs --render-server|--inference-server FD", file=sys.stderr)
         return 2
-    _render_server(Connection(int(argv[1])))
+    if argv[0] == "--inference-server":
+        logging.basicConfig(level=logging.WARNING, format="inference process: %(levelname)s %(name)s: %(message)s")
+    servers[argv[0]](Connection(int(argv[1])))
     return 0
 
 
 if __name__ == "__main__":
-    sys.exit(_render_server_main(sys.argv[1:]))
+    # Run the module's functions as ``app.jobs``, not ``__main__``: objects pickled by the app name their
+    # classes ``app.jobs.X`` and must be the classes the server code checks against.
+    from app.jobs import _server_main as _main
+
+    sys.exit(_main(sys.argv[1:]))

@@ -22,6 +22,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from dpmesh_core.errors import DPMeshError, MediaError, ProjectFileError
 from dpmesh_core.types import Camera, MeshResult, Person
 
+from . import ops
 from .document import Document
 from .jobs import InferenceService, RenderService
 from .palette import person_rgb01
@@ -35,12 +36,6 @@ def _api() -> Any:
     from dpmesh_core import api
 
     return api
-
-
-def _preload_joint_tables() -> None:
-    from .widgets.image_view import JointTables
-
-    JointTables.preload()
 
 
 class Session(QObject):
@@ -103,7 +98,8 @@ class Session(QObject):
         if self._background_started:
             return
         self._background_started = True
-        self.inference.call("joint-tables", _preload_joint_tables)
+        self.inference.start()
+        self.inference.call("joint-tables", ops.joint_tables)
         self.inference.warm_up()
 
     # ------------------------------------------------------------------ lifecycle
@@ -176,23 +172,16 @@ class Session(QObject):
             folder = Path(os.environ["DPMESH_HOME"]) / "data"
         target = folder / "demo" / "demo_scene.png"
 
-        def job() -> tuple[Any, Any, str | None]:
-            api = _api()
-            image, persons = api.demo_scene()
-            try:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                api.write_image(target, image)
-                return image, persons, str(target)
-            except (OSError, DPMeshError):
-                return image, persons, None
-
         self.message.emit("Preparing the demo scene (first time: builds the body model cache)…")
-        self.inference.call("demo", job)
+        self.inference.call("demo", ops.demo_scene, str(target))
 
     def _on_generic(self, key: Any, result: Any) -> None:
         if key == "video":
             self.message.emit("Video processed: every frame has persons and meshes (File ▸ Export for all frames).")
         elif key == "joint-tables":
+            from .widgets.image_view import JointTables
+
+            JointTables.install(result)
             self.doc.persons_changed.emit(self.doc.current_frame)  # redraw with limbs
         elif key == "demo":
             image, persons, path = result
@@ -336,7 +325,7 @@ class Session(QObject):
         if kind not in ("fit", "dpmesh"):
             raise ValueError(kind)
         self.estimator_kind = kind
-        self.inference.set_estimator_factory(lambda: _api().make_estimator(kind, model_path=model_path))
+        self.inference.set_estimator(kind, model_path)
         self.estimate_all()
 
     def _on_result(self, uid: int, result: Any, err: Any, secs: float) -> None:
@@ -553,34 +542,8 @@ class Session(QObject):
             return False
         path, smooth = self.doc.media_path, self.smooth_video
         known = {f: self.doc.persons(f) for f in self.doc.frames_with_persons()}
-        inf = self.inference
-
-        def job():
-            api = _api()
-            media = api.open_media(path)  # the worker's own reader: video readers are not thread-safe
-            tracker = api.Tracker()
-            previous: dict[int, MeshResult] = {}
-            try:
-                w, h = media.size
-                cam = Camera.default_for(w, h)
-                n = media.num_frames
-                for f in range(0, n, stride):
-                    img = media.frame(f)
-                    persons = known.get(f)
-                    if persons is None:
-                        persons = list(tracker.update(inf._detector().detect(img)))
-                    prev = None
-                    if smooth:
-                        prev = [previous.get(p.track_id) if p.track_id is not None else None for p in persons]
-                    res = inf._estimator().estimate(img, persons, camera=cam, previous=prev) if persons else []
-                    for p, r in zip(persons, res):
-                        if isinstance(r, MeshResult) and p.track_id is not None:
-                            previous[p.track_id] = r
-                    yield f, n, persons, res, f in known
-            finally:
-                media.close()
-
-        self.inference.call("video", job)
+        self._video_known = known  # the worker sends copies back: "not edited meanwhile" compares with these
+        self.inference.call("video", ops.process_video, path, stride, smooth, known)
         self.message.emit("Processing every frame of the video…")
         return True
 
@@ -594,7 +557,8 @@ class Session(QObject):
         if was_known:
             uids = self.doc.uids(f)
             current = self.doc.persons(f)
-            for i, (p, r) in enumerate(zip(persons, results)):
+            sent = getattr(self, "_video_known", {}).get(f, [])
+            for i, (p, r) in enumerate(zip(sent, results)):
                 if i < len(current) and current[i] is p:  # not edited meanwhile
                     self.doc.set_result(uids[i], r if isinstance(r, MeshResult) else str(r))
         else:

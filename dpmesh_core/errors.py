@@ -11,9 +11,24 @@ from os import PathLike
 
 
 class DPMeshError(Exception):
-    """Base class of every error raised on purpose by dpmesh_core."""
+    """Base class of every error raised on purpose by dpmesh_core.
+
+    Pickles faithfully (same class, same message, same attributes), although subclasses build their
+    message in ``__init__``: errors cross process boundaries (the app's inference process).
+    """
 
     exit_code = 1
+
+    def __reduce__(self) -> tuple:
+        return _rebuild_error, (type(self), self.args, dict(self.__dict__))
+
+
+def _rebuild_error(cls: type, args: tuple, state: dict) -> DPMeshError:
+    """Unpickle a ``DPMeshError`` without calling its ``__init__`` (which would format the message again)."""
+    err = cls.__new__(cls)
+    Exception.__init__(err, *args)
+    err.__dict__.update(state)
+    return err
 
 
 class InputError(DPMeshError, ValueError):

@@ -53,8 +53,9 @@ def rgb_to_qimage(rgb: np.ndarray) -> QImage:
 class JointTables:
     """Joint names and limbs per joint set, from ``dpmesh_core.api``.
 
-    ``api.joint_names`` lives in the body package, which imports torch; so the GUI thread never imports it
-    itself: until ``preload()`` has run on a worker thread, COCO-17 names are served without limbs.
+    ``api.joint_names`` lives in the body package, which imports torch; so the app never imports it itself:
+    the inference worker computes the tables (``app.ops.joint_tables``) and the session ``install``s them;
+    until then COCO-17 names are served without limbs.
     """
 
     _cache: dict[str, tuple[tuple[str, ...], list[tuple[int, int]]]] = {}
@@ -66,6 +67,12 @@ class JointTables:
 
         for js in joint_sets:
             JointTables._cache[js] = (tuple(api.joint_names(js)), list(api.skeleton(js)))
+
+    @classmethod
+    def install(cls, tables: dict[str, tuple[tuple[str, ...], list[tuple[int, int]]]]) -> None:
+        """Use ``{joint_set: (names, limbs)}`` computed elsewhere (by the inference worker)."""
+        for js, (names, limbs) in tables.items():
+            cls._cache[js] = (tuple(names), [(int(a), int(b)) for a, b in limbs])
 
     @classmethod
     def get(cls, joint_set: str) -> tuple[tuple[str, ...], list[tuple[int, int]]]:

@@ -63,3 +63,41 @@ class RecordingEstimator:
         return out
 
 
+
+
+# Named operations for the inference process (``InferenceService.call``); the process finds this module
+# when tests/app is on its PYTHONPATH (see test_app_inference_process.py).
+def wait_for_file(ctx, path: str) -> str:
+    """Block the worker until ``path`` exists (a gate the test opens by creating the file)."""
+    import os
+
+    while not os.path.exists(path):
+        time.sleep(0.005)
+    return "opened"
+
+
+def count_up(ctx, n: int, gate: str, done: str):
+    """Yield 0..n-1; after the first value, wait for ``gate``; write ``done`` when the generator ends
+    (finished, or closed because the job was cancelled)."""
+    import os
+
+    try:
+        for i in range(n):
+            yield i
+            if i == 0:
+                while not os.path.exists(gate):
+                    time.sleep(0.005)
+    finally:
+        with open(done, "w") as f:
+            f.write("closed")
+
+
+def fail_with(ctx, kind: str):
+    """Raise an error of the given kind in the worker."""
+    from dpmesh_core.errors import ModelFilesMissingError
+
+    if kind == "missing":
+        raise ModelFilesMissingError("SMPL_NEUTRAL.npz", ["/nowhere"], "Download it from smpl.is.tue.mpg.de.")
+    if kind == "zero":
+        return 1 / 0
+    raise ValueError(kind)

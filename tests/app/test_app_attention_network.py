@@ -39,8 +39,10 @@ def test_attention_view_shows_the_networks_own_maps(qapp, qtbot, tiny_model, med
     s = Session()
     s.auto_detect = False
     try:
-        s.open_image_array(image, persons, name=NAME)
+        # chosen before the image opens: the inference process never builds the fitter (its Anny cache would
+        # be built anew in this test's empty DPMESH_HOME)
         s.set_estimator("dpmesh", str(tiny_model))
+        s.open_image_array(image, persons, name=NAME)
         uid = s.doc.uids()[0]
 
         def network_result():

@@ -92,6 +92,20 @@ class _Cfg:
             raise ConfigError("must be > 0", "steps")
 
 
+def test_errors_pickle_faithfully():
+    """Errors cross into the app from its inference process: same class, message and attributes."""
+    import pickle
+
+    from dpmesh_core.errors import ConfigError, EstimationError
+
+    for e in (ModelFilesMissingError("SMPL_NEUTRAL.npz", ["/a", "/b"], "Get it from smpl.is.tue.mpg.de."),
+              CheckpointMismatchError("/m.pt", missing=["a.w"], unexpected=["b.w"], note="official"),
+              ConfigError("must be > 0", key="fit.lr", source="cfg.yaml"), InputError("unreadable", path="/x.jpg"),
+              EstimationError("too few visible key-points", person_index=2), DPMeshError("plain")):
+        back = pickle.loads(pickle.dumps(e))
+        assert type(back) is type(e) and str(back) == str(e) and back.__dict__ == e.__dict__
+
+
 def test_config_roundtrip(tmp_path):
     cfg = from_dict(_Cfg, {"steps": 5, "flags": [1, 2], "inner": {"rate": 1, "mode": "b"}, "path": "/tmp/a"})
     assert cfg.inner.rate == 1.0 and isinstance(cfg.inner.rate, float) and cfg.path == Path("/tmp/a")
