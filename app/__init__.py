@@ -17,7 +17,10 @@ def _pin_singletons() -> None:
     import ctypes
 
     for obj in (None, True, False):
-        ctypes.c_ssize_t.from_address(id(obj)).value += 1 << 40  # ob_refcnt: the first field
+        refcnt = ctypes.c_ssize_t.from_address(id(obj))  # ob_refcnt: the first field of every object
+        if abs(refcnt.value - sys.getrefcount(obj)) > 64:
+            return  # an unexpected object layout (e.g. a Py_TRACE_REFS build): leave it alone
+        refcnt.value += 1 << 40
 
 
 _pin_singletons()

@@ -218,6 +218,42 @@ def test_shutdown_while_busy_leaves_no_process(qapp, qtbot, tmp_path, monkeypatc
     assert not svc.runner.isRunning() and svc.server_pid is None and _gone(pid)
 
 
+def test_video_job_streams_frames_and_stops_between_them(service, media_dir, qtbot):
+    """The whole-video operation in the process: real detection, tracking and fitting on a real clip, one
+    progress message per processed frame, a frame the user already has keeps its persons, and cancelling
+    stops it before the next frame."""
+    from app import ops
+
+    rec = Recorder(service)
+    media = api.open_media(media_dir / "street.avi")
+    try:
+        n = media.num_frames
+    finally:
+        media.close()
+    stride = 150  # frames 0 and 150
+    rec_known = Recorder(service)
+    service.call("video", ops.process_video, str(media_dir / "street.avi"), stride, True, {150: []})
+    qtbot.waitUntil(lambda: bool(rec.finished or rec.errors), timeout=120000)
+    assert not rec.errors
+    frames = [v[0] for k, v in rec.progress if k == "video"]
+    assert frames == list(range(0, n, stride))
+    assert rec.progress[1][1][2:] == ([], [], True)  # a frame the user emptied stays empty
+    for _k, (_f, total, persons, results, _was_known) in rec.progress[:1]:
+        assert total == n and len(persons) == len(results) >= 2
+        assert all(p.track_id is not None for p in persons)
+        assert all(isinstance(r, MeshResult) or isinstance(r, Exception) for r in results)
+    assert sum(isinstance(r, MeshResult) for v in rec.progress for r in v[1][3]) >= 2
+    # the user's persons of frame 0 are kept (not detected again); cancelled after the first frame
+    mine = rec.progress[0][1][2][:1]
+    service.call("video", ops.process_video, str(media_dir / "street.avi"), stride, False, {0: mine})
+    qtbot.waitUntil(lambda: len(rec_known.progress) > len(frames), timeout=60000)
+    service.runner.cancel(("call", "video"))
+    qtbot.waitUntil(lambda: not service.runner.is_busy(), timeout=60000)
+    f, _total, persons, results, was_known = rec_known.progress[len(frames)][1]
+    assert f == 0 and was_known and len(persons) == 1 and np.allclose(persons[0].keypoints, mine[0].keypoints)
+    assert len(rec_known.progress) <= len(frames) + 2 and len(rec.finished) == 1
+
+
 def test_closures_cannot_be_sent_to_the_process(service):
     with pytest.raises(TypeError, match="module-level function"):
         service.call("x", lambda ctx: None)
@@ -271,3 +307,20 @@ def test_gui_process_never_imports_torch(media_dir):
     assert limbs == "limbs"  # the joint tables came from the inference process
     assert torch_loaded == "False"
     assert pid != "None" and _gone(int(pid))
+
+
+def test_signal_emits_cannot_exhaust_true(qapp):
+    """PySide6 6.12 drops a reference to True per ``emit``; the app pins the singletons (app/__init__.py),
+    so a long session in a process without torch does not abort with "deallocating True"."""
+    from PySide6.QtCore import QObject, Signal
+
+    class Emitter(QObject):
+        ping = Signal(int)
+
+    e = Emitter()
+    got = []
+    e.ping.connect(got.append)
+    for i in range(2000):
+        e.ping.emit(i)
+    assert len(got) == 2000
+    assert min(sys.getrefcount(x) for x in (None, True, False)) > 1 << 39
