@@ -668,6 +668,7 @@ class InferenceService(QObject):
         self.runner.busy_changed.connect(self.busy_changed)
         self.runner.job_progress.connect(self._on_progress)
         self.last_seconds = 0.0
+        self._faces: list = []  # recent distinct faces arrays (runner thread), see _share_faces
 
     # worker thread --------------------------------------------------------------------
     def _built(self, name: str) -> None:
@@ -684,6 +685,27 @@ class InferenceService(QObject):
             for name in self._ctx.built:
                 self.estimator_ready.emit(name)
             self._ctx.built.clear()
+
+    def _share_faces(self, results: list) -> list:
+        """Results whose faces equal those of an earlier result get that array (one body model's persons
+        share one array): a render request of all persons then pickles their faces once, not per person."""
+        import dataclasses
+
+        import numpy as np
+
+        from dpmesh_core.types import MeshResult
+
+        out = []
+        for r in results:
+            if isinstance(r, MeshResult):
+                f = r.faces
+                same = next((c for c in self._faces if c is f or (c.shape == f.shape and np.array_equal(c, f))), None)
+                if same is None:
+                    self._faces = [f, *self._faces[:3]]
+                elif same is not f:
+                    r = dataclasses.replace(r, faces=same)
+            out.append(r)
+        return out
 
     @property
     def server_pid(self) -> int | None:
@@ -722,7 +744,7 @@ class InferenceService(QObject):
 
         def job() -> tuple[Any, float]:
             out, secs = self._do("estimate", image, [person], camera, prev)
-            return out[0], secs
+            return self._share_faces(out)[0], secs
 
         return self.runner.submit(("estimate", uid), job)
 
@@ -734,7 +756,7 @@ class InferenceService(QObject):
 
         def job() -> tuple[Any, list, float]:
             out, secs = self._do("estimate", image, persons, camera, previous)
-            return frame, list(zip(uids, out)), secs
+            return frame, list(zip(uids, self._share_faces(out))), secs
 
         for u in uids:  # a pending single-person job is superseded by this one
             self.runner.cancel(("estimate", u))
@@ -902,16 +924,29 @@ class _OverlayLayers:
         self.background: dict[tuple[int, int], Any] = {}  # per output size: the renderer's background pixel
 
     @staticmethod
-    def _key(mesh: tuple, camera: Any, size: tuple[int, int]) -> bytes:
+    def _key(mesh: tuple, camera: Any, size: tuple[int, int], memo: dict | None = None) -> bytes:
+        """Digest of a layer; ``memo`` (one request's) keeps the digest of a faces array shared by several
+        meshes (the app sends one faces array for all persons of a body model: pickled and hashed once)."""
         import hashlib
 
         import numpy as np
 
+        def digest(a: Any) -> bytes:
+            d = hashlib.blake2b(digest_size=16)
+            d.update(str(a.shape).encode())
+            d.update(a.data)  # no copy
+            return d.digest()
+
         v, f, c = mesh
         h = hashlib.blake2b(digest_size=16)
-        for a in (np.ascontiguousarray(v, np.float32), np.ascontiguousarray(f, np.int32)):
-            h.update(str(a.shape).encode())
-            h.update(a.data)  # no copy
+        h.update(digest(np.ascontiguousarray(v, np.float32)))
+        if memo is None or id(f) not in memo:
+            fd = digest(np.ascontiguousarray(f, np.int32))
+            if memo is not None:
+                memo[id(f)] = (f, fd)  # the array is kept so that its id stays its own
+        else:
+            fd = memo[id(f)][1]
+        h.update(fd)
         h.update(repr((tuple(float(x) for x in c), camera, size)).encode())
         return h.digest()
 
@@ -970,7 +1005,8 @@ class _OverlayLayers:
 
         w, h = size
         renderer = get(w, h)
-        keys = [self._key(m, camera, (w, h)) for m in meshes]
+        memo: dict = {}
+        keys = [self._key(m, camera, (w, h), memo) for m in meshes]
         missing = [i for i, k in enumerate(keys) if k not in self.layers]
         if len(missing) > 2 and len(missing) > len(meshes) // 2:
             # mostly new: one pass now (cheaper than one per person), layers later while idle
