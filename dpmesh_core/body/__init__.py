@@ -11,13 +11,24 @@
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from .base import BodyModel, BodyOutput
+if TYPE_CHECKING:
+    from .base import BodyModel, BodyOutput
 
 __all__ = ["BodyModel", "BodyOutput", "load_body_model", "BODY_MODEL_NAMES"]
 
 BODY_MODEL_NAMES = ("anny", "smpl", "synthetic-smpl")
+
+
+def __getattr__(name: str) -> Any:
+    """``BodyModel`` / ``BodyOutput`` on first use: they import torch, and ``body.joints`` (joint sets,
+    used by the app's GUI process and the tracker) must not."""
+    if name in ("BodyModel", "BodyOutput"):
+        from . import base
+
+        return getattr(base, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def load_body_model(

@@ -293,12 +293,13 @@ print("RESULT", len(doc.persons()), sum(r is not None for r in doc.results()), "
 """
 
 
-def test_gui_process_never_imports_torch(media_dir):
-    """A fresh interpreter drives a Session (the app's default configuration) through detection,
-    estimation and a key-point drag: torch is loaded only by the inference process."""
+@pytest.mark.parametrize("media", [PHOTO, "street.avi"])
+def test_gui_process_never_imports_torch(media_dir, media):
+    """A fresh interpreter drives a Session (the app's default configuration) through detection (and, on
+    video, tracking), estimation and a key-point drag: torch is loaded only by the inference process."""
     repo = Path(__file__).resolve().parents[2]
     env = dict(os.environ, QT_QPA_PLATFORM="offscreen")
-    out = subprocess.run([sys.executable, "-c", DRIVE, str(media_dir / PHOTO)], cwd=repo, env=env,
+    out = subprocess.run([sys.executable, "-c", DRIVE, str(media_dir / media)], cwd=repo, env=env,
                          capture_output=True, text=True, timeout=300)
     line = [x for x in out.stdout.splitlines() if x.startswith("RESULT")]
     assert out.returncode == 0 and line, out.stdout[-2000:] + out.stderr[-4000:]
