@@ -46,14 +46,18 @@ def demo_scene(ctx: Any, target: str) -> tuple[Any, list[Person], str | None]:
 def process_video(ctx: Any, path: str, stride: int, smooth: bool,
                   known: dict[int, list[Person]]) -> Iterator[tuple[int, int, list[Person], list, bool]]:
     """Detect (on frames not in ``known``), track and estimate every ``stride``-th frame of the video at
-    ``path``, warm-starting each track from its previous frame when ``smooth``.
+    ``path``. When ``smooth``: warm-start each track from its previous frame and, with key-point fitting,
+    smooth each track's body over time as ``dpmesh predict`` does (frames then come a few frames late).
 
     Yields (frame, number of frames, persons, results (MeshResult or an error each), frame was known)."""
     from dpmesh_core import api
+    from dpmesh_core.fit import StreamingSmoother
 
     media = api.open_media(path)  # the worker's own reader: video readers are not thread-safe
     tracker = api.Tracker()
     previous: dict[int, MeshResult] = {}
+    est = ctx.estimator()
+    smoother = StreamingSmoother(est, sigma=1.5) if smooth and hasattr(est, "results_from_params") else None
     try:
         w, h = media.size
         cam = Camera.default_for(w, h)
@@ -66,10 +70,16 @@ def process_video(ctx: Any, path: str, stride: int, smooth: bool,
             prev = None
             if smooth:
                 prev = [previous.get(p.track_id) if p.track_id is not None else None for p in persons]
-            res = list(ctx.estimator().estimate(img, persons, camera=cam, previous=prev)) if persons else []
+            res = list(est.estimate(img, persons, camera=cam, previous=prev)) if persons else []
             for p, r in zip(persons, res):
                 if isinstance(r, MeshResult) and p.track_id is not None:
                     previous[p.track_id] = r
-            yield f, n, persons, res, f in known
+            if smoother is None:
+                yield f, n, persons, res, f in known
+            else:
+                for fr, ps, rs in smoother.push(f, persons, res):
+                    yield fr, n, ps, rs, fr in known
+        for fr, ps, rs in smoother.flush() if smoother is not None else ():
+            yield fr, n, ps, rs, fr in known
     finally:
         media.close()

@@ -325,3 +325,45 @@ def test_signal_emits_cannot_exhaust_true(qapp):
         e.ping.emit(i)
     assert len(got) == 2000
     assert min(sys.getrefcount(x) for x in (None, True, False)) > 1 << 39
+
+
+class _Context:
+    """The worker context ops receive (what the inference process gives them), built in this process."""
+
+    def __init__(self):
+        self._est, self._det = api.make_estimator("fit"), api.get_detector("yolo")
+
+    def estimator(self):
+        return self._est
+
+    def detector(self):
+        return self._det
+
+
+def test_video_job_smooths_each_track_when_smoothing_is_on(media_dir, tmp_path):
+    """With "temporal mesh smoothing" on, the app's video job smooths each track over time like
+    `dpmesh predict` does (frames come a few frames late, all of them, in order); off, it only warm-starts."""
+    from app import ops
+    from dpmesh_core.io.video import write_video
+
+    media = api.open_media(media_dir / "street.avi")
+    try:
+        clip = write_video(tmp_path / "clip.avi", (media.frame(i) for i in range(9)), fps=25.0)
+    finally:
+        media.close()
+    ctx = _Context()
+
+    def run(smooth):
+        out = list(ops.process_video(ctx, str(clip), 1, smooth, {}))
+        assert [f for f, *_ in out] == list(range(9))
+        tracks: dict = {}
+        for f, _n, _ps, rs, _known in out:
+            for r in rs:
+                if isinstance(r, MeshResult):
+                    tracks.setdefault(r.track_id, {})[f] = r.joints3d - r.joints3d.mean(0)
+        acc = [np.linalg.norm(s[t + 1] - 2 * s[t] + s[t - 1], axis=1).mean() for s in tracks.values() for t in s
+               if t - 1 in s and t + 1 in s]
+        assert len(acc) >= 10
+        return float(np.mean(acc))
+
+    assert run(True) < 0.6 * run(False)
