@@ -83,3 +83,16 @@ def process_video(ctx: Any, path: str, stride: int, smooth: bool,
             yield fr, n, ps, rs, fr in known
     finally:
         media.close()
+
+
+def restore_results(ctx: Any, frames: dict[int, tuple[list[Person], list]]) -> Iterator[tuple[int, list]]:
+    """Meshes back from a project's saved body parameters, frame by frame, without fitting again:
+    ``frames`` = {frame: (persons, saved summaries)}; yields (frame, [MeshResult or None per person]).
+    None where nothing usable was saved (the app estimates those persons instead). The current estimator
+    skins them when its body model matches (no second model is loaded)."""
+    from dpmesh_core import api
+
+    est = ctx.estimator()
+    for f in sorted(frames):
+        persons, summaries = frames[f]
+        yield f, api.restore_results(summaries, persons, est)

@@ -65,6 +65,7 @@ class Session(QObject):
         self.smooth_video = True
         self.overlay_alpha = 0.6
         self._detected_frames: set[int] = set()
+        self._restoring: dict[int, list[Person]] = {}  # frames whose saved meshes are being rebuilt
         self._pending_detect: set[int] = set()
         self._busy = {"inference": False, "render": False}
         self.autosave_interval_s = 60
@@ -134,6 +135,7 @@ class Session(QObject):
             return
         media = _api().open_media(p)  # raises MediaError naming the file
         self.inference.cancel_all()
+        self._restoring = {}
         self._detected_frames.clear()
         self._pending_detect.clear()
         self.doc.project_path = None
@@ -146,6 +148,7 @@ class Session(QObject):
     def open_image_array(self, image: np.ndarray, persons: list[Person] | None = None, name: str = "demo") -> None:
         """Show an in-memory image (e.g. the demo scene) with given persons (or detect them)."""
         self.inference.cancel_all()
+        self._restoring = {}
         self._detected_frames.clear()
         self._pending_detect.clear()
         self.doc.project_path = None
@@ -175,7 +178,18 @@ class Session(QObject):
         self.message.emit("Preparing the demo scene (first time: builds the body model cache)…")
         self.inference.call("demo", ops.demo_scene, str(target))
 
+    def _restored_current(self) -> None:
+        """After the saved meshes of the shown frame came back: estimate who had none, show the overlay."""
+        f = self.doc.current_frame
+        self.estimate_all(f, only_missing=True)
+        self._request_overlay(f)
+
     def _on_generic(self, key: Any, result: Any) -> None:
+        if key == "restore":
+            if self._restoring.pop(self.doc.current_frame, None) is not None:
+                self._restored_current()  # the shown frame had nothing to restore after all
+            self._restoring = {}
+            return
         if key == "video":
             self.message.emit("Video processed: every frame has persons and meshes (File ▸ Export for all frames).")
         elif key == "joint-tables":
@@ -256,9 +270,9 @@ class Session(QObject):
     def _on_frame_changed(self, frame: int) -> None:
         if self.doc.is_video and self.auto_detect and not self.doc.persons(frame):
             self.detect_frame(frame, auto=True)
-        elif self.live_inference and any(self.doc.result(u) is None and self.doc.result_error(u) is None
-                                         for u in self.doc.uids(frame)):
-            self.estimate_all(frame, auto=True)
+        elif self.live_inference and frame not in self._restoring and any(
+                self.doc.result(u) is None and self.doc.result_error(u) is None for u in self.doc.uids(frame)):
+            self.estimate_all(frame, auto=True)  # (a frame whose saved meshes are on their way waits for them)
         self._request_overlay(frame)
 
     # ------------------------------------------------------------------ estimation
@@ -300,15 +314,17 @@ class Session(QObject):
             return
         self.inference.estimate(uid, img, p, self.camera(frame), self._previous_for(uid, frame))
 
-    def estimate_all(self, frame: int | None = None, auto: bool = False) -> None:
+    def estimate_all(self, frame: int | None = None, auto: bool = False, only_missing: bool = False) -> None:
         """Estimate every person of ``frame`` in one batched job (persons with < 2 usable joints get an
-        error at once)."""
+        error at once); ``only_missing``: only those without a result yet."""
         f = self.doc.current_frame if frame is None else frame
         img = self.doc.image(f)
         if img is None:
             return
         uids, persons, prev = [], [], []
         for u, p in zip(self.doc.uids(f), self.doc.persons(f)):
+            if only_missing and (self.doc.result(u) is not None or self.doc.result_error(u) is not None):
+                continue
             if int(p.weights.astype(bool).sum()) < 2:
                 self.doc.set_result(u, "needs at least 2 visible key-points")
                 continue
@@ -349,6 +365,9 @@ class Session(QObject):
             self._pending_detect.clear()
             self.error.emit("Detection failed", message)
         elif kind == "call":
+            if self._restoring:  # rebuilding a project's meshes failed: estimate the shown frame instead
+                self._restoring = {}
+                self._restored_current()
             self.error.emit("Operation failed", message)
         elif kind == "detect-box":
             self.error.emit("Detection in box failed", message)
@@ -430,8 +449,17 @@ class Session(QObject):
         self.doc.set_current_frame(int(settings.get("current_frame", 0)))
         for f, persons in data.frames.items():
             self.doc.set_frame_persons(int(f), list(persons))
-        # The file keeps body parameters, not vertices: meshes of the shown frame are re-estimated.
-        self.estimate_all(self.doc.current_frame)
+        # The file keeps body parameters, not vertices: the inference worker skins them back (no fitting);
+        # persons without usable saved parameters are estimated when that comes back.
+        saved = {int(f): (self.doc.persons(int(f)), list(rs)) for f, rs in (data.results or {}).items()
+                 if int(f) in data.frames and any(rs)}
+        self._restoring = {f: list(ps) for f, (ps, _rs) in saved.items()}
+        if saved:
+            from . import ops
+
+            self.inference.call("restore", ops.restore_results, saved)
+        else:
+            self.estimate_all(self.doc.current_frame)
         self._request_overlay(self.doc.current_frame)
 
     def _autosave_target(self) -> Path | None:
@@ -551,6 +579,16 @@ class Session(QObject):
         self.inference.runner.cancel(("call", "video"))
 
     def _on_generic_progress(self, key: Any, value: Any) -> None:
+        if key == "restore":
+            f, results = value
+            sent = self._restoring.pop(f, [])
+            current = self.doc.persons(f)
+            for u, p, q, r in zip(self.doc.uids(f), current, sent, results):
+                if r is not None and p is q and self.doc.result(u) is None:  # not edited meanwhile
+                    self.doc.set_result(u, r)
+            if f == self.doc.current_frame:
+                self._restored_current()
+            return
         if key != "video":
             return
         f, n, persons, results, was_known = value

@@ -146,3 +146,48 @@ def test_export_meshes_and_keypoints(session, qtbot, tmp_path):
     kp = session.export_keypoints(tmp_path / "kp.json")
     data = json.loads(kp.read_text())
     assert len(data["annotations"]) == 3
+
+
+def test_reopened_project_shows_saved_meshes_without_fitting_again(qapp, qtbot, tmp_path, isolated_home, media_dir,
+                                                                   reference_dir):
+    """Reopening rebuilds each mesh from its saved body parameters (in the inference worker): the same
+    meshes, no fitting. A person whose saved entry is unusable is estimated instead."""
+    from dpmesh_core import api
+    from dpmesh_core.types import Person
+
+    name = "COCO_val2014_000000000192.jpg"
+    ref = json.loads((reference_dir / "yolo11n_pose_detections.json").read_text())["images"][name]
+    persons = [Person(box=p["box_xyxy"], keypoints=p["keypoints"], score=p["score"]) for p in ref["people"][:3]]
+    fitter = api.make_estimator("fit", body_model="synthetic-smpl")
+    s = Session(inference=InferenceService(estimator_factory=lambda: fitter))
+    s.auto_detect = False
+    try:
+        s.open_path(media_dir / name)
+        s.doc.set_frame_persons(0, persons)
+        s.estimate_all(0)
+        qtbot.waitUntil(lambda: all(r is not None for r in s.doc.results()), timeout=60000)
+        before = list(s.doc.results())
+        out = s.save_project(tmp_path / "scene")
+    finally:
+        s.shutdown()
+    data = json.loads(out.read_text())
+    data["results"]["0"][2]["body_pose"] = "damaged"
+    out.write_text(json.dumps(data))
+    s2 = Session(inference=InferenceService(estimator_factory=lambda: fitter))
+    s2.auto_detect = False
+    try:
+        evaluations = fitter.evaluations
+        assert s2.load_project(out)
+        qtbot.waitUntil(lambda: all(r is not None for r in s2.doc.results()), timeout=60000)
+        after = s2.doc.results()
+        for a, b in zip(after[:2], before[:2]):
+            np.testing.assert_allclose(a.vertices, b.vertices, atol=1e-4)
+            np.testing.assert_allclose(a.keypoints2d, b.keypoints2d, atol=1e-2)
+        assert after[2].estimator == "fit"  # the damaged one was estimated again …
+        spent = fitter.evaluations - evaluations
+        assert 0 < spent  # … and only it: a cold fit of one person, not three
+        one = fitter.evaluations
+        fitter.estimate(None, [persons[2]], camera=after[2].camera)
+        assert spent <= fitter.evaluations - one
+    finally:
+        s2.shutdown()
