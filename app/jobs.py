@@ -1158,6 +1158,15 @@ class _RenderClient:
     def _start(self) -> None:
         self.proc, self.conn = _spawn_server("--render-server")
 
+    def start(self) -> None:
+        """Spawn the render process if it is not running (a failure falls back like a dead process)."""
+        if self.proc is None and not self.failed:
+            try:
+                self._start()
+            except OSError as e:
+                log.warning("render process unavailable (%s); rendering in-process with numpy", e)
+                self.failed = True
+
     def request(self, op: str, args: tuple) -> Any:
         if not self.failed:
             try:
@@ -1209,22 +1218,37 @@ class _RenderClient:
 
 
 class RenderService(QObject):
-    """Mesh rendering off the GUI thread: a render thread (coalescing queue, latest request per key wins)
-    that hands each request to a render process owning Open3D (see ``_render_server``).
+    """Mesh rendering off the GUI thread: render threads (coalescing queues, latest request per key wins)
+    that hand each request to a render process owning Open3D (see ``_render_server``). The image overlay
+    and the 3-D mesh view have a thread and a process each, so the overlay of an edit — what the user
+    watches while dragging — never waits behind a mesh-view render (50–90 ms) of the previous edit.
 
     ``render_view(key, meshes, camera, view, size)`` / ``render_overlay(key, image, results, alpha, colors)``
-    → ``rendered(key, rgb, seconds)``; failures → ``error(message)``.
+    → ``rendered(key, rgb, seconds)``; failures → ``error(message)``; ``busy_changed(bool)``: either busy.
     """
 
     rendered = Signal(object, object, float)
     error = Signal(str)
+    busy_changed = Signal(bool)
 
     def __init__(self, parent: QObject | None = None):
         super().__init__(parent)
-        self.runner = JobRunner("render", self)
-        self.runner.job_finished.connect(self._on_finished)
-        self.runner.job_failed.connect(lambda k, i, m, e: self.error.emit(m))
+        self.runner = JobRunner("render", self)  # the overlay
+        self.view_runner = JobRunner("render-view", self)  # the mesh view
+        for r in (self.runner, self.view_runner):
+            r.job_finished.connect(self._on_finished)
+            r.job_failed.connect(lambda k, i, m, e: self.error.emit(m))
+            r.busy_changed.connect(lambda _b: self.busy_changed.emit(self.is_busy()))
         self._client = _RenderClient()
+        self._view_client = _RenderClient()
+
+    def is_busy(self) -> bool:
+        return self.runner.is_busy() or self.view_runner.is_busy()
+
+    def start(self) -> None:
+        """Start both render processes now (in the background), not on the first render."""
+        for runner, client in ((self.runner, self._client), (self.view_runner, self._view_client)):
+            runner.submit(("start",), lambda c=client: c.start())  # no "rendered" signal: see _on_finished
 
     def render_view(self, key: Hashable, meshes: list, camera: Any, view: Any,
                     size: tuple[int, int]) -> int:
@@ -1233,10 +1257,10 @@ class RenderService(QObject):
 
         def job() -> tuple[Any, float]:
             t0 = time.perf_counter()
-            img = self._client.request("render", (meshes, camera, view, tuple(size)))
+            img = self._view_client.request("render", (meshes, camera, view, tuple(size)))
             return img, time.perf_counter() - t0
 
-        return self.runner.submit(key, job)
+        return self.view_runner.submit(key, job)
 
     def render_overlay(self, key: Hashable, image: Any, results: list, alpha: float = 0.6,
                        colors: list | None = None) -> int:
@@ -1250,12 +1274,16 @@ class RenderService(QObject):
         return self.runner.submit(key, job)
 
     def _on_finished(self, key: Any, job_id: int, result: Any) -> None:
+        if key == ("start",):
+            return
         img, secs = result
         self.rendered.emit(key, img, secs)
 
     def shutdown(self) -> None:
         self.runner.stop()
+        self.view_runner.stop()
         self._client.close()
+        self._view_client.close()
 
 
 # ---------------------------------------------------------------------------------------------------

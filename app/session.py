@@ -92,7 +92,7 @@ class Session(QObject):
         self.inference.frame_failed.connect(self._on_frame_failed)
         self.render.rendered.connect(self._on_rendered)
         self.render.error.connect(lambda m: self.message.emit(f"Mesh rendering failed: {m}"))
-        self.render.runner.busy_changed.connect(lambda b: self._set_busy("render", b))
+        self.render.busy_changed.connect(lambda b: self._set_busy("render", b))
 
     def start_background(self) -> None:
         """Load the heavy parts (torch, joint tables, the estimator) on the worker, after the window shows."""
@@ -100,6 +100,7 @@ class Session(QObject):
             return
         self._background_started = True
         self.inference.start()
+        self.render.start()
         self.inference.call("joint-tables", ops.joint_tables)
         self.inference.warm_up()
 
@@ -124,7 +125,7 @@ class Session(QObject):
             self.busy_changed.emit(after)
 
     def is_busy(self) -> bool:
-        return any(self._busy.values()) or self.inference.runner.is_busy() or self.render.runner.is_busy()
+        return any(self._busy.values()) or self.inference.runner.is_busy() or self.render.is_busy()
 
     # ------------------------------------------------------------------ opening
     def open_path(self, path: str | os.PathLike) -> None:

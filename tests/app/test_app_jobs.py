@@ -256,3 +256,40 @@ def test_overlay_layers_match_render_overlay_after_one_person_changes():
     turned = np.eye(4)
     turned[:3, 3] = (0.05, 0.0, 0.1)
     np.testing.assert_array_equal(layers.view(get2, meshes, cam, turned, (48, 40)), small.render(meshes, cam, turned))
+
+
+def test_overlay_and_mesh_view_render_in_separate_processes(qapp, qtbot):
+    """The image overlay and the mesh view each have a render thread and a render process (Open3D), so an
+    edit's overlay never queues behind a mesh-view render; both give pictures; shutdown leaves no process."""
+    import os
+
+    import numpy as np
+
+    from app.jobs import RenderService
+
+    svc = RenderService()
+    got: dict = {}
+    svc.rendered.connect(lambda k, rgb, secs: got.__setitem__(k, rgb))
+    try:
+        svc.start()
+        qtbot.waitUntil(lambda: svc._client.proc is not None and svc._view_client.proc is not None, timeout=20000)
+        a, b = svc._client.proc.pid, svc._view_client.proc.pid
+        assert a != b
+        image = np.full((80, 96, 3), 40, np.uint8)
+        results = [_box_result(-0.2, 0.0, 3.0), _box_result(0.15, -0.1, 2.6)]
+        meshes = [(r.vertices, r.faces, (0.9, 0.2, 0.2)) for r in results]
+        svc.render_view("view", meshes, results[0].camera, np.eye(4), (48, 40))
+        svc.render_overlay("overlay", image, results, 0.6, [(0.1, 0.9, 0.1)] * 2)
+        qtbot.waitUntil(lambda: {"view", "overlay"} <= set(got), timeout=60000)
+        assert got["view"].shape == (40, 48, 3) and got["overlay"].shape == image.shape
+        assert (got["overlay"] != image).any(axis=2).sum() > 50  # the boxes are drawn over the image
+        assert svc._client.proc.pid == a and svc._view_client.proc.pid == b  # still the same processes
+    finally:
+        svc.shutdown()
+    for pid in (a, b):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        with open(f"/proc/{pid}/stat") as f:  # a zombie would be reaped by the parent, never a live process
+            assert f.read().split()[2] == "Z"
