@@ -51,13 +51,12 @@ def process_video(ctx: Any, path: str, stride: int, smooth: bool,
 
     Yields (frame, number of frames, persons, results (MeshResult or an error each), frame was known)."""
     from dpmesh_core import api
-    from dpmesh_core.fit import StreamingSmoother
 
     media = api.open_media(path)  # the worker's own reader: video readers are not thread-safe
     tracker = api.Tracker()
     previous: dict[int, MeshResult] = {}
     est = ctx.estimator()
-    smoother = StreamingSmoother(est, sigma=1.5) if smooth and hasattr(est, "results_from_params") else None
+    smoother = api.StreamingSmoother(est, sigma=1.5) if smooth and hasattr(est, "results_from_params") else None
     try:
         w, h = media.size
         cam = Camera.default_for(w, h)

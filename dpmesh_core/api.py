@@ -71,6 +71,7 @@ _LAZY: dict[str, str] = {
     "get_detector": "dpmesh_core.detect",
     "Tracker": "dpmesh_core.detect.tracker",
     "demo_scene": "dpmesh_core.demo",
+    "StreamingSmoother": "dpmesh_core.fit.smooth",
 }
 
 __all__ = sorted(
