@@ -922,6 +922,7 @@ class _OverlayLayers:
         self.layers: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()
         self.todo: list[tuple[bytes, Any, tuple]] = []  # (key, renderer getter args, mesh spec + camera)
         self.background: dict[tuple[int, int], Any] = {}  # per output size: the renderer's background pixel
+        self._last: dict[str, Any] | None = None  # the last overlay (image, layer keys, picture): edits patch it
 
     @staticmethod
     def _key(mesh: tuple, camera: Any, size: tuple[int, int], memo: dict | None = None) -> bytes:
@@ -954,12 +955,13 @@ class _OverlayLayers:
         import numpy as np
 
         rgb, mask, depth = renderer.render_with_mask([mesh], camera, None)
-        if not mask.all():
-            self.background[(rgb.shape[1], rgb.shape[0])] = rgb[~mask][0].copy()
-        ys, xs = np.nonzero(mask)
-        if len(ys) == 0:
+        first_bg = int(np.argmin(mask.reshape(-1)))  # the first uncovered pixel (0 if all are covered)
+        if not mask.reshape(-1)[first_bg]:
+            self.background[(rgb.shape[1], rgb.shape[0])] = rgb.reshape(-1, 3)[first_bg].copy()
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        if len(rows) == 0:
             return (0, 0, 0, 0, None, None)
-        y0, y1, x0, x1 = int(ys.min()), int(ys.max()) + 1, int(xs.min()), int(xs.max()) + 1
+        y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
         return (y0, y1, x0, x1, rgb[y0:y1, x0:x1].copy(), depth[y0:y1, x0:x1].copy())
 
     def _store(self, key: bytes, layer: tuple) -> None:
@@ -987,26 +989,94 @@ class _OverlayLayers:
                 return get(w, h).render_overlay(image, results, alpha)
             meshes.append((r.vertices, r.faces, tuple(float(x) for x in col)))
         if not meshes:
+            self._last = None
             return img.copy()
-        rgb, mask = self.compose(get, meshes, camera, (w, h))
-        # the blend of render_overlay, computed on the covered pixels only (same float32 arithmetic)
         a = float(np.clip(alpha, 0.0, 1.0))
+        memo: dict = {}
+        last = self._last
+        keys = []
+        same_faces: dict[int, bool] = {}  # per faces array of this request: equal to the last request's?
+        for i, m in enumerate(meshes):
+            if last is not None and i < len(last["meshes"]) and last["camera"] == camera and last["size"] == (w, h):
+                lv, lf, lc = last["meshes"][i]
+                v, f, c = m
+                if c == lc and np.array_equal(v, lv):
+                    if id(f) not in same_faces:
+                        same_faces[id(f)] = np.array_equal(f, lf)
+                    if same_faces[id(f)]:
+                        keys.append(last["keys"][i])  # unchanged person: no need to hash it again
+                        continue
+            keys.append(self._key(m, camera, (w, h), memo))
+        if last is not None and last["size"] == (w, h) and last["alpha"] == a and len(last["keys"]) == len(keys) \
+                and np.array_equal(last["image"], img):
+            changed = [i for i, (k, o) in enumerate(zip(keys, last["keys"])) if k != o]
+            if len(changed) <= 2 and all(last["keys"][i] in self.layers for i in changed) and all(
+                    k in self.layers for i, k in enumerate(keys) if i not in changed):
+                # an edit: recompose and re-blend only where the changed persons were or are now
+                old_boxes = [self.layers[last["keys"][i]][:4] for i in changed]
+                renderer = get(w, h)
+                for i in changed:
+                    if keys[i] not in self.layers:
+                        self._store(keys[i], self._render_layer(renderer, meshes[i], camera))
+                boxes = [b for b in old_boxes + [self.layers[keys[i]][:4] for i in changed] if b[1] > b[0]]
+                out = last["out"]
+                if boxes:
+                    y0, y1 = min(b[0] for b in boxes), max(b[1] for b in boxes)
+                    x0, x1 = min(b[2] for b in boxes), max(b[3] for b in boxes)
+                    rgb, mask = self._compose_region(keys, (y0, y1, x0, x1))
+                    out[y0:y1, x0:x1] = self._blend(img[y0:y1, x0:x1], rgb, mask, a)
+                last["keys"] = keys
+                last["meshes"] = [(np.array(v, copy=True), f, c) for v, f, c in meshes]
+                return out.copy()
+        rgb, mask = self.compose(get, meshes, camera, (w, h), keys=keys)
+        out = self._blend(img, rgb, mask, a)
+        self._last = {"size": (w, h), "alpha": a, "keys": keys, "image": np.array(img, np.uint8, copy=True),
+                      "out": out.copy(), "camera": camera,
+                      "meshes": [(np.array(v, copy=True), f, c) for v, f, c in meshes]}
+        return out
+
+    @staticmethod
+    def _blend(img: Any, rgb: Any, mask: Any, a: float) -> Any:
+        """The blend of render_overlay, computed on the covered pixels only (same float32 arithmetic)."""
+        import numpy as np
+
         out = np.array(img, np.uint8, copy=True).reshape(-1, 3)
         idx = np.flatnonzero(mask)
         under = out[idx].astype(np.float32)
         out[idx] = ((1 - a) * under + a * rgb.reshape(-1, 3)[idx].astype(np.float32) + 0.5).astype(np.uint8)
         return out.reshape(img.shape)
 
-    def compose(self, get: Callable[[int, int], Any], meshes: list, camera: Any,
-                size: tuple[int, int]) -> tuple[Any, Any]:
-        """(rgb (H, W, 3) uint8, mask (H, W) bool) of ``meshes`` seen by ``camera`` (no view transform), as
-        ``render_with_mask`` would give them (rgb is only meaningful under the mask), from cached layers."""
+    def _compose_region(self, keys: list, region: tuple[int, int, int, int]) -> tuple[Any, Any]:
+        """(rgb, mask) of the cached layers ``keys`` depth-composited inside ``region`` (y0, y1, x0, x1) only."""
         import numpy as np
 
+        Y0, Y1, X0, X1 = region
+        zbuf = np.full((Y1 - Y0, X1 - X0), np.inf, np.float32)
+        rgb = np.zeros((Y1 - Y0, X1 - X0, 3), np.uint8)
+        for k in keys:
+            y0, y1, x0, x1, lrgb, ldepth = self.layers[k]
+            self.layers.move_to_end(k)
+            if lrgb is None:
+                continue
+            a0, a1, b0, b1 = max(y0, Y0), min(y1, Y1), max(x0, X0), min(x1, X1)
+            if a0 >= a1 or b0 >= b1:
+                continue
+            ld = ldepth[a0 - y0:a1 - y0, b0 - x0:b1 - x0]
+            zr = zbuf[a0 - Y0:a1 - Y0, b0 - X0:b1 - X0]
+            closer = (ld > 0) & (ld < zr)
+            zr[closer] = ld[closer]
+            rgb[a0 - Y0:a1 - Y0, b0 - X0:b1 - X0][closer] = lrgb[a0 - y0:a1 - y0, b0 - x0:b1 - x0][closer]
+        return rgb, np.isfinite(zbuf)
+
+    def compose(self, get: Callable[[int, int], Any], meshes: list, camera: Any,
+                size: tuple[int, int], keys: list | None = None) -> tuple[Any, Any]:
+        """(rgb (H, W, 3) uint8, mask (H, W) bool) of ``meshes`` seen by ``camera`` (no view transform), as
+        ``render_with_mask`` would give them (rgb is only meaningful under the mask), from cached layers."""
         w, h = size
         renderer = get(w, h)
-        memo: dict = {}
-        keys = [self._key(m, camera, (w, h), memo) for m in meshes]
+        if keys is None:
+            memo: dict = {}
+            keys = [self._key(m, camera, (w, h), memo) for m in meshes]
         missing = [i for i, k in enumerate(keys) if k not in self.layers]
         if len(missing) > 2 and len(missing) > len(meshes) // 2:
             # mostly new: one pass now (cheaper than one per person), layers later while idle
@@ -1019,18 +1089,7 @@ class _OverlayLayers:
             return rgb, mask
         for i in missing:
             self._store(keys[i], self._render_layer(renderer, meshes[i], camera))
-        zbuf = np.full((h, w), np.inf, np.float32)
-        rgb = np.zeros((h, w, 3), np.uint8)
-        for k in keys:
-            y0, y1, x0, x1, lrgb, ldepth = self.layers[k]
-            self.layers.move_to_end(k)
-            if lrgb is None:
-                continue
-            zr = zbuf[y0:y1, x0:x1]
-            closer = (ldepth > 0) & (ldepth < zr)
-            zr[closer] = ldepth[closer]
-            rgb[y0:y1, x0:x1][closer] = lrgb[closer]
-        return rgb, np.isfinite(zbuf)
+        return self._compose_region(keys, (0, h, 0, w))
 
     def _layers_from_scene(self, keys: list, meshes: list, camera: Any, size: tuple[int, int], rgb: Any,
                            mask: Any, depth: Any) -> None:

@@ -378,6 +378,11 @@ class Session(QObject):
         if frame == self.doc.current_frame:
             self._overlay_timer.start()  # a batch of results → one overlay request
 
+    def overlay_pending(self) -> bool:
+        """An image-overlay render is queued, running or about to be requested, or an estimation (whose
+        result will need one) is on its way: the 3-D view waits for these (see ``MeshView``)."""
+        return self._overlay_timer.isActive() or self.render.runner.is_busy() or self.inference.runner.is_busy()
+
     def _request_overlay(self, frame: int) -> None:
         img = self.doc.image(frame)
         if img is None:

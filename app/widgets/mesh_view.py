@@ -124,7 +124,17 @@ class MeshView(QWidget):
         self._timer.setSingleShot(True)
         self._timer.setInterval(0)
         self._timer.timeout.connect(self.request_render)
-        self.doc.results_changed.connect(lambda _f: self.schedule())
+        self.doc.results_changed.connect(lambda _f: self.schedule_after_overlay())
+        # New results: the image overlay (what the user watches while editing) renders first; the 3-D view
+        # follows when no overlay and no estimation is under way (at most MAX_DEFER_MS later: during a drag
+        # or a whole-video job it still refreshes), so it never takes the CPU from the next edit's fit and
+        # overlay.
+        self._settle = QTimer(self)
+        self._settle.setSingleShot(True)
+        self._settle.setInterval(self.MAX_DEFER_MS)
+        self._settle.timeout.connect(self.schedule)
+        for runner in (session.render.runner, session.inference.runner):
+            runner.busy_changed.connect(lambda busy: None if busy else self._overlay_idle())
         self.doc.selection_changed.connect(lambda _u: self.schedule() if self.selected_only else None)
         self.doc.frame_changed.connect(lambda _f: self.schedule())
         self.doc.media_changed.connect(self.reset_view)
@@ -158,9 +168,23 @@ class MeshView(QWidget):
         self.selected_only = bool(on)
         self.schedule()
 
+    MAX_DEFER_MS = 250
+
     def schedule(self) -> None:
+        self._settle.stop()
         if self.isVisible() or self.canvas.isVisible():
             self._timer.start()
+
+    def schedule_after_overlay(self) -> None:
+        """Render for new results once no overlay or estimation is under way (see ``__init__``)."""
+        if not self._settle.isActive():
+            self._settle.start()
+        if not self.session.overlay_pending():
+            QTimer.singleShot(0, self._overlay_idle)
+
+    def _overlay_idle(self) -> None:
+        if self._settle.isActive() and not self.session.overlay_pending():
+            self.schedule()
 
     def showEvent(self, e) -> None:  # noqa: N802
         self.schedule()

@@ -244,6 +244,16 @@ def test_overlay_layers_match_render_overlay_after_one_person_changes():
     assert len(layers.layers) == 5 and not layers.todo  # only the edited person was rendered
     np.testing.assert_array_equal(again, renderer.render_overlay(image, moved, 0.6, colors=colors))
     assert not np.array_equal(again, first)
+    # more edits patch the last picture where the edited person was and is (moved away, then an empty
+    # result, then back): still the full render's picture each time
+    full = []
+    compose = layers.compose
+    layers.compose = lambda *a, **k: (full.append(1), compose(*a, **k))[1]
+    for r1 in (_box_result(0.3, 0.3, 3.2), _box_result(0.35, 0.3, 3.0), None, _box_result(-0.15, 0.0, 2.8)):
+        moved[1] = r1
+        patched = layers.overlay(get, image, moved, 0.6, colors)
+        np.testing.assert_array_equal(patched, renderer.render_overlay(image, moved, 0.6, colors=colors))
+    assert len(full) == 2  # the two moves were patched; removing and re-adding a person recomposes all
     # the mesh view at the camera's own view comes from the same layers (another size: its own layers)
     small = api.MeshRenderer(48, 40, backend="numpy")
     get2 = lambda w, h: renderer if (w, h) == (96, 80) else small  # noqa: E731

@@ -281,3 +281,44 @@ def test_training_panel_plots_events(qapp, qtbot):
     assert "annotations missing" in tp.state.text()
     tp.start()  # no config chosen: says so instead of starting
     assert not tp.proc.is_running() and "config" in tp.state.text()
+
+
+def test_mesh_view_waits_for_edits_in_flight_but_not_forever(qapp, qtbot, image):
+    """New results re-render the 3-D view once no estimation or overlay is under way (so it never takes the
+    CPU from the next edit's fit and overlay), and at most MeshView.MAX_DEFER_MS later when work goes on."""
+    import time
+
+    from app.widgets.mesh_view import MeshView
+
+    est = RecordingEstimator()
+    s = Session(inference=InferenceService(estimator_factory=lambda: est))
+    s.auto_detect = False
+    try:
+        s.open_image_array(image, [make_person(0), make_person(1, x0=300)])
+        qtbot.waitUntil(lambda: all(r is not None for r in s.doc.results()), timeout=60000)
+        view = MeshView(s)
+        qtbot.addWidget(view)
+        view.show()
+        requests: list[float] = []
+        render_view = s.render.render_view
+        s.render.render_view = lambda *a, **k: (requests.append(time.perf_counter()), render_view(*a, **k))[1]
+        qtbot.waitUntil(lambda: not s.is_busy(), timeout=20000)
+        requests.clear()
+        # an estimation is running (gated) when a result changes: the view waits …
+        est.gate.clear()
+        u0, u1 = s.doc.uids()
+        s.doc.edit_move_keypoint(u1, 2, (320.0, 200.0))
+        qtbot.waitUntil(lambda: est.started.is_set() and s.inference.runner.is_busy(), timeout=10000)
+        t0 = time.perf_counter()
+        s.doc.set_result(u0, s.doc.result(u0))  # a result arrives meanwhile
+        qtbot.wait(80)
+        assert not requests
+        # … but not longer than MAX_DEFER_MS while the work goes on
+        qtbot.waitUntil(lambda: bool(requests), timeout=5000)
+        assert requests[0] - t0 >= MeshView.MAX_DEFER_MS / 1000 * 0.8
+        requests.clear()
+        est.gate.set()  # the estimation finishes: its result is drawn once everything is idle
+        qtbot.waitUntil(lambda: bool(requests) and not s.is_busy(), timeout=20000)
+    finally:
+        est.gate.set()
+        s.shutdown()
