@@ -608,18 +608,9 @@ class _InferenceClient:
 
     def close(self) -> None:
         """End the process cleanly (call when the runner thread has stopped)."""
-        import subprocess
-
         if self.proc is None:
             return
-        try:
-            self.conn.send(None)
-        except (OSError, BrokenPipeError):
-            pass
-        try:
-            self.proc.wait(5)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
+        _end_server(self.proc, self.conn, 5.0)
         self._discard()
 
 
@@ -1204,6 +1195,21 @@ def _render_server(conn: Any) -> None:
         r.close()
 
 
+def _end_server(proc: Any, conn: Any, wait_s: float) -> None:
+    """Ask a server process to end (a ``None`` message), wait ``wait_s``, then kill it if it has not."""
+    import subprocess
+
+    try:
+        conn.send(None)
+    except (OSError, BrokenPipeError):
+        pass
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(2)
+
+
 class _RenderClient:
     """The render thread's handle on the render process (started on first use, restarted never: if it
     dies, rendering falls back to the numpy rasteriser in the render thread)."""
@@ -1258,17 +1264,7 @@ class _RenderClient:
 
     def close(self) -> None:
         if self.proc is not None:
-            import subprocess
-
-            try:
-                self.conn.send(None)
-            except (OSError, BrokenPipeError):
-                pass
-            try:
-                self.proc.wait(3)
-            except subprocess.TimeoutExpired:
-                self.proc.terminate()
-                self.proc.wait(2)
+            _end_server(self.proc, self.conn, 3.0)
             self.conn.close()
             self.proc = None
         for r in self._fallback.values():

@@ -59,6 +59,21 @@ def smooth_params(params: Sequence[BodyParams], frames: Sequence[int], sigma: fl
             for t, p in enumerate(params)]
 
 
+def _track_key(r: MeshResult, slot: int) -> tuple:
+    """A result's track: its ``track_id``, else its slot index."""
+    return ("track", r.track_id) if r.track_id is not None else ("slot", slot)
+
+
+def _smoothable(r: object, body_name: str, frame: object, slot: int) -> bool:
+    """True for a ``MeshResult`` of ``body_name``; ConfigError for one of another body model."""
+    if not isinstance(r, MeshResult):
+        return False
+    if r.params.model != body_name:
+        raise ConfigError(f"frame {frame} slot {slot}: result of body model {r.params.model!r} cannot be "
+                          f"smoothed with {body_name!r}")
+    return True
+
+
 def smooth_sequence(
     results_per_frame: Sequence[Sequence[MeshResult | None]],
     fitter,
@@ -79,13 +94,8 @@ def smooth_sequence(
     tracks: dict[object, list[tuple[int, int]]] = {}
     for t, frame in enumerate(results_per_frame):
         for s, r in enumerate(frame):
-            if not isinstance(r, MeshResult):
-                continue
-            if r.params.model != body_name:
-                raise ConfigError(f"frame {t} slot {s}: result of body model {r.params.model!r} cannot be "
-                                  f"smoothed with {body_name!r}")
-            key = ("track", r.track_id) if r.track_id is not None else ("slot", s)
-            tracks.setdefault(key, []).append((t, s))
+            if _smoothable(r, body_name, t, s):
+                tracks.setdefault(_track_key(r, s), []).append((t, s))
     out: list[list[MeshResult | None]] = [list(f) for f in results_per_frame]
     entries: list[tuple[int, int, BodyParams]] = []
     for members in tracks.values():
@@ -149,16 +159,12 @@ class StreamingSmoother:
         if self.sigma <= 0 or not any(isinstance(r, MeshResult) for r in results):
             return frame, persons, results
         body_name = self.fitter.body.name
-        key = lambda r, s: ("track", r.track_id) if r.track_id is not None else ("slot", s)  # noqa: E731
         smoothed = list(results)
         for s, r in enumerate(results):
-            if not isinstance(r, MeshResult):
+            if not _smoothable(r, body_name, frame, s):
                 continue
-            if r.params.model != body_name:
-                raise ConfigError(f"frame {frame} slot {s}: result of body model {r.params.model!r} cannot be "
-                                  f"smoothed with {body_name!r}")
             track = [(b[0], q.params) for b in window for k, q in enumerate(b[3])
-                     if isinstance(q, MeshResult) and key(q, k) == key(r, s)]
+                     if isinstance(q, MeshResult) and _track_key(q, k) == _track_key(r, s)]
             pos = [p for p, _ in track]
             sm = smooth_params([q for _, q in track], pos, self.sigma)
             smoothed[s] = dataclasses.replace(r, params=sm[pos.index(t)])
