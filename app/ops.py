@@ -92,6 +92,7 @@ def restore_results(ctx: Any, frames: dict[int, tuple[list[Person], list]]) -> I
     from dpmesh_core import api
 
     est = ctx.estimator()
+    fitters: dict[str, Any] = {}  # body models the estimator does not use: loaded once for all frames
     for f in sorted(frames):
         persons, summaries = frames[f]
-        yield f, api.restore_results(summaries, persons, est)
+        yield f, api.restore_results(summaries, persons, est, fitters)

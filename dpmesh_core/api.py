@@ -176,12 +176,15 @@ def restore_results(
     summaries: Sequence[dict[str, Any] | None],
     persons: Sequence[Person],
     estimator: Estimator | None = None,
+    fitters: dict[str, Any] | None = None,
 ) -> list[MeshResult | None]:
     """Meshes back from a project file's saved body parameters (``ProjectData.results[frame]``), without
     estimating again: one ``MeshResult`` per person, or None where nothing was saved or the saved body model
     cannot be built here (e.g. SMPL without the user's file) — estimate those instead.
 
     ``estimator``: a key-point fitter to skin with when its body model matches (saves loading one).
+    ``fitters``: {body model name: fitter (None: cannot be built)} kept across calls, e.g. over the frames
+    of a video, so each body model is loaded once.
     """
     from .io.project import summary_to_params
 
@@ -196,13 +199,18 @@ def restore_results(
         except (KeyError, TypeError, ValueError):
             continue  # a damaged entry: estimate that person again
         groups.setdefault(parsed[i][0].model, []).append(i)
+    fitters = {} if fitters is None else fitters
     for model, idx in groups.items():
         fitter = estimator if getattr(getattr(estimator, "body", None), "name", None) == model and \
             hasattr(estimator, "results_from_params") else None
         if fitter is None:
-            try:
-                fitter = make_estimator("fit", body_model=model)
-            except (DPMeshError, ValueError):
+            if model not in fitters:
+                try:
+                    fitters[model] = make_estimator("fit", body_model=model)
+                except (DPMeshError, ValueError):
+                    fitters[model] = None
+            fitter = fitters[model]
+            if fitter is None:
                 continue
         try:
             res = fitter.results_from_params([parsed[i][0] for i in idx], [parsed[i][1] for i in idx],

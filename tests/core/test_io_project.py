@@ -175,8 +175,12 @@ def test_saved_results_rebuild_the_same_meshes_without_fitting(tmp_path, media_d
         np.testing.assert_allclose(a.keypoints2d, r.keypoints2d, atol=1e-2)
         assert (a.estimator, a.track_id, a.joint_set) == (r.estimator, r.track_id, r.joint_set)
         assert a.loss == pytest.approx(r.loss)
-    # without the fitter at hand it builds one for the saved body model
-    alone = api.restore_results(data.results[0][:1], data.frames[0][:1])
+    # without the fitter at hand it builds one for the saved body model, once for all calls sharing a cache
+    fitters: dict = {}
+    alone = api.restore_results(data.results[0][:1], data.frames[0][:1], None, fitters)
     np.testing.assert_allclose(alone[0].vertices, results[0].vertices, atol=1e-4)
+    built = fitters["synthetic-smpl"]
+    api.restore_results(data.results[0][1:2], data.frames[0][1:2], None, fitters)
+    assert fitters == {"synthetic-smpl": built}
     damaged = [dict(data.results[0][0], body_pose="junk"), None, dict(data.results[0][2], model="no-such-model")]
     assert api.restore_results(damaged, data.frames[0], est) == [None, None, None]
