@@ -414,7 +414,7 @@ def _predict_one(
     overlay_frames: list[Any] = []
     # video + fitting: Gaussian smoothing of each track's parameters over the frames around it (a fixed lag)
     smoother = None
-    if is_video and opts.smooth and hasattr(estimator, "body_forward") and opts.smooth_sigma > 0:
+    if is_video and opts.smooth and hasattr(estimator, "results_from_params") and opts.smooth_sigma > 0:
         from .fit import StreamingSmoother
 
         smoother = StreamingSmoother(estimator, sigma=opts.smooth_sigma)
