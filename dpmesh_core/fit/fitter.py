@@ -142,6 +142,7 @@ class KeypointFitter:
         self._init_rots = self._initial_rotations()
         #: number of energy + gradient evaluations so far (a cost counter for tests and benchmarks)
         self.evaluations = 0
+        self._centre: torch.Tensor | None = None  # see _rotation_centre
 
     # ------------------------------------------------------------------ public API
 
@@ -287,7 +288,7 @@ class KeypointFitter:
     def _rotation_centre(self) -> torch.Tensor:
         """(3,) the point the body model rotates about under ``global_orient`` (rest pose, mean shape, zero
         translation): joints(R) = R·joints(I) + (I − R)·c. Solved once from two rotations (least squares)."""
-        if getattr(self, "_centre", None) is None:
+        if self._centre is None:
             bset = next(s for s in self.body.joint_sets if s in J.JOINT_SETS)
             with torch.no_grad():
                 go = torch.tensor([[0.0, 0.0, 0.0], [0.7, 0.0, 0.0], [0.0, 0.9, 0.4]], device=self.device)
@@ -410,7 +411,7 @@ class KeypointFitter:
         if warm:
             solved.update(self._solve_warm(warm, persons, cams, plans, weights, sets, offsets, k, starts, iters,
                                            prior_weight))
-        self._finish(todo, solved, persons, cams, plans, sets, results, estimator)
+        self._finish(todo, solved, persons, cams, results, estimator)
         return results  # type: ignore[return-value]
 
     def _problem(self, owner: list[int], persons, cams, plans, weights, sets, offsets, k) -> _Problem:
@@ -705,24 +706,11 @@ class KeypointFitter:
             out[i] = (params["go"][b], params["bp"][b], params["be"][b], transl[b], e[b])
         return out
 
-    def _finish(self, todo, solved, persons, cams, plans, sets, results, estimator) -> None:
-        out_sets = tuple(dict.fromkeys(list(sets) + [self.config.output_joint_set or plans[i].body_set for i in todo]))
-        with torch.no_grad():
-            go, bp, be, tr, e = (torch.stack([solved[i][c] for i in todo]) for c in range(5))
-            out = self.body(go, bp, be, tr, joint_sets=out_sets, return_vertices=True)
-            verts = out.vertices.cpu().numpy()
-            joints = {s: v.cpu().numpy() for s, v in out.joints.items()}
-        gon, bpn, ben, trn, en = (x.cpu().numpy() for x in (go, bp, be, tr, e))
-        for b, i in enumerate(todo):
-            p, plan, cam = persons[i], plans[i], cams[i]
-            oset = self.config.output_joint_set or plan.body_set
-            j3 = joints[oset][b]
-            kp3 = plan.A @ joints[plan.body_set][b]
-            f, c = np.asarray(cam.focal, np.float64), np.asarray(cam.principal, np.float64)
-            j2 = j3[:, :2] / (j3[:, 2:3] + 1e-4) * f + c
-            k2 = kp3[:, :2] / (kp3[:, 2:3] + 1e-4) * f + c
-            k2[~plan.modelled] = np.nan
-            results[i] = MeshResult(
-                vertices=verts[b], faces=self._faces, joints3d=j3, joints2d=j2, joint_set=oset,
-                params=BodyParams(self.body.name, gon[b], bpn[b], ben[b], trn[b]), camera=cam, keypoints2d=k2,
-                estimator=estimator, loss=float(en[b]), track_id=p.track_id)
+    def _finish(self, todo, solved, persons, cams, results, estimator) -> None:
+        """Skin the solved parameters of persons ``todo`` into their ``MeshResult``s (with the fit's loss)."""
+        gon, bpn, ben, trn, en = (torch.stack([solved[i][c] for i in todo]).cpu().numpy() for c in range(5))
+        params = [BodyParams(self.body.name, gon[b], bpn[b], ben[b], trn[b]) for b in range(len(todo))]
+        out = self.results_from_params(params, [cams[i] for i in todo], [persons[i] for i in todo],
+                                       estimator=estimator)
+        for b, (i, r) in enumerate(zip(todo, out)):
+            results[i] = dataclasses.replace(r, loss=float(en[b]))
