@@ -17,16 +17,6 @@ from dpmesh_core.errors import DPMeshError
 from dpmesh_core.types import Camera, MeshResult, Person
 
 
-def joint_tables(ctx: Any) -> dict[str, tuple[tuple[str, ...], list[tuple[int, int]]]]:
-    """Joint names and limbs of every joint set the core knows: {joint_set: (names, limbs)}.
-
-    (``api.joint_names`` lives in the body package, which imports torch.)"""
-    from dpmesh_core import api
-
-    return {js: (tuple(api.joint_names(js)), [tuple(int(i) for i in limb) for limb in api.skeleton(js)])
-            for js in api.JOINT_SETS}
-
-
 def demo_scene(ctx: Any, target: str) -> tuple[Any, list[Person], str | None]:
     """The demo scene (built with the Anny body model, or read from the cache), also written as a PNG at
     ``target`` so it behaves like an opened photo: (image, persons, target or None if it was not written)."""

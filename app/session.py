@@ -66,6 +66,7 @@ class Session(QObject):
         self.overlay_alpha = 0.6
         self._detected_frames: set[int] = set()
         self._restoring: dict[int, list[Person]] = {}  # frames whose saved meshes are being rebuilt
+        self._video_known: dict[int, list[Person]] = {}  # persons the whole-video job was given (see process_video)
         self._pending_detect: set[int] = set()
         self._busy = {"inference": False, "render": False}
         self.autosave_interval_s = 60
@@ -95,13 +96,12 @@ class Session(QObject):
         self.render.busy_changed.connect(lambda b: self._set_busy("render", b))
 
     def start_background(self) -> None:
-        """Load the heavy parts (torch, joint tables, the estimator) on the worker, after the window shows."""
+        """Start the inference and render processes and build the estimator there, after the window shows."""
         if self._background_started:
             return
         self._background_started = True
         self.inference.start()
         self.render.start()
-        self.inference.call("joint-tables", ops.joint_tables)
         self.inference.warm_up()
 
     # ------------------------------------------------------------------ lifecycle
@@ -193,11 +193,6 @@ class Session(QObject):
             return
         if key == "video":
             self.message.emit("Video processed: every frame has persons and meshes (File ▸ Export for all frames).")
-        elif key == "joint-tables":
-            from .widgets.image_view import JointTables
-
-            JointTables.install(result)
-            self.doc.persons_changed.emit(self.doc.current_frame)  # redraw with limbs
         elif key == "demo":
             image, persons, path = result
             if path is not None:
@@ -461,8 +456,6 @@ class Session(QObject):
                  if int(f) in data.frames and any(rs)}
         self._restoring = {f: list(ps) for f, (ps, _rs) in saved.items()}
         if saved:
-            from . import ops
-
             self.inference.call("restore", ops.restore_results, saved)
         else:
             self.estimate_all(self.doc.current_frame)
@@ -601,7 +594,7 @@ class Session(QObject):
         if was_known:
             uids = self.doc.uids(f)
             current = self.doc.persons(f)
-            sent = getattr(self, "_video_known", {}).get(f, [])
+            sent = self._video_known.get(f, [])
             for i, (p, r) in enumerate(zip(sent, results)):
                 if i < len(current) and current[i] is p:  # not edited meanwhile
                     self.doc.set_result(uids[i], r if isinstance(r, MeshResult) else str(r))

@@ -13,7 +13,6 @@ it calls the Document's ``edit_*`` methods, which push undoable commands.
 from __future__ import annotations
 
 import itertools
-import sys
 
 import numpy as np
 from PySide6.QtCore import QLineF, QPointF, QRectF, Qt, Signal
@@ -34,10 +33,6 @@ from dpmesh_core.types import Person
 from ..document import Document
 from ..palette import person_rgb
 
-# COCO-17 limbs (fallback until the api's joint tables are loaded; same order as body.joints' skeleton).
-_COCO17_NAMES = ("Nose", "L_Eye", "R_Eye", "L_Ear", "R_Ear", "L_Shoulder", "R_Shoulder", "L_Elbow", "R_Elbow",
-                 "L_Wrist", "R_Wrist", "L_Hip", "R_Hip", "L_Knee", "R_Knee", "L_Ankle", "R_Ankle")
-
 
 def person_color(uid: int) -> QColor:
     return QColor(*person_rgb(uid))
@@ -51,41 +46,23 @@ def rgb_to_qimage(rgb: np.ndarray) -> QImage:
 
 
 class JointTables:
-    """Joint names and limbs per joint set, from ``dpmesh_core.api``.
-
-    ``api.joint_names`` lives in the body package, which imports torch; so the app never imports it itself:
-    the inference worker computes the tables (``app.ops.joint_tables``) and the session ``install``s them;
-    until then COCO-17 names are served without limbs.
-    """
+    """Joint names and limbs per joint set, from ``dpmesh_core.api`` (``dpmesh_core.body.joints``: numpy only,
+    no torch, so the GUI process reads them directly), memoised per set."""
 
     _cache: dict[str, tuple[tuple[str, ...], list[tuple[int, int]]]] = {}
-
-    @staticmethod
-    def preload(joint_sets: tuple[str, ...] = ("coco17",)) -> None:
-        """Import the joint tables (call on a worker thread: this loads torch)."""
-        from dpmesh_core import api
-
-        for js in joint_sets:
-            JointTables._cache[js] = (tuple(api.joint_names(js)), list(api.skeleton(js)))
-
-    @classmethod
-    def install(cls, tables: dict[str, tuple[tuple[str, ...], list[tuple[int, int]]]]) -> None:
-        """Use ``{joint_set: (names, limbs)}`` computed elsewhere (by the inference worker)."""
-        for js, (names, limbs) in tables.items():
-            cls._cache[js] = (tuple(names), [(int(a), int(b)) for a, b in limbs])
 
     @classmethod
     def get(cls, joint_set: str) -> tuple[tuple[str, ...], list[tuple[int, int]]]:
         hit = cls._cache.get(joint_set)
-        if hit is not None:
-            return hit
-        if "dpmesh_core.body.joints" in sys.modules:  # already imported (by a worker): cheap
+        if hit is None:
+            from dpmesh_core import api
+
             try:
-                cls.preload((joint_set,))
-                return cls._cache[joint_set]
-            except Exception:  # noqa: BLE001 - unknown set: joints without limbs
-                pass
-        return (_COCO17_NAMES if joint_set == "coco17" else ()), []
+                hit = (tuple(api.joint_names(joint_set)), [(int(a), int(b)) for a, b in api.skeleton(joint_set)])
+            except KeyError:  # an unknown set: joints without names or limbs
+                hit = ((), [])
+            cls._cache[joint_set] = hit
+        return hit
 
 
 class PersonsItem(QGraphicsItem):
