@@ -48,6 +48,11 @@ class MediaError(InputError):
     """An image or video cannot be read (missing, corrupt, truncated, unknown format, too large)."""
 
 
+class TruncatedMediaError(MediaError):
+    """A video ended early (truncated or corrupt): the frames decoded before the break were processed and their
+    outputs kept; raised once those are written, so the run still ends with exit code 2."""
+
+
 class KeypointFileError(InputError):
     """A key-point file is malformed (unknown format, NaN, wrong joint count, negative confidence...)."""
 
@@ -135,3 +140,47 @@ class EstimationError(DPMeshError):
 
 class Cancelled(DPMeshError):
     """A long job was cancelled by the user."""
+
+
+def _errno_name(e: OSError) -> str:
+    import errno as _errno
+
+    return _errno.errorcode.get(e.errno or 0, "") if e.errno else ""
+
+
+def describe_oserror(e: OSError) -> str:
+    """``"permission denied (EACCES)"``: an ``OSError``'s cause in words, with its errno name."""
+    import errno as _errno
+
+    words = {_errno.ELOOP: "symbolic link loop", _errno.EACCES: "permission denied",
+             _errno.EPERM: "operation not permitted", _errno.ENOSPC: "no space left on the device",
+             _errno.EROFS: "read-only file system", _errno.EEXIST: "exists and is not a folder",
+             _errno.ENOTDIR: "a path component is not a folder", _errno.ENOENT: "no such file or folder",
+             _errno.EDQUOT: "disk quota exceeded", _errno.EFBIG: "file too large",
+             _errno.ENAMETOOLONG: "name too long", _errno.EISDIR: "is a folder"}
+    text = words.get(e.errno or 0) or (e.strerror or str(e)).lower()
+    name = _errno_name(e)
+    return f"{text} ({name})" if name else text
+
+
+class OutputError(DPMeshError):
+    """The output cannot be written: the output path is a file, read-only, full, locked by another run, or
+    holds results of an earlier run (``--overwrite`` / ``--resume``). ``path`` names it."""
+
+    exit_code = 4
+
+    def __init__(self, message: str, path: str | PathLike | None = None):
+        self.path = None if path is None else str(path)
+        super().__init__(f"{self.path}: {message}" if self.path else message)
+
+    @classmethod
+    def from_oserror(cls, e: OSError, path: str | PathLike | None = None, what: str = "") -> OutputError:
+        """``OutputError("PATH: WHAT: CAUSE (ERRNO)")`` from an ``OSError`` (its own file name if it has one)."""
+        where = e.filename if e.filename else path
+        return cls(f"{what}: {describe_oserror(e)}" if what else describe_oserror(e), where)
+
+
+class Interrupted(DPMeshError):
+    """The run was interrupted (Ctrl-C or SIGTERM): exit code 130."""
+
+    exit_code = 130
