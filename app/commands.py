@@ -153,3 +153,40 @@ class RemovePersonCommand(QUndoCommand):
 
     def undo(self) -> None:
         self.doc._insert_person(self.frame, self.index, self.uid, self.person, self.result)
+
+
+class BatchEditCommand(QUndoCommand):
+    """Many persons changed, removed or both, as ONE undo step (key-frame interpolation, track
+    proofreading). Signals go out once per frame, so doing or undoing it over a whole video stays fast.
+
+    ``replace``: {uid: new Person}; ``interpolated``: {uid: (J,) mask of joints placed by interpolation, or
+    None}; ``stale``: uids whose mesh no longer fits the new key-points (dropped on redo, given back on undo:
+    undo needs no re-estimation); ``remove``: uids removed (with their results, given back on undo).
+    """
+
+    def __init__(self, doc: Document, text: str, replace: dict[int, Person] | None = None,
+                 interpolated: dict[int, np.ndarray | None] | None = None, stale: set[int] | None = None,
+                 remove: list[int] | None = None):
+        super().__init__(text)
+        self.doc = doc
+        self.new = dict(replace or {})
+        self.old = {u: doc.person(u) for u in self.new}
+        if any(p is None for p in self.old.values()):
+            raise KeyError("a person of the edit no longer exists")
+        self.new_interp = dict(interpolated or {})
+        self.old_interp = {u: doc.interpolated.get(u) for u in self.new_interp}
+        self.stale = set(stale or ())
+        self.old_results = {u: doc.raw_result(u) for u in self.stale}
+        self.remove = list(remove or [])
+        self._removed: list[tuple] = []
+
+    def redo(self) -> None:
+        self.doc._batch_replace(self.new, {u: None for u in self.stale}, self.new_interp, reestimate=True)
+        if self.remove:
+            self._removed = self.doc._batch_remove(self.remove)
+
+    def undo(self) -> None:
+        if self._removed:
+            self.doc._batch_insert(self._removed)
+            self._removed = []
+        self.doc._batch_replace(self.old, self.old_results, self.old_interp, reestimate=True)

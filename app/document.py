@@ -53,8 +53,10 @@ class Document(QObject):
         self._frames: dict[int, list[Person]] = {}
         self._uids: dict[int, list[int]] = {}
         self._results: dict[int, MeshResult | str] = {}  # uid -> result or error message
-        self.keyframes: dict[int, set[int]] = {}  # uid -> frames the user corrected by hand
+        self.interpolated: dict[int, np.ndarray] = {}  # uid -> (J,) joints placed by key-frame interpolation
+        self._where: dict[int, int] = {}  # uid -> frame (kept in step with _uids)
         self._next_uid = 1
+        self._next_track_id = 0  # track ids are never reused (see new_track_id)
         self.current_frame = 0
         self.selected_uid = -1
         self.selected_joint = -1
@@ -74,7 +76,9 @@ class Document(QObject):
         self._frames.clear()
         self._uids.clear()
         self._results.clear()
-        self.keyframes.clear()
+        self.interpolated.clear()
+        self._where.clear()
+        self._next_track_id = 0
         self.undo_stack.clear()
         self.current_frame = 0
         self.selected_uid = -1
@@ -138,10 +142,74 @@ class Document(QObject):
 
     def locate(self, uid: int) -> tuple[int, int] | None:
         """(frame, index) of person ``uid``, or None."""
-        for f, us in self._uids.items():
-            if uid in us:
-                return f, us.index(uid)
-        return None
+        f = self._where.get(uid)
+        if f is None:
+            return None
+        return f, self._uids[f].index(uid)
+
+    def frame_of(self, uid: int) -> int | None:
+        return self._where.get(uid)
+
+    # ------------------------------------------------------------------ tracks
+    def new_track_id(self) -> int:
+        """A track id no person of this document has had (ids are never reused, even after a delete)."""
+        self._next_track_id = max(self._next_track_id, self._max_track_id() + 1)
+        self._next_track_id += 1
+        return self._next_track_id - 1
+
+    def note_track_ids(self, persons: list[Person]) -> None:
+        """Keep the track-id counter ahead of ids that came from elsewhere (a tracker, a project file)."""
+        ids = [p.track_id for p in persons if p.track_id is not None]
+        if ids:
+            self._next_track_id = max(self._next_track_id, max(ids) + 1)
+
+    def _max_track_id(self) -> int:
+        return max((p.track_id for ps in self._frames.values() for p in ps if p.track_id is not None), default=-1)
+
+    def track_members(self, track_id: int) -> dict[int, int]:
+        """{frame: uid} of the persons of track ``track_id``."""
+        out = {}
+        for f in sorted(self._frames):
+            for u, p in zip(self._uids[f], self._frames[f]):
+                if p.track_id == track_id:
+                    out[f] = u
+                    break
+        return out
+
+    def tracks(self) -> dict[int, list[int]]:
+        """{track id: sorted frames where it is present}."""
+        out: dict[int, list[int]] = {}
+        for f in sorted(self._frames):
+            for p in self._frames[f]:
+                if p.track_id is not None:
+                    out.setdefault(int(p.track_id), []).append(f)
+        return out
+
+    def key_frames(self, track_id: int | None = None) -> list[int]:
+        """Frames the user corrected by hand (a person with an edited joint): of one track, or of any
+        person when ``track_id`` is None. Key frames bound key-frame interpolation (see app.keyframes)."""
+        out = []
+        for f in sorted(self._frames):
+            if any(p.edited.any() and (track_id is None or p.track_id == track_id) for p in self._frames[f]):
+                out.append(f)
+        return out
+
+    def color_key(self, uid: int) -> int:
+        """What a person's colour is drawn from: its track (so the colour follows the person across
+        frames), else its uid. Track t maps to the key t + 1 (palette keys start at 1)."""
+        p = self.person(uid)
+        if p is not None and p.track_id is not None:
+            return int(p.track_id) + 1
+        return uid
+
+    def label(self, uid: int) -> str:
+        """A person's label: ``#<track id>`` on a tracked video (stable across frames, as in the CLI's
+        ``_track<id>`` file names), else ``#<position in the frame>``."""
+        p = self.person(uid)
+        if p is not None and p.track_id is not None:
+            return f"#{int(p.track_id)}"
+        f = self._where.get(uid)
+        return f"#{self.index_of(uid, f) + 1}" if f is not None else "#?"
 
     def person(self, uid: int) -> Person | None:
         loc = self.locate(uid)
@@ -159,11 +227,16 @@ class Document(QObject):
         """
         for u in self._uids.get(frame, []):
             self._results.pop(u, None)
+            self.interpolated.pop(u, None)
+            self._where.pop(u, None)
         uids = [self.new_uid() for _ in persons] if uids is None else list(uids)
         if uids:  # keep the counter ahead of restored uids
             self._next_uid = max(self._next_uid, max(uids) + 1)
         self._frames[frame] = list(persons)
         self._uids[frame] = uids
+        for u in uids:
+            self._where[u] = frame
+        self.note_track_ids(list(persons))
         if self.selected_uid != -1 and self.locate(self.selected_uid) is None:
             self.select(-1)
         self.persons_changed.emit(frame)
@@ -187,6 +260,7 @@ class Document(QObject):
                        result: MeshResult | str | None = None) -> None:
         self._frames.setdefault(frame, []).insert(index, person)
         self._uids.setdefault(frame, []).insert(index, uid)
+        self._where[uid] = frame
         if result is not None:
             self._results[uid] = result
         self.persons_changed.emit(frame)
@@ -201,6 +275,7 @@ class Document(QObject):
         f, i = loc
         p = self._frames[f].pop(i)
         self._uids[f].pop(i)
+        self._where.pop(uid, None)
         res = self._results.pop(uid, None)
         if self.selected_uid == uid:
             self.select(-1)
@@ -208,10 +283,83 @@ class Document(QObject):
         self.results_changed.emit(f)
         return f, i, p, res
 
+    # --- batch mutations (one signal per frame, not per person: a command over 200 frames stays fast)
+    def _batch_replace(self, persons: dict[int, Person], results: dict[int, Any] | None = None,
+                       interpolated: dict[int, np.ndarray | None] | None = None, reestimate: bool = False) -> None:
+        """Replace many persons at once. ``results``: {uid: MeshResult, error text, or None (dropped)};
+        ``interpolated``: {uid: (J,) mask or None}. ``reestimate``: persons of the shown frame left without a
+        result are re-estimated (``person_edited``); the other frames are estimated when they are shown."""
+        frames: set[int] = set()
+        for u, p in persons.items():
+            f = self._where.get(u)
+            if f is None:
+                continue
+            self._frames[f][self._uids[f].index(u)] = p
+            frames.add(f)
+        for u, r in (results or {}).items():
+            if r is None:
+                self._results.pop(u, None)
+            else:
+                self._results[u] = r
+            if u in self._where:
+                frames.add(self._where[u])
+        for u, m in (interpolated or {}).items():
+            if m is None or not np.any(m):
+                self.interpolated.pop(u, None)
+            else:
+                self.interpolated[u] = np.asarray(m, bool)
+        for f in sorted(frames):
+            self.persons_changed.emit(f)
+            self.results_changed.emit(f)
+        if reestimate:
+            f = self.current_frame
+            for u in list(persons):
+                if self._where.get(u) == f and u not in self._results:
+                    self.person_edited.emit(f, u)
+
+    def _batch_remove(self, uids: list[int]) -> list[tuple]:
+        """Remove many persons; returns what ``_batch_insert`` needs to put them back."""
+        out, frames = [], set()
+        for u in uids:
+            f = self._where.pop(u, None)
+            if f is None:
+                continue
+            i = self._uids[f].index(u)
+            p = self._frames[f].pop(i)
+            self._uids[f].pop(i)
+            out.append((f, i, u, p, self._results.pop(u, None), self.interpolated.pop(u, None)))
+            frames.add(f)
+        if self.selected_uid in uids:
+            self.select(-1)
+        for f in sorted(frames):
+            self.persons_changed.emit(f)
+            self.results_changed.emit(f)
+        return out
+
+    def _batch_insert(self, entries: list[tuple]) -> None:
+        """Put back persons removed by ``_batch_remove`` (in reverse order, so indices hold)."""
+        frames = set()
+        for f, i, u, p, r, m in reversed(entries):
+            self._frames.setdefault(f, []).insert(i, p)
+            self._uids.setdefault(f, []).insert(i, u)
+            self._where[u] = f
+            if r is not None:
+                self._results[u] = r
+            if m is not None:
+                self.interpolated[u] = m
+            frames.add(f)
+        for f in sorted(frames):
+            self.persons_changed.emit(f)
+            self.results_changed.emit(f)
+
     # ------------------------------------------------------------------ results
     def result(self, uid: int) -> MeshResult | None:
         r = self._results.get(uid)
         return r if isinstance(r, MeshResult) else None
+
+    def raw_result(self, uid: int) -> MeshResult | str | None:
+        """The stored result of ``uid``: a MeshResult, an error text, or None."""
+        return self._results.get(uid)
 
     def result_error(self, uid: int) -> str | None:
         r = self._results.get(uid)

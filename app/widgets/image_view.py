@@ -115,7 +115,8 @@ class PersonsItem(QGraphicsItem):
 
     def _paint_person(self, painter: QPainter, uid: int, p: Person, px: float, selected: bool) -> None:
         doc = self.view.doc
-        color = person_color(uid)
+        color = person_color(doc.color_key(uid))  # a track keeps its colour from frame to frame
+        interp = doc.interpolated.get(uid)
         kp = np.array(p.keypoints, np.float64)
         if self.drag_preview is not None and self.drag_preview[0] == uid:
             _, j, pos = self.drag_preview
@@ -131,8 +132,7 @@ class PersonsItem(QGraphicsItem):
         painter.setPen(pen)
         painter.setBrush(Qt.BrushStyle.NoBrush)
         painter.drawRect(QRectF(float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])))
-        idx = doc.index_of(uid)
-        label = f"#{idx + 1}" + (" ✎" if p.source == "user" else "")
+        label = doc.label(uid) + (" ✎" if p.source == "user" or p.edited.any() else "")
         if doc.result_error(uid):
             label += " ⚠"
         painter.setPen(QPen(color))
@@ -182,6 +182,11 @@ class PersonsItem(QGraphicsItem):
                 painter.setPen(QPen(QColor(255, 255, 255), 1.5 * px))
                 painter.setBrush(Qt.BrushStyle.NoBrush)
                 painter.drawEllipse(pt, r + 2 * px, r + 2 * px)
+            elif interp is not None and j < len(interp) and interp[j]:  # interpolated between key frames
+                painter.setPen(QPen(QColor(255, 255, 255, 200), 1.2 * px, Qt.PenStyle.DotLine))
+                painter.setBrush(Qt.BrushStyle.NoBrush)
+                d = r + 2.5 * px
+                painter.drawPolygon([pt + QPointF(0, -d), pt + QPointF(d, 0), pt + QPointF(0, d), pt + QPointF(-d, 0)])
             if selected and j == doc.selected_joint:
                 painter.setPen(QPen(QColor(255, 220, 0), 2.0 * px))
                 painter.setBrush(Qt.BrushStyle.NoBrush)
@@ -506,8 +511,10 @@ class ImageView(QGraphicsView):
                 name = names[hit[1]] if hit[1] < len(names) else str(hit[1])
                 kp = p.keypoints[hit[1]]
                 state = "visible" if p.visible[hit[1]] else "occluded"
-                src = "edited" if p.edited[hit[1]] else p.source
-                self.status_message.emit(f"Person #{self.doc.index_of(hit[0]) + 1} · {name}: "
+                interp = self.doc.interpolated.get(hit[0])
+                src = "edited" if p.edited[hit[1]] else (
+                    "interpolated" if interp is not None and interp[hit[1]] else p.source)
+                self.status_message.emit(f"Person {self.doc.label(hit[0])} · {name}: "
                                          f"({kp[0]:.0f}, {kp[1]:.0f}) conf {kp[2]:.2f}, {state}, {src}")
 
     def mouseReleaseEvent(self, e) -> None:  # noqa: N802 - Qt API

@@ -216,7 +216,7 @@ class MeshView(QWidget):
         pivot = np.concatenate([r.vertices for _, r in results]).mean(0).astype(np.float64)
         meshes = []
         for u, r in results:
-            meshes.append((r.vertices, r.faces, person_rgb01(u)))
+            meshes.append((r.vertices, r.faces, person_rgb01(self.doc.color_key(u))))
         return meshes, cam, self.view_matrix(pivot)
 
     def request_render(self) -> None:

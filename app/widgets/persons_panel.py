@@ -69,11 +69,13 @@ class PersonsPanel(QWidget):
                 err = self.doc.result_error(u)
                 has = self.doc.result(u) is not None
                 state = "mesh ✓" if has else ("⚠ " + err if err else "estimating…")
-                tid = f" track {p.track_id}" if p.track_id is not None else ""
-                text = f"#{i + 1}{tid} · {n_vis}/{p.num_joints} visible" + (f" · {n_ed} edited" if n_ed else "")
+                n_int = int(self.doc.interpolated[u].sum()) if u in self.doc.interpolated else 0
+                tid = " (track)" if p.track_id is not None else ""
+                text = f"{self.doc.label(u)}{tid} · {n_vis}/{p.num_joints} visible" + (
+                    f" · {n_ed} edited" if n_ed else "") + (f" · {n_int} interpolated" if n_int else "")
                 text += f" · {p.source} · {state}"
                 pm = QPixmap(12, 12)
-                pm.fill(person_color(u))
+                pm.fill(person_color(self.doc.color_key(u)))
                 it = QListWidgetItem(QIcon(pm), text)
                 it.setData(Qt.ItemDataRole.UserRole, u)
                 self.list.addItem(it)
@@ -91,12 +93,14 @@ class PersonsPanel(QWidget):
             self.table.setRowCount(0)
             return
         names, _ = JointTables.get(p.joint_set)
+        interp = self.doc.interpolated.get(self.doc.selected_uid)
         self.table.setRowCount(p.num_joints)
         for j in range(p.num_joints):
             name = names[j] if j < len(names) else str(j)
             conf = float(p.keypoints[j, 2])
             state = "visible" if p.visible[j] else ("missing" if conf <= 0 else "occluded")
-            src = "✎ edited" if p.edited[j] else ("placed" if p.source == "user" and p.score >= 1.0 else "auto")
+            src = "✎ edited" if p.edited[j] else ("◇ interpolated" if interp is not None and interp[j] else (
+                "placed" if p.source == "user" and p.score >= 1.0 else "auto"))
             for c, v in enumerate((name, f"{conf:.2f}", state, src)):
                 item = QTableWidgetItem(v)
                 if not p.visible[j]:

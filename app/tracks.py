@@ -1,0 +1,108 @@
+"""Track proofreading, as in SLEAP: swap two tracks from a frame on, merge two tracks, split a track at a
+frame, delete a track from a frame on. Each is one undoable ``BatchEditCommand``; none touches key-points,
+so the meshes stay as they are (a track id only names who a person is).
+
+Track ids are never reused: a split gets ``Document.new_track_id()``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from dpmesh_core.errors import DPMeshError
+
+from .commands import BatchEditCommand
+from .document import Document
+
+
+class TrackEditError(DPMeshError):
+    """A track edit that cannot be done as asked (the message says why)."""
+
+
+@dataclass(frozen=True)
+class TrackInfo:
+    track_id: int
+    first: int
+    last: int
+    frames: int  # frames where it is present
+    key_frames: int
+
+
+def summary(doc: Document) -> list[TrackInfo]:
+    """Every track of the document, by id: first/last frame, frames present, key frames."""
+    keys: dict[int, int] = {}
+    for f in doc.frames_with_persons():
+        for p in doc.persons(f):
+            if p.track_id is not None and p.edited.any():
+                keys[int(p.track_id)] = keys.get(int(p.track_id), 0) + 1
+    return [TrackInfo(t, fs[0], fs[-1], len(fs), keys.get(t, 0)) for t, fs in sorted(doc.tracks().items())]
+
+
+def _retrack(doc: Document, uids: dict[int, int | None], text: str) -> int:
+    new = {u: dataclasses.replace(doc.person(u), track_id=t) for u, t in uids.items()}
+    if new:
+        doc.undo_stack.push(BatchEditCommand(doc, text, replace=new))
+    return len(new)
+
+
+def _check(doc: Document, *tracks: int) -> None:
+    known = doc.tracks()
+    for t in tracks:
+        if t not in known:
+            raise TrackEditError(f"there is no track #{t}")
+
+
+def swap_tracks(doc: Document, a: int, b: int, from_frame: int) -> int:
+    """From ``from_frame`` on, the persons of track ``a`` become track ``b`` and those of ``b`` become ``a``
+    (an identity switch fixed). Returns the number of persons changed."""
+    _check(doc, a, b)
+    if a == b:
+        raise TrackEditError("choose two different tracks to swap")
+    ch: dict[int, int | None] = {}
+    for f, u in doc.track_members(a).items():
+        if f >= from_frame:
+            ch[u] = b
+    for f, u in doc.track_members(b).items():
+        if f >= from_frame:
+            ch[u] = a
+    return _retrack(doc, ch, f"Swap tracks #{a} and #{b} from frame {from_frame + 1}")
+
+
+def merge_tracks(doc: Document, keep: int, other: int) -> int:
+    """Track ``other`` becomes part of track ``keep`` (one person seen as two tracks). Refused where both
+    are present in the same frame. Returns the number of persons changed."""
+    _check(doc, keep, other)
+    if keep == other:
+        raise TrackEditError("choose two different tracks to merge")
+    a, b = doc.track_members(keep), doc.track_members(other)
+    both = sorted(set(a) & set(b))
+    if both:
+        shown = ", ".join(str(f + 1) for f in both[:5]) + (" …" if len(both) > 5 else "")
+        raise TrackEditError(f"tracks #{keep} and #{other} are both present on frame(s) {shown}: "
+                             "a person cannot be two persons of one frame (delete or swap first)")
+    return _retrack(doc, {u: keep for u in b.values()}, f"Merge track #{other} into #{keep}")
+
+
+def split_track(doc: Document, track: int, at_frame: int) -> int:
+    """The persons of ``track`` from ``at_frame`` on become a new track (two persons seen as one).
+    Returns the new track's id."""
+    _check(doc, track)
+    members = doc.track_members(track)
+    later = {u: None for f, u in members.items() if f >= at_frame}
+    if not later or len(later) == len(members):
+        raise TrackEditError(f"track #{track} has no frame before and after frame {at_frame + 1}: "
+                             "go to the first frame of the second person and split there")
+    new_id = doc.new_track_id()
+    _retrack(doc, {u: new_id for u in later}, f"Split track #{track} at frame {at_frame + 1} (new #{new_id})")
+    return new_id
+
+
+def delete_track(doc: Document, track: int, from_frame: int = 0) -> int:
+    """Remove the persons of ``track`` from ``from_frame`` on (with their meshes). Returns how many."""
+    _check(doc, track)
+    uids = [u for f, u in doc.track_members(track).items() if f >= from_frame]
+    if uids:
+        what = f"Delete track #{track}" + (f" from frame {from_frame + 1}" if from_frame > 0 else "")
+        doc.undo_stack.push(BatchEditCommand(doc, what, remove=uids))
+    return len(uids)
