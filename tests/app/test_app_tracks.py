@@ -267,3 +267,28 @@ def test_timeline_marks_key_frames_of_the_selected_track(qapp, qtbot, street):
     assert tl.keys.x_of(3) < tl.keys.x_of(7)
     doc.undo_stack.undo()
     qtbot.waitUntil(lambda: tl.keys.all_keys == [3], timeout=2000)
+
+
+def test_tracks_panel_lists_tracks_and_proofreads_through_its_buttons(qapp, qtbot, street):
+    from app.widgets.tracks_panel import TracksPanel
+
+    doc = _video_doc(street, 6, tracks_per_frame=((0, 1), (0, 1), (1,)))
+    panel = TracksPanel(doc)
+    qtbot.addWidget(panel)
+    panel.show()
+    rows = [[panel.table.item(r, c).text() for c in range(5)] for r in range(panel.table.rowCount())]
+    assert rows == [["#0", "1", "5", "4", "0"], ["#1", "1", "6", "6", "0"]]
+    doc.set_current_frame(3)
+    doc.select(doc.uids(3)[0])  # track 0
+    qtbot.waitUntil(lambda: panel.other.count() == 1 and panel.other_track() == 1, timeout=2000)
+    panel.swap_btn.click()
+    assert "Swapped #0 and #1 from frame 4" in panel.state.text()
+    assert [p.track_id for p in doc.persons(3)] == [1, 0] and [p.track_id for p in doc.persons(1)] == [0, 1]
+    # the selected person is now track 1: the panel follows it (the other track is 0)
+    qtbot.waitUntil(lambda: panel.selected_track() == 1 and panel.other_track() == 0, timeout=2000)
+    panel.interp_btn.click()  # no key frame yet: says why nothing happened
+    assert "key frame" in panel.state.text() and doc.undo_stack.undoText().startswith("Swap")
+    panel.merge_btn.click()  # overlapping tracks: refused, in words
+    assert "both present" in panel.state.text()
+    doc.undo_stack.undo()
+    assert [p.track_id for p in doc.persons(3)] == [0, 1]
