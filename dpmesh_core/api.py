@@ -65,6 +65,7 @@ _LAZY: dict[str, str] = {
     "results_summary": "dpmesh_core.io.project",
     "MeshRenderer": "dpmesh_core.io.render",
     "render_overlay": "dpmesh_core.io.render",
+    "OverlayLayers": "dpmesh_core.io.overlay_layers",
     "JOINT_SETS": "dpmesh_core.body.joints",
     "joint_names": "dpmesh_core.body.joints",
     "skeleton": "dpmesh_core.body.joints",

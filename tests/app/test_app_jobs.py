@@ -220,7 +220,6 @@ def test_overlay_layers_match_render_overlay_after_one_person_changes():
     including where persons overlap (depth), after a full render, an idle fill and a one-person edit."""
     import numpy as np
 
-    from app.jobs import _OverlayLayers
     from dpmesh_core import api
 
     rng = np.random.default_rng(0)
@@ -229,7 +228,7 @@ def test_overlay_layers_match_render_overlay_after_one_person_changes():
     results = [_box_result(-0.2, 0.0, 3.0), _box_result(0.0, 0.05, 3.4), _box_result(0.15, -0.1, 2.6), None,
                _box_result(0.8, 0.55, 3.0, s=0.2)]  # the last one overlaps nobody
     colors = [(0.9, 0.1, 0.1), (0.1, 0.9, 0.1), (0.1, 0.1, 0.9), (1.0, 1.0, 0.0), (0.9, 0.5, 0.1)]
-    layers = _OverlayLayers()
+    layers = api.OverlayLayers()
     get = lambda w, h: renderer  # noqa: E731
     first = layers.overlay(get, image, results, 0.6, colors)
     np.testing.assert_array_equal(first, renderer.render_overlay(image, results, 0.6, colors=colors))

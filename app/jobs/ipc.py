@@ -1,0 +1,169 @@
+"""The app's worker processes and their sockets (no Qt): starting a server process, ending it, images sent
+once then named by token, and exceptions made safe to unpickle in the app process.
+
+A worker process is ``python -m app.jobs --inference-server FD`` / ``--render-server FD``: a fresh
+interpreter (nothing of the parent, e.g. a script's main module, runs again) connected through one end of a
+socket pair (``multiprocessing.connection.Connection``: pickled messages).
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import pickle
+import subprocess
+import sys
+import weakref
+from typing import Any
+
+from dpmesh_core.errors import DPMeshError
+
+IMAGE_SLOTS = 4  # images the inference process keeps (by token) so that an edit does not send its image again
+
+
+class InferenceProcessError(DPMeshError):
+    """The inference process stopped (crashed, was killed) or cannot be started; the next job starts it
+    again."""
+
+
+class RemoteError(DPMeshError):
+    """An unexpected error (not a ``DPMeshError``) raised in the inference process, as ``"Type: message"``
+    (what the in-thread worker shows); the traceback is in the process's log (stderr)."""
+
+
+class ConnectionLost(Exception):
+    """The other end of a worker socket went away."""
+
+
+_PORTABLE_MODULES = ("builtins", "dpmesh_core.errors", __name__)
+
+
+def portable(e: BaseException) -> BaseException:
+    """``e`` if the app process can unpickle it without importing anything heavy (torch), else the
+    nearest equivalent with the same message: the closest ``dpmesh_core.errors`` class, or RemoteError."""
+    cls = type(e)
+    if cls.__module__ in _PORTABLE_MODULES:
+        try:
+            pickle.loads(pickle.dumps(e))
+            return e
+        except Exception:  # noqa: BLE001 - not faithfully picklable: fall through
+            pass
+    if isinstance(e, DPMeshError):
+        for base in cls.__mro__:
+            if base.__module__ == "dpmesh_core.errors":
+                out = base.__new__(base)
+                Exception.__init__(out, str(e))
+                return out
+    return RemoteError(f"{cls.__name__}: {e}")
+
+
+def portable_value(v: Any, depth: int = 4) -> Any:
+    """``v`` with the exceptions inside (plain lists, tuples, dicts and the protocol's reply dataclasses,
+    a few levels) made portable."""
+    import dataclasses
+
+    if isinstance(v, BaseException):
+        return portable(v)
+    if depth <= 0:
+        return v
+    if type(v) in (list, tuple):
+        return type(v)(portable_value(x, depth - 1) for x in v)
+    if type(v) is dict:
+        return {k: portable_value(x, depth - 1) for k, x in v.items()}
+    if dataclasses.is_dataclass(v) and type(v).__module__ == "app.jobs.protocol":
+        return dataclasses.replace(v, **{f.name: portable_value(getattr(v, f.name), depth - 1)
+                                         for f in dataclasses.fields(v)})
+    return v
+
+
+class ImageRef:
+    """An image in a request: its pixels the first time (``data``), then only its token."""
+
+    __slots__ = ("token", "data")
+
+    def __init__(self, token: int, data: Any = None):
+        self.token, self.data = token, data
+
+    def __getstate__(self) -> tuple:
+        return self.token, self.data
+
+    def __setstate__(self, state: tuple) -> None:
+        self.token, self.data = state
+
+
+class ImageSlots:
+    """The process's side: the last ``IMAGE_SLOTS`` images by token (least recently used goes first)."""
+
+    def __init__(self) -> None:
+        self.images: collections.OrderedDict[int, Any] = collections.OrderedDict()
+
+    def resolve(self, ref: ImageRef) -> Any:
+        if ref.data is not None:
+            if ref.token:
+                self.images[ref.token] = ref.data
+                while len(self.images) > IMAGE_SLOTS:
+                    self.images.popitem(last=False)
+            return ref.data
+        self.images.move_to_end(ref.token)  # KeyError: the client lost track (a bug): reported as an error
+        return self.images[ref.token]
+
+
+class ImageMirror:
+    """The client's side of ``ImageSlots``: which images (by identity, held weakly) the process has. The
+    app's images are never changed in place (a new frame is a new array), so identity is enough."""
+
+    def __init__(self) -> None:
+        self.refs: collections.OrderedDict[int, Any] = collections.OrderedDict()
+        self._next = 1
+
+    def ref(self, image: Any) -> ImageRef:
+        for token, w in self.refs.items():
+            if w() is image:
+                self.refs.move_to_end(token)
+                return ImageRef(token)
+        try:
+            w = weakref.ref(image)
+        except TypeError:
+            return ImageRef(0, image)  # token 0: used once, not kept
+        token, self._next = self._next, self._next + 1
+        self.refs[token] = w
+        while len(self.refs) > IMAGE_SLOTS:
+            self.refs.popitem(last=False)
+        return ImageRef(token, image)
+
+    def clear(self) -> None:
+        self.refs.clear()
+
+
+def spawn_server(flag: str) -> tuple[Any, Any]:
+    """Start ``python -m app.jobs FLAG FD`` connected through a socket pair. Returns (Popen, Connection)."""
+    import socket
+    from multiprocessing.connection import Connection
+
+    if os.name != "posix":
+        raise OSError("the worker processes need a POSIX socket pair here")
+    ours, theirs = socket.socketpair()
+    try:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "app.jobs", flag, str(theirs.fileno())],
+            pass_fds=(theirs.fileno(),), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            cwd=os.getcwd())
+    except BaseException:
+        ours.close()
+        raise
+    finally:
+        theirs.close()
+    return proc, Connection(ours.detach())
+
+
+def end_server(proc: Any, conn: Any, wait_s: float) -> None:
+    """Ask a server process to end (a ``None`` message), wait ``wait_s``, then kill it if it has not."""
+    try:
+        conn.send(None)
+    except (OSError, BrokenPipeError):
+        pass
+    try:
+        proc.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(2)

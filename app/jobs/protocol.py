@@ -1,0 +1,258 @@
+"""The messages between the app and its inference worker: frozen request and reply dataclasses.
+
+A request carries what the worker needs and the frame and person uids its reply is for; the worker runs
+it with ``request.run(ctx)`` (one dispatch, by type: no table of operation names) and the app receives a
+reply of the matching type (``InferenceService`` turns each into its signal, again one dispatch by type).
+Requests and replies pickle: they cross the socket to the inference process unchanged, except that an
+``image`` travels as an ``ipc.ImageRef`` (pixels once, then a token).
+
+No Qt and no torch here: the inference process imports this module.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from dpmesh_core.types import Camera, MeshResult, Person
+
+# The estimator the app uses unless told otherwise: (kind, model path) for ``api.make_estimator``. The one
+# place that names it (the Session's estimation controller, the worker and the process start from it).
+DEFAULT_ESTIMATOR: tuple[str, str | None] = ("fit", None)
+ESTIMATOR_KINDS = ("fit", "dpmesh")
+DEFAULT_DETECTOR = "yolo"
+MIN_VISIBLE_JOINTS = 2  # a person needs this many visible key-points to be estimated
+TOO_FEW_JOINTS = f"needs at least {MIN_VISIBLE_JOINTS} visible key-points"
+
+
+def estimable(person: Person) -> bool:
+    """True if ``person`` has enough visible key-points to be estimated (see ``MIN_VISIBLE_JOINTS``)."""
+    return int(person.weights.astype(bool).sum()) >= MIN_VISIBLE_JOINTS
+
+
+class WorkerContext(Protocol):
+    """What a request runs against: the estimator and detector the worker owns (``server.InferenceContext``)."""
+
+    def estimator(self) -> Any: ...
+
+    def detector(self) -> Any: ...
+
+    def set_estimator_spec(self, spec: tuple[str, str | None]) -> None: ...
+
+
+# ----------------------------------------------------------------------------------------------- replies
+@dataclass(frozen=True)
+class Estimated:
+    """Meshes of ``uids`` on ``frame``: a ``MeshResult`` or the error of each person, and the fit's time."""
+
+    frame: int
+    uids: tuple[int, ...]
+    results: tuple[MeshResult | Exception, ...]
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Detected:
+    frame: int
+    persons: tuple[Person, ...]
+
+
+@dataclass(frozen=True)
+class DetectedInBox:
+    frame: int
+    person: Person | None
+
+
+@dataclass(frozen=True)
+class CallProgress:
+    """One ``yield`` of a streamed named operation ``key``."""
+
+    key: Hashable
+    value: Any
+
+
+@dataclass(frozen=True)
+class CallDone:
+    """A named operation ``key`` ended: its return value (a streamed one: its last progress value)."""
+
+    key: Hashable
+    value: Any
+
+
+@dataclass(frozen=True)
+class Failed:
+    """A request failed (the message is what the GUI shows); ``kind`` names the request's type."""
+
+    kind: str
+    frame: int | None
+    uids: tuple[int, ...]
+    message: str
+    key: Hashable = None
+
+
+# ---------------------------------------------------------------------------------------------- requests
+@dataclass(frozen=True)
+class Estimate:
+    """Estimate ``persons`` (uids ``uids``) of ``frame``, warm-started from ``previous`` where given.
+    ``single``: one person's edit (its own coalescing slot) rather than a whole frame."""
+
+    frame: int
+    uids: tuple[int, ...]
+    image: Any
+    persons: tuple[Person, ...]
+    camera: Camera | None = None
+    previous: tuple[MeshResult | None, ...] | None = None
+    single: bool = False
+
+    kind = "estimate"
+
+    def run(self, ctx: WorkerContext) -> Estimated:
+        t0 = time.perf_counter()
+        prev = None if self.previous is None else list(self.previous)
+        out = ctx.estimator().estimate(self.image, list(self.persons), camera=self.camera, previous=prev)
+        return Estimated(self.frame, self.uids, tuple(out), time.perf_counter() - t0)
+
+    def failed(self, message: str) -> Failed:
+        return Failed("estimate" if self.single else "estimate-frame", self.frame, self.uids, message)
+
+
+@dataclass(frozen=True)
+class Detect:
+    frame: int
+    image: Any
+
+    kind = "detect"
+
+    def run(self, ctx: WorkerContext) -> Detected:
+        return Detected(self.frame, tuple(ctx.detector().detect(self.image)))
+
+    def failed(self, message: str) -> Failed:
+        return Failed(self.kind, self.frame, (), message)
+
+
+@dataclass(frozen=True)
+class DetectInBox:
+    frame: int
+    image: Any
+    box: Any  # (4,) x0, y0, x1, y1 pixels
+
+    kind = "detect-box"
+
+    def run(self, ctx: WorkerContext) -> DetectedInBox:
+        return DetectedInBox(self.frame, ctx.detector().detect_in_box(self.image, self.box))
+
+    def failed(self, message: str) -> Failed:
+        return Failed(self.kind, self.frame, (), message)
+
+
+@dataclass(frozen=True)
+class WarmUp:
+    """Build the estimator now, so the first edit is answered quickly."""
+
+    kind = "warm-up"
+
+    def run(self, ctx: WorkerContext) -> None:
+        ctx.estimator()
+
+    def failed(self, message: str) -> Failed:
+        return Failed(self.kind, None, (), message)
+
+
+@dataclass(frozen=True)
+class SetEstimator:
+    """Build the estimator from ``spec`` = (kind, model path) from the next use on."""
+
+    spec: tuple[str, str | None]
+
+    kind = "set-estimator"
+
+    def run(self, ctx: WorkerContext) -> None:
+        ctx.set_estimator_spec(self.spec)
+
+    def failed(self, message: str) -> Failed:
+        return Failed(self.kind, None, (), message)
+
+
+@dataclass(frozen=True)
+class Call:
+    """Run the named operation ``op`` ("module:function", see ``app.ops``) as ``op(ctx, *args)``: its value,
+    or for a generator each ``yield`` as progress."""
+
+    key: Hashable
+    op: str
+    args: tuple
+
+    kind = "call"
+
+    def run(self, ctx: WorkerContext) -> Any:
+        return resolve_op(self.op)(ctx, *self.args)
+
+    def failed(self, message: str) -> Failed:
+        return Failed(self.kind, None, (), message, self.key)
+
+
+Request = Estimate | Detect | DetectInBox | WarmUp | SetEstimator | Call
+Reply = Estimated | Detected | DetectedInBox | CallProgress | CallDone | Failed
+
+
+# ------------------------------------------------------------------------------ render process requests
+# ``run(layers, get)``: in the render process, with its ``api.OverlayLayers`` and ``get(w, h)`` giving the
+# renderer of an output size; ``run_here(get)``: the same picture without the layer cache (the fallback).
+@dataclass(frozen=True)
+class RenderView:
+    """``meshes`` [(V (N, 3) m, faces (F, 3), rgb 0..1)] seen by ``camera`` after the (4, 4) ``view``
+    transform, at ``size`` (w, h) pixels."""
+
+    meshes: tuple
+    camera: Camera | None
+    view: Any
+    size: tuple[int, int]
+
+    def run(self, layers: Any, get: Callable[[int, int], Any]) -> Any:
+        return layers.view(get, list(self.meshes), self.camera, self.view, tuple(self.size))
+
+    def run_here(self, get: Callable[[int, int], Any]) -> Any:
+        return get(*self.size).render(list(self.meshes), self.camera, self.view)
+
+
+@dataclass(frozen=True)
+class RenderOverlay:
+    """The meshes of ``results`` blended over ``image`` (H, W, 3) uint8 (``colors``: RGB 0..1 each)."""
+
+    image: Any
+    results: tuple
+    alpha: float
+    colors: tuple | None
+
+    def run(self, layers: Any, get: Callable[[int, int], Any]) -> Any:
+        return layers.overlay(get, self.image, list(self.results), self.alpha,
+                              None if self.colors is None else list(self.colors))
+
+    def run_here(self, get: Callable[[int, int], Any]) -> Any:
+        h, w = self.image.shape[:2]
+        return get(w, h).render_overlay(self.image, list(self.results), self.alpha,
+                                        colors=None if self.colors is None else list(self.colors))
+
+
+def op_path(op: Callable[..., Any] | str) -> str:
+    """``"module:qualname"`` of a named operation (a module-level function; closures cannot travel)."""
+    if isinstance(op, str):
+        if ":" not in op:
+            raise ValueError(f"an operation path looks like 'package.module:function', not {op!r}")
+        return op
+    module, qualname = getattr(op, "__module__", None), getattr(op, "__qualname__", "")
+    if not module or module == "__main__" or "<" in qualname:
+        raise TypeError(f"{op!r} is not a module-level function: the inference process needs an import path")
+    return f"{module}:{qualname}"
+
+
+def resolve_op(path: str) -> Callable[..., Any]:
+    import importlib
+
+    module, _, qualname = path.partition(":")
+    obj: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        obj = getattr(obj, part)
+    return obj

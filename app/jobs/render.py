@@ -1,0 +1,142 @@
+"""Mesh rendering off the GUI thread: ``RenderService`` (render threads) and ``RenderClient`` (a render
+thread's handle on its render process, see ``render_server``)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Hashable
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal
+
+from .ipc import end_server, spawn_server
+from .protocol import RenderOverlay, RenderView
+from .render_server import BACKGROUND
+from .runner import JobRunner
+
+log = logging.getLogger(__name__)
+
+
+class RenderClient:
+    """The render thread's handle on the render process (started on first use, restarted never: if it
+    dies, rendering falls back to the numpy rasteriser in the render thread)."""
+
+    def __init__(self) -> None:
+        self.proc: Any = None
+        self.conn: Any = None
+        self.failed = False
+        self._fallback: dict[tuple[int, int], Any] = {}
+
+    def _start(self) -> None:
+        self.proc, self.conn = spawn_server("--render-server")
+
+    def start(self) -> None:
+        """Spawn the render process if it is not running (a failure falls back like a dead process)."""
+        if self.proc is None and not self.failed:
+            try:
+                self._start()
+            except OSError as e:
+                log.warning("render process unavailable (%s); rendering in-process with numpy", e)
+                self.failed = True
+
+    def request(self, request: RenderView | RenderOverlay) -> Any:
+        if not self.failed:
+            try:
+                if self.proc is None:
+                    self._start()
+                self.conn.send(request)
+                status, out = self.conn.recv()
+            except (EOFError, OSError, BrokenPipeError) as e:
+                log.warning("render process unavailable (%s); rendering in-process with numpy", e)
+                self.failed = True
+            else:
+                if status == "error":
+                    raise RuntimeError(out)
+                return out
+        return request.run_here(self._numpy_renderer)
+
+    def _numpy_renderer(self, w: int, h: int) -> Any:
+        from dpmesh_core import api
+
+        if (w, h) not in self._fallback:
+            self._fallback[(w, h)] = api.MeshRenderer(w, h, backend="numpy", background=BACKGROUND)
+        return self._fallback[(w, h)]
+
+    def close(self) -> None:
+        if self.proc is not None:
+            end_server(self.proc, self.conn, 3.0)
+            self.conn.close()
+            self.proc = None
+        for r in self._fallback.values():
+            r.close()
+        self._fallback.clear()
+
+
+class RenderService(QObject):
+    """Mesh rendering off the GUI thread: render threads (coalescing queues, latest request per key wins)
+    that hand each request to a render process owning Open3D (see ``render_server``). The image overlay
+    and the 3-D mesh view have a thread and a process each, so the overlay of an edit — what the user
+    watches while dragging — never waits behind a mesh-view render (50–90 ms) of the previous edit.
+
+    ``render_view(key, meshes, camera, view, size)`` / ``render_overlay(key, image, results, alpha, colors)``
+    → ``rendered(key, rgb, seconds)``; failures → ``error(message)``; ``busy_changed(bool)``: either busy.
+    """
+
+    rendered = Signal(object, object, float)
+    error = Signal(str)
+    busy_changed = Signal(bool)
+
+    def __init__(self, parent: QObject | None = None):
+        super().__init__(parent)
+        self.runner = JobRunner("render", self)  # the overlay
+        self.view_runner = JobRunner("render-view", self)  # the mesh view
+        for r in (self.runner, self.view_runner):
+            r.job_finished.connect(self._on_finished)
+            r.job_failed.connect(lambda k, i, m, e: self.error.emit(m))
+            r.busy_changed.connect(lambda _b: self.busy_changed.emit(self.is_busy()))
+        self._client = RenderClient()
+        self._view_client = RenderClient()
+
+    def is_busy(self) -> bool:
+        return self.runner.is_busy() or self.view_runner.is_busy()
+
+    def start(self) -> None:
+        """Start both render processes now (in the background), not on the first render."""
+        for runner, client in ((self.runner, self._client), (self.view_runner, self._view_client)):
+            runner.submit(("start",), lambda c=client: c.start())  # no "rendered" signal: see _on_finished
+
+    def render_view(self, key: Hashable, meshes: list, camera: Any, view: Any,
+                    size: tuple[int, int]) -> int:
+        """Render ``meshes`` [(V (N, 3) m, faces (F, 3), rgb 0..1)] seen by ``camera`` after the (4, 4)
+        ``view`` transform, at ``size`` (w, h) pixels."""
+
+        def job() -> tuple[Any, float]:
+            t0 = time.perf_counter()
+            img = self._view_client.request(RenderView(tuple(meshes), camera, view, tuple(size)))
+            return img, time.perf_counter() - t0
+
+        return self.view_runner.submit(key, job)
+
+    def render_overlay(self, key: Hashable, image: Any, results: list, alpha: float = 0.6,
+                       colors: list | None = None) -> int:
+        """The meshes of ``results`` blended over ``image`` (H, W, 3) uint8 (``colors``: RGB 0..1 each)."""
+
+        def job() -> tuple[Any, float]:
+            t0 = time.perf_counter()
+            img = self._client.request(RenderOverlay(image, tuple(results), alpha, None if colors is None else tuple(colors)))
+            return img, time.perf_counter() - t0
+
+        return self.runner.submit(key, job)
+
+    def _on_finished(self, key: Any, job_id: int, result: Any) -> None:
+        if key == ("start",):
+            return
+        img, secs = result
+        self.rendered.emit(key, img, secs)
+
+    def shutdown(self) -> None:
+        self.runner.stop()
+        self.view_runner.stop()
+        self._client.close()
+        self._view_client.close()

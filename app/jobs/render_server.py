@@ -1,0 +1,101 @@
+"""The render process (``python -m app.jobs --render-server FD``): owns every Open3D renderer (one per
+output size) and the overlay's per-person layer cache (``api.OverlayLayers``). No Qt here.
+
+Open3D's Python bindings keep the GIL while they render (hundreds of ms with software OpenGL), which would
+freeze the GUI thread however the work is threaded; in a separate process it cannot.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+BACKGROUND = (0.11, 0.118, 0.133)  # the mesh view's background (the overlay only uses the covered pixels)
+
+
+def make_renderer(width: int, height: int, state: dict) -> Any:
+    """An ``api.MeshRenderer`` that is known to draw (call on the render thread).
+
+    Open3D's legacy Visualizer renders through GLX when an X display is set; on a virtual X server
+    without usable GL (Xvfb) its shaders fail to compile and it renders black. Its EGL path (used when no
+    display is set) works there, so the first renderer is created with DISPLAY hidden from Open3D (Qt has
+    already connected to the display). Each new renderer draws one test triangle; if the result is not
+    the expected image, the numpy rasteriser is used instead (slower, always correct).
+    """
+    import numpy as np
+
+    from dpmesh_core import api
+    from dpmesh_core.types import Camera
+
+    if state.get("backend") == "numpy":
+        return api.MeshRenderer(width, height, backend="numpy", background=BACKGROUND)
+    hidden = os.environ.pop("DISPLAY", None) if not state.get("glfw_started") else None
+    try:
+        r = api.MeshRenderer(width, height, background=BACKGROUND)
+    finally:
+        state["glfw_started"] = True
+        if hidden is not None:
+            os.environ["DISPLAY"] = hidden
+    if getattr(r, "backend", "") == "open3d" and not state.get("verified"):
+        tri = (np.array([[-0.5, -0.5, 3.0], [0.5, -0.5, 3.0], [0.0, 0.5, 3.0]], np.float32),
+               np.array([[0, 1, 2]], np.int32), (1.0, 0.0, 0.0))
+        try:
+            img = r.render([tri], Camera.default_for(width, height))
+            bg = np.asarray(BACKGROUND) * 255
+            ok = img[height // 2, width // 2, 0] > 100 and np.abs(img[2, 2] - bg).max() < 8  # red centre, bg corner
+        except Exception as e:  # noqa: BLE001
+            log.warning("Open3D test render failed: %s", e)
+            ok = False
+        if not ok:
+            log.warning("Open3D renders incorrectly here (no usable OpenGL); using the numpy rasteriser")
+            r.close()
+            state["backend"] = "numpy"
+            return api.MeshRenderer(width, height, backend="numpy", background=BACKGROUND)
+        state["verified"] = True
+    return r
+
+
+
+def serve(conn: Any) -> None:
+    """Main loop of the render process: owns every Open3D renderer (one per output size, at most 3).
+
+    Requests: ``protocol.RenderView`` / ``protocol.RenderOverlay``, each answered by its ``run(layers,
+    renderer_for_size)``; replies: ("ok", rgb) or ("error", message). ``None`` ends the loop.
+    """
+    os.environ.pop("DISPLAY", None)  # Open3D's EGL path: works headless and on virtual X servers
+    state: dict[str, Any] = {"glfw_started": True}
+    renderers: collections.OrderedDict[tuple[int, int], Any] = collections.OrderedDict()
+
+    def get(w: int, h: int) -> Any:
+        r = renderers.pop((w, h), None)
+        if r is None:
+            r = make_renderer(w, h, state)
+            while len(renderers) >= 3:
+                renderers.popitem(last=False)[1].close()
+        renderers[(w, h)] = r
+        return r
+
+    from dpmesh_core import api
+
+    layers = api.OverlayLayers()
+    while True:
+        try:
+            while not conn.poll(0) and layers.fill_one(get):  # idle: fill the overlay's per-person layers
+                pass
+            msg = conn.recv()
+        except (EOFError, OSError):
+            break
+        if msg is None:
+            break
+        try:
+            out = msg.run(layers, get)
+            conn.send(("ok", out))
+        except Exception as e:  # noqa: BLE001 - reported to the app, the server keeps serving
+            conn.send(("error", f"{type(e).__name__}: {e}"))
+    for r in renderers.values():
+        r.close()
+

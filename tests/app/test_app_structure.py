@@ -1,0 +1,26 @@
+"""The app's structure, checked by machine: the worker processes' modules import no Qt."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_worker_server_modules_import_no_qt():
+    """The inference and render processes run ``python -m app.jobs``: importing their modules (and the
+    entry itself) in a fresh interpreter loads no PySide6 (and no torch: the estimator loads it later)."""
+    code = ("import sys, runpy\n"
+            "import app.jobs.inference_server, app.jobs.render_server, app.jobs.protocol, app.jobs.ipc\n"
+            "sys.argv = ['app.jobs']\n"
+            "try:\n"
+            "    runpy.run_module('app.jobs', run_name='__main__')\n"
+            "except SystemExit as e:\n"
+            "    assert e.code == 2, e.code\n"  # the usage message: the entry ran, nothing to serve
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('PySide6', 'shiboken6', 'torch')))\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "[]"
+    assert "usage: python -m app.jobs" in out.stderr
