@@ -23,13 +23,15 @@ from PySide6.QtWidgets import (
 
 from dpmesh_core.errors import DPMeshError
 
+from ..folders import export_folder, remember_export_folder
 from ..session import Session
 
 
 class ExportDialog(QDialog):
-    def __init__(self, session: Session, parent: QWidget | None = None):
+    def __init__(self, session: Session, parent: QWidget | None = None, settings=None):
         super().__init__(parent)
         self.session = session
+        self.settings = settings if settings is not None else getattr(parent, "settings", None)
         self.setWindowTitle("Export meshes")
         self.which = QButtonGroup(self)
         lay = QVBoxLayout(self)
@@ -54,7 +56,7 @@ class ExportDialog(QDialog):
         lay.addLayout(row)
         lay.addWidget(QLabel("<b>Folder</b>"))
         row = QHBoxLayout()
-        start = Path(session.doc.media_path).parent if session.doc.media_path else Path.home()
+        start = export_folder(self.settings)  # last used, else the documents folder (never the media's)
         self.folder = QLineEdit(str(start / f"{session.stem()}_meshes"))
         b = QPushButton("…")
         b.clicked.connect(self._browse)
@@ -98,5 +100,6 @@ class ExportDialog(QDialog):
         except (DPMeshError, OSError) as e:
             QMessageBox.warning(self, "Export failed", str(e))
             return
+        remember_export_folder(self.settings, Path(self.folder.text()).parent)
         QMessageBox.information(self, "Export", f"Wrote {len(self.written)} file(s) to {self.folder.text()}")
         self.accept()
