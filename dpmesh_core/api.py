@@ -13,6 +13,8 @@ Main entry points
 * outputs: ``export_mesh``, ``export_meshes``, ``export_params_npz``, ``mesh_filename``,
   ``render_overlay``, ``MeshRenderer``.
 * projects: ``ProjectData``, ``save_project``, ``load_project``, ``autosave_path_for``, ``find_recovery_files``.
+* video: ``FramePipeline(estimator, detector)`` — THE frame loop (detect → track → warm-started estimate →
+  per-track smoothing), frame by frame (``process``) or over a video (``run``); ``predict`` runs it too.
 * batch jobs: ``predict(path, out_dir, options)`` — a generator of JSON-able progress events (the CLI loops
   over it; closing it cancels).
 * ``doctor()``: which components, backends and model files are available, and what to do about each.
@@ -73,6 +75,10 @@ _LAZY: dict[str, str] = {
     "Tracker": "dpmesh_core.detect.tracker",
     "demo_scene": "dpmesh_core.demo",
     "StreamingSmoother": "dpmesh_core.fit.smooth",
+    "FramePipeline": "dpmesh_core.pipeline",
+    "PipelineFrame": "dpmesh_core.pipeline",
+    "Truncation": "dpmesh_core.pipeline",
+    "reprojection_errors": "dpmesh_core.pipeline",
 }
 
 __all__ = sorted(
@@ -288,8 +294,10 @@ class PredictOptions:
         bad = [f for f in self.formats if f not in ("obj", "ply", "glb", "gltf", "npz")]
         if bad or not self.formats:
             raise InputError(f"unknown mesh format(s) {bad or '(none)'}; choose from obj, ply, glb, npz")
-        if self.stride < 1:
-            raise InputError("stride must be ≥ 1")
+        if not isinstance(self.stride, int) or self.stride < 1:
+            raise InputError(f"--stride must be a whole number ≥ 1, got {self.stride}")
+        if self.max_frames is not None and (not isinstance(self.max_frames, int) or self.max_frames < 1):
+            raise InputError(f"--max-frames must be a whole number ≥ 1, got {self.max_frames}")
         if not self.smooth_sigma >= 0:
             raise InputError(f"smooth_sigma must be ≥ 0, got {self.smooth_sigma}")
 
@@ -323,20 +331,22 @@ def _persons_from_file(table: dict[Any, list[Person]], media_path: Path, frame: 
 
 
 def _write_frame_outputs(
-    staging: Path, stem: str, frame: int | None, results: Sequence[MeshResult | EstimationError],
-    formats: Sequence[str],
+    staging: Path, stem: str, frame: int | None, persons: Sequence[Person],
+    results: Sequence[MeshResult | EstimationError], formats: Sequence[str],
 ) -> list[Path]:
+    """Each person's mesh files: ``{stem}_person{i:02d}`` on an image, ``{stem}_f{frame:06d}_track{id:03d}`` on a
+    video frame; the npz also holds the person's input key-points."""
     export_mesh = __getattr__("export_mesh")
     export_params_npz = __getattr__("export_params_npz")
     mesh_filename = __getattr__("mesh_filename")
     written = []
-    for i, r in enumerate(results):
+    for i, (p, r) in enumerate(zip(persons, results)):
         if not isinstance(r, MeshResult):
             continue
         for fmt in formats:
-            out = staging / mesh_filename(stem, i, fmt, frame=frame)
+            out = staging / mesh_filename(stem, i, fmt, frame=frame, track_id=p.track_id if frame is not None else None)
             if fmt == "npz":
-                export_params_npz(r, out)
+                export_params_npz(r, out, person=p)
             else:
                 export_mesh(r, out)
             written.append(out)
@@ -350,7 +360,11 @@ def predict(
 
     A generator of JSON-able events: ``{"event": "start", "input", "frames"}``, one ``{"event": "frame",
     "input", "frame", "persons", "meshes", "errors": [...]}`` per frame, ``{"event": "done", "input",
-    "files": [...]}`` per input, and finally ``{"event": "finished", "files": n}``. Outputs are staged in a
+    "files": [...]}`` per input, and finally ``{"event": "finished", "files": n}``. A frame event lists its
+    ``people`` (index, track_id, mesh, error, refit); a video also gets ``{"event": "tracks", "tracks": [{id,
+    first_frame, last_frame, frames_present, meshes}]}`` (and ``{stem}_tracks.json``), and a video that stops
+    decoding early a ``{"event": "truncated", "frame", "processed", "expected"}``: its decoded frames' files
+    are kept and, after ``finished``, ``TruncatedMediaError`` (exit code 2) is raised. Outputs are staged in a
     hidden folder and moved into ``out_dir`` only when an input completes, so a failure leaves no partial
     files behind. Closing the generator cancels.
     """
@@ -374,12 +388,14 @@ def predict(
         first_media.close()
         raise
     total_files = 0
+    truncated: list[dict[str, Any]] = []  # videos that stopped decoding early (their frames are kept)
     for index, media_path in enumerate(inputs):
         media = first_media if index == 0 else open_media(media_path)
         out.mkdir(parents=True, exist_ok=True)
         staging = Path(tempfile.mkdtemp(prefix=".dpmesh-staging-", dir=out))
         try:
-            files = yield from _predict_one(media, media_path, staging, opts, detector, estimator, kp_table)
+            files = yield from _noting_truncation(
+                _predict_one(media, media_path, staging, opts, detector, estimator, kp_table), truncated)
             final = []
             for f in files:
                 dest = out / f.name
@@ -391,12 +407,43 @@ def predict(
             media.close()
             shutil.rmtree(staging, ignore_errors=True)
     yield {"event": "finished", "files": total_files}
+    if truncated:  # the decoded frames' files are in place; the run still fails (exit 2)
+        from .errors import TruncatedMediaError
+
+        t = truncated[0]
+        more = f" (and {len(truncated) - 1} more truncated video(s))" if len(truncated) > 1 else ""
+        raise TruncatedMediaError(f"video ends early: frame {t['frame']} cannot be decoded; kept the {t['processed']} "
+                                  f"frame(s) before it of {t['expected']}{more}", t["input"])
+
+
+def _noting_truncation(events: Iterator[dict[str, Any]], sink: list[dict[str, Any]]):
+    """Pass ``events`` through, noting ``truncated`` ones in ``sink``; returns what the generator returns."""
+    while True:
+        try:
+            ev = next(events)
+        except StopIteration as stop:
+            return stop.value
+        if ev.get("event") == "truncated":
+            sink.append(ev)
+        try:
+            yield ev
+        except GeneratorExit:
+            events.close()
+            raise
 
 
 def _predict_one(
     media: Media, media_path: Path, staging: Path, opts: PredictOptions, detector: Any, estimator: Estimator,
     kp_table: dict | None,
 ) -> Iterator[dict[str, Any]]:
+    """One input through ``FramePipeline``; returns the staged files. On video: files named by track, a
+    ``{stem}_tracks.json`` summary and a ``tracks`` event; a video that stops decoding early keeps the frames
+    before the break and yields a ``truncated`` event."""
+    import json
+
+    from .io.atomic import atomic_write
+    from .pipeline import FramePipeline
+
     is_video = media.kind == "video"
     n = media.num_frames
     if opts.max_frames is not None:
@@ -404,67 +451,63 @@ def _predict_one(
     frames = list(range(0, n, opts.stride))
     yield {"event": "start", "input": str(media_path), "kind": media.kind, "frames": len(frames)}
     w, h = media.size
-    camera = Camera.default_for(w, h)
-    tracker = __getattr__("Tracker")() if (is_video and kp_table is None) else None
-    previous: dict[int, MeshResult] = {}
     stem = media_path.stem
     files: list[Path] = []
     # One renderer per input (creating one costs ~1 s); overlay frames are kept JPEG-encoded (a 720p frame is
     # ~100 kB instead of 2.7 MB raw) and decoded lazily while the video is written.
     renderer = __getattr__("MeshRenderer")(w, h) if opts.overlay else None
     overlay_frames: list[Any] = []
-    # video + fitting: Gaussian smoothing of each track's parameters over the frames around it (a fixed lag)
-    smoother = None
-    if is_video and opts.smooth and hasattr(estimator, "results_from_params") and opts.smooth_sigma > 0:
-        from .fit import StreamingSmoother
-
-        smoother = StreamingSmoother(estimator, sigma=opts.smooth_sigma)
-    held: dict[int, np.ndarray] = {}  # images of frames the smoother still holds back (for the overlay)
-
-    def _frame_outputs(fi: int, persons: list, results: list, image: np.ndarray) -> Iterator[dict[str, Any]]:
-        nonlocal files
-        errors = [str(r) for r in results if isinstance(r, EstimationError)]
-        files += _write_frame_outputs(staging, stem, fi if is_video else None, results, opts.formats)
+    pipe = FramePipeline(
+        estimator, detector, camera=Camera.default_for(w, h), track=is_video,
+        warm_start=is_video and opts.smooth, smooth_sigma=opts.smooth_sigma if (is_video and opts.smooth) else 0.0,
+        keep_images=opts.overlay,
+    )
+    given = None
+    if kp_table is not None:
+        def given(fi: int) -> list[Person]:
+            return _persons_from_file(kp_table, media_path, fi, media.kind)
+    tracks: dict[int, dict[str, Any]] = {}
+    for out in pipe.run(media, frames, persons=given):
+        fi, persons, results = out.frame, out.persons, out.results
+        files += _write_frame_outputs(staging, stem, fi if is_video else None, persons, results, opts.formats)
         if renderer is not None:
             import cv2
 
-            meshes = [r for r in results if isinstance(r, MeshResult)]
-            over = renderer.render_overlay(image, meshes)
+            over = renderer.render_overlay(out.image, [r for r in results if isinstance(r, MeshResult)])
             if is_video:
                 _, buf = cv2.imencode(".jpg", np.ascontiguousarray(over[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 92])
                 overlay_frames.append(buf.tobytes())
             else:
                 overlay_frames.append(over)
+        people = []
+        for i, (p, r) in enumerate(zip(persons, results)):
+            ok = isinstance(r, MeshResult)
+            people.append({"index": i, "track_id": p.track_id, "mesh": ok, "error": None if ok else str(r),
+                           "refit": i in out.refit})
+            if is_video and p.track_id is not None:
+                t = tracks.setdefault(int(p.track_id), {"id": int(p.track_id), "frames": [], "meshes": 0})
+                t["frames"].append(fi)
+                t["meshes"] += int(ok)
         yield {
             "event": "frame", "input": str(media_path), "frame": fi, "persons": len(persons),
-            "meshes": sum(isinstance(r, MeshResult) for r in results), "errors": errors,
+            "meshes": sum(isinstance(r, MeshResult) for r in results),
+            "errors": [str(r) for r in results if isinstance(r, EstimationError)], "people": people,
         }
-
-    for fi in frames:
-        image = media.frame(fi)
-        if kp_table is not None:
-            persons = _persons_from_file(kp_table, media_path, fi, media.kind)
-        else:
-            persons = detector.detect(image)
-            if tracker is not None:
-                persons = tracker.update(persons)
-        prev = None
-        if is_video and opts.smooth:
-            prev = [previous.get(p.track_id) if p.track_id is not None else None for p in persons]
-        results = estimator.estimate(image, persons, camera=camera, previous=prev) if persons else []
-        for p, r in zip(persons, results):
-            if isinstance(r, MeshResult) and p.track_id is not None:
-                previous[p.track_id] = r
-        if smoother is None:
-            ready = [(fi, persons, results)]
-        else:  # written a few frames later, smoothed over the frames around them
-            held[fi] = image
-            ready = smoother.push(fi, persons, results)
-        for fr, ps, rs in ready:
-            yield from _frame_outputs(fr, ps, rs, held.pop(fr, image))
-    if smoother is not None:
-        for fr, ps, rs in smoother.flush():
-            yield from _frame_outputs(fr, ps, rs, held.pop(fr))
+    if is_video:
+        summary = [{"id": t["id"], "first_frame": min(t["frames"]), "last_frame": max(t["frames"]),
+                    "frames_present": len(t["frames"]), "meshes": t["meshes"], "frames": sorted(t["frames"])}
+                   for t in sorted(tracks.values(), key=lambda t: t["id"])]
+        dest = staging / f"{stem}_tracks.json"
+        with atomic_write(dest, "w") as f:
+            json.dump({"video": media_path.name, "frames_processed": len(frames) if pipe.truncated is None
+                       else pipe.truncated.processed, "stride": opts.stride, "tracks": summary}, f, indent=1)
+        files.append(dest)
+        yield {"event": "tracks", "input": str(media_path),
+               "tracks": [{k: v for k, v in t.items() if k != "frames"} for t in summary]}
+    if pipe.truncated is not None:
+        tr = pipe.truncated
+        yield {"event": "truncated", "input": str(media_path), "frame": tr.frame, "processed": tr.processed,
+               "expected": tr.expected, "message": tr.message}
     if opts.overlay and overlay_frames:
         if is_video:
             import cv2

@@ -5,7 +5,8 @@
     dpmesh doctor
     dpmesh convert OFFICIAL.pth.tar OUT_DIR
     dpmesh synth OUT_DIR [--n 200]          (a synthetic dataset with ground truth)
-    dpmesh train CONFIG.yaml [--json]
+    dpmesh train CONFIG.yaml [--json] [--num-processes N] [--mixed-precision bf16|fp16|no]
+                 [--accelerate-config FILE] [--grad-accum K]   (also under accelerate launch / torchrun / srun)
     dpmesh eval --model M --data D [--json]
 
 Errors from the library (``DPMeshError``) print one line ``dpmesh: error: ...`` on stderr and exit with the
@@ -64,6 +65,10 @@ def _run_events(events: Iterator[dict[str, Any]], as_json: bool, describe) -> li
                     bar = None
                 files = ev["files"]
                 print(f"{ev.get('input', '')}: wrote {len(files)} file(s)")
+            elif kind == "truncated":
+                (tqdm.write if bar is not None else print)(
+                    f"  warning: {ev.get('input', '')}: stopped at frame {ev.get('frame')} (cannot be decoded); "
+                    f"keeping the {ev.get('processed')} frame(s) before it", file=sys.stderr)
             elif kind in ("eval", "checkpoint", "message"):
                 msg = ev.get("message") or json.dumps({k: v for k, v in ev.items() if k != "event"}, default=str)
                 (tqdm.write if bar is not None else print)(f"{kind}: {msg}")
@@ -143,10 +148,21 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from .train import launch
     from .train.config import load_train_config
     from .train.loop import train
 
-    cfg = load_train_config(args.config, overrides=args.set or [])
+    overrides = list(args.set or [])
+    if args.mixed_precision:
+        overrides.append(f"precision={'fp32' if args.mixed_precision == 'no' else args.mixed_precision}")
+    if args.grad_accum:
+        overrides.append(f"grad_accum={args.grad_accum}")
+    cfg = load_train_config(args.config, overrides=overrides)  # a bad config fails before any launch
+    if ((args.num_processes or 1) > 1 or args.accelerate_config) and not launch.in_launched_process():
+        child = launch.child_argv(args)
+        return launch.launch(child, lambda: main(child), args.num_processes, args.accelerate_config,
+                             args.mixed_precision)
+    launch.adopt_slurm_env()
     _run_events(train(cfg, resume=args.resume), args.json, lambda ev: "train")
     return 0
 
@@ -232,6 +248,14 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("config")
     tr.add_argument("--resume", action="store_true", help="resume from the last checkpoint of the run")
     tr.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config value")
+    tr.add_argument("--num-processes", type=int, metavar="N",
+                    help="train in N processes (data parallel, one per GPU; gloo on a CPU) through Accelerate")
+    tr.add_argument("--mixed-precision", choices=["bf16", "fp16", "no"],
+                    help="autocast precision (overrides the config's precision; fp16 needs CUDA)")
+    tr.add_argument("--accelerate-config", metavar="FILE",
+                    help="launch with this `accelerate config` file (GPUs, machines, precision)")
+    tr.add_argument("--grad-accum", type=int, metavar="K",
+                    help="micro-batches per optimisation step (global batch = batch_size x processes x K)")
     tr.add_argument("--json", action="store_true")
     tr.set_defaults(func=cmd_train)
 

@@ -4,7 +4,9 @@
 their parameters over time — rotations (global orientation and, for axis-angle body poses, every joint
 rotation) as averaged rotation matrices projected back onto SO(3), shape and translation linearly — and
 re-evaluates the body model so vertices, joints and re-projections match the smoothed parameters.
-Frames where a track is missing are simply skipped (the kernel is renormalised over present frames).
+A track is smoothed only within a run of consecutive frames where it is present: a gap (the person
+missed, occluded, or not tracked) restarts the filter, so a body is never averaged with where it was before
+it disappeared (and, keyed by track, never with another person).
 """
 
 from __future__ import annotations
@@ -59,6 +61,17 @@ def smooth_params(params: Sequence[BodyParams], frames: Sequence[int], sigma: fl
             for t, p in enumerate(params)]
 
 
+def _runs(positions: Sequence[int]) -> list[list[int]]:
+    """Indices into sorted ``positions`` split where consecutive positions differ by more than 1 (a gap)."""
+    runs: list[list[int]] = []
+    for i, p in enumerate(positions):
+        if runs and p == positions[runs[-1][-1]] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
 def _track_key(r: MeshResult, slot: int) -> tuple:
     """A result's track: its ``track_id``, else its slot index."""
     return ("track", r.track_id) if r.track_id is not None else ("slot", slot)
@@ -98,10 +111,12 @@ def smooth_sequence(
                 tracks.setdefault(_track_key(r, s), []).append((t, s))
     out: list[list[MeshResult | None]] = [list(f) for f in results_per_frame]
     entries: list[tuple[int, int, BodyParams]] = []
-    for members in tracks.values():
-        ps = [results_per_frame[t][s].params for t, s in members]  # type: ignore[union-attr]
-        sm = smooth_params(ps, [t for t, _ in members], sigma)
-        entries.extend((t, s, p) for (t, s), p in zip(members, sm))
+    for all_members in tracks.values():
+        for run in _runs([t for t, _ in all_members]):  # a gap restarts the filter
+            members = [all_members[i] for i in run]
+            ps = [results_per_frame[t][s].params for t, s in members]  # type: ignore[union-attr]
+            sm = smooth_params(ps, [t for t, _ in members], sigma)
+            entries.extend((t, s, p) for (t, s), p in zip(members, sm))
     if not entries:
         return out
     olds = [results_per_frame[t][s] for t, s, _ in entries]
@@ -119,7 +134,8 @@ class StreamingSmoother:
     ``push`` one processed frame (its persons and results) and get back the frames whose smoothing window
     (±⌈3σ⌉ processed frames, where the kernel is cut off) is complete; ``flush`` returns the rest at the
     end. Like ``smooth_sequence``, each result is smoothed along its track (``track_id``, else slot index)
-    over the processed frames (σ counts processed frames, so a stride widens it in video frames). Only the
+    over the processed frames (σ counts processed frames, so a stride widens it in video frames), within the
+    run of consecutive frames where the track is present (a gap restarts the filter). Only the
     frames returned are re-skinned and only a window of frames is kept, so cost per frame and memory stay
     bounded; the output equals ``smooth_sequence`` over the whole video (tested).
     """
@@ -165,6 +181,9 @@ class StreamingSmoother:
                 continue
             track = [(b[0], q.params) for b in window for k, q in enumerate(b[3])
                      if isinstance(q, MeshResult) and _track_key(q, k) == _track_key(r, s)]
+            # only the run of consecutive frames around this one: a gap restarts the filter
+            run = next(rn for rn in _runs([p for p, _ in track]) if any(track[i][0] == t for i in rn))
+            track = [track[i] for i in run]
             pos = [p for p, _ in track]
             sm = smooth_params([q for _, q in track], pos, self.sigma)
             smoothed[s] = dataclasses.replace(r, params=sm[pos.index(t)])

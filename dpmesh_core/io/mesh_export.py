@@ -5,9 +5,11 @@ default, so several people exported from one image stay placed consistently rela
 to the camera. Most viewers (Blender, glTF viewers, MeshLab) expect y up; ``y_up=True`` rotates by 180°
 about x, i.e. (x, y, z) -> (x, -y, -z) (a proper rotation: the face winding stays outward).
 
-File names (``mesh_filename``): ``{stem}_person{index:02d}.{ext}`` for an image and
-``{stem}_f{frame:06d}_person{index:02d}.{ext}`` for a video frame; ``index`` is the person's position in
-the frame's person list (failed persons keep their number, they are just not written).
+File names (``mesh_filename``): ``{stem}_person{index:02d}.{ext}`` for an image, where ``index`` is the
+person's position in the image's person list (failed persons keep their number, they are just not written),
+and ``{stem}_f{frame:06d}_track{id:03d}.{ext}`` for a video frame, named by the person's track, so one name
+pattern follows one person through the video (``{stem}_f{frame:06d}_person{index:02d}.{ext}`` only for an
+untracked person).
 
 Formats (from the suffix): ``.obj`` (with vertex normals), ``.ply`` (binary), ``.glb``, ``.gltf``
 (one file, buffers embedded as data URIs).
@@ -37,6 +39,9 @@ only plain arrays (readable with ``np.load(path, allow_pickle=False)``). Keys:
 ``estimator``               () str ("fit", "dpmesh", ...)
 ``loss``                    () float64 final fitting loss, NaN if none
 ``track_id``                () int64, -1 if none
+``input_keypoints``         (J, 3) float32 the key-points the estimate was made from: x, y pixels and visible
+                            (1 = used, 0 = not visible / not usable), order ``input_joint_set`` (if known)
+``input_joint_set``         () str, the joint order of ``input_keypoints``
 ``units``                   () str, "metres; OpenCV camera frame (x right, y down, z forward)"
 ``vertices`` / ``faces``    (V, 3) float32 / (F, 3) int32, only with ``include_mesh=True``
 ==========================  ==========================================================================
@@ -54,7 +59,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError
-from ..types import BodyParams, Camera, MeshResult
+from ..types import BodyParams, Camera, MeshResult, Person
 from .atomic import atomic_write, atomic_write_bytes
 
 log = logging.getLogger(__name__)
@@ -66,11 +71,15 @@ NPZ_FORMAT_VERSION = 1
 _UNITS = "metres; OpenCV camera frame (x right, y down, z forward)"
 
 
-def mesh_filename(stem: str, person_index: int, ext: str, frame: int | None = None) -> str:
-    """``{stem}_person{index:02d}.{ext}`` or, for a video frame, ``{stem}_f{frame:06d}_person{index:02d}.{ext}``."""
+def mesh_filename(stem: str, person_index: int, ext: str, frame: int | None = None,
+                  track_id: int | None = None) -> str:
+    """``{stem}_person{index:02d}.{ext}``; for a video frame ``{stem}_f{frame:06d}_track{id:03d}.{ext}`` (by the
+    person's ``track_id``), or ``{stem}_f{frame:06d}_person{index:02d}.{ext}`` for an untracked person."""
     ext = ext.lstrip(".").lower()
     if frame is None:
         return f"{stem}_person{int(person_index):02d}.{ext}"
+    if track_id is not None:
+        return f"{stem}_f{int(frame):06d}_track{int(track_id):03d}.{ext}"
     return f"{stem}_f{int(frame):06d}_person{int(person_index):02d}.{ext}"
 
 
@@ -162,8 +171,10 @@ def export_meshes(
     return written
 
 
-def export_params_npz(result: MeshResult, path: str | os.PathLike, include_mesh: bool = False) -> Path:
-    """Write body parameters, joints and camera of one person to ``.npz`` (keys in the module doc)."""
+def export_params_npz(result: MeshResult, path: str | os.PathLike, include_mesh: bool = False,
+                      person: Person | None = None) -> Path:
+    """Write body parameters, joints and camera of one person to ``.npz`` (keys in the module doc).
+    ``person``: the person (key-points) the result was estimated from, stored as ``input_keypoints``."""
     path = Path(path)
     p, cam = result.params, result.camera
     arrays: dict[str, Any] = {
@@ -192,6 +203,10 @@ def export_params_npz(result: MeshResult, path: str | os.PathLike, include_mesh:
         arrays[f"extra__{k}"] = a
     if result.keypoints2d is not None:
         arrays["keypoints2d"] = np.asarray(result.keypoints2d, np.float32)
+    if person is not None:
+        used = person.weights > 0
+        arrays["input_keypoints"] = np.c_[person.keypoints[:, :2], used].astype(np.float32)
+        arrays["input_joint_set"] = np.array(person.joint_set)
     if include_mesh:
         arrays["vertices"] = np.asarray(result.vertices, np.float32)
         arrays["faces"] = np.asarray(result.faces, np.int32)
@@ -205,8 +220,8 @@ def export_params_npz(result: MeshResult, path: str | os.PathLike, include_mesh:
 def load_params_npz(path: str | os.PathLike) -> dict[str, Any]:
     """Read an ``export_params_npz`` file (no pickles). Returns a dict with ``params`` (BodyParams),
     ``camera`` (Camera), ``joints3d``, ``joints2d``, ``joint_set``, ``keypoints2d`` (or None),
-    ``estimator``, ``loss`` (or None), ``track_id`` (or None), ``format_version``, and ``vertices`` /
-    ``faces`` when stored. Raises ``InputError`` naming the file when it is not such a file."""
+    ``estimator``, ``loss`` (or None), ``track_id`` (or None), ``format_version``, ``input_keypoints`` (J, 3) and
+    ``input_joint_set`` (or None), and ``vertices`` / ``faces`` when stored. Raises ``InputError`` naming the file when it is not such a file."""
     path = Path(path)
     try:
         z = np.load(path, allow_pickle=False)
@@ -239,6 +254,8 @@ def load_params_npz(path: str | os.PathLike) -> dict[str, Any]:
                 "keypoints2d": z["keypoints2d"].astype(np.float32) if "keypoints2d" in files else None,
                 "estimator": str(z["estimator"]) if "estimator" in files else "",
                 "loss": None if np.isnan(loss) else loss, "track_id": None if tid < 0 else tid,
+                "input_keypoints": z["input_keypoints"].astype(np.float32) if "input_keypoints" in files else None,
+                "input_joint_set": str(z["input_joint_set"]) if "input_joint_set" in files else None,
             }
             if "vertices" in files and "faces" in files:
                 out["vertices"], out["faces"] = z["vertices"].astype(np.float32), z["faces"].astype(np.int32)

@@ -152,9 +152,11 @@ def test_predict_video_names_files_per_frame_and_tracks(tmp_path, media_dir, cap
     assert [e["frame"] for e in frames] == [0, 3]
     assert all(e["meshes"] >= 1 for e in frames)
     names = sorted(p.name for p in out.glob("*.obj"))
-    assert any(n.startswith("street_f000000_person") for n in names)
-    assert any(n.startswith("street_f000003_person") for n in names)
-    assert len(names) == sum(e["meshes"] for e in frames)
+    # named by track, as the frame events say
+    expected = sorted(f"street_f{e['frame']:06d}_track{q['track_id']:03d}.obj" for e in frames for q in e["people"]
+                      if q["mesh"])
+    assert names == expected and len(names) == sum(e["meshes"] for e in frames)
+    assert not any("_person" in n for n in names)
 
 
 def test_predict_video_smooths_each_track_over_time(tmp_path, media_dir, capsys):
