@@ -200,16 +200,32 @@ class ModelFiles:
     dpmesh_checkpoint: official ``*_best_ckpt.pth.tar`` or a folder converted by ``dpmesh convert``.
     sd15: Stable Diffusion 1.5 (diffusers folder or single .safetensors/.ckpt).
     controlnet: ControlNet weights (diffusers folder or single file).
-    Environment overrides: DPMESH_SMPL, DPMESH_CHECKPOINT, DPMESH_SD15, DPMESH_CONTROLNET.
+    detector: the 2-D detector the app uses, "yolo" (default, YOLO11n-pose) or "mmpose" (a user's mmpose
+    model: ``mmpose_pose_config`` + ``mmpose_pose_checkpoint``, optionally an mmdet person detector
+    ``mmpose_det_config`` + ``mmpose_det_checkpoint``; needs a Python environment that has mmpose).
+    j_regressor_extra: SPIN's ``J_regressor_extra.npy`` (row 3 = the head-top joint of the DPMesh network's
+    SMPL-30 set; official checkpoints do not carry it). Without it the head-top is SMPL vertex 411.
+    Environment overrides: DPMESH_SMPL, DPMESH_CHECKPOINT, DPMESH_SD15, DPMESH_CONTROLNET,
+    DPMESH_J_REGRESSOR_EXTRA.
     """
 
     smpl: str | None = None
     dpmesh_checkpoint: str | None = None
     sd15: str | None = None
     controlnet: str | None = None
+    detector: str = "yolo"
+    mmpose_pose_config: str | None = None
+    mmpose_pose_checkpoint: str | None = None
+    mmpose_det_config: str | None = None
+    mmpose_det_checkpoint: str | None = None
+    j_regressor_extra: str | None = None
+
+    def validate(self) -> None:
+        if self.detector not in ("yolo", "mmpose"):
+            raise ConfigError(f"unknown detector {self.detector!r}; choose yolo or mmpose", "detector")
 
     ENV = {"smpl": "DPMESH_SMPL", "dpmesh_checkpoint": "DPMESH_CHECKPOINT", "sd15": "DPMESH_SD15",
-           "controlnet": "DPMESH_CONTROLNET"}
+           "controlnet": "DPMESH_CONTROLNET", "j_regressor_extra": "DPMESH_J_REGRESSOR_EXTRA"}
 
     @classmethod
     def load(cls, path: str | os.PathLike | None = None) -> ModelFiles:

@@ -45,10 +45,13 @@ def load_body_model(
     elif name == "smpl":
         from .smpl_model import SMPL_HOW_TO_GET, SMPLBody
 
-        if path is None:
-            from ..config import ModelFiles
+        from ..config import ModelFiles
 
-            path = ModelFiles.load().smpl
+        files = ModelFiles.load()
+        if path is None:
+            path = files.smpl
+        if files.j_regressor_extra and "j_regressor_extra" not in kw:
+            kw["j_regressor_extra"] = files.j_regressor_extra
         if not path:
             raise ModelFilesMissingError("SMPL neutral model (no path set)", ["DPMESH_SMPL", "model_files.json"],
                                          SMPL_HOW_TO_GET)

@@ -410,6 +410,18 @@ class SMPLBody(BodyModel):
                 res[s] = j30[:, self._map30[s]]
         return BodyOutput(joints=res, vertices=vertices)
 
+    def joints_from_mesh(self, vertices: torch.Tensor) -> torch.Tensor:
+        """The release's SMPL-30 joints of a posed mesh (spec §2.11, ``common/model.py:124``): all 30 rows —
+        the 24 J_regressor rows included — are regressed from the *posed* vertices (B, V, 3) → (B, 30, 3).
+
+        These are not the kinematic skeleton joints that ``forward`` returns for "smpl24"/"smpl30" (those sit
+        up to ~3 cm away once the body is posed); the DPMesh network's outputs use these.
+        """
+        jr = self.smpl.J_regressor.to(vertices.dtype)  # (24, V), dense
+        j24 = torch.einsum("jv,bvd->bjd", jr, vertices)
+        vj = torch.einsum("ks,bsd->bkd", self._vreg[:6].to(vertices.dtype), vertices[:, self._sel])
+        return torch.cat([j24, vj], dim=1)
+
     def _skeleton_and_selected(
         self, global_orient: torch.Tensor, body_pose: torch.Tensor, betas: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -66,3 +66,44 @@ def place_in_image(
     tx = (u - p[:, 0]) * tz / f
     ty = (v - p[:, 1]) * tz / f
     return torch.stack([tx, ty, tz], dim=1)
+
+
+# ------------------------------------------------------------------ the release's own image placement
+
+
+def release_render_translation(transl_crop: torch.Tensor, bbox_xywh: torch.Tensor,
+                               input_size: int = 256) -> torch.Tensor:
+    """The release's translation for drawing a person in the full image (``Model.get_camera_trans`` with
+    ``cfg.render``): t_z × input_size / sqrt(box_w · box_h); t_x, t_y unchanged. With it the release projects
+    with the same focal f and the principal point at the crop box's centre (:func:`release_principal`).
+
+    transl_crop (B, 3) metres; bbox_xywh (B, 4) the square crop box (x, y, w, h) → (B, 3) metres.
+    """
+    b = bbox_xywh.to(transl_crop.dtype)
+    k = input_size / torch.sqrt(b[:, 2] * b[:, 3])
+    return torch.stack([transl_crop[:, 0], transl_crop[:, 1], transl_crop[:, 2] * k], dim=1)
+
+
+def release_principal(bbox_xywh: torch.Tensor) -> torch.Tensor:
+    """(B, 4) (x, y, w, h) → (B, 2) the crop box's centre: the principal point of the release's renderer."""
+    b = bbox_xywh
+    return torch.stack([b[:, 0] + b[:, 2] / 2, b[:, 1] + b[:, 3] / 2], dim=1)
+
+
+def cam2pixel(points: torch.Tensor, focal: torch.Tensor, principal: torch.Tensor) -> torch.Tensor:
+    """The release's ``cam2pixel``: camera points (B, N, 3) → (B, N, 3) (u, v, depth), with (B,) focal and
+    (B, 2) principal point (no depth offset)."""
+    f = focal.to(points.dtype)[:, None]
+    c = principal.to(points.dtype)[:, None]
+    u = points[..., 0] / points[..., 2] * f + c[..., 0]
+    v = points[..., 1] / points[..., 2] * f + c[..., 1]
+    return torch.stack([u, v, points[..., 2]], dim=-1)
+
+
+def denorm_joints(joint_proj_grid: torch.Tensor, bb2img: torch.Tensor, input_size: int = 256,
+                  grid_size: int = 64) -> torch.Tensor:
+    """The release's ``denorm_joints``: (B, N, 2) points on the output grid → (B, N, 2) image pixels through
+    the crop → image affine (B, 2, 3)."""
+    xy = joint_proj_grid * (input_size / grid_size)
+    A = bb2img.to(xy.dtype)
+    return xy @ A[:, :, :2].transpose(1, 2) + A[:, None, :, 2]

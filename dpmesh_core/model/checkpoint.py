@@ -200,6 +200,182 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# the architecture of a file: read from its shapes (and the release's ldm config for what shapes cannot say)
+# ---------------------------------------------------------------------------------------------------------
+#: What the release uses where a checkpoint's shapes say nothing (cldm_v15.yaml, configs/main_train.yml,
+#: ldm's GroupNorm32, VPDEncoder's GroupNorm(16), JOTR's 8 heads).
+RELEASE_DEFAULTS = {"num_heads": 8, "norm_num_groups": 32, "vae_norm_num_groups": 32, "fusion_groups": 16,
+                    "head_nheads": 8}
+
+
+def read_ldm_config(path: str | os.PathLike) -> dict[str, Any]:
+    """The release's ldm/cldm configuration, as ``{unet_config, control_stage_config, first_stage_config}``
+    (each with its ``params``).
+
+    Accepts the release's ``cldm_v15.yaml`` layout (``model.params.{unet_config, …}.params``), the mapping
+    that sits under ``model.params`` itself, or a JSON file holding either — e.g. the parity reference's
+    sidecar, whose ``config.cldm_config`` is exactly what sits under ``model.params``. Raises ConfigError
+    naming the file when it cannot be read or lacks a ``unet_config``.
+    """
+    import json
+
+    from ..errors import ConfigError
+
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as e:
+        raise ConfigError(f"cannot read the ldm config: {e.strerror or e}", source=str(p)) from e
+    try:
+        if p.suffix.lower() == ".json":
+            doc = json.loads(text)
+        else:
+            import yaml
+
+            doc = yaml.safe_load(text)
+    except Exception as e:  # noqa: BLE001 - yaml/json raise several types
+        raise ConfigError(f"not a readable YAML/JSON ldm config ({str(e).splitlines()[0][:160]})",
+                          source=str(p)) from e
+
+    def find(d: Any) -> dict[str, Any] | None:
+        if not isinstance(d, Mapping):
+            return None
+        if isinstance(d.get("unet_config"), Mapping):
+            return dict(d)
+        for key in ("model", "params", "config", "cldm_config"):
+            hit = find(d.get(key))
+            if hit is not None:
+                return hit
+        return None
+
+    found = find(doc)
+    if found is None:
+        raise ConfigError("no 'unet_config' found (expected the layout of the release's cldm_v15.yaml: "
+                          "model.params.{unet_config, control_stage_config, first_stage_config})", source=str(p))
+    return found
+
+
+def _count(keys: set[str], prefix: str) -> int:
+    """Number of distinct integer children ``prefix{i}.`` among ``keys``."""
+    idx = set()
+    for k in keys:
+        if k.startswith(prefix):
+            head = k[len(prefix):].split(".", 1)[0]
+            if head.isdigit():
+                idx.add(int(head))
+    return len(idx)
+
+
+def infer_network_config(official: Mapping[str, torch.Tensor], ldm_config: Mapping[str, Any] | None = None,
+                         path: str | os.PathLike | None = None):
+    """The ``NetworkConfig`` of an official-layout state dict, read from its tensor shapes.
+
+    Every width the shapes determine comes from the file: U-Net/ControlNet channels per level and res-blocks
+    per level, context width, number of joints (ControlNet input channels − latent channels), LoRA rank, VAE
+    channels, res-blocks and latent channels, the fused width and depth bins, the regressor's width, layer
+    counts and feed-forward widths, the joint queries, VPoser's sizes and the key-point lifting. What shapes
+    cannot tell — attention heads, GroupNorm groups — comes from ``ldm_config`` (see
+    :func:`read_ldm_config`) when given, otherwise from the released values (:data:`RELEASE_DEFAULTS`).
+
+    Raises CheckpointMismatchError naming the first key it needs and does not find (a file of another kind is
+    refused here, before any network is built), ConfigError for an ldm config the network cannot express.
+    """
+    from ..errors import ConfigError
+    from .config import BackboneConfig, HeadConfig, NetworkConfig
+
+    sd = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in official.items()}
+    keys = set(sd)
+
+    def need(key: str) -> torch.Tensor:
+        if key not in sd:
+            alt = key.replace(".weight", ".linear.weight")
+            if alt in sd:
+                return sd[alt]
+            note = ("no 'backbone.sd_model.model.diffusion_model' keys: not an official DPMesh checkpoint?"
+                    if not any(k.startswith(UNET_OFF) for k in keys) else "cannot read the architecture")
+            raise CheckpointMismatchError(path, missing=["module." + key], note=note)
+        return sd[key]
+
+    u, c = UNET_OFF, CN_OFF
+    n_in = _count(keys, u + "input_blocks.")
+    if n_in < 8 or (n_in - 4) % 4:
+        raise CheckpointMismatchError(path, note=f"{n_in} U-Net input blocks: not the SD1.5 layout of 4 levels")
+    L = (n_in - 4) // 4
+    chans = tuple(int(need(f"{u}input_blocks.{lvl * (L + 1) + 1}.0.out_layers.3.weight").shape[0])
+                  for lvl in range(4))
+    latent = int(need(u + "input_blocks.0.0.weight").shape[1])
+    ctx = int(need(u + "input_blocks.1.1.transformer_blocks.0.attn2.to_k.weight").shape[1])
+    cn_in = int(need(c + "input_blocks.0.0.weight").shape[1])
+    downs = [k for k in keys if k.startswith(u) and k.endswith(".lora_down.weight")]
+    rank = int(sd[downs[0]].shape[0]) if downs else 64
+    v = VAE_OFF + "encoder."
+    n_vae = _count(keys, v + "down.")
+    vae_chans = tuple(int(need(f"{v}down.{i}.block.0.conv2.weight").shape[0]) for i in range(n_vae))
+    vae_layers = _count(keys, v + "down.0.block.")
+    z = int(need(VAE_OFF + "quant_conv.weight").shape[0]) // 2
+
+    heads, groups, vae_groups = RELEASE_DEFAULTS["num_heads"], RELEASE_DEFAULTS["norm_num_groups"], \
+        RELEASE_DEFAULTS["vae_norm_num_groups"]
+    if ldm_config is not None:
+        up = dict((ldm_config.get("unet_config") or {}).get("params") or {})
+        if not up:
+            raise ConfigError("ldm config has no unet_config.params", "unet_config")
+        if int(up.get("num_head_channels", -1)) not in (-1, None):
+            raise ConfigError("num_head_channels (a fixed head width, SD2 style) is not supported; the release "
+                              "uses num_heads", "unet_config.params.num_head_channels")
+        heads = int(up.get("num_heads", heads))
+        mc, mult = up.get("model_channels"), up.get("channel_mult")
+        if mc is not None and mult is not None and tuple(int(mc) * int(m) for m in mult) != chans:
+            raise CheckpointMismatchError(path, note=f"the ldm config says U-Net channels "
+                                          f"{tuple(int(mc) * int(m) for m in mult)}, the file holds {chans}")
+        if up.get("num_res_blocks") is not None and int(up["num_res_blocks"]) != L:
+            raise CheckpointMismatchError(path, note=f"the ldm config says {up['num_res_blocks']} res-blocks "
+                                          f"per level, the file holds {L}")
+        if int(up.get("transformer_depth", 1)) != 1:
+            raise ConfigError("transformer_depth other than 1 is not supported", "unet_config.params")
+        cp = dict((ldm_config.get("control_stage_config") or {}).get("params") or {})
+        if cp and int(cp.get("num_heads", heads)) != heads:
+            raise ConfigError("ControlNet and U-Net with different num_heads are not supported",
+                              "control_stage_config.params.num_heads")
+
+    head_d = int(need("down_linear.weight").shape[0])
+    fused = int(need("down_linear.weight").shape[1])
+    head = HeadConfig(
+        fused_channels=fused,
+        depth_bins=fused // head_d if head_d else 8,
+        fusion_groups=RELEASE_DEFAULTS["fusion_groups"],
+        d_model=head_d,
+        nheads=RELEASE_DEFAULTS["head_nheads"],
+        ffn=int(need("transformer.encoder.layers.0.linear1.weight").shape[0]),
+        enc_layers=_count(keys, "transformer.encoder.layers."),
+        dec_layers=_count(keys, "transformer.decoder.layers."),
+        refine_ffn=int(need("refine_3d.layers.0.linear1.weight").shape[0]),
+        refine_layers=_count(keys, "refine_3d.layers."),
+        num_joint_queries=int(need("query.weight").shape[0]),
+        kp_lifting="linear" if "kp_lifting.weight" in sd else "mlp",
+        vposer_latent=int(need("vposer.vposer.bodyprior_dec_fc1.weight").shape[1]),
+        vposer_hidden=int(need("vposer.vposer.bodyprior_dec_fc1.weight").shape[0]),
+    )
+    bb = BackboneConfig(
+        block_out_channels=chans, layers_per_block=L, num_heads=heads, cross_attention_dim=ctx,
+        norm_num_groups=groups, vae_block_out_channels=vae_chans, vae_layers_per_block=vae_layers,
+        vae_norm_num_groups=vae_groups, latent_channels=latent, num_joints=cn_in - latent,
+        lora_rank=rank, lora_alpha=float(rank),
+    )
+    cfg = NetworkConfig(backbone=bb, head=head, preset="custom")
+    try:
+        bb.validate()
+        head.validate()
+        cfg.validate()
+    except ConfigError as e:
+        raise CheckpointMismatchError(path, note=f"the file's shapes give an architecture the network cannot "
+                                      f"build: {e}") from e
+    if z != latent:
+        raise CheckpointMismatchError(path, note=f"VAE latent {z} channels but U-Net input {latent}")
+    return cfg
+
+
+# ---------------------------------------------------------------------------------------------------------
 # official → ours
 # ---------------------------------------------------------------------------------------------------------
 @dataclass

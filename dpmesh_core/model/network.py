@@ -222,7 +222,9 @@ class DPMeshNetwork(Regressor):
         verts = verts_rel = j30 = j30_cam = proj = None
         if body is not None:
             out = body(pose72[:, :3], pose72[:, 3:], betas, transl, joint_sets=("smpl30",), return_vertices=True)
-            j30_cam = out.joints["smpl30"]
+            # as released: all 30 joints regressed from the posed mesh (not the kinematic skeleton)
+            from_mesh = getattr(body, "joints_from_mesh", None)
+            j30_cam = from_mesh(out.vertices) if from_mesh is not None else out.joints["smpl30"]
             root = j30_cam[:, :1]
             j30 = j30_cam - root
             verts = out.vertices

@@ -27,16 +27,16 @@ import torch
 from ..body import joints as J
 from ..body.base import BodyModel
 from ..errors import ConfigError, DPMeshError, EstimationError, InputError, ModelFilesMissingError
-from ..geometry import apply_affine, crop_affine, project, square_box
+from ..geometry import project
 from ..types import BodyParams, Camera, MeshResult, Person
-from .camera import place_in_image
+from .camera import place_in_image, release_principal, release_render_translation
+from .preprocess import CONF_THRESHOLD, corners_to_xywh, crop_image, prepare_person
 from .network import CONFIG_NAME, DPMeshNetwork, load_network
 
 log = logging.getLogger(__name__)
 
 #: SMPL kinematic tree (parent of each of the 24 joints; the root's is -1).
 SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
-CONF_THRESHOLD = 0.05  # spec §2.1
 MIN_VISIBLE = 2
 _DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
            "fp16": torch.float16, "float16": torch.float16}
@@ -49,7 +49,8 @@ def smpl_arrays_from_official(smpl: dict[str, np.ndarray]) -> dict[str, np.ndarr
         parents = np.array(SMPL_PARENTS, np.int64)
         parents[0] = 4294967295
         return {
-            "v_template": np.asarray(smpl["v_template"], np.float32),
+            # smplpytorch stores th_v_template as (1, 6890, 3)
+            "v_template": np.asarray(smpl["v_template"], np.float32).reshape(-1, 3),
             "shapedirs": np.asarray(smpl["shapedirs"], np.float32),
             "posedirs": np.asarray(smpl["posedirs"], np.float32).reshape(-1, 3, 207),
             "J_regressor": np.asarray(smpl["J_regressor"], np.float32),
@@ -83,8 +84,10 @@ class _Prepared:
     """One person ready for the network."""
 
     index: int
-    box: np.ndarray  # (4,) square crop box, image px
-    affine: np.ndarray  # (2, 3) image → crop
+    box: np.ndarray  # (4,) square crop box (x0, y0, x1, y1), image px
+    bbox: np.ndarray  # (4,) the same box as the release holds it: (x, y, w, h) float32
+    affine: np.ndarray  # (2, 3) float32 image → crop (the release's)
+    inverse: np.ndarray  # (2, 3) float32 crop → image
     joints_crop: np.ndarray  # (30, 2) crop px
     mask: np.ndarray  # (30,) bool
     latent_key: tuple
@@ -109,6 +112,17 @@ class DPMeshPredictor:
     refine / fitter: run ``fitter.refine(image, persons, initial)`` after the network (estimator
         "dpmesh+fit"); ``fitter`` must then be given (a KeypointFitter on the same body model).
     cache_size: VAE latents kept (LRU over (frame, crop box)).
+    ldm_config: the release's ``cldm_v15.yaml`` (or a file laid out like it) for an official ``.pth.tar``:
+        what the file's shapes cannot tell (attention heads). Default: the released values.
+    autocast: run as the release evaluates on GPU — fp32 weights under CUDA fp16 autocast (CUDA only).
+
+    Each ``MeshResult.params.extra`` keeps the release's own numbers beside our placement: ``smpl_pose``
+    (72 axis-angle), ``smpl_shape`` (10), ``cam_param`` (raw), ``cam_trans_crop`` (the release's
+    ``cam_trans``, crop camera), ``render_cam_trans`` + ``render_principal`` (the release's full-image
+    placement: same f, principal point at the crop box centre), ``bbox_xywh`` (the release's square box),
+    ``joint_cam`` (30 root-relative joints, m), ``joint_img`` (15, 3) and ``pose_code`` (VPoser latent).
+    Our meshes differ only by a rigid shift of the whole body (see ``camera.place_in_image``): every person
+    of an image shares the image's own camera, so several people stay in one consistent space.
 
     A network passed in is moved to ``device``/``dtype`` in place.
     """
@@ -118,8 +132,16 @@ class DPMeshPredictor:
     def __init__(self, network_or_path: DPMeshNetwork | str | os.PathLike,
                  body_model: BodyModel | str | None = None, device: str | torch.device | None = None,
                  dtype: str | torch.dtype | None = None, refine: bool = False, fitter: Any = None,
-                 cache_size: int = 64, box_scale: float = 1.1, merge_lora: bool = True):
+                 cache_size: int = 64, box_scale: float = 1.1, merge_lora: bool = True,
+                 ldm_config: str | os.PathLike | None = None, autocast: bool = False):
         self.device, self.dtype = resolve_device_dtype(device, dtype)
+        self.ldm_config = ldm_config
+        # the release evaluates under torch.cuda.amp.autocast (fp16) with fp32 weights: offered as an option
+        self.autocast = bool(autocast)
+        if self.autocast:
+            if self.device.type != "cuda":
+                raise ConfigError("autocast (the release's fp16 evaluation) needs a CUDA device", "autocast")
+            self.dtype = torch.float32
         if refine and fitter is None:
             raise ConfigError("refine=True needs a fitter (e.g. KeypointFitter on the same SMPL model)", "refine")
         self.refine = refine
@@ -153,16 +175,15 @@ class DPMeshPredictor:
             raise ModelFilesMissingError("DPMesh checkpoint", [str(path)],
                                          "Download an official *_best_ckpt.pth.tar from the DPMesh authors "
                                          "or convert/train one, then pass its path.")
-        from .checkpoint import load_official_checkpoint, read_state_dict
-        from .config import preset
+        from .checkpoint import infer_network_config, load_official_network, read_ldm_config, read_state_dict
 
+        # read (weights_only, memory-mapped) and check the file's architecture before any network is built
         state = read_state_dict(path)
-        cfg = preset("sd15")
-        net = DPMeshNetwork(cfg)
-        res = load_official_checkpoint(path, net, merge_lora=merge_lora, state=state)
+        ldm = read_ldm_config(self.ldm_config) if self.ldm_config else None
+        cfg = infer_network_config(state, ldm, path)
+        net, res = load_official_network(path, cfg, merge_lora=merge_lora, state=state)
         del state
-        net.eval()
-        return net, (smpl_arrays_from_official(res.smpl) if res.smpl else None)
+        return net.eval(), (smpl_arrays_from_official(res.smpl) if res.smpl else None)
 
     def _resolve_body(self, body_model: BodyModel | str | None, smpl_arrays: dict | None) -> BodyModel:
         from ..body import load_body_model
@@ -171,13 +192,16 @@ class DPMeshPredictor:
             return body_model
         if isinstance(body_model, str):
             return load_body_model(body_model)
-        if smpl_arrays is not None:
-            from ..body.smpl_model import SMPLBody
-
-            return SMPLBody.from_arrays(smpl_arrays, source="DPMesh checkpoint (human_model_layer)")
         from ..config import ModelFiles
 
-        if ModelFiles.load().smpl:
+        files = ModelFiles.load()
+        extra = files.j_regressor_extra or None
+        if smpl_arrays is not None:
+            from ..body.smpl_model import SMPLBody, _load_regressor
+
+            return SMPLBody.from_arrays(smpl_arrays, source="DPMesh checkpoint (human_model_layer)",
+                                        j_regressor_extra=_load_regressor(extra))
+        if files.smpl:
             return load_body_model("smpl")
         from ..paths import cache_dir
 
@@ -186,9 +210,12 @@ class DPMeshPredictor:
         if cached:
             from ..body.smpl_model import SMPLBody
 
+            from ..body.smpl_model import _load_regressor
+
             with np.load(cached[-1]) as z:
                 arrays = {k: z[k] for k in z.files}
-            return SMPLBody.from_arrays(smpl_arrays_from_official(arrays), source=str(cached[-1]))
+            return SMPLBody.from_arrays(smpl_arrays_from_official(arrays), source=str(cached[-1]),
+                                        j_regressor_extra=_load_regressor(extra))
         raise ModelFilesMissingError(
             "SMPL neutral model (the DPMesh network's mesh is SMPL)",
             ["body_model argument", "DPMESH_SMPL", "model_files.json", str(cache_dir("smpl", create=False))],
@@ -215,6 +242,8 @@ class DPMeshPredictor:
     # ---- preparation -------------------------------------------------------------------------------
     def _prepare(self, i: int, person: Person, image_size: tuple[int, int], frame_key: str,
                  box: np.ndarray | None, keep_box: bool) -> _Prepared:
+        """The release's test-time preprocessing (``preprocess.prepare_person``): SMPL-30 key-points with the
+        synthesised Pelvis/Neck, valid = conf > 0.05, the release's box rule, its float32 affine."""
         try:
             J.joint_names(person.joint_set)
         except KeyError:
@@ -226,22 +255,31 @@ class DPMeshPredictor:
             raise EstimationError(f"only {int(valid.sum())} visible key-point(s); DPMesh needs at least "
                                   f"{MIN_VISIBLE}", person_index=i)
         kp_w = np.concatenate([np.nan_to_num(kp[:, :2]), w[:, None]], axis=1)
-        kp30 = J.convert(kp_w, person.joint_set, "smpl30")
-        mask = kp30[:, 2] > CONF_THRESHOLD
-        slot = (frame_key, person.track_id, tuple(np.round(person.box, 2).tolist()))
+        # who this is on this frame: a track, else its place in the list and its own box (two persons with
+        # the same box — e.g. added by hand — must not share a remembered crop)
+        slot = (frame_key, person.track_id if person.track_id is not None else -1 - i,
+                tuple(np.round(person.box, 2).tolist()))
+        bbox = None  # the release's (x, y, w, h)
         if box is None and keep_box and slot in self._boxes:
-            box = self._boxes[slot]
-        if box is None:
-            tight = Person.box_from_keypoints(kp_w, valid, pad=1.2)
-            box = square_box(tight, scale=self.box_scale, image_size=image_size)
-        else:
+            bbox = self._boxes[slot]
+        elif box is not None:
             box = np.asarray(box, np.float32)
             if box.shape != (4,) or not np.isfinite(box).all() or box[2] <= box[0] or box[3] <= box[1]:
                 raise EstimationError(f"bad crop box {box.tolist()}", person_index=i)
-        self._lru_put(self._boxes, slot, box)
-        A = crop_affine(box, self.network.config.head.input_size)
-        joints_crop = apply_affine(A, kp30[:, :2]).astype(np.float32)
-        return _Prepared(i, box, A, joints_crop, mask, (frame_key, tuple(np.round(box, 3).tolist())))
+            bbox = corners_to_xywh(box)
+        size = self.network.config.head.input_size
+        grid = self.network.config.head.heatmap_size
+        try:
+            prep = prepare_person(kp_w, person.joint_set, image_size, bbox=bbox, input_size=size, grid=grid,
+                                  scale=self.box_scale)
+        except ValueError as e:
+            raise EstimationError(str(e), person_index=i) from None
+        if not prep.valid.any():
+            raise EstimationError("no key-point of the DPMesh joint set is visible", person_index=i)
+        self._lru_put(self._boxes, slot, prep.bbox)
+        joints_crop = (prep.grid[:, :2] * (size / grid)).astype(np.float32)
+        return _Prepared(i, prep.box, prep.bbox, prep.affine, prep.inverse, joints_crop, prep.mask,
+                         (frame_key, tuple(prep.bbox.tolist())))
 
     @staticmethod
     def _result_key(p: _Prepared, person: Person, cam: Camera) -> tuple:
@@ -249,15 +287,12 @@ class DPMeshPredictor:
                 person.track_id, cam.focal, cam.principal)
 
     def _latents_for(self, image: np.ndarray, preps: list[_Prepared]) -> torch.Tensor:
-        import cv2
-
         size = self.network.config.head.input_size
         missing = [p for p in preps if p.latent_key not in self._latents]
         if missing:
-            crops = np.stack([cv2.warpAffine(image, p.affine, (size, size), flags=cv2.INTER_LINEAR,
-                                             borderMode=cv2.BORDER_CONSTANT, borderValue=(0, 0, 0))
-                              for p in missing])
-            x = torch.from_numpy(crops).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+            # the release warps the float image (not uint8) and divides by 255: RGB in [0, 1]
+            crops = np.stack([crop_image(image, p.affine, size) for p in missing])
+            x = torch.from_numpy(crops).to(self.device)
             with torch.no_grad():
                 lat = self.network.encode(x.to(self.dtype))
             for p, z in zip(missing, lat):
@@ -353,20 +388,30 @@ class DPMeshPredictor:
         f = float(np.sqrt(cam.focal[0] * cam.focal[1]))
         B = len(preps)
         focal = torch.full((B,), f, device=dev)
-        out = net(None, joints, mask, focal, self.body_model, latent=latent)
+        if self.autocast:
+            with torch.autocast("cuda", dtype=torch.float16):
+                out = net(None, joints, mask, focal, self.body_model, latent=latent)
+        else:
+            out = net(None, joints, mask, focal, self.body_model, latent=latent)
         boxes = torch.from_numpy(np.stack([p.box for p in preps])).to(dev)
         principal = torch.tensor(cam.principal, dtype=torch.float32, device=dev).expand(B, 2)
         root_crop = out.joints30_cam[:, 0]
         root_img = place_in_image(root_crop, focal, boxes, principal, net.config.head.input_size)
         shift = root_img - root_crop
-        verts = (out.vertices + shift[:, None]).cpu().numpy()
-        j3d = (out.joints30_cam + shift[:, None]).cpu().numpy()
-        transl = (out.transl + shift).cpu().numpy()
-        pose72 = out.pose72.cpu().numpy()
-        betas = out.betas.cpu().numpy()
+        verts = (out.vertices + shift[:, None]).float().cpu().numpy()
+        j3d = (out.joints30_cam + shift[:, None]).float().cpu().numpy()
+        transl = (out.transl + shift).float().cpu().numpy()
+        pose72 = out.pose72.float().cpu().numpy()
+        betas = out.betas.float().cpu().numpy()
         code = out.pose_code.float().cpu().numpy()
-        cam_raw = out.cam.cpu().numpy()
+        cam_raw = out.cam.float().cpu().numpy()
         joint_img = out.joint_img.float().cpu().numpy()
+        bbox_xywh = torch.from_numpy(np.stack([p.bbox for p in preps])).to(dev)
+        render_t = release_render_translation(out.transl.float(), bbox_xywh, net.config.head.input_size)
+        render_c = release_principal(bbox_xywh)
+        transl_crop = out.transl.float().cpu().numpy()
+        render_t, render_c = render_t.cpu().numpy(), render_c.cpu().numpy()
+        joint_rel = out.joints30.float().cpu().numpy()
         att = {k: v.float().cpu().numpy() for k, v in out.attention.items()}
         faces = self.body_model.faces
         res = []
@@ -379,7 +424,10 @@ class DPMeshPredictor:
                 model=getattr(self.body_model, "name", "smpl"), global_orient=pose72[b, :3],
                 body_pose=pose72[b, 3:], betas=betas[b], transl=transl[b],
                 extra={"pose_code": code[b], "cam_raw": cam_raw[b], "crop_box": p.box.astype(np.float32),
-                       "joint_img": joint_img[b]})
+                       "joint_img": joint_img[b], "smpl_pose": pose72[b], "smpl_shape": betas[b],
+                       "cam_param": cam_raw[b], "cam_trans_crop": transl_crop[b], "bbox_xywh": p.bbox,
+                       "render_cam_trans": render_t[b], "render_principal": render_c[b],
+                       "joint_cam": joint_rel[b]})
             res.append(MeshResult(
                 vertices=verts[b], faces=faces, joints3d=j3d[b], joints2d=j2d, joint_set="smpl30",
                 params=params, camera=cam, keypoints2d=kp2d, attention={k: v[b] for k, v in att.items()},

@@ -9,7 +9,8 @@ per-layer joint refinement, and cascaded SMPL heads.
 ``conv2d_to_3d``                                Conv1×1 F→d·depth (viewed as (B, d, depth, 8, 8))
 ``conv_3d_coord.0``                             Conv3d 1×1 (d+3)→d
 ``exponent``                                    learnable depth exponent k (init 3, clamped to [1, 20])
-``pos_embed_1d.pos_table``                      fixed sinusoid table (1, depth·64, d) (buffer)
+``pos_embed_1d.pos_table``                      fixed sinusoid table (depth·64, d) (buffer), the ``pos`` of
+                                                every ``refine_3d`` layer (added to queries and keys only)
 ``refine_3d.layers.{i}.*``, ``refine_3d.norm``  post-norm encoder (FFN ``refine_ffn``) + final LayerNorm
 ``spose_shape_cam_param``                       (n_smpl, d) positional part of the SMPL queries (randn)
 ``query.weight``                                Embedding(15, d) positional part of the joint queries
@@ -18,15 +19,15 @@ per-layer joint refinement, and cascaded SMPL heads.
 ``transformer.decoder.norm``                    shared decoder LayerNorm, applied after EVERY layer and fed on
 ``transformer.decoder.joint_img_regress.{i}``   Linear d→3 (layer 0), Linear (d+3)→3 (later layers)
 ``transformer.decoder.fc_pos_3d.{0,1,3}``       Linear 3→d, LayerNorm, ReLU, Linear d→d
-``transformer.smpl_tgt`` / ``kp_tgt``           (1, 1, d) content vectors (zeros)
+``transformer.smpl_tgt`` / ``kp_tgt``           (d,) content vectors (zeros)
 ``cascade_{root_pose,pose,shaoe,cam}_out.{i}``  Linear d→n (i = 0) / Linear (d+n)→n (i > 0)
 ``cascade_vq_out.{i}`` (pose_decoder="vq")      Linear d→K / (d+K)→K, shared by the T VQ tokens
 ==============================================  ==========================================================
 
 Attention layers are ``nn.MultiheadAttention`` (``in_proj_weight``/``in_proj_bias``/``out_proj``);
-sequence-first tensors (L, B, d) inside the transformer. A few parameters whose exact stored shape in the
-release is not verified (``exponent``, ``smpl_tgt``, ``kp_tgt``, ``pos_table``, ``spose_shape_cam_param``)
-load from any tensor with the same number of elements.
+sequence-first tensors (L, B, d) inside the transformer. Stored shapes are the release's (checked against a
+state dict written by the release: ``pos_table`` (512, 256), ``smpl_tgt``/``kp_tgt`` (256,)); folders saved
+by earlier versions of this project held (1, 512, 256) / (1, 1, 256) and still load (same elements).
 """
 
 from __future__ import annotations
@@ -51,7 +52,8 @@ def inverse_sigmoid(x: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
 
 
 class SinusoidTable(nn.Module):
-    """Fixed 1-D sinusoid table ``pos_table`` (1, n, d): sin on even, cos on odd channels."""
+    """Fixed 1-D sinusoid table ``pos_table`` (n, d): sin on even, cos on odd channels (the release's
+    ``PositionalEncoding1D``; an official checkpoint carries the table itself, which is what is used)."""
 
     def __init__(self, d: int, n: int):
         super().__init__()
@@ -59,15 +61,20 @@ class SinusoidTable(nn.Module):
         j = torch.arange(d, dtype=torch.float64)[None]
         angle = pos / torch.pow(10000.0, 2 * torch.div(j, 2, rounding_mode="floor") / d)
         table = torch.where(j.long() % 2 == 0, torch.sin(angle), torch.cos(angle))
-        self.register_buffer("pos_table", table.float()[None])
+        self.register_buffer("pos_table", table.float())
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """x (B, n, d) → x + table."""
-        return x + self.pos_table[:, : x.shape[1]].to(x.dtype)
+    def forward(self, n: int, dtype: torch.dtype) -> torch.Tensor:
+        """The first ``n`` rows as a sequence-first positional embedding (n, 1, d)."""
+        return self.pos_table.reshape(-1, self.pos_table.shape[-1])[:n, None].to(dtype)
 
 
 def sine_position_embedding(b: int, d: int, h: int, w: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """DETR ``PositionEmbeddingSine(d/2, normalize=True)`` without mask → (B, d, h, w) (y half first)."""
+    """The release's ``PositionEmbeddingSine(d/2, normalize=True)`` without mask → (B, d, h, w) (y half first).
+
+    Not DETR's: the release computes the frequency exponent ``2·⌊i/2⌋ // (d/2)`` with *truncating integer*
+    division, so every exponent is 0 and all channels share one frequency (divisor 1). Reproduced as released
+    (spec §2.9, corrected); DETR's form changes every head output.
+    """
     npf = d // 2
     scale, eps = 2 * math.pi, 1e-6
     y = torch.arange(1, h + 1, device=device, dtype=torch.float32)[:, None].expand(h, w)
@@ -75,7 +82,7 @@ def sine_position_embedding(b: int, d: int, h: int, w: int, device: torch.device
     y = y / (y[-1:, :] + eps) * scale
     x = x / (x[:, -1:] + eps) * scale
     dim_t = torch.arange(npf, device=device, dtype=torch.float32)
-    dim_t = 10000.0 ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / npf)
+    dim_t = 10000.0 ** torch.div(2 * torch.div(dim_t, 2, rounding_mode="floor"), npf, rounding_mode="floor")
     px, py = x[..., None] / dim_t, y[..., None] / dim_t
     px = torch.stack([px[..., 0::2].sin(), px[..., 1::2].cos()], dim=-1).flatten(-2)
     py = torch.stack([py[..., 0::2].sin(), py[..., 1::2].cos()], dim=-1).flatten(-2)
@@ -207,8 +214,8 @@ class Transformer(nn.Module):
         for p in self.parameters():  # before the query contents exist (spec §2.9.4)
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
-        self.smpl_tgt = nn.Parameter(torch.zeros(1, 1, d))
-        self.kp_tgt = nn.Parameter(torch.zeros(1, 1, d))
+        self.smpl_tgt = nn.Parameter(torch.zeros(d))
+        self.kp_tgt = nn.Parameter(torch.zeros(d))
 
 
 def _cascade(d: int, n: int, layers: int) -> nn.ModuleList:
@@ -297,8 +304,9 @@ class Regressor(nn.Module):
         vol = self.conv2d_to_3d(fused).view(B, d, D, H, W)
         vol = torch.cat([vol, self.anchor_grid(B, vol.dtype, vol.device)], dim=1)
         vol = self.conv_3d_coord(vol)
-        tok = self.pos_embed_1d(vol.flatten(2).transpose(1, 2))  # (B, DHW, d)
-        tok = self.refine_3d(tok.transpose(0, 1))  # (DHW, B, d)
+        tok = vol.flatten(2).permute(2, 0, 1)  # (DHW, B, d)
+        # the table is the pos of every refine_3d layer (queries and keys), never added to the tokens
+        tok = self.refine_3d(tok, self.pos_embed_1d(tok.shape[0], tok.dtype))
         dense_feat = tok.permute(1, 2, 0).reshape(B, d, D, H, W)
         # 2-D memory
         feat_2d = self.down_linear(fused)
