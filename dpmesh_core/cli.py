@@ -1,8 +1,10 @@
 """``dpmesh``: the headless command line.
 
     dpmesh predict IMAGE|VIDEO|DIR -o OUT [--keypoints FILE] [--format obj,ply,glb,npz] [--overlay]
+                   [--detector yolo|mmpose|mediapipe [--pose-config CFG --pose-checkpoint CKPT
+                    [--det-config CFG --det-checkpoint CKPT]]]
                    [--estimator fit|dpmesh --model PATH] [--json]
-    dpmesh doctor
+    dpmesh doctor [--pose-config CFG --pose-checkpoint CKPT [--det-config CFG --det-checkpoint CKPT]]
     dpmesh convert OFFICIAL.pth.tar OUT_DIR
     dpmesh synth OUT_DIR [--n 200]          (a synthetic dataset with ground truth)
     dpmesh train CONFIG.yaml [--json] [--num-processes N] [--mixed-precision bf16|fp16|no]
@@ -25,7 +27,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 from . import __version__
-from .errors import DPMeshError
+from .errors import DPMeshError, InputError
 
 
 def _emit_json(ev: dict[str, Any]) -> None:
@@ -99,8 +101,23 @@ def _setup_progress(as_json: bool):
     return progress
 
 
+def _mmpose_args(args: argparse.Namespace) -> dict[str, Any]:
+    return {"pose_config": args.pose_config, "pose_checkpoint": args.pose_checkpoint,
+            "det_config": args.det_config, "det_checkpoint": args.det_checkpoint}
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from . import api
+
+    mm = _mmpose_args(args)
+    detector = args.detector or ("mmpose" if any(mm.values()) else "yolo")
+    if detector == "mmpose":
+        detector_options: dict[str, Any] = api.mmpose_options(**mm)
+    elif any(mm.values()):
+        raise InputError(f"--pose-config/--pose-checkpoint/--det-config/--det-checkpoint are for "
+                             f"--detector mmpose, not {detector}")
+    else:
+        detector_options = {}
 
     opts = api.PredictOptions(
         formats=tuple(f.strip().lower() for f in args.format.split(",") if f.strip()),
@@ -112,6 +129,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         device=args.device,
         keypoints=args.keypoints,
         conf=args.conf,
+        detector=detector,
+        detector_options=detector_options,
         smooth=not args.no_smooth,
         smooth_sigma=args.smooth_sigma,
         max_frames=args.max_frames,
@@ -125,7 +144,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 def cmd_doctor(args: argparse.Namespace) -> int:
     from . import api
 
-    checks = api.doctor()
+    mm = _mmpose_args(args)
+    checks = api.doctor(mmpose=mm if any(mm.values()) else None)
     if args.json:
         for c in checks:
             _emit_json({"event": "check", **c.__dict__})
@@ -203,6 +223,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
 # -------------------------------------------------------------------------------------------- parser
 
 
+def _add_mmpose_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("mmpose model (for --detector mmpose; doctor: check that these files load)")
+    g.add_argument("--pose-config", metavar="CFG", help="mmpose pose model config (.py), COCO-17 key-points")
+    g.add_argument("--pose-checkpoint", metavar="CKPT", help="its checkpoint (.pth)")
+    g.add_argument("--det-config", metavar="CFG", help="mmdet person detector config for a top-down model "
+                                                        "(without one the whole image is one person box)")
+    g.add_argument("--det-checkpoint", metavar="CKPT", help="its checkpoint (.pth)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="dpmesh", description="DPMesh Studio: 3-D meshes of occluded people.")
     p.add_argument("--version", action="version", version=f"dpmesh {__version__}")
@@ -212,7 +241,13 @@ def build_parser() -> argparse.ArgumentParser:
     pr = sub.add_parser("predict", help="detect persons and write a mesh for each (image, video or folder)")
     pr.add_argument("input", help="an image, a video, or a folder of them")
     pr.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
-    pr.add_argument("--keypoints", help="use key-points from this file (COCO / OpenPose / AlphaPose JSON) instead of detecting")
+    pr.add_argument("--keypoints", help="use key-points from this file (COCO / OpenPose / AlphaPose / mmpose JSON) "
+                                        "instead of detecting")
+    pr.add_argument("--detector", choices=["yolo", "mmpose", "mediapipe"],
+                    help="2-D detector: yolo (default, YOLO11n-pose), mmpose (your mmpose model: --pose-config, "
+                         "--pose-checkpoint; needs a Python environment with mmpose, see scripts/mmpose_env.sh), "
+                         "mediapipe (BlazePose, one person)")
+    _add_mmpose_args(pr)
     pr.add_argument("--format", default="obj", help="comma-separated: obj, ply, glb, npz (default obj)")
     pr.add_argument("--overlay", action="store_true", help="also write the image/video with meshes drawn over it")
     pr.add_argument("--estimator", choices=["fit", "dpmesh"], default="fit",
@@ -234,6 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     dr = sub.add_parser("doctor", help="what is installed and what is missing")
     dr.add_argument("--json", action="store_true")
+    _add_mmpose_args(dr)
     dr.set_defaults(func=cmd_doctor)
 
     cv = sub.add_parser("convert", help="convert an official DPMesh checkpoint to our fast safetensors folder")

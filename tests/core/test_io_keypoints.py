@@ -254,7 +254,7 @@ def test_format_argument(tmp_path):
     with pytest.raises(KeypointFileError, match="looks like 'openpose'"):
         read_keypoints(f, format="coco")
     with pytest.raises(KeypointFileError, match="unknown key-point format"):
-        read_keypoints(f, format="mmpose")
+        read_keypoints(f, format="h36m")
     with pytest.raises(KeypointFileError, match="no such file"):
         read_keypoints(tmp_path / "missing.json")
     empty_dir = tmp_path / "emptydir"
