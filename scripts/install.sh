@@ -33,6 +33,20 @@ if [ ! -x .venv/bin/python ]; then
 fi
 VPIP=".venv/bin/python -m pip"
 
+# The Khronos glTF Validator (tests validate every GLB the rigged export writes): an npm package, run by
+# scripts/gltf_validate.js with node (>= 18). Installed into .tools/ when missing.
+GLTF_VALIDATOR=2.0.0-dev.3.10
+if [ ! -f .tools/node_modules/gltf-validator/package.json ] || \
+   ! grep -q "\"version\": \"$GLTF_VALIDATOR\"" .tools/node_modules/gltf-validator/package.json; then
+  if command -v npm >/dev/null 2>&1; then
+    echo "[install] gltf-validator@$GLTF_VALIDATOR (npm, into .tools/)"
+    mkdir -p .tools
+    npm install --prefix .tools --no-audit --no-fund --silent "gltf-validator@$GLTF_VALIDATOR" >/dev/null
+  else
+    echo "[install] npm not found: the glTF validator (rigged-export tests) is not installed; install node >= 18"
+  fi
+fi
+
 stamp=.venv/.dpmesh-install-stamp
 want=$(cat pyproject.toml constraints.txt requirements.lock | sha256sum | cut -d' ' -f1)
 if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
