@@ -122,15 +122,17 @@ class OverlayLayers:
                 # an edit: recompose and re-blend only where the changed persons were or are now
                 old_boxes = [self.layers[last["keys"][i]][:4] for i in changed]
                 renderer = get(w, h)
+                held = self._hold(keys)  # storing new layers may evict old ones: this request keeps its own
                 for i in changed:
-                    if keys[i] not in self.layers:
-                        self._store(keys[i], self._render_layer(renderer, meshes[i], camera))
-                boxes = [b for b in old_boxes + [self.layers[keys[i]][:4] for i in changed] if b[1] > b[0]]
+                    if keys[i] not in held:
+                        held[keys[i]] = self._render_layer(renderer, meshes[i], camera)
+                        self._store(keys[i], held[keys[i]])
+                boxes = [b for b in old_boxes + [held[keys[i]][:4] for i in changed] if b[1] > b[0]]
                 out = last["out"]
                 if boxes:
                     y0, y1 = min(b[0] for b in boxes), max(b[1] for b in boxes)
                     x0, x1 = min(b[2] for b in boxes), max(b[3] for b in boxes)
-                    rgb, mask = self._compose_region(keys, (y0, y1, x0, x1))
+                    rgb, mask = self._compose_region(keys, (y0, y1, x0, x1), held)
                     out[y0:y1, x0:x1] = self._blend(img[y0:y1, x0:x1], rgb, mask, a)
                 last["keys"] = keys
                 last["meshes"] = [(np.array(v, copy=True), f, c) for v, f, c in meshes]
@@ -153,16 +155,29 @@ class OverlayLayers:
         out[idx] = ((1 - a) * under + a * rgb.reshape(-1, 3)[idx].astype(np.float32) + 0.5).astype(np.uint8)
         return out.reshape(img.shape)
 
-    def _compose_region(self, keys: list, region: tuple[int, int, int, int]) -> tuple[Any, Any]:
-        """(rgb, mask) of the cached layers ``keys`` depth-composited inside ``region`` (y0, y1, x0, x1) only."""
+    def _hold(self, keys: list) -> dict:
+        """{key: layer} of the cached layers among ``keys``, marked recently used: a request composes from
+        these, so that storing its missing layers (which may evict the least recently used ones when the
+        cache is full, e.g. after stepping through many frames) cannot take a layer it needs."""
+        held = {}
+        for k in keys:
+            layer = self.layers.get(k)
+            if layer is not None:
+                self.layers.move_to_end(k)
+                held[k] = layer
+        return held
+
+    def _compose_region(self, keys: list, region: tuple[int, int, int, int],
+                        held: dict | None = None) -> tuple[Any, Any]:
+        """(rgb, mask) of the layers ``keys`` (from ``held``, else the cache) depth-composited inside
+        ``region`` (y0, y1, x0, x1) only."""
         import numpy as np
 
         Y0, Y1, X0, X1 = region
         zbuf = np.full((Y1 - Y0, X1 - X0), np.inf, np.float32)
         rgb = np.zeros((Y1 - Y0, X1 - X0, 3), np.uint8)
         for k in keys:
-            y0, y1, x0, x1, lrgb, ldepth = self.layers[k]
-            self.layers.move_to_end(k)
+            y0, y1, x0, x1, lrgb, ldepth = self.layers[k] if held is None else held[k]
             if lrgb is None:
                 continue
             a0, a1, b0, b1 = max(y0, Y0), min(y1, Y1), max(x0, X0), min(x1, X1)
@@ -194,9 +209,11 @@ class OverlayLayers:
                 self.background[(w, h)] = rgb[~mask][0].copy()
             self._layers_from_scene(keys, meshes, camera, (w, h), rgb, mask, depth)
             return rgb, mask
+        held = self._hold(keys)
         for i in missing:
-            self._store(keys[i], self._render_layer(renderer, meshes[i], camera))
-        return self._compose_region(keys, (0, h, 0, w))
+            held[keys[i]] = self._render_layer(renderer, meshes[i], camera)
+            self._store(keys[i], held[keys[i]])
+        return self._compose_region(keys, (0, h, 0, w), held)
 
     def _layers_from_scene(self, keys: list, meshes: list, camera: Any, size: tuple[int, int], rgb: Any,
                            mask: Any, depth: Any) -> None:

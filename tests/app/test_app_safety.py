@@ -89,3 +89,90 @@ def test_training_panel_finds_the_data_relative_to_its_run_folder(qapp, qtbot, t
     tp.run_edit.setText(str(run))
     tp.config_edit.setText(str(BUNDLED_CONFIG))
     assert tp.check() and str(run) in tp.state.text()
+
+
+def _tetra_results(frame: int, n: int, w: int = 160, h: int = 120) -> list:
+    """``n`` small tetrahedra in a row that shift with ``frame`` (a new mesh for every person and frame)."""
+    import numpy as np
+
+    from dpmesh_core.types import BodyParams, Camera, MeshResult
+
+    cam = Camera.default_for(w, h)
+    out = []
+    faces = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]], np.int32)
+    for i in range(n):
+        x, z = -0.8 + 0.3 * i + 0.01 * frame, 3.0 + 0.02 * i
+        v = np.array([[x, 0, z], [x + .2, 0, z], [x, .4, z], [x, 0, z + .2]], np.float32)
+        out.append(MeshResult(v, faces, v, np.zeros((4, 2), np.float32), "coco17",
+                              BodyParams("test", np.zeros(3), np.zeros(6), np.zeros(2), v[0]), cam, estimator="fit"))
+    return out
+
+
+def _walk(steps: int, seed: int = 0) -> list[tuple[int, int]]:
+    """(frame, persons) of a user stepping back and forth (, . and jumps) over 40 frames."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    f, out = 0, []
+    for _ in range(steps):
+        f = int(np.clip(f + rng.choice([-1, 1, 1, 3, -3]), 0, 40))
+        out.append((f, int(rng.integers(6, 10))))
+    return out
+
+
+def test_overlay_layer_cache_survives_stepping_frames_back_and_forth():
+    """The render process's layer cache: a frame shown again once the cache was full made it evict the
+    layers of the very request it was composing (KeyError: b'.H\\xd1…' in the app, 3-D view black)."""
+    import numpy as np
+
+    from dpmesh_core import api
+
+    renderers = {}
+
+    def get(w, h):
+        if (w, h) not in renderers:
+            renderers[(w, h)] = api.MeshRenderer(w, h, backend="numpy")
+        return renderers[(w, h)]
+
+    layers = api.OverlayLayers()
+    img = np.zeros((120, 160, 3), np.uint8)
+    rng = np.random.default_rng(1)
+    for step, (f, n) in enumerate(_walk(200)):
+        res = _tetra_results(f, n)
+        out = layers.overlay(get, img + f, res, 0.6, [(1.0, 0.0, 0.0)] * n)
+        if step % 20 == 0:  # still the renderer's own picture
+            assert np.array_equal(out, get(160, 120).render_overlay(img + f, res, 0.6, colors=[(1.0, 0.0, 0.0)] * n))
+        layers.view(get, [(r.vertices, r.faces, (0.0, 1.0, 0.0)) for r in res], res[0].camera, np.eye(4), (160, 120))
+        for _ in range(int(rng.integers(0, 4))):  # the process fills layers while idle
+            layers.fill_one(get)
+
+
+def test_render_service_survives_200_frame_steps(qapp, qtbot):
+    """The app's render client and process, stepping 200 frames back and forth: every overlay (and the mesh
+    view, every 5th step) comes back, no error."""
+    import numpy as np
+
+    from app.jobs.render import RenderService
+
+    svc = RenderService()
+    errors, got = [], {}
+    svc.error.connect(errors.append)
+    svc.rendered.connect(lambda key, rgb, secs: got.__setitem__(key, rgb))
+    img = np.full((120, 160, 3), 40, np.uint8)
+    svc.start()
+    try:
+        for step, (f, n) in enumerate(_walk(200, seed=2)):
+            res = _tetra_results(f, n)
+            want = [("overlay", step)] + ([("view", step)] if step % 5 == 0 else [])
+            svc.render_overlay(want[0], img, res, 0.6, [(1.0, 0.0, 0.0)] * n)
+            if len(want) > 1:
+                svc.render_view(want[1], [(r.vertices, r.faces, (0.0, 1.0, 0.0)) for r in res], res[0].camera,
+                                np.eye(4), (160, 120))
+            qtbot.waitUntil(lambda w=want: all(k in got for k in w) or bool(errors), timeout=30000)
+            assert not errors, errors[0]
+            over = got.pop(want[0])
+            assert (over != img).any(axis=-1).sum() > 50  # meshes drawn
+            if len(want) > 1:
+                assert got.pop(want[1]).std() > 0  # the mesh view is not blank
+    finally:
+        svc.shutdown()
