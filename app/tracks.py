@@ -106,3 +106,25 @@ def delete_track(doc: Document, track: int, from_frame: int = 0) -> int:
         what = f"Delete track #{track}" + (f" from frame {from_frame + 1}" if from_frame > 0 else "")
         doc.undo_stack.push(BatchEditCommand(doc, what, remove=uids))
     return len(uids)
+
+
+def assign_from_neighbours(doc: Document, frame: int, persons: list, tracker_factory) -> list:
+    """Track ids for the persons detected on one frame the user scrubbed to (outside the whole-video job):
+    matched by the core tracker (``tracker_factory()``, e.g. ``api.Tracker``) against the nearest frame
+    within 2 that has tracked persons; persons it cannot match get a new id of this document (never an id
+    in use or used before). Scrubbing back and forth therefore does not invent new tracks."""
+    ref = None
+    for d in (1, -1, 2, -2):
+        near = doc.persons(frame - d)
+        if near and all(p.track_id is not None for p in near):
+            ref = (frame - d, near)
+            break
+    known: set[int] = set()
+    out = [dataclasses.replace(p, track_id=None) for p in persons]
+    if ref is not None:
+        tracker = tracker_factory()
+        known = {int(p.track_id) for p in ref[1]}
+        tracker.update(list(ref[1]), frame=0)  # the neighbour's persons keep their ids (pinned)
+        out = list(tracker.update(out, frame=abs(frame - ref[0])))
+    return [p if p.track_id is not None and int(p.track_id) in known
+            else dataclasses.replace(p, track_id=doc.new_track_id()) for p in out]

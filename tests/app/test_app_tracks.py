@@ -292,3 +292,21 @@ def test_tracks_panel_lists_tracks_and_proofreads_through_its_buttons(qapp, qtbo
     assert "both present" in panel.state.text()
     doc.undo_stack.undo()
     assert [p.track_id for p in doc.persons(3)] == [0, 1]
+
+
+def test_scrubbed_frames_take_the_ids_of_the_neighbouring_frame(qapp, street):
+    """A frame detected on its own (the user scrubbed to it) is matched to the nearest tracked frame by the
+    core tracker; only a person seen there for the first time gets a new id, one never used before."""
+    doc = _video_doc(street, 3, tracks_per_frame=((4, 7),))
+    doc.set_frame_persons(2, [])
+    doc.new_track_id()  # 8 was used once (e.g. a deleted track): never given again
+    detected = [dataclasses.replace(_walker(t, 2, x0=100 + 250 * t, seed=t), track_id=None) for t in (7, 4)]
+    stranger = dataclasses.replace(_walker(0, 2, x0=900, seed=5), track_id=None)
+    out = tracks.assign_from_neighbours(doc, 2, detected + [stranger], api.Tracker)
+    assert [p.track_id for p in out] == [7, 4, 9]
+    # scrubbing back and forth over the same frames gives the same ids again (nothing new is invented)
+    doc.set_frame_persons(2, out)
+    doc.set_frame_persons(1, [])
+    again = tracks.assign_from_neighbours(doc, 1, [dataclasses.replace(p, track_id=None) for p in doc.persons(0)],
+                                          api.Tracker)
+    assert sorted(p.track_id for p in again) == [4, 7]
