@@ -30,6 +30,7 @@ from dpmesh_core.types import Person
 
 from .document import Document
 from .session import PROJECT_EXT, Session
+from .session.estimation import ESTIMATOR_LABELS
 from .widgets.image_view import ImageView, JointTables
 from .widgets.mesh_view import MeshView
 from .widgets.persons_panel import PersonsPanel
@@ -262,8 +263,8 @@ class MainWindow(QMainWindow):
         tb.addAction(self.a_detect)
         tb.addWidget(QLabel(" Estimator: "))
         self.estimator_combo = QComboBox()
-        self.estimator_combo.addItem("Key-point fitting (Anny)", "fit")
-        self.estimator_combo.addItem("DPMesh network", "dpmesh")
+        for kind, label in ESTIMATOR_LABELS.items():
+            self.estimator_combo.addItem(label, kind)
         self.estimator_combo.setToolTip("Key-point fitting works out of the box; the DPMesh network needs a "
                                         "checkpoint (Tools ▸ Models)")
         self.estimator_combo.currentIndexChanged.connect(self._on_estimator)
@@ -326,7 +327,7 @@ class MainWindow(QMainWindow):
         self.image_view.status_message.connect(lambda m: self.statusBar().showMessage(m, 10000))
         self.image_view.box_drawn.connect(self._on_box)
         self.image_view.mode_changed.connect(self._on_mode)
-        s.inference.person_detected_in_box.connect(self._on_box_person)
+        s.media.person_in_box.connect(self._on_box_person)
         s.video_progress.connect(self._on_video_progress)
         self.doc.undo_stack.cleanChanged.connect(lambda _c: self._update_title())
         self.doc.media_changed.connect(self._update_title)
@@ -517,7 +518,7 @@ class MainWindow(QMainWindow):
         if img is None:
             return
         self._pending_box = np.array([x0, y0, x1, y1], np.float32)
-        self.session.inference.detect_in_box(self.doc.current_frame, img, self._pending_box)
+        self.session.media.detect_in_box(self._pending_box)
         self.statusBar().showMessage("Detecting key-points inside the box…", 5000)
 
     def _on_box_person(self, frame: int, person: Person | None) -> None:
@@ -625,9 +626,9 @@ class MainWindow(QMainWindow):
                 e.ignore()
                 return
             if ans == QMessageBox.StandardButton.Discard:
-                self.session._remove_autosave()
+                self.session.projects.remove_autosave()
         elif self.doc.undo_stack.isClean():
-            self.session._remove_autosave()  # nothing unsaved: no recovery prompt next time
+            self.session.projects.remove_autosave()  # nothing unsaved: no recovery prompt next time
         self.training_panel.shutdown()
         self.session.shutdown()
         e.accept()

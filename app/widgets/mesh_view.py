@@ -133,12 +133,11 @@ class MeshView(QWidget):
         self._settle.setSingleShot(True)
         self._settle.setInterval(self.MAX_DEFER_MS)
         self._settle.timeout.connect(self.schedule)
-        for runner in (session.render.runner, session.inference.runner):
-            runner.busy_changed.connect(lambda busy: None if busy else self._overlay_idle())
+        session.overlay.idle.connect(self._overlay_idle)
         self.doc.selection_changed.connect(lambda _u: self.schedule() if self.selected_only else None)
         self.doc.frame_changed.connect(lambda _f: self.schedule())
         self.doc.media_changed.connect(self.reset_view)
-        session.render.rendered.connect(self._on_rendered)
+        session.overlay.view_rendered.connect(self._on_rendered)
         self.last_render_s = 0.0
 
     def sizeHint(self) -> QSize:  # noqa: N802
@@ -229,7 +228,7 @@ class MeshView(QWidget):
         iw, ih = camera.image_size
         scale = min(self.canvas.width() / iw, self.canvas.height() / ih, 1.0)
         size = (max(int(iw * scale), 32), max(int(ih * scale), 32))
-        self.session.render.render_view(("meshview", id(self)), meshes, camera, view, size)
+        self.session.overlay.render_view(("meshview", id(self)), meshes, camera, view, size)
 
     def _on_rendered(self, key: object, rgb: object, secs: float) -> None:
         if key != ("meshview", id(self)) or rgb is None:

@@ -1,0 +1,80 @@
+"""Pictures of the meshes: the image overlay of the shown frame (one render request per batch of new
+results) and the 3-D mesh view's renders, both on the render threads (``RenderService``)."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable
+from typing import Any
+
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from ..document import Document
+from ..jobs.inference import InferenceService
+from ..jobs.render import RenderService
+from ..palette import person_rgb01
+
+OVERLAY_KEY = "overlay"
+
+
+class OverlayController(QObject):
+    """Signals: overlay_ready(frame, rgb or None), view_rendered(key, rgb, seconds), idle() (no overlay
+    render and no estimation under way: the 3-D view may take the CPU), error(message)."""
+
+    overlay_ready = Signal(int, object)
+    view_rendered = Signal(object, object, float)
+    idle = Signal()
+    error = Signal(str)
+
+    def __init__(self, doc: Document, render: RenderService, inference: InferenceService,
+                 parent: QObject | None = None):
+        super().__init__(parent)
+        self.doc = doc
+        self.render = render
+        self.inference = inference
+        self.alpha = 0.6
+        self._timer = QTimer(self)
+        self._timer.setSingleShot(True)
+        self._timer.setInterval(0)
+        self._timer.timeout.connect(lambda: self.request(self.doc.current_frame))
+        doc.results_changed.connect(self._on_results_changed)
+        render.rendered.connect(self._on_rendered)
+        render.error.connect(lambda m: self.error.emit(f"Mesh rendering failed: {m}"))
+        for runner in (render.runner, inference.runner):
+            runner.busy_changed.connect(lambda busy: None if busy else self._maybe_idle())
+
+    def _on_results_changed(self, frame: int) -> None:
+        if frame == self.doc.current_frame:
+            self._timer.start()  # a batch of results → one overlay request
+
+    def pending(self) -> bool:
+        """An image-overlay render is queued, running or about to be requested, or an estimation (whose
+        result will need one) is on its way: the 3-D view waits for these (see ``MeshView``)."""
+        return self._timer.isActive() or self.render.runner.is_busy() or self.inference.runner.is_busy()
+
+    def _maybe_idle(self) -> None:
+        if not self.pending():
+            self.idle.emit()
+
+    def request(self, frame: int) -> None:
+        """Render the overlay of ``frame`` (→ ``overlay_ready``; None at once when it has no mesh)."""
+        img = self.doc.image(frame)
+        if img is None:
+            return
+        uids, results = self.doc.uids(frame), self.doc.results(frame)
+        meshes = [r for r in results if r is not None]
+        if not meshes:
+            self.overlay_ready.emit(frame, None)
+            return
+        colors = [person_rgb01(u) for u, r in zip(uids, results) if r is not None]
+        self.render.render_overlay((OVERLAY_KEY, frame), img, meshes, alpha=self.alpha, colors=colors)
+
+    def render_view(self, key: Hashable, meshes: list, camera: Any, view: Any, size: tuple[int, int]) -> None:
+        """A 3-D view picture (see ``RenderService.render_view``) → ``view_rendered(key, rgb, seconds)``."""
+        self.render.render_view(key, meshes, camera, view, size)
+
+    def _on_rendered(self, key: Any, rgb: Any, secs: float) -> None:
+        if isinstance(key, tuple) and key[0] == OVERLAY_KEY:
+            if key[1] == self.doc.current_frame:
+                self.overlay_ready.emit(key[1], rgb)
+        else:
+            self.view_rendered.emit(key, rgb, secs)

@@ -1,0 +1,216 @@
+"""Projects, autosave and exports: the Document saved and loaded (atomic saves, body parameters rather than
+meshes), the recovery file written while the user works, meshes and key-points exported."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, QTimer, Signal
+
+from dpmesh_core.errors import DPMeshError, ProjectFileError
+from dpmesh_core.types import Person
+
+from ..document import Document
+from .estimation import EstimationController
+from .media import MediaController
+from .overlay import OverlayController
+
+PROJECT_EXT = ".dpmesh"
+
+
+def _api() -> Any:
+    from dpmesh_core import api
+
+    return api
+
+
+class ProjectController(QObject):
+    """Signals: message(str), error(title, text)."""
+
+    message = Signal(str)
+    error = Signal(str, str)
+
+    def __init__(self, doc: Document, media: MediaController, estimation: EstimationController,
+                 overlay: OverlayController, parent: QObject | None = None):
+        super().__init__(parent)
+        self.doc = doc
+        self.media = media
+        self.estimation = estimation
+        self.overlay = overlay
+        self.autosave_interval_s = 60
+        self._autosave = QTimer(self)
+        self._autosave.timeout.connect(self.autosave)
+        self._dirty_since_autosave = False
+        self.missing_media_project: tuple[str, Any] | None = None
+        doc.undo_stack.indexChanged.connect(self._mark_dirty)
+
+    # ------------------------------------------------------------------ projects
+    def project_data(self) -> Any:
+        api = _api()
+        frames = {f: self.doc.persons(f) for f in self.doc.frames_with_persons()}
+        summarise = getattr(api, "results_summary", None)  # body parameters only; meshes are re-estimated
+        results = {f: summarise(self.doc.results(f)) for f in frames} if summarise else {}
+        settings = dict(self.doc.settings)
+        settings.update(estimator=self.estimation.kind, smooth_video=self.estimation.smooth_video,
+                        current_frame=self.doc.current_frame)
+        return api.ProjectData(media_path=self.doc.media_path, frames=frames, results=results,
+                               settings=settings)
+
+    def save_project(self, path: str | os.PathLike) -> Path:
+        """Save everything atomically; the media file is referenced, not copied."""
+        if self.doc.media_path is None:
+            raise ProjectFileError("this scene has no media file (the demo scene); open an image or a video "
+                                   "to save a project", path)
+        api = _api()
+        out = Path(path)
+        if out.suffix.lower() != PROJECT_EXT:
+            out = out.with_suffix(PROJECT_EXT)
+        api.save_project(out, self.project_data())
+        self.remove_autosave()  # the recovery file of the work as it was keyed so far
+        self.doc.project_path = str(out)
+        self.doc.undo_stack.setClean()
+        self.remove_autosave()
+        self.message.emit(f"Saved {out}")
+        return out
+
+    def load_project(self, path: str | os.PathLike, media_override: str | os.PathLike | None = None) -> bool:
+        """Load a project. Returns False (and says why) if its media file is missing and none was given;
+        raises ProjectFileError for a corrupt or newer file (the current document is untouched)."""
+        api = _api()
+        data = api.load_project(path)
+        media_path = str(media_override) if media_override else data.media_path
+        if not media_path or not Path(media_path).exists() or (data.media_missing and not media_override):
+            self.error.emit("Media file moved", f"The project {path} refers to\n{data.media_path}\nwhich does not "
+                            "exist any more. Use File ▸ Open Project and pick the media file's new place when asked.")
+            self.missing_media_project = (str(path), data)
+            return False
+        media = api.open_media(media_path)
+        self.media.set_project_media(media, {int(f) for f in data.frames})
+        self._apply_project(data)
+        self.doc.project_path = str(path)
+        self.message.emit(f"Opened project {path}")
+        return True
+
+    def _apply_project(self, data: Any) -> None:
+        settings = dict(data.settings or {})
+        self.estimation.smooth_video = bool(settings.get("smooth_video", self.estimation.smooth_video))
+        self.doc.settings = {k: v for k, v in settings.items() if k not in ("smooth_video", "current_frame")}
+        self.doc.set_current_frame(int(settings.get("current_frame", 0)))
+        for f, persons in data.frames.items():
+            self.doc.set_frame_persons(int(f), list(persons))
+        # The file keeps body parameters, not vertices: the inference worker skins them back (no fitting);
+        # persons without usable saved parameters are estimated when that comes back.
+        saved: dict[int, tuple[list[Person], list]] = {
+            int(f): (self.doc.persons(int(f)), list(rs)) for f, rs in (data.results or {}).items()
+            if int(f) in data.frames and any(rs)}
+        self.estimation.restore(saved)
+        self.overlay.request(self.doc.current_frame)
+
+    # ------------------------------------------------------------------ autosave and recovery
+    def start_autosave(self, interval_s: int | None = None) -> None:
+        if interval_s is not None:
+            self.autosave_interval_s = interval_s
+        self._autosave.start(int(self.autosave_interval_s * 1000))
+
+    def stop_autosave(self) -> None:
+        self._autosave.stop()
+
+    def _autosave_target(self) -> Path | None:
+        api = _api()
+        key = self.doc.project_path or self.doc.media_path
+        if key is None:
+            return None
+        return Path(api.autosave_path_for(key))
+
+    def _mark_dirty(self, *_a: Any) -> None:
+        self._dirty_since_autosave = True
+
+    def autosave(self) -> Path | None:
+        """Write the recovery file (only if something changed since the last one)."""
+        if not self._dirty_since_autosave or self.doc.media_path is None:
+            return None
+        target = self._autosave_target()
+        if target is None:
+            return None
+        try:
+            _api().save_project(target, self.project_data())
+        except (DPMeshError, OSError) as e:
+            self.message.emit(f"Autosave failed: {e}")
+            return None
+        self._dirty_since_autosave = False
+        return target
+
+    def remove_autosave(self) -> None:
+        """Delete the recovery file of the current work (it was saved, or the user discarded it)."""
+        t = self._autosave_target()
+        if t is not None and t.exists():
+            try:
+                t.unlink()
+            except OSError:
+                pass
+        self._dirty_since_autosave = False
+
+    @staticmethod
+    def recovery_files() -> list[Path]:
+        try:
+            return list(_api().find_recovery_files())
+        except DPMeshError:
+            return []
+
+    def recover(self, path: str | os.PathLike) -> bool:
+        """Open a recovery (autosave) file like a project; it stays until the work is saved."""
+        ok = self.load_project(path)
+        if ok:
+            self.doc.project_path = None
+            self._dirty_since_autosave = True
+        return ok
+
+    # ------------------------------------------------------------------ exports
+    def stem(self) -> str:
+        if self.doc.media_path:
+            return Path(self.doc.media_path).stem
+        return str(self.doc.settings.get("title", "scene")).replace(" ", "_").lower()
+
+    def export_meshes(self, out_dir: str | os.PathLike, which: str = "all", formats: tuple[str, ...] = ("obj",)) -> list[Path]:
+        """Export meshes: which = "selected" | "all" (current frame) | "video" (every frame with results).
+
+        File names come from ``api.mesh_filename`` (``<stem>_person<i>[_frame<f>].<ext>``).
+        """
+        api = _api()
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        written: list[Path] = []
+        frames = self.doc.frames_with_persons() if which == "video" else [self.doc.current_frame]
+        for f in frames:
+            results = self.doc.results(f)
+            uids = self.doc.uids(f)
+            for i, (u, r) in enumerate(zip(uids, results)):
+                if r is None or (which == "selected" and u != self.doc.selected_uid):
+                    continue
+                for fmt in formats:
+                    dest = out / api.mesh_filename(self.stem(), i, fmt, frame=f if self.doc.is_video else None)
+                    if fmt == "npz":
+                        api.export_params_npz(r, dest)
+                    else:
+                        api.export_mesh(r, dest)
+                    written.append(dest)
+        if not written:
+            raise DPMeshError("nothing to export: no mesh has been estimated yet" if which != "selected"
+                              else "nothing to export: select a person that has a mesh")
+        return written
+
+    def export_keypoints(self, path: str | os.PathLike) -> Path:
+        api = _api()
+        frames: dict[Any, list[Person]] = {}
+        sizes = {}
+        img = self.doc.image()
+        size = (img.shape[1], img.shape[0]) if img is not None else None
+        for f in self.doc.frames_with_persons():
+            key = f if self.doc.is_video else (Path(self.doc.media_path).name if self.doc.media_path else "demo.png")
+            frames[key] = self.doc.persons(f)
+            if size is not None:
+                sizes[key] = size
+        api.write_coco_keypoints(path, frames, image_sizes=sizes or None)
+        return Path(path)
