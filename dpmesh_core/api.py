@@ -85,7 +85,8 @@ _LAZY: dict[str, str] = {
 __all__ = sorted(
     [*_LAZY, "Camera", "Estimator", "MeshResult", "Person", "ModelFiles", "Check", "PredictOptions",
      "detect", "detect_in_box", "make_estimator", "estimate", "crop_box", "crop_image", "predict",
-     "list_inputs", "doctor", "check_mmpose", "configured_detector", "mmpose_options", "DETECTOR_CHOICES"]
+     "list_inputs", "doctor", "export_rigged", "RIGGED_FORMATS", "RIG_NAME_CHOICES", "check_mmpose",
+     "configured_detector", "mmpose_options", "DETECTOR_CHOICES"]
 )
 
 
@@ -293,6 +294,54 @@ def crop_image(image: np.ndarray, box: np.ndarray, size: int = 256) -> np.ndarra
     return cv2.warpAffine(image, A, (size, size), flags=cv2.INTER_LINEAR, borderValue=(0, 0, 0))
 
 
+# ------------------------------------------------------------------------------------ rigged export
+
+#: rigged formats (``export_rigged``, ``PredictOptions.formats``): a skinned, animated GLB and BVH motion
+RIGGED_FORMATS = ("rigged-glb", "bvh")
+RIG_NAME_CHOICES = ("native", "mixamo", "cmu")
+
+
+def export_rigged(
+    results: Sequence[MeshResult | tuple[int, MeshResult]],
+    out_dir: str | os.PathLike,
+    stem: str,
+    formats: Sequence[str] = RIGGED_FORMATS,
+    rig_names: str = "native",
+    influences: int = 8,
+    fps: float | None = None,
+    stride: int = 1,
+    estimator: Estimator | None = None,
+) -> list[Path]:
+    """Write rigged exports (the Export dialog's "Rigged GLB" / "BVH"): a skinned glTF binary
+    (``{stem}_person{i:02d}_rigged.glb`` / ``{stem}_track{id:03d}_rigged.glb``) and/or BVH motion
+    (``….bvh``); conventions in ``dpmesh_core.io.rigged``.
+
+    ``results``: an image's ``MeshResult`` s (one file per person, in order), or ``(frame, MeshResult)`` pairs of
+    a video (one animated file per ``track_id``, keyed at those frames; ``fps`` / ``stride`` give the times).
+    ``rig_names``: "native", "mixamo" or "cmu" bone names; ``influences``: 4 or 8 per vertex. The body model
+    is ``estimator.body`` when it matches, else loaded by name. Returns the paths written; InputError for
+    unknown formats/names, ModelFilesMissingError when the body model cannot be built here."""
+    from .body.rig import RiggedExporter
+
+    bad = [f for f in formats if f not in RIGGED_FORMATS]
+    if bad or not formats:
+        raise InputError(f"unknown rigged format(s) {bad or '(none)'}; choose from {', '.join(RIGGED_FORMATS)}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rig = RiggedExporter(formats, rig_names, influences, body=getattr(estimator, "body", None), fps=fps,
+                         stride=stride)
+    items = list(results)
+    if items and all(isinstance(r, tuple) for r in items):
+        by_frame: dict[int, list[MeshResult]] = {}
+        for f, r in items:
+            by_frame.setdefault(int(f), []).append(r)
+        for f in sorted(by_frame):
+            rig.add(f, by_frame[f])
+    else:
+        rig.add(None, items)
+    return rig.finish(out, stem)
+
+
 # ------------------------------------------------------------------------------------ batch predict
 
 
@@ -300,7 +349,10 @@ def crop_image(image: np.ndarray, box: np.ndarray, size: int = 256) -> np.ndarra
 class PredictOptions:
     """Options of ``predict`` (and ``dpmesh predict``).
 
-    formats: mesh formats to write ("obj", "ply", "glb", "npz").
+    formats: mesh formats to write ("obj", "ply", "glb", "npz"), and rigged ones ("rigged-glb": a skinned,
+      animated glTF; "bvh"): one per person on an image, one per track on a video (``body.rig.RiggedExporter``).
+    rig_names / rig_influences: rigged exports' bone names ("native", "mixamo", "cmu") and skinning
+      influences per vertex (8 = exact for Anny; 4 for engines that read only 4).
     overlay: also write the image (or video) with the meshes drawn over it.
     estimator / model_path / body_model / refine / device: see ``make_estimator``.
     keypoints: a key-point file to use instead of detecting (COCO / OpenPose / AlphaPose JSON).
@@ -328,11 +380,18 @@ class PredictOptions:
     stride: int = 1
     estimator_kwargs: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[float, str], None] | None = None
+    rig_names: str = "native"
+    rig_influences: int = 8
 
     def validate(self) -> None:
-        bad = [f for f in self.formats if f not in ("obj", "ply", "glb", "gltf", "npz")]
+        bad = [f for f in self.formats if f not in ("obj", "ply", "glb", "gltf", "npz", *RIGGED_FORMATS)]
         if bad or not self.formats:
-            raise InputError(f"unknown mesh format(s) {bad or '(none)'}; choose from obj, ply, glb, npz")
+            raise InputError(f"unknown mesh format(s) {bad or '(none)'}; choose from obj, ply, glb, npz, "
+                             "rigged-glb, bvh")
+        if self.rig_names not in ("native", "mixamo", "cmu"):
+            raise InputError(f"unknown rig names {self.rig_names!r}; choose native, mixamo or cmu")
+        if self.rig_influences not in (4, 8):
+            raise InputError(f"rig influences must be 4 or 8, got {self.rig_influences}")
         if not isinstance(self.stride, int) or self.stride < 1:
             raise InputError(f"--stride must be a whole number ≥ 1, got {self.stride}")
         if self.max_frames is not None and (not isinstance(self.max_frames, int) or self.max_frames < 1):
@@ -371,10 +430,14 @@ def _persons_from_file(table: dict[Any, list[Person]], media_path: Path, frame: 
 
 def _write_frame_outputs(
     staging: Path, stem: str, frame: int | None, persons: Sequence[Person],
-    results: Sequence[MeshResult | EstimationError], formats: Sequence[str],
+    results: Sequence[MeshResult | EstimationError], formats: Sequence[str], rig: Any = None,
 ) -> list[Path]:
     """Each person's mesh files: ``{stem}_person{i:02d}`` on an image, ``{stem}_f{frame:06d}_track{id:03d}`` on a
-    video frame; the npz also holds the person's input key-points."""
+    video frame; the npz also holds the person's input key-points. Rigged formats are not written per frame:
+    ``rig`` (a ``RiggedExporter``) collects the frame and writes them at the end of the input."""
+    if rig is not None:
+        rig.add(frame, results, [p.track_id for p in persons])
+    formats = [f for f in formats if f not in RIGGED_FORMATS]
     export_mesh = __getattr__("export_mesh")
     export_params_npz = __getattr__("export_params_npz")
     mesh_filename = __getattr__("mesh_filename")
@@ -507,9 +570,15 @@ def _predict_one(
         def given(fi: int) -> list[Person]:
             return _persons_from_file(kp_table, media_path, fi, media.kind)
     tracks: dict[int, dict[str, Any]] = {}
+    rig = None  # rigged exports: collected per person / track, written at the end of the input
+    if any(f in RIGGED_FORMATS for f in opts.formats):
+        from .body.rig import RiggedExporter
+
+        rig = RiggedExporter(opts.formats, opts.rig_names, opts.rig_influences, body=getattr(estimator, "body", None),
+                             fps=media.fps or 25.0, stride=opts.stride)
     for out in pipe.run(media, frames, persons=given):
         fi, persons, results = out.frame, out.persons, out.results
-        files += _write_frame_outputs(staging, stem, fi if is_video else None, persons, results, opts.formats)
+        files += _write_frame_outputs(staging, stem, fi if is_video else None, persons, results, opts.formats, rig)
         if renderer is not None:
             import cv2
 
@@ -544,6 +613,8 @@ def _predict_one(
         files.append(dest)
         yield {"event": "tracks", "input": str(media_path),
                "tracks": [{k: v for k, v in t.items() if k != "frames"} for t in summary]}
+    if rig is not None:
+        files += rig.finish(staging, stem)
     if pipe.truncated is not None:
         tr = pipe.truncated
         yield {"event": "truncated", "input": str(media_path), "frame": tr.frame, "processed": tr.processed,

@@ -1,6 +1,7 @@
 """``dpmesh``: the headless command line.
 
-    dpmesh predict IMAGE|VIDEO|DIR -o OUT [--keypoints FILE] [--format obj,ply,glb,npz] [--overlay]
+    dpmesh predict IMAGE|VIDEO|DIR -o OUT [--keypoints FILE] [--format obj,ply,glb,npz,rigged-glb,bvh] [--overlay]
+                   [--rig-names native|mixamo|cmu] [--rig-influences 8|4]
                    [--detector yolo|mmpose|mediapipe [--pose-config CFG --pose-checkpoint CKPT
                     [--det-config CFG --det-checkpoint CKPT]]]
                    [--estimator fit|dpmesh --model PATH] [--json]
@@ -136,6 +137,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
         max_frames=args.max_frames,
         stride=args.stride,
         progress=_setup_progress(args.json),
+        rig_names=args.rig_names,
+        rig_influences=args.rig_influences,
     )
     _run_events(api.predict(args.input, args.output, opts), args.json, lambda ev: ev["input"].split("/")[-1])
     return 0
@@ -248,7 +251,15 @@ def build_parser() -> argparse.ArgumentParser:
                          "--pose-checkpoint; needs a Python environment with mmpose, see scripts/mmpose_env.sh), "
                          "mediapipe (BlazePose, one person)")
     _add_mmpose_args(pr)
-    pr.add_argument("--format", default="obj", help="comma-separated: obj, ply, glb, npz (default obj)")
+    pr.add_argument("--format", default="obj",
+                    help="comma-separated: obj, ply, glb, npz, rigged-glb (skinned glTF; animated per track on "
+                         "video), bvh (default obj)")
+    pr.add_argument("--rig-names", default="native", choices=["native", "mixamo", "cmu"],
+                    help="rigged-glb/bvh bone names: the body model's own (default), or Mixamo / CMU names for "
+                         "retargeting")
+    pr.add_argument("--rig-influences", type=int, default=8, choices=[8, 4],
+                    help="rigged-glb skinning influences per vertex: 8 (exact for Anny; default) or 4 (one "
+                         "JOINTS_0 set, for engines that read only 4)")
     pr.add_argument("--overlay", action="store_true", help="also write the image/video with meshes drawn over it")
     pr.add_argument("--estimator", choices=["fit", "dpmesh"], default="fit",
                     help="fit: key-point fitting (default, no downloads); dpmesh: the network (needs --model)")

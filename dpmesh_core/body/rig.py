@@ -296,10 +296,11 @@ def skin(rig: Rig, S: np.ndarray, bind_vertices: np.ndarray | None = None) -> np
 
 
 # ---------------------------------------------------------------------------------------------- export
-def _track_key(r, slot: int, frame: int | None) -> tuple[str, int]:
+def _track_key(r, slot: int, frame: int | None, track_id: int | None = None) -> tuple[str, int]:
     if frame is None:
         return ("person", slot)
-    return ("track", int(r.track_id)) if r.track_id is not None else ("slot", slot)
+    tid = r.track_id if r.track_id is not None else track_id
+    return ("track", int(tid)) if tid is not None else ("slot", slot)
 
 
 class RiggedExporter:
@@ -330,14 +331,16 @@ class RiggedExporter:
         self._tracks: dict[tuple[str, int], dict[int, tuple[BodyParams, object]]] = {}
         self.video = False
 
-    def add(self, frame: int | None, results: Sequence) -> None:
-        """One frame's results (``MeshResult`` or errors/None, in person order); ``frame`` None for an image."""
+    def add(self, frame: int | None, results: Sequence, track_ids: Sequence[int | None] | None = None) -> None:
+        """One frame's results (``MeshResult`` or errors/None, in person order); ``frame`` None for an image.
+        ``track_ids``: the persons' track ids, for results that do not carry one."""
         from ..types import MeshResult
 
         self.video = self.video or frame is not None
         for i, r in enumerate(results):
             if isinstance(r, MeshResult):
-                self._tracks.setdefault(_track_key(r, i, frame), {})[frame if frame is not None else 0] = (
+                tid = track_ids[i] if track_ids is not None and i < len(track_ids) else None
+                self._tracks.setdefault(_track_key(r, i, frame, tid), {})[frame if frame is not None else 0] = (
                     r.params, r.camera)
 
     def _body(self, name: str):
