@@ -10,6 +10,15 @@ import pytest
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def pinned_singletons():
+    """The reference-count pin ``app.main`` applies at start (PySide6's emit drops references to True):
+    the tests drive thousands of signals in one process."""
+    from app.main import pin_singletons
+
+    pin_singletons()
+
+
 @pytest.fixture
 def image() -> np.ndarray:
     rng = np.random.default_rng(0)

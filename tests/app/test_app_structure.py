@@ -1,4 +1,5 @@
-"""The app's structure, checked by machine: the worker processes' modules import no Qt."""
+"""The app's structure, checked by machine: the worker processes' modules import no Qt; importing the app
+changes no process-wide state."""
 
 from __future__ import annotations
 
@@ -24,3 +25,19 @@ def test_worker_server_modules_import_no_qt():
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "[]"
     assert "usage: python -m app.jobs" in out.stderr
+
+
+def test_importing_the_app_changes_no_process_state_until_main_applies_it():
+    """The refcount pin of PySide6's emit is applied by ``app.main.configure_runtime`` (the app's start),
+    not as a side effect of importing the app's modules."""
+    code = ("import sys\n"
+            "import app, app.session, app.main_window, app.main\n"
+            "before = sys.getrefcount(True) < 1 << 39\n"
+            "app.main.configure_runtime()\n"
+            "print(before, sys.getrefcount(True) > 1 << 39, sys.getswitchinterval())\n")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    before, after, interval = out.stdout.split()
+    assert before == "True" and float(interval) == 0.001
+    assert after == str(sys.version_info < (3, 12))  # CPython >= 3.12: True is immortal, nothing to pin
