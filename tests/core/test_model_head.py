@@ -123,9 +123,12 @@ def test_regressor_loads_same_numel_reshaped_parameters():
     torch.manual_seed(0)
     src, dst = Regressor(cfg.head), Regressor(cfg.head)
     sd = src.state_dict()
-    sd["transformer.smpl_tgt"] = torch.arange(cfg.head.d_model, dtype=torch.float32)  # (d,) instead of (1,1,d)
+    # folders saved by earlier versions held (1, 1, d) / (1, n, d); the release stores (d,) / (n, d)
+    sd["transformer.smpl_tgt"] = torch.arange(cfg.head.d_model, dtype=torch.float32)[None, None]
     sd["exponent"] = torch.tensor([4.0])  # (1,) instead of ()
-    sd["pos_embed_1d.pos_table"] = sd["pos_embed_1d.pos_table"][0]  # (n,d) instead of (1,n,d)
+    sd["pos_embed_1d.pos_table"] = sd["pos_embed_1d.pos_table"][None]
+    assert dst.transformer.smpl_tgt.shape == (cfg.head.d_model,)
+    assert dst.pos_embed_1d.pos_table.shape == (cfg.head.depth_bins * 64, cfg.head.d_model)
     dst.load_state_dict(sd, strict=True)
     assert dst.exponent.item() == 4.0
     assert torch.equal(dst.transformer.smpl_tgt.flatten(), torch.arange(cfg.head.d_model, dtype=torch.float32))

@@ -15,7 +15,8 @@ import torch
 
 from dpmesh_core.body import BodyModel, load_body_model
 from dpmesh_core.errors import ConfigError, EstimationError, InputError, ModelFilesMissingError
-from dpmesh_core.geometry import apply_affine, crop_affine, invert_affine, project, square_box
+from dpmesh_core.geometry import apply_affine, crop_affine, invert_affine, project
+from dpmesh_core.model import preprocess as release_prep
 from dpmesh_core.model.network import DPMeshNetwork, save_network
 from dpmesh_core.model.predictor import DPMeshPredictor, resolve_device_dtype
 from dpmesh_core.types import Camera, Estimator, MeshResult, Person
@@ -82,10 +83,12 @@ def test_estimator_contract_on_a_real_photo(first, image, persons, body):
         assert set(r.attention) == {"8", "16"}
         assert r.attention["8"].shape == (30, 8, 8) and r.attention["16"].shape == (30, 16, 16)
         assert np.allclose(r.attention["16"].sum(0), 1.0, atol=1e-4)
-        # crop box = spec §2.1 rule from the valid key-points
-        w = p.weights
-        tight = Person.box_from_keypoints(p.keypoints, w > 0.05, pad=1.2)
-        assert np.allclose(r.params.extra["crop_box"], square_box(tight, 1.1, (W, H)), atol=1e-3)
+        # crop box = the release's rule (spec §2.1, corrected): get_bbox then process_bbox on SMPL-30
+        kp30 = release_prep.keypoints_to_smpl30(
+            np.concatenate([p.keypoints[:, :2], p.weights[:, None]], 1), p.joint_set)
+        rbox = release_prep.process_bbox(release_prep.bbox_from_joints(kp30, kp30[:, 2] > 0.05), (W, H))
+        assert np.array_equal(r.params.extra["bbox_xywh"], rbox)
+        assert np.allclose(r.params.extra["crop_box"], release_prep.xywh_to_corners(rbox), atol=1e-4)
 
 
 def test_root_lands_where_the_crop_put_it(first, network, body, image, persons):
@@ -94,7 +97,7 @@ def test_root_lands_where_the_crop_put_it(first, network, body, image, persons):
     r = res[0]
     box = r.params.extra["crop_box"]
     # run the crop-space network directly on the same inputs
-    lat = pred._latents[next(k for k in pred._latents if np.allclose(k[1], np.round(box, 3)))][None]
+    lat = pred._latents[next(k for k in pred._latents if np.allclose(k[1], r.params.extra["bbox_xywh"]))][None]
     from dpmesh_core.body import joints as J
 
     p = persons[0]
