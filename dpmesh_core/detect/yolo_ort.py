@@ -2,12 +2,14 @@
 ``torch.onnx.export`` into the user's cache, then run by onnxruntime's CPU provider.
 
 Why: on this project's 2-core CPUs our torch module (BN folded, channels-last, conv+SiLU as one oneDNN call)
-matches onnxruntime with 1 thread but gains almost nothing from a second thread, where onnxruntime runs
-the same network about twice as fast (profile in ``tests/bench/bench_detect.py --profile``: the
-convolutions themselves scale, but about a fifth of torch's time is spent in channels-last ``cat``,
-``copy_``/``contiguous``, ``add`` and up-sampling between them, which onnxruntime fuses or runs in its
-blocked layout). The exported graph is the same module and the same weights, so outputs agree with the
-torch path to float rounding (``tests/core/test_detect_yolo_parity.py`` holds both to the reference).
+is about as fast as onnxruntime with 1 thread but gains little from a second thread, where onnxruntime runs
+the same network about twice as fast (issue 16: 62.5 vs 32.1 ms). ``tests/bench/bench_detect.py --profile``
+shows where torch's time goes: about three quarters in oneDNN's fused convolutions, the rest mostly in
+separate memory-bound passes between them (channels-last ``cat`` ~10 %, ``copy_``/``contiguous``, ``add``,
+up-sampling, the un-fused head convolutions), each a dispatch and a parallel region of its own, which
+onnxruntime fuses or runs inside its blocked-layout kernels. The exported graph is the same module and the
+same weights, so outputs agree with the torch path to float rounding (``tests/core/test_detect_yolo_parity.py``
+holds both to the reference).
 
 * The file: ``cache_dir("detect") / yolo11n-pose-<digest>-<imgsz>.onnx``; the digest covers the weights
   file, this network's source, the torch version and the opset, so any change re-exports. Written

@@ -42,7 +42,8 @@ shows it); ``v=2`` -> visible (confidence 1, ``visible=True``). When an annotati
 confidence instead of a flag: ``visible = confidence > 0``; mmpose files are the exception: their
 scores are a model's raw confidences (RTMPose's exceed 1), so they are clipped to [0, 1] and
 ``visible = confidence > 0.5``, exactly as the live mmpose detector backend does; a person's score is its
-``bbox_score`` (top-down demos: the detector's), else its mean key-point confidence. Boxes come from ``bbox``/``box`` (x, y, w, h)
+``bbox_score`` when present (the inferencer stores the detector's score there, the demo scripts a constant
+1.0), else its mean key-point confidence. Boxes come from ``bbox``/``box`` (x, y, w, h)
 when present, else from the key-points (``Person.box_from_keypoints``); a person with neither is dropped
 with a warning.
 
@@ -256,6 +257,8 @@ def read_keypoints(path: str | os.PathLike, format: str | None = None) -> dict[K
     if found is None:
         raise _err(path, "unknown key-point format (expected a COCO dataset/results, AlphaPose, OpenPose or "
                          "mmpose JSON)")
+    if fmt == "mmpose" and data == []:  # an image where mmpose found nobody
+        found = "mmpose"
     if fmt is not None and fmt != found and not ({fmt, found} <= {"coco_results", "alphapose"}):
         raise _err(path, f"asked to read {fmt!r} but the file looks like {found!r}")
     fmt = fmt or found

@@ -4,10 +4,13 @@ Prints figures (medians); asserts nothing. Usage:
     .venv/bin/python tests/bench/bench_detect.py [--repeats 15] [--frames 40] [--threads N] [--video PATH]
 
 * load: reading the .pt with the restricted unpickler + building + fusing (first call, uncached).
-* network, 1 x 3 x 640 x 640 under torch.inference_mode: unfused NCHW, fused NCHW, and the detector's
-  setting (fused BN, channels-last, conv+SiLU as one oneDNN call) against the same fused module exported
-  with torch.onnx.export (needs the ``onnx`` package) and run in onnxruntime, at 1 thread and at torch's
-  default thread count (each library given the same count), with the max abs difference.
+* network, 1 x 3 x 640 x 640, at 1 and at 2 threads (each library given the same count), measured round-robin
+  (one call of each in turn, so load from other jobs hits all alike): the detector's own network call
+  (``YoloPoseDetector.network``: our module exported to ONNX in the user's cache and run by onnxruntime,
+  the default when the ``onnx`` extra is installed), the torch fallback (fused BN, channels-last,
+  conv+SiLU as one oneDNN call, under torch.inference_mode), and the reference: the same fused module
+  exported here with torch.onnx.export and run in onnxruntime; ratios to the reference and max abs difference.
+* --profile: torch.profiler tables of the torch fallback at 1 and at 2 threads (why torch alone is slower).
 * detect(): a whole call on a photo (letterbox + network + NMS + mapping back).
 * On a shared, oversubscribed machine run it with OMP_WAIT_POLICY=PASSIVE: spinning OpenMP workers make
   torch's multi-threaded figures up to 10x worse there (onnxruntime has its own thread pool).
@@ -47,6 +50,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--frames", type=int, default=40)
     ap.add_argument("--threads", type=int, default=0, help="torch threads for detect()/video (0: torch default)")
+    ap.add_argument("--profile", action="store_true", help="print torch.profiler tables of the torch network")
     args = ap.parse_args()
 
     import cv2
@@ -54,6 +58,7 @@ def main() -> None:
     import torch
 
     from dpmesh_core.detect import Tracker, get_detector
+    from dpmesh_core.detect.yolo import YoloPoseDetector
     from dpmesh_core.detect.yolo_net import build_from_checkpoint, load_yolo_pose_net
     from dpmesh_core.detect.yolo_weights import read_yolo_checkpoint
 
@@ -90,20 +95,46 @@ def main() -> None:
         sess_path = None
 
     default_threads = torch.get_num_threads()
-    for nt in sorted({1, default_threads}):
+    t0 = time.perf_counter()
+    det_net = YoloPoseDetector()
+    print(f"detector runtime: {det_net.runtime} (first construction, incl. any ONNX export into the cache: "
+          f"{time.perf_counter() - t0:.1f} s)")
+    x_np = x.numpy()
+    for nt in (1, 2):
         torch.set_num_threads(nt)
+        calls = {"ours": lambda: det_net.network(x_np)}
         with torch.inference_mode():
-            ms_ours = _median_ms(lambda: ours(x_cl), args.repeats)
-        line = f"[{nt} thread{'s' if nt > 1 else ''}] ours (fused, channels-last): {ms_ours:7.1f} ms"
+            calls["torch"] = lambda: ours(x_cl)
         if sess_path is not None:
             so = ort.SessionOptions()
             so.intra_op_num_threads = nt
             sess = ort.InferenceSession(sess_path, so, providers=["CPUExecutionProvider"])
-            feed = {"images": x.numpy()}
-            ms_ort = _median_ms(lambda sess=sess, feed=feed: sess.run(None, feed), args.repeats)
-            diff = float(np.abs(sess.run(None, feed)[0] - ref).max())
-            line += f" | onnxruntime: {ms_ort:7.1f} ms | ratio {ms_ours / ms_ort:.2f} (target <= 1.5) | max|diff| {diff:.1e}"
-        print(line)
+            feed = {"images": x_np}
+            calls["onnxruntime"] = lambda sess=sess, feed=feed: sess.run(None, feed)
+        times: dict[str, list[float]] = {k: [] for k in calls}
+        with torch.inference_mode():
+            for fn in calls.values():
+                fn(), fn()
+            for _ in range(args.repeats):
+                for k, fn in calls.items():
+                    t = time.perf_counter()
+                    fn()
+                    times[k].append(time.perf_counter() - t)
+        ms = {k: statistics.median(v) * 1000.0 for k, v in times.items()}
+        line = (f"[{nt} thread{'s' if nt > 1 else ''}] ours ({det_net.runtime}): {ms['ours']:6.1f} ms | "
+                f"torch fallback: {ms['torch']:6.1f} ms")
+        if "onnxruntime" in ms:
+            diff = float(np.abs(det_net.network(x_np) - ref).max())
+            line += (f" | onnxruntime reference: {ms['onnxruntime']:6.1f} ms | ratio ours {ms['ours'] / ms['onnxruntime']:.2f}"
+                     f" (target <= 1.1), torch {ms['torch'] / ms['onnxruntime']:.2f} | max|diff| {diff:.1e}")
+        print(line + f" | load {os.getloadavg()[0]:.1f}")
+        if args.profile:
+            from torch.profiler import ProfilerActivity, profile
+
+            with torch.inference_mode(), profile(activities=[ProfilerActivity.CPU]) as prof:
+                for _ in range(5):
+                    ours(x_cl)
+            print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
     torch.set_num_threads(args.threads or default_threads)
     tmp.cleanup()
     print(f"detect() and video below with {torch.get_num_threads()} torch thread(s)")
