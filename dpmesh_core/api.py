@@ -23,6 +23,7 @@ Main entry points
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
@@ -355,7 +356,8 @@ class PredictOptions:
       influences per vertex (8 = exact for Anny; 4 for engines that read only 4).
     overlay: also write the image (or video) with the meshes drawn over it.
     estimator / model_path / body_model / refine / device: see ``make_estimator``.
-    keypoints: a key-point file to use instead of detecting (COCO / OpenPose / AlphaPose JSON).
+    keypoints: a key-point file to use instead of detecting (COCO / OpenPose / AlphaPose JSON); its entries are
+      matched to inputs by image name (then by frame index on a video), see ``match_keypoints``.
     detector / conf: detector backend and confidence threshold; detector_options: the backend's own options
       (for "mmpose": ``mmpose_options(pose_config, pose_checkpoint, det_config, det_checkpoint)``).
     smooth: on video, warm-start each track from its previous frame and (with key-point fitting) smooth its
@@ -380,6 +382,15 @@ class PredictOptions:
     stride: int = 1
     estimator_kwargs: dict[str, Any] = field(default_factory=dict)
     progress: Callable[[float, str], None] | None = None
+    #: batch safety (issue 12): persons per image/frame above this fail that input (a clear error, never an
+    #: out-of-memory crash); key-point files larger than ``keypoints_max_mb`` are refused before parsing
+    max_persons: int = 64
+    keypoints_max_mb: float = 64.0
+    #: use a key-point file's single entry for every input (else entries are matched to inputs by name)
+    keypoints_apply_to_all: bool = False
+    #: an output folder holding results: replace them (``overwrite``) or skip finished inputs (``resume``)
+    overwrite: bool = False
+    resume: bool = False
     rig_names: str = "native"
     rig_influences: int = 8
 
@@ -398,34 +409,206 @@ class PredictOptions:
             raise InputError(f"--max-frames must be a whole number ≥ 1, got {self.max_frames}")
         if not self.smooth_sigma >= 0:
             raise InputError(f"smooth_sigma must be ≥ 0, got {self.smooth_sigma}")
+        if not isinstance(self.max_persons, int) or self.max_persons < 1:
+            raise InputError(f"--max-persons must be a whole number ≥ 1, got {self.max_persons}")
+        if not self.keypoints_max_mb > 0:
+            raise InputError(f"--keypoints-max-mb must be > 0, got {self.keypoints_max_mb}")
+        if self.overwrite and self.resume:
+            raise InputError("--overwrite and --resume exclude each other: replace the earlier results, or skip "
+                             "the inputs they finished")
+        if self.keypoints_apply_to_all and not self.keypoints:
+            raise InputError("--keypoints-apply-to-all needs --keypoints FILE")
+
+
+def _media_access_error(p: Path, e: OSError) -> MediaError:
+    from .errors import describe_oserror
+
+    return MediaError(describe_oserror(e), p)
 
 
 def list_inputs(path: str | os.PathLike) -> list[Path]:
     """The media files a path stands for: the file itself, or the images and videos in a folder (sorted,
-    not recursive)."""
+    not recursive). A missing path, a symbolic link loop (ELOOP) or an unreadable folder (EACCES) raises
+    ``MediaError`` naming the path and the cause."""
     from .io.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
     p = Path(path)
-    if not p.exists():
-        raise MediaError("no such file or folder", p)
-    if p.is_dir():
+    try:
+        st = os.stat(p)
+    except OSError as e:
+        raise _media_access_error(p, e) from None
+    import stat as _stat
+
+    if _stat.S_ISDIR(st.st_mode):
         exts = set(IMAGE_EXTENSIONS) | set(VIDEO_EXTENSIONS)
-        files = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in exts)
+        try:
+            entries = sorted(p.iterdir())
+        except OSError as e:
+            raise _media_access_error(p, e) from None
+        files = []
+        for f in entries:
+            if f.suffix.lower() not in exts:
+                continue
+            try:
+                if _stat.S_ISDIR(os.stat(f).st_mode):
+                    continue
+            except OSError:
+                pass  # a broken link / link loop among media names: reported as that input's error
+            files.append(f)
         if not files:
             raise MediaError(f"no images or videos in this folder (looked for {', '.join(sorted(exts))})", p)
         return files
     return [p]
 
 
+def _probe_media(p: Path) -> tuple[str, tuple[int, int]]:
+    """(kind, (width, height)) of a media file from its header only, or the ``MediaError`` of the file (missing,
+    link loop, unreadable, corrupt...). Cheap: no pixel is decoded for an image."""
+    from .io.images import IMAGE_EXTENSIONS, image_size
+
+    try:
+        with open(p, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise _media_access_error(p, e) from None
+    if p.suffix.lower() in IMAGE_EXTENSIONS:
+        return "image", image_size(p)
+    media = __getattr__("open_media")(p)
+    try:
+        return media.kind, tuple(media.size)  # type: ignore[return-value]
+    finally:
+        media.close()
+
+
+class _AllFrames(dict):
+    """A resolved key-point table that gives the same persons for every frame (``--keypoints-apply-to-all``)."""
+
+    def __init__(self, persons: Sequence[Person]):
+        super().__init__()
+        self.persons = list(persons)
+
+    def get(self, key: Any, default: Any = None) -> Any:  # noqa: ARG002 - every frame has the persons
+        return self.persons
+
+
+def _image_keys(media_path: Path) -> list[Any]:
+    """Keys of a key-point table that name an image: its file name, its stem, the trailing number of its stem
+    (COCO results' integer ``image_id``: ``COCO_val2014_000000000536.jpg`` ↔ 536; ``frame_000012`` ↔ 12)."""
+    import re
+
+    keys: list[Any] = [media_path.name, media_path.stem]
+    m = re.search(r"(\d+)$", media_path.stem)
+    if m:
+        keys.append(int(m.group(1)))
+    return keys
+
+
+def match_keypoints(table: dict[Any, list[Person]], media_path: str | os.PathLike, kind: str,
+                    size: tuple[int, int], apply_to_all: bool = False, max_persons: int = 64,
+                    videos_in_batch: int = 1) -> tuple[dict[int, list[Person]], list[str]]:
+    """The persons of one input from a key-point file's table (``read_keypoints``): ``({frame: persons},
+    warnings)``. An image matches the entry whose name has the same base name (``images/a.jpg`` ↔ ``a.jpg``),
+    else its stem, else the trailing number of its stem; a video matches frame-index entries (when it is the
+    only video of the batch) or an entry with its name. No match is an ``InputError`` for that input, unless
+    ``apply_to_all`` (the file's single entry is used for every input and frame). Every frame's persons go
+    through ``quality.sanitize_persons`` (far-outside persons refused, duplicates merged: ``warnings``), and more
+    than ``max_persons`` persons in one frame is an ``InputError``."""
+    from .quality import sanitize_persons
+
+    media_path = Path(media_path)
+    kp_name = "the key-point file"
+    found: dict[int, list[Person]] | None = None
+    if apply_to_all:
+        if len(table) != 1:
+            raise InputError(f"--keypoints-apply-to-all needs a key-point file with one image's entry; this one "
+                             f"has {len(table)}")
+        found = _AllFrames(next(iter(table.values())))
+    else:
+        by_base: dict[str, Any] = {}
+        for k in table:
+            if isinstance(k, str):
+                by_base.setdefault(Path(k.replace("\\", "/")).name, k)
+                by_base.setdefault(Path(k.replace("\\", "/")).stem, k)
+        if kind == "video":
+            if media_path.name in by_base:
+                found = _AllFrames(table[by_base[media_path.name]])
+            else:
+                ints = {k: v for k, v in table.items() if isinstance(k, int) and not isinstance(k, bool)}
+                if ints and videos_in_batch == 1:
+                    found = ints
+                elif ints:
+                    raise InputError(f"{kp_name} indexes frames by number, which cannot tell the batch's "
+                                     f"{videos_in_batch} videos apart; give one video per run", media_path)
+        else:
+            for key in _image_keys(media_path):
+                k = by_base.get(key) if isinstance(key, str) else (key if key in table else None)
+                if k is not None:
+                    found = {0: list(table[k])}
+                    break
+    if found is None:
+        names = [str(k) for k in list(table)[:3]]
+        more = f", ... ({len(table)} entries)" if len(table) > 3 else ""
+        raise InputError(f"no entry for this input in {kp_name} (it has {', '.join(names) or 'none'}{more}); name "
+                         "the entry after the image, or pass --keypoints-apply-to-all to use one entry for every "
+                         "input", media_path)
+    warnings: list[str] = []
+    if isinstance(found, _AllFrames):
+        kept, w = sanitize_persons(found.persons, size, where=media_path.name)
+        frames: dict[int, list[Person]] = _AllFrames(kept)
+        warnings += w
+        per_frame = [kept]
+    else:
+        frames = {}
+        for fi, persons in found.items():
+            kept, w = sanitize_persons(persons, size, where=f"{media_path.name} frame {fi}" if kind == "video"
+                                       else media_path.name)
+            frames[fi] = kept
+            warnings += w
+        per_frame = list(frames.values())
+    worst = max((len(ps) for ps in per_frame), default=0)
+    if worst > max_persons:
+        raise InputError(f"{worst} persons in one {'frame' if kind == 'video' else 'image'} exceed --max-persons "
+                         f"{max_persons} (raise it if this crowd is real)", media_path)
+    return frames, warnings
+
+
 def _persons_from_file(table: dict[Any, list[Person]], media_path: Path, frame: int, kind: str) -> list[Person]:
-    if kind == "video":
-        return list(table.get(frame, []))
-    for key in (media_path.name, str(media_path), media_path.stem, frame):
-        if key in table:
-            return list(table[key])
-    if len(table) == 1:
-        return list(next(iter(table.values())))
-    return []
+    """Persons of one frame from an input's resolved key-point table (``match_keypoints``: {frame: persons})."""
+    return list(table.get(frame, ()))
+
+
+class _LimitedDetector:
+    """A detector whose ``detect`` refuses more than ``max_persons`` persons in a frame (an ``InputError`` for
+    that input, before any estimation); everything else is the wrapped detector's."""
+
+    def __init__(self, detector: Any, max_persons: int):
+        self._detector = detector
+        self._max = max_persons
+
+    def detect(self, image: np.ndarray) -> list[Person]:
+        persons = list(self._detector.detect(image))
+        if len(persons) > self._max:
+            raise InputError(f"{len(persons)} persons detected in one frame exceed --max-persons {self._max} "
+                             "(raise it if this crowd is real)")
+        return persons
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._detector, name)
+
+
+class _QualityEstimator:
+    """An estimator whose results always carry a quality record (``quality.with_quality``)."""
+
+    def __init__(self, estimator: Estimator):
+        self._estimator = estimator
+
+    def estimate(self, image, persons, camera=None, previous=None):
+        from .quality import with_quality
+
+        return with_quality(self._estimator.estimate(image, persons, camera=camera, previous=previous), persons)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._estimator, name)
 
 
 def _write_frame_outputs(
@@ -462,61 +645,335 @@ def predict(
 
     A generator of JSON-able events: ``{"event": "start", "input", "frames"}``, one ``{"event": "frame",
     "input", "frame", "persons", "meshes", "errors": [...]}`` per frame, ``{"event": "done", "input",
-    "files": [...]}`` per input, and finally ``{"event": "finished", "files": n}``. A frame event lists its
-    ``people`` (index, track_id, mesh, error, refit); a video also gets ``{"event": "tracks", "tracks": [{id,
-    first_frame, last_frame, frames_present, meshes}]}`` (and ``{stem}_tracks.json``), and a video that stops
-    decoding early a ``{"event": "truncated", "frame", "processed", "expected"}``: its decoded frames' files
-    are kept and, after ``finished``, ``TruncatedMediaError`` (exit code 2) is raised. Outputs are staged in a
-    hidden folder and moved into ``out_dir`` only when an input completes, so a failure leaves no partial
-    files behind. Closing the generator cancels.
+    "files": [...]}`` per input, and finally ``{"event": "finished", "files": n, "inputs", "complete",
+    "skipped", "failed": [{"input", "type", "message", "exit_code"}]}``. A frame event lists its ``people``
+    (index, track_id, mesh, error, refit, quality, low_confidence); a video also gets ``{"event": "tracks",
+    "tracks": [{id, first_frame, last_frame, frames_present, meshes}]}`` (and ``{stem}_tracks.json``), and a
+    video that stops decoding early a ``{"event": "truncated", "frame", "processed", "expected"}`` (its decoded
+    frames' files are kept; the input counts as failed). ``{"event": "warning", "message"}`` reports refused or
+    merged persons and stale staging folders removed; ``{"event": "skipped", "input"}`` an input ``resume``
+    found complete.
+
+    Batch safety (issue 12):
+
+    * Before any model is loaded: the options, the device, every input (readable, a known header, its
+      key-point entry matched and sane, persons ≤ ``max_persons``) and the output folder (a folder, writable,
+      not locked by another run, holding no earlier results unless ``overwrite`` / ``resume``) are checked.
+      A problem with the whole run raises at once (``OutputError``: exit code 4).
+    * Each input succeeds or fails as a whole: its outputs are staged in a hidden ``.dpmesh-staging-*`` folder
+      and moved into ``out_dir`` only when it completes. A failing input yields ``{"event": "error", "input",
+      "type", "message", "exit_code"}`` and the batch goes on; after ``finished`` the run raises the input's
+      own error when it had a single input, else ``BatchError`` (exit code 2) listing the failures. An output
+      problem while writing (disk full, read-only...) stops the run with ``OutputError``.
+    * ``out_dir/dpmesh-run.json`` (``io.run_manifest``) records inputs, options, versions and each input's
+      status and files, rewritten atomically after every input; a lock keeps a second run out of the folder;
+      staging folders of killed runs are removed (with a warning). Ctrl-C / SIGTERM / closing the generator
+      mark the running input and the run ``interrupted`` and remove the staging folder.
     """
+    from .errors import BatchError, OutputError
+    from .io.run_manifest import OutputLock, RunManifest, remove_stale_staging
+
     opts = options or PredictOptions()
     opts.validate()
+    check_device(opts.device)
     inputs = list_inputs(path)
-    # Validate the key-point file and open every input before writing anything.
     kp_table = None
     if opts.keypoints:
-        kp_table = __getattr__("read_keypoints")(opts.keypoints)
-    out = Path(out_dir)
-    open_media = __getattr__("open_media")
-    first_media = open_media(inputs[0])  # a bad first input fails before the slow model set-up
-    try:
-        detector = None if kp_table is not None else __getattr__("get_detector")(
-            opts.detector, conf=opts.conf, **opts.detector_options)
-        estimator = make_estimator(
-            opts.estimator, model_path=opts.model_path, body_model=opts.body_model, device=opts.device,
-            refine=opts.refine, progress=opts.progress, **opts.estimator_kwargs,
-        )
-    except BaseException:
-        first_media.close()
-        raise
-    total_files = 0
-    truncated: list[dict[str, Any]] = []  # videos that stopped decoding early (their frames are kept)
-    for index, media_path in enumerate(inputs):
-        media = first_media if index == 0 else open_media(media_path)
-        out.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=".dpmesh-staging-", dir=out))
+        kp_table = __getattr__("read_keypoints")(opts.keypoints, max_bytes=int(opts.keypoints_max_mb * 2**20))
+        if opts.keypoints_apply_to_all and len(kp_table) != 1:
+            raise InputError(f"--keypoints-apply-to-all needs a key-point file with one image's entry; this one has "
+                             f"{len(kp_table)}", opts.keypoints)
+    # 1. every input checked before anything is written or loaded
+    failures: dict[str, DPMeshError] = {}
+    tables: dict[str, dict | None] = {}
+    warnings: list[str] = []
+    probed: dict[str, tuple[str, tuple[int, int]]] = {}
+    for p in inputs:
         try:
+            probed[str(p)] = _probe_media(p)
+            if len(inputs) == 1:  # one input: decode it all now, so a corrupt file fails before the models load
+                __getattr__("open_media")(p).close()
+        except DPMeshError as e:
+            failures[str(p)] = e
+    videos = sum(1 for k, _ in probed.values() if k == "video")
+    for p in inputs:
+        if str(p) not in probed:
+            continue
+        kind, size = probed[str(p)]
+        try:
+            if kp_table is not None:
+                tables[str(p)], w = match_keypoints(kp_table, p, kind, size, opts.keypoints_apply_to_all,
+                                                    opts.max_persons, videos)
+                warnings += w
+            else:
+                tables[str(p)] = None
+        except DPMeshError as e:
+            failures[str(p)] = e
+    if len(inputs) == 1 and failures:
+        raise failures[str(inputs[0])]
+    for w in warnings:
+        yield {"event": "warning", "message": w}
+    todo = [p for p in inputs if str(p) not in failures]
+    if not todo:
+        for p, e in failures.items():
+            yield _error_event(p, e)
+        yield _finished_event(0, len(inputs), 0, 0, failures)
+        raise BatchError(failures)
+    # 2. the output folder: a folder, writable, ours alone
+    out = _prepare_output(Path(out_dir))
+    with OutputLock(out):
+        removed = remove_stale_staging(out)
+        if removed:
+            msg = (f"{out}: removed {len(removed)} staging folder(s) left by an interrupted run: "
+                   + ", ".join(r.name for r in removed))
+            yield {"event": "warning", "message": msg}
+        previous = None
+        try:
+            previous = RunManifest.load(out)
+        except OutputError:
+            if not opts.overwrite:
+                raise
+        old_files = _earlier_results(out, inputs, previous)
+        if old_files and not (opts.overwrite or opts.resume):
+            shown = ", ".join(sorted(old_files)[:3]) + (f", ... ({len(old_files)} files)" if len(old_files) > 3 else "")
+            raise OutputError(f"already holds results of an earlier run ({shown}); use --overwrite to replace them, "
+                              "--resume to skip the inputs it finished, or another output folder", out)
+        manifest = RunManifest.create(out, [str(p) for p in inputs], _options_record(opts),
+                                      previous=previous if (previous is not None and not opts.overwrite) else None)
+        if previous is not None and opts.overwrite:  # the earlier entries of inputs this run does not list
+            for k, e in previous.data["inputs"].items():
+                if k not in manifest.data["inputs"]:
+                    manifest.data["inputs"][k] = e
+            manifest.save()
+        for p, e in failures.items():
+            manifest.set_input(p, "failed", files=[], error=str(e), error_type=type(e).__name__)
+            yield _error_event(p, e)
+        try:
+            total_files, complete, skipped = yield from _run_inputs(
+                todo, out, opts, kp_table, tables, manifest, failures, old_files)
+        except (KeyboardInterrupt, GeneratorExit):
+            with contextlib.suppress(DPMeshError):
+                manifest.finish("interrupted")
+            raise
+        manifest.finish("failed" if failures else "complete")
+    yield _finished_event(total_files, len(inputs), complete, skipped, failures)
+    if failures:
+        if len(inputs) == 1:
+            raise next(iter(failures.values()))
+        raise BatchError(failures)
+
+
+def _run_inputs(todo: list[Path], out: Path, opts: PredictOptions, kp_table: Any, tables: dict, manifest: Any,
+                failures: dict[str, DPMeshError], old_files: dict[str, list[str]]):
+    """Load the models, then run each input as a whole (see ``predict``); returns (files, complete, skipped)."""
+    from .errors import OutputError, TruncatedMediaError
+    from .io.run_manifest import STAGING_PREFIX
+
+    # 3. models (slow), only now
+    detector = None
+    if kp_table is None:
+        detector = _LimitedDetector(__getattr__("get_detector")(opts.detector, conf=opts.conf,
+                                                                **opts.detector_options), opts.max_persons)
+    estimator = _QualityEstimator(make_estimator(
+        opts.estimator, model_path=opts.model_path, body_model=opts.body_model, device=opts.device,
+        refine=opts.refine, progress=opts.progress, **opts.estimator_kwargs,
+    ))
+    # 4. each input as a whole
+    total_files = complete = skipped = 0
+    open_media = __getattr__("open_media")
+    for media_path in todo:
+        key = str(media_path)
+        if opts.resume and manifest.is_complete(key):
+            skipped += 1
+            yield {"event": "skipped", "input": key, "reason": "complete in the run manifest",
+                   "files": [str(f) for f in manifest.files_of(key)]}
+            continue
+        manifest.set_input(key, "running", files=manifest.entry(key).get("files", []) if manifest.entry(key) else [])
+        try:
+            staging = Path(tempfile.mkdtemp(prefix=STAGING_PREFIX, dir=out))
+        except OSError as e:
+            manifest.finish("failed")
+            raise OutputError.from_oserror(e, out, "cannot write into the output folder") from None
+        media = None
+        truncated: list[dict[str, Any]] = []
+        try:
+            media = open_media(media_path)
             files = yield from _noting_truncation(
-                _predict_one(media, media_path, staging, opts, detector, estimator, kp_table), truncated)
+                _predict_one(media, media_path, staging, opts, detector, estimator, tables[key]), truncated)
             final = []
             for f in files:
                 dest = out / f.name
                 os.replace(f, dest)
-                final.append(str(dest))
+                final.append(dest)
+            # files of an earlier run of this input that this run did not write again (--overwrite/--resume)
+            for old in old_files.get(key, ()):
+                if out / old not in final:
+                    with contextlib.suppress(OSError):
+                        (out / old).unlink()
             total_files += len(final)
-            yield {"event": "done", "input": str(media_path), "files": final}
-        finally:
-            media.close()
-            shutil.rmtree(staging, ignore_errors=True)
-    yield {"event": "finished", "files": total_files}
-    if truncated:  # the decoded frames' files are in place; the run still fails (exit 2)
-        from .errors import TruncatedMediaError
+            if truncated:
+                t = truncated[0]
+                err = TruncatedMediaError(f"video ends early: frame {t['frame']} cannot be decoded; kept the "
+                                          f"{t['processed']} frame(s) before it of {t['expected']}", key)
+                failures[key] = err
+                manifest.set_input(key, "failed", files=final, error=str(err), error_type=type(err).__name__)
+                yield {"event": "done", "input": key, "files": [str(f) for f in final]}
+                yield _error_event(key, err)
+            else:
+                complete += 1
+                manifest.set_input(key, "complete", files=final)
+                yield {"event": "done", "input": key, "files": [str(f) for f in final]}
+        except (KeyboardInterrupt, GeneratorExit):
+            manifest.set_input(key, "interrupted", files=[], error="interrupted", error_type="Interrupted")
+            manifest.finish("interrupted")
+            raise
+        except OutputError as e:
+            manifest.set_input(key, "failed", files=[], error=str(e), error_type=type(e).__name__)
+            manifest.finish("failed")
+            raise
+        except DPMeshError as e:
+            failures[key] = e
+            manifest.set_input(key, "failed", files=[], error=str(e), error_type=type(e).__name__)
+            yield _error_event(key, e)
+        except OSError as e:
+            if e.filename and not os.path.abspath(str(e.filename)).startswith(os.path.abspath(out)):
+                # reading something outside the output folder: this input's problem
+                from .errors import describe_oserror
 
-        t = truncated[0]
-        more = f" (and {len(truncated) - 1} more truncated video(s))" if len(truncated) > 1 else ""
-        raise TruncatedMediaError(f"video ends early: frame {t['frame']} cannot be decoded; kept the {t['processed']} "
-                                  f"frame(s) before it of {t['expected']}{more}", t["input"])
+                err = MediaError(describe_oserror(e), e.filename)
+                failures[key] = err
+                manifest.set_input(key, "failed", files=[], error=str(err), error_type=type(err).__name__)
+                yield _error_event(key, err)
+                continue
+            # writing the outputs failed: the folder (disk full, read-only...) fails every input: stop
+            err = OutputError.from_oserror(e, staging if not e.filename else None,
+                                           f"cannot write the results of {media_path.name}")
+            with contextlib.suppress(DPMeshError):
+                manifest.set_input(key, "failed", files=[], error=str(err), error_type=type(err).__name__)
+                manifest.finish("failed")
+            raise err from None
+        except Exception as e:  # noqa: BLE001 - an unexpected failure of one input; the batch goes on
+            log.debug("input %s failed", key, exc_info=True)
+            err = DPMeshError(f"{key}: internal error: {type(e).__name__}: {e}")
+            failures[key] = err
+            manifest.set_input(key, "failed", files=[], error=str(err), error_type=type(e).__name__)
+            yield _error_event(key, err)
+        finally:
+            if media is not None:
+                media.close()
+            shutil.rmtree(staging, ignore_errors=True)
+    return total_files, complete, skipped
+
+
+def _error_event(input_path: str, e: DPMeshError) -> dict[str, Any]:
+    return {"event": "error", "input": str(input_path), "type": type(e).__name__, "message": str(e),
+            "exit_code": int(getattr(e, "exit_code", 1))}
+
+
+def _finished_event(files: int, n: int, complete: int, skipped: int, failures: dict[str, DPMeshError]) -> dict:
+    return {"event": "finished", "files": files, "inputs": n, "complete": complete, "skipped": skipped,
+            "failed": [{"input": k, "type": type(e).__name__, "message": str(e)} for k, e in failures.items()]}
+
+
+def check_device(device: str | None) -> None:
+    """Refuse a device that is not there or does not exist (``InputError``, exit code 2) before any model
+    loads: "auto"/None and "cpu" always pass; "cuda" / "cuda:N" need that CUDA device; "mps" Apple's."""
+    import re
+
+    if device in (None, "", "auto", "cpu"):
+        return
+    d = str(device).strip().lower()
+    m = re.fullmatch(r"cuda(?::(\d+))?", d)
+    if m:
+        import torch
+
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else "no CUDA GPU is visible"
+            raise InputError(f"--device {device}: CUDA is not available here ({why}); use --device cpu")
+        n = torch.cuda.device_count()
+        if m.group(1) is not None and int(m.group(1)) >= n:
+            raise InputError(f"--device {device}: there are only {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+        return
+    if d == "mps":
+        import torch
+
+        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+            raise InputError(f"--device {device}: Apple MPS is not available here; use --device cpu")
+        return
+    raise InputError(f"--device {device!r}: unknown device; use cpu, cuda, cuda:N or auto")
+
+
+def _prepare_output(out: Path) -> Path:
+    """The output folder, created if needed; ``OutputError`` (path and cause: EEXIST, ELOOP, EACCES, EROFS,
+    ENOSPC...) when it is a file, a link loop, or cannot be created or written."""
+    from .errors import OutputError
+
+    try:
+        st = os.stat(out)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise OutputError.from_oserror(e, out, "unusable output folder") from None
+    import stat as _stat
+
+    if st is not None and not _stat.S_ISDIR(st.st_mode):
+        raise OutputError("exists and is not a folder (EEXIST); choose a folder for -o", out)
+    if st is None:
+        try:
+            out.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise OutputError.from_oserror(e, out, "cannot create the output folder") from None
+    try:  # a real write, not os.access: also right for root, read-only mounts and ACLs
+        fd, probe = tempfile.mkstemp(prefix=".dpmesh-probe-", dir=out)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise OutputError.from_oserror(e, out, "cannot write into the output folder") from None
+    return out
+
+
+_OUTPUT_SUFFIXES = (".obj", ".ply", ".glb", ".gltf", ".npz", ".bvh", ".png", ".mp4", ".json")
+
+
+def _earlier_results(out: Path, inputs: Sequence[Path], previous: Any) -> dict[str, list[str]]:
+    """{input: [file names]} already in ``out`` for these inputs: the files an earlier run's manifest lists
+    for them, and files named like their outputs (``{stem}_...``)."""
+    found: dict[str, list[str]] = {}
+    try:
+        names = [p.name for p in out.iterdir() if not p.name.startswith(".")]
+    except OSError:
+        names = []
+    for p in inputs:
+        mine = set()
+        if previous is not None:
+            mine |= {f for f in (previous.entry(str(p)) or {}).get("files", []) if (out / f).exists()}
+        prefix = f"{p.stem}_"
+        mine |= {n for n in names if n.startswith(prefix) and n.lower().endswith(_OUTPUT_SUFFIXES)}
+        if mine:
+            found[str(p)] = sorted(mine)
+    return found
+
+
+def _options_record(opts: PredictOptions) -> dict[str, Any]:
+    """The options that shape the results, JSON-able (for the run manifest)."""
+    rec = {}
+    for f in dataclasses.fields(opts):
+        if f.name in ("progress",):
+            continue
+        v = getattr(opts, f.name)
+        rec[f.name] = list(v) if isinstance(v, tuple) else v
+    return json_safe(rec)
+
+
+def json_safe(v: Any) -> Any:
+    """``v`` with anything JSON cannot hold turned into strings."""
+    if isinstance(v, dict):
+        return {str(k): json_safe(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [json_safe(x) for x in v]
+    if v is None or isinstance(v, (bool, int, float, str)):
+        return v
+    return str(v)
 
 
 def _noting_truncation(events: Iterator[dict[str, Any]], sink: list[dict[str, Any]]):
@@ -591,8 +1048,10 @@ def _predict_one(
         people = []
         for i, (p, r) in enumerate(zip(persons, results)):
             ok = isinstance(r, MeshResult)
+            q = r.quality if ok else None
             people.append({"index": i, "track_id": p.track_id, "mesh": ok, "error": None if ok else str(r),
-                           "refit": i in out.refit})
+                           "refit": i in out.refit, "low_confidence": None if q is None else q.low_confidence,
+                           "quality": None if q is None else q.as_dict()})
             if is_video and p.track_id is not None:
                 t = tracks.setdefault(int(p.track_id), {"id": int(p.track_id), "frames": [], "meshes": 0})
                 t["frames"].append(fi)

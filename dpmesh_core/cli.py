@@ -12,10 +12,13 @@
                  [--accelerate-config FILE] [--grad-accum K]   (also under accelerate launch / torchrun / srun)
     dpmesh eval --model M --data D [--json]
 
-Errors from the library (``DPMeshError``) print one line ``dpmesh: error: ...`` on stderr and exit with the
-error's code (2 bad input/config, 3 missing model files / checkpoint mismatch, 1 otherwise); nothing else is
-caught. ``--json`` prints one JSON object per line on stdout (machine-readable progress), otherwise tqdm
-progress goes to stderr.
+Errors print one line ``dpmesh: error: PATH: cause`` on stderr (and a ``{"event": "error", ...}`` line on stdout
+with ``--json``), never a traceback unless ``--debug``, and exit with ``EXIT_CODES``: 0 success, 1 anything
+else (an internal error), 2 bad input (an argument, an image/video/key-point file, a config; a batch where any
+input failed), 3 missing model files / checkpoint mismatch, 4 output problem (the output path is a file,
+read-only, full, locked by another run, or holds earlier results), 130 interrupted (Ctrl-C or SIGTERM).
+``--json`` prints one JSON object per line on stdout (machine-readable progress), otherwise tqdm progress goes
+to stderr.
 """
 
 from __future__ import annotations
@@ -29,6 +32,18 @@ from typing import Any
 
 from . import __version__
 from .errors import DPMeshError, InputError
+
+#: exit codes of every command (also in ``dpmesh --help`` and the README)
+EXIT_CODES = {0: "success", 1: "internal error (run with --debug for the traceback)",
+              2: "bad input: an argument, image, video, key-point file or config (a batch: any input failed)",
+              3: "missing model files or a checkpoint that does not match",
+              4: "output problem: the output path is a file, read-only, full, locked by another run, or holds "
+                 "earlier results (--overwrite / --resume)",
+              130: "interrupted (Ctrl-C or SIGTERM): finished inputs are kept, the running one leaves nothing"}
+
+
+def _eprint(*a: Any, **kw: Any) -> None:
+    print(*a, **kw)
 
 
 def _emit_json(ev: dict[str, Any]) -> None:
@@ -72,6 +87,19 @@ def _run_events(events: Iterator[dict[str, Any]], as_json: bool, describe) -> li
                 (tqdm.write if bar is not None else print)(
                     f"  warning: {ev.get('input', '')}: stopped at frame {ev.get('frame')} (cannot be decoded); "
                     f"keeping the {ev.get('processed')} frame(s) before it", file=sys.stderr)
+            elif kind == "warning":
+                (tqdm.write if bar is not None else _eprint)(f"dpmesh: warning: {ev.get('message', '')}",
+                                                             file=sys.stderr)
+            elif kind == "skipped":
+                print(f"{ev.get('input', '')}: skipped ({ev.get('reason', '')})")
+            elif kind == "error" and bar is not None:
+                bar.close()
+                bar = None
+            elif kind == "finished" and ev.get("failed") and ev.get("inputs", 0) > 1:
+                failed = ev["failed"]
+                _eprint(f"dpmesh: {len(failed)} of {ev['inputs']} inputs failed:", file=sys.stderr)
+                for f in failed:
+                    _eprint(f"  - {f['message']}", file=sys.stderr)
             elif kind in ("eval", "checkpoint", "message"):
                 msg = ev.get("message") or json.dumps({k: v for k, v in ev.items() if k != "event"}, default=str)
                 (tqdm.write if bar is not None else print)(f"{kind}: {msg}")
@@ -107,6 +135,18 @@ def _mmpose_args(args: argparse.Namespace) -> dict[str, Any]:
             "det_config": args.det_config, "det_checkpoint": args.det_checkpoint}
 
 
+def _dpmesh_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Options of the DPMesh network: the release's ldm config (heads), dtype, fp16 autocast."""
+    kw: dict[str, Any] = {}
+    if getattr(args, "ldm_config", None):
+        kw["ldm_config"] = args.ldm_config
+    if getattr(args, "dtype", None):
+        kw["dtype"] = args.dtype
+    if getattr(args, "autocast", False):
+        kw["autocast"] = True
+    return kw
+
+
 def cmd_predict(args: argparse.Namespace) -> int:
     from . import api
 
@@ -134,11 +174,17 @@ def cmd_predict(args: argparse.Namespace) -> int:
         detector_options=detector_options,
         smooth=not args.no_smooth,
         smooth_sigma=args.smooth_sigma,
+        max_persons=args.max_persons,
+        keypoints_max_mb=args.keypoints_max_mb,
+        keypoints_apply_to_all=args.keypoints_apply_to_all,
+        overwrite=args.overwrite,
+        resume=args.resume,
         max_frames=args.max_frames,
         stride=args.stride,
         progress=_setup_progress(args.json),
         rig_names=args.rig_names,
         rig_influences=args.rig_influences,
+        estimator_kwargs=_dpmesh_kwargs(args) if args.estimator == "dpmesh" else {},
     )
     _run_events(api.predict(args.input, args.output, opts), args.json, lambda ev: ev["input"].split("/")[-1])
     return 0
@@ -165,7 +211,8 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     from .model.checkpoint import convert_official
 
-    out = convert_official(args.checkpoint, args.output, preset_name=args.preset, merge_lora=args.merge_lora)
+    out = convert_official(args.checkpoint, args.output, preset_name=args.preset, merge_lora=args.merge_lora,
+                           ldm_config=args.ldm_config)
     print(f"converted {args.checkpoint} -> {out}")
     return 0
 
@@ -194,6 +241,11 @@ def cmd_synth(args: argparse.Namespace) -> int:
     from .body import load_body_model
     from .train.synthetic import generate
 
+    for name, value, low in (("--n", args.n, 1), ("--size", args.size, 32), ("--max-persons", args.max_persons, 1)):
+        if value < low:
+            raise InputError(f"{name} must be a whole number ≥ {low}, got {value}")
+    if not 0 <= args.occluders <= 1:
+        raise InputError(f"--occluders is a probability in [0, 1], got {args.occluders}")
     extra = {"progress": _setup_progress(args.json)} if args.body_model == "anny" else {}
     body = load_body_model(args.body_model, **extra)
 
@@ -236,12 +288,37 @@ def _add_mmpose_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="dpmesh", description="DPMesh Studio: 3-D meshes of occluded people.")
+    codes = "\n".join(f"  {k:>3}  {v}" for k, v in EXIT_CODES.items())
+    p = argparse.ArgumentParser(prog="dpmesh", description="DPMesh Studio: 3-D meshes of occluded people.",
+                                epilog=f"exit codes:\n{codes}", formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--version", action="version", version=f"dpmesh {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv for debug)")
+    p.add_argument("--debug", action="store_true",
+                   help="show Python tracebacks of errors (also accepted after the command)")
     sub = p.add_subparsers(dest="command", required=True)
 
-    pr = sub.add_parser("predict", help="detect persons and write a mesh for each (image, video or folder)")
+    from .types import LOW_CONFIDENCE_MAX_RESIDUAL, LOW_CONFIDENCE_MIN_VISIBLE, VISIBLE_THRESHOLD
+
+    pr = sub.add_parser(
+        "predict", help="detect persons and write a mesh for each (image, video or folder)",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=f"""\
+visibility: a key-point counts as visible when its source labels it so (COCO flag v=2) or, for sources
+  that give a confidence (detectors, COCO results / AlphaPose / OpenPose / mmpose files), when its
+  confidence is > {VISIBLE_THRESHOLD}: the same rule for every source.
+key-point files: entries are matched to inputs by image name (base name, then stem, then the number at
+  the end of the name; frame index on a video); an input without an entry fails unless
+  --keypoints-apply-to-all. Persons with key-points more than one image size outside the image are
+  refused and persons listed twice merged, with a warning.
+trust: each mesh has a quality record (npz "quality", JSON frame events "people"[].quality) and is
+  low_confidence when fewer than {LOW_CONFIDENCE_MIN_VISIBLE} key-points are visible, the median re-projection
+  error exceeds {LOW_CONFIDENCE_MAX_RESIDUAL:.0%} of the person's size, or the depth could not be set from the
+  key-points (then a 1.7 m height prior sets it).
+output folder: dpmesh-run.json records inputs, options, versions and each input's status and files; a
+  folder holding results is refused unless --overwrite or --resume; one run at a time per folder.
+  Each input succeeds or fails as a whole; a batch goes on past a bad input and lists every failure.
+exit codes:
+{codes}""")
     pr.add_argument("input", help="an image, a video, or a folder of them")
     pr.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
     pr.add_argument("--keypoints", help="use key-points from this file (COCO / OpenPose / AlphaPose / mmpose JSON) "
@@ -263,11 +340,31 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--overlay", action="store_true", help="also write the image/video with meshes drawn over it")
     pr.add_argument("--estimator", choices=["fit", "dpmesh"], default="fit",
                     help="fit: key-point fitting (default, no downloads); dpmesh: the network (needs --model)")
-    pr.add_argument("--model", help="DPMesh checkpoint (converted folder or official .pth.tar)")
+    pr.add_argument("--model", help="DPMesh checkpoint: an official *_best_ckpt.pth.tar (read directly) or a "
+                                     "folder from `dpmesh convert` / `dpmesh train`")
+    pr.add_argument("--ldm-config", metavar="YAML",
+                    help="dpmesh with a .pth.tar: the release's cldm_v15.yaml (or a file laid out like it) for what "
+                         "the checkpoint's shapes cannot tell (attention heads); default: the released values")
+    pr.add_argument("--dtype", choices=["fp32", "bf16", "fp16"],
+                    help="dpmesh: network dtype (default: fp32 on CPU; bf16 on CUDA, fp16 where bf16 is unsupported)")
+    pr.add_argument("--autocast", action="store_true",
+                    help="dpmesh on CUDA: evaluate as the release does (fp32 weights under fp16 autocast)")
     pr.add_argument("--body-model", default="anny", choices=["anny", "smpl", "synthetic-smpl"],
                     help="body model for fitting (default anny; smpl needs DPMESH_SMPL)")
     pr.add_argument("--refine", action="store_true", help="refine the network's output by fitting")
-    pr.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: automatic)")
+    pr.add_argument("--device", help="cpu, cuda, cuda:N, mps or auto (default: automatic); checked before any "
+                                      "model loads")
+    pr.add_argument("--max-persons", type=int, default=64, metavar="N",
+                    help="an image/frame with more persons fails (default 64, far above real crowds; memory "
+                         "does not grow with it: persons are fitted in batches)")
+    pr.add_argument("--keypoints-max-mb", type=float, default=64.0, metavar="MB",
+                    help="refuse larger key-point files before reading them (default 64)")
+    pr.add_argument("--keypoints-apply-to-all", action="store_true",
+                    help="use the key-point file's single entry for every input, whatever its name")
+    pr.add_argument("--overwrite", action="store_true",
+                    help="replace the results of an earlier run in the output folder (and remove its stale files)")
+    pr.add_argument("--resume", action="store_true",
+                    help="skip inputs the output folder's run manifest lists as complete (with their files)")
     pr.add_argument("--conf", type=float, default=0.25, help="detector confidence threshold (default 0.25)")
     pr.add_argument("--no-smooth", action="store_true", help="video: no warm start / temporal smoothing")
     pr.add_argument("--smooth-sigma", type=float, default=1.5, metavar="FRAMES",
@@ -287,8 +384,12 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("checkpoint")
     cv.add_argument("output")
     cv.add_argument("--merge-lora", action="store_true", help="fold LoRA into the U-Net weights")
-    cv.add_argument("--preset", default="sd15", choices=["sd15", "tiny"],
-                    help="architecture of the file (official releases are sd15; tiny is for tests)")
+    cv.add_argument("--ldm-config", metavar="YAML",
+                    help="the release's cldm_v15.yaml (or a file laid out like it: model.params.{unet_config, "
+                         "control_stage_config, first_stage_config}.params) for what shapes cannot tell "
+                         "(attention heads); default: the released values")
+    cv.add_argument("--preset", choices=["sd15", "tiny"],
+                    help="force a named architecture instead of reading it from the file's shapes")
     cv.set_defaults(func=cmd_convert)
 
     tr = sub.add_parser("train", help="train the DPMesh network from a YAML config")
@@ -329,21 +430,69 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt  # SIGTERM is handled like Ctrl-C: the running input is cleaned up, exit 130
+
+
+def _install_signal_handlers() -> list[tuple[int, Any]]:
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return []
+    old = [(signal.SIGTERM, signal.signal(signal.SIGTERM, _on_sigterm))]
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit: report the failed write (EFBIG) instead of dying
+        old.append((signal.SIGXFSZ, signal.signal(signal.SIGXFSZ, signal.SIG_IGN)))
+    return old
+
+
 def main(argv: Iterable[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
     parser = build_parser()
-    args = parser.parse_args(None if argv is None else list(argv))
-    level = logging.WARNING - 10 * min(args.verbose, 2)
+    args = parser.parse_args(argv)
+    level = logging.DEBUG if debug else logging.WARNING - 10 * min(args.verbose, 2)
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    as_json = getattr(args, "json", False)
+
+    def fail(code: int, type_name: str, message: str) -> int:
+        if as_json:
+            _emit_json({"event": "error", "type": type_name, "message": message, "exit_code": code})
+        print(f"dpmesh: error: {message}" if code != 130 else "dpmesh: interrupted", file=sys.stderr)
+        return code
+
+    old_handlers = _install_signal_handlers()
     try:
         return int(args.func(args) or 0)
     except DPMeshError as e:
-        if getattr(args, "json", False):
-            _emit_json({"event": "error", "type": type(e).__name__, "message": str(e)})
-        print(f"dpmesh: error: {e}", file=sys.stderr)
-        return e.exit_code
+        if debug:
+            import traceback
+
+            traceback.print_exc()
+        return fail(e.exit_code, type(e).__name__, str(e))
     except KeyboardInterrupt:
-        print("dpmesh: interrupted", file=sys.stderr)
-        return 130
+        return fail(130, "Interrupted", "interrupted")
+    except OSError as e:
+        if debug:
+            raise
+        import errno
+
+        from .errors import describe_oserror
+
+        code = 4 if e.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT, errno.EFBIG) else 1
+        where = f"{e.filename}: " if e.filename else ""
+        return fail(code, type(e).__name__, f"{where}{describe_oserror(e)}")
+    except Exception as e:  # noqa: BLE001 - no traceback reaches a user unless --debug
+        if debug:
+            raise
+        return fail(1, type(e).__name__, f"internal error: {type(e).__name__}: {e} (run again with --debug for "
+                                         "the traceback)")
+    finally:
+        import signal
+
+        for sig, handler in old_handlers:
+            signal.signal(sig, handler)
 
 
 if __name__ == "__main__":  # pragma: no cover

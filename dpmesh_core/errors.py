@@ -184,3 +184,14 @@ class Interrupted(DPMeshError):
     """The run was interrupted (Ctrl-C or SIGTERM): exit code 130."""
 
     exit_code = 130
+
+
+class BatchError(InputError):
+    """Some inputs of a batch failed (each listed in ``failures``: {input: error}); the others completed.
+    Exit code 2."""
+
+    def __init__(self, failures: dict):
+        self.failures = dict(failures)
+        first = next(iter(self.failures.values()), None)
+        more = f" (and {len(self.failures) - 1} more)" if len(self.failures) > 1 else ""
+        super().__init__(f"{len(self.failures)} input(s) failed: {first}{more}")

@@ -12,6 +12,10 @@ Conventions
 * Key-points are ``(J, 3)``: x, y in image pixels and a confidence in [0, 1]. ``visible`` is a per-joint
   bool: False means "occluded / not usable" and such joints weigh nothing in estimation, whatever their
   confidence. Joint order is named by ``joint_set`` (see ``dpmesh_core.body.joints``).
+* The one visibility rule (``is_visible``), for every source: a joint is visible when its source labels it
+  so explicitly (a COCO dataset flag ``v=2``, a joint the user placed or edited) or, for sources that give
+  only a confidence (every detector, COCO results / AlphaPose / OpenPose files, a ``Person`` built without
+  ``visible``), when its confidence is greater than ``VISIBLE_THRESHOLD`` (0.5).
 """
 
 from __future__ import annotations
@@ -25,6 +29,18 @@ if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from .errors import EstimationError
+
+
+#: A key-point given only with a confidence counts as visible when the confidence exceeds this (the value
+#: the YOLO-pose family draws with; weaker points are guesses of where an unseen joint might be).
+VISIBLE_THRESHOLD = 0.5
+
+
+def is_visible(confidence: Any) -> np.ndarray:
+    """The visibility rule for confidences: ``confidence > VISIBLE_THRESHOLD`` (bool array; NaN -> False)."""
+    c = np.asarray(confidence, np.float64)
+    with np.errstate(invalid="ignore"):
+        return np.nan_to_num(c, nan=0.0) > VISIBLE_THRESHOLD
 
 
 def _ro(a: Any, dtype: Any, shape_tail: tuple[int, ...] | None = None, name: str = "array") -> np.ndarray:
@@ -66,7 +82,7 @@ class Person:
 
     box: (4,) float32, (x0, y0, x1, y1) image pixels.
     keypoints: (J, 3) float32, (x, y, confidence) image pixels.
-    visible: (J,) bool, False = occluded or missing (weighs nothing).
+    visible: (J,) bool, False = occluded or missing (weighs nothing); default ``is_visible(confidence)``.
     joint_set: name of the joint order of ``keypoints`` (default COCO-17).
     score: detection score in [0, 1].
     track_id: stable id across video frames, or None.
@@ -87,7 +103,7 @@ class Person:
         kp = _ro(self.keypoints, np.float32, (-1, 3), "keypoints")
         object.__setattr__(self, "keypoints", kp)
         object.__setattr__(self, "box", _ro(self.box, np.float32, (4,), "box"))
-        vis = kp[:, 2] > 0 if self.visible is None else self.visible
+        vis = is_visible(kp[:, 2]) if self.visible is None else self.visible
         object.__setattr__(self, "visible", _ro(vis, bool, (kp.shape[0],), "visible"))
         ed = np.zeros(kp.shape[0], bool) if self.edited is None else self.edited
         object.__setattr__(self, "edited", _ro(ed, bool, (kp.shape[0],), "edited"))
@@ -143,6 +159,48 @@ class BodyParams:
         object.__setattr__(self, "extra", {k: _ro(v, None) for k, v in dict(self.extra).items()})
 
 
+#: ``Quality.low_confidence`` is set when fewer key-points than this were visible (of the person's joint set) ...
+LOW_CONFIDENCE_MIN_VISIBLE = 8
+#: ... or the median re-projection error of the visible key-points exceeds this fraction of the person's size
+#: (the larger side of the visible key-points' box) ...
+LOW_CONFIDENCE_MAX_RESIDUAL = 0.08
+#: ... or the depth could not be set from the key-points (``Quality.depth_from`` other than "keypoints").
+
+
+@dataclass(frozen=True)
+class Quality:
+    """How much of a ``MeshResult`` rests on evidence (the "trust signals" of a mesh).
+
+    visible_joints / total_joints: usable key-points (visible, finite, modelled by the body) / the person's.
+    residual_px: median distance, image pixels, between the visible key-points and the mesh's re-projected
+      key-points (None when not measurable); residual_rel: the same over the person's size in pixels.
+    legs_inferred: no knee or ankle was visible: the legs are the body prior's guess.
+    depth_from: "keypoints" (segment lengths in the image), "frame" (no usable segment: the median depth of
+      the frame's persons that had one) or "height_prior" (no usable segment and no such person: a 1.7 m
+      person spanning half the image height, see ``dpmesh_core.fit.fitter``).
+    low_confidence: fewer than ``LOW_CONFIDENCE_MIN_VISIBLE`` visible key-points, or ``residual_rel`` >
+      ``LOW_CONFIDENCE_MAX_RESIDUAL``, or the depth not from key-points. Draw such a mesh as a guess.
+    reasons: why ``low_confidence`` is set (human-readable, empty when it is not).
+    """
+
+    visible_joints: int
+    total_joints: int
+    residual_px: float | None = None
+    residual_rel: float | None = None
+    legs_inferred: bool = False
+    depth_from: str = "keypoints"
+    low_confidence: bool = False
+    reasons: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-able form (what ``--json`` events and npz files carry)."""
+        return {"visible_joints": int(self.visible_joints), "total_joints": int(self.total_joints),
+                "residual_px": None if self.residual_px is None else round(float(self.residual_px), 3),
+                "residual_rel": None if self.residual_rel is None else round(float(self.residual_rel), 4),
+                "legs_inferred": bool(self.legs_inferred), "depth_from": self.depth_from,
+                "low_confidence": bool(self.low_confidence), "reasons": list(self.reasons)}
+
+
 @dataclass(frozen=True)
 class MeshResult:
     """A recovered body for one person.
@@ -155,6 +213,8 @@ class MeshResult:
     params: body-model parameters.  camera: the full-image camera used.
     attention: per-joint cross-attention maps, e.g. {"8": (30, 8, 8), "16": (30, 16, 16)} (DPMesh only).
     estimator: "fit" or "dpmesh" (or "dpmesh+fit").  loss: final fitting loss, if any.
+    quality: the trust signals (``Quality``: visible joints, residual, inferred legs/depth,
+        ``quality.low_confidence``); None only for results built without a person to judge against.
     """
 
     vertices: np.ndarray
@@ -169,6 +229,7 @@ class MeshResult:
     estimator: str = "fit"
     loss: float | None = None
     track_id: int | None = None
+    quality: Quality | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "vertices", _ro(self.vertices, np.float32, (-1, 3), "vertices"))

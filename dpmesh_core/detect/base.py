@@ -15,13 +15,14 @@ import numpy as np
 
 from ..errors import InputError
 from ..geometry import box_iou
-from ..types import Person
+from ..types import VISIBLE_THRESHOLD, Person
 
 #: A key-point is ``visible`` when its confidence exceeds this. 0.5 is the value Ultralytics draws with,
 #: and on the reference photos (crowds, occlusion) YOLO11n-pose confidences are bimodal: of 731 joints,
 #: 130 are below 0.2 (hidden or guessed behind other people) and 496 above 0.8, with few in between, so
-#: 0.5 sits in the valley; the lower-confidence joints stay in ``keypoints`` for display.
-DEFAULT_VISIBLE_THRESHOLD = 0.5
+#: 0.5 sits in the valley; the lower-confidence joints stay in ``keypoints`` for display. It is the one
+#: visibility rule of every source (``dpmesh_core.types.VISIBLE_THRESHOLD``: files, the app, detectors).
+DEFAULT_VISIBLE_THRESHOLD = VISIBLE_THRESHOLD
 
 #: Largest image side accepted (a sanity bound, not a model limit).
 MAX_SIDE = 32768

@@ -1,6 +1,6 @@
 """Adapter over a real mmpose 1.x pose model (and optionally an mmdet person detector).
 
-mmpose is never a dependency (see STACK.md; ``scripts/mmpose_env.sh`` builds an environment that has it):
+mmpose is never a dependency (see README.md; ``scripts/mmpose_env.sh`` builds an environment that has it):
 give a pose config + checkpoint that your mmpose installation loads offline (``mmpose.apis.init_model``),
 or a model already built with it, and optionally an mmdet config + checkpoint (``mmdet.apis.init_detector``)
 for the person boxes of a top-down model.
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 
 MMPOSE_HINT = ("the mmpose backend needs a working mmpose installation (mmpose 1.x, mmcv with ops, mmdet) "
                "and a pose config + checkpoint on disk; dpmesh never installs it: "
-               "`bash scripts/mmpose_env.sh` builds .venv-mmpose (see STACK.md)")
+               "`bash scripts/mmpose_env.sh` builds .venv-mmpose (see README.md, \"Optional backends\")")
 
 COCO17_NAMES = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",

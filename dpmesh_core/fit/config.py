@@ -78,6 +78,10 @@ class FitConfig:
     optimize_betas: bool = True
     #: fewer usable key-points than this → EstimationError for that person
     min_visible_joints: int = 2
+    #: persons fitted together in one batch (× ``num_inits`` batch elements on a cold start): memory grows
+    #: with the batch (about 16 MB per person with 8 initialisations, Anny), not with the number of persons
+    #: in the image; larger batches are a little faster per person
+    batch_persons: int = 16
     #: torch intra-op threads while fitting (the batches are tiny: 1 thread is fastest, and extra threads
     #: contend badly on a busy machine); set for the duration of a call and restored after. 0 = leave as is
     num_threads: int = 1
@@ -114,6 +118,8 @@ class FitConfig:
             raise ConfigError(f"must be in 1..8, got {self.keep_after_camera_stage}", "keep_after_camera_stage")
         if self.min_visible_joints < 1:
             raise ConfigError(f"must be ≥ 1, got {self.min_visible_joints}", "min_visible_joints")
+        if self.batch_persons < 1:
+            raise ConfigError(f"must be ≥ 1, got {self.batch_persons}", "batch_persons")
         if self.num_threads < 0:
             raise ConfigError(f"must be ≥ 0, got {self.num_threads}", "num_threads")
         if self.output_joint_set is not None and self.output_joint_set not in JOINT_SETS:

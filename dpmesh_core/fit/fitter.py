@@ -58,6 +58,16 @@ _SEGMENTS = (
     ("L_Knee", "L_Ankle"), ("R_Knee", "R_Ankle"), ("Neck", "Pelvis"),
 )
 _TRANSL_UNIT_PX = 100.0
+#: Depth when the key-points cannot set it (fewer than ``MIN_DEPTH_SEGMENTS`` visible body segments — e.g. only
+#: face points, or one limb that may be foreshortened): a prior depth — the median depth of the frame's persons
+#: whose key-points did set it, else the height prior: a person ``HEIGHT_PRIOR_M`` tall spanning
+#: ``HEIGHT_PRIOR_IMAGE_FRACTION`` of the image height (z = f · 1.7 m / (0.5 · H), 5.7 m for 640x480) — and
+#: what the few key-points suggest is kept within a factor ``DEPTH_PRIOR_FACTOR`` of it. Such results have
+#: ``quality.depth_from`` "frame" / "height_prior" and are flagged ``low_confidence``.
+HEIGHT_PRIOR_M = 1.7
+HEIGHT_PRIOR_IMAGE_FRACTION = 0.5
+DEPTH_PRIOR_FACTOR = 2.0
+MIN_DEPTH_SEGMENTS = 2
 
 
 @contextlib.contextmanager
@@ -253,6 +263,13 @@ class KeypointFitter:
     def body_forward(self, params: Sequence[BodyParams], joint_sets: tuple[str, ...],
                      return_vertices: bool = True) -> tuple[dict[str, np.ndarray], np.ndarray | None]:
         """Evaluate the body model on a list of params → ({set: (N, K, 3)}, (N, V, 3) or None), metres."""
+        chunk = max(self.config.batch_persons, 1)
+        if len(params) > chunk:  # skin in chunks: memory bounded by the chunk, not by the number of persons
+            parts = [self.body_forward(params[c:c + chunk], joint_sets, return_vertices)
+                     for c in range(0, len(params), chunk)]
+            js = {k: np.concatenate([p[0][k] for p in parts]) for k in parts[0][0]}
+            verts = np.concatenate([p[1] for p in parts]) if return_vertices and parts[0][1] is not None else None
+            return js, verts
         with torch.no_grad():
             go, bp, be, tr = (torch.as_tensor(np.stack([getattr(p, k) for p in params]), dtype=self.dtype,
                                               device=self.device)
@@ -347,6 +364,47 @@ class KeypointFitter:
         self._plans[joint_set] = plan
         return plan
 
+    def _depth_evidence(self, plan: _Plan, kp: np.ndarray, w: np.ndarray, f: float) -> float | None:
+        """Depth (metres) from the visible body segments when there are at least ``MIN_DEPTH_SEGMENTS`` of
+        them, else None (the key-points cannot set the depth)."""
+        ok = w > 0
+        ratios = []
+        for a, b in plan.segments:
+            if ok[a] and ok[b]:
+                L3 = float(np.linalg.norm(plan.rest[a] - plan.rest[b]))
+                L2 = float(np.linalg.norm(kp[a] - kp[b]))
+                if L3 > 0.05 and L2 > 1.0:
+                    ratios.append(L2 / L3)
+        if len(ratios) < MIN_DEPTH_SEGMENTS:
+            return None
+        q = float(np.quantile(np.asarray(ratios), 0.75))
+        return float(np.clip(f / max(q, 1e-6), 0.3, 200.0))
+
+    def _depths(self, todo: Sequence[int], persons, cams, plans, weights) -> dict[int, tuple[float, str]]:
+        """{person: (initial depth in metres, "keypoints" | "frame" | "height_prior")} (see HEIGHT_PRIOR_M)."""
+        out: dict[int, tuple[float, str]] = {}
+        for i in todo:
+            kp = np.nan_to_num(persons[i].keypoints[:, :2].astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+            z = self._depth_evidence(plans[i], kp, weights[i], float(np.mean(cams[i].focal)))
+            if z is not None:
+                out[i] = (z, "keypoints")
+        known = [z for z, _ in out.values()]
+        for i in todo:
+            if i in out:
+                continue
+            f = float(np.mean(cams[i].focal))
+            if known:
+                prior, src = float(np.median(known)), "frame"
+            else:
+                h = float(cams[i].image_size[1]) * HEIGHT_PRIOR_IMAGE_FRACTION
+                prior, src = f * HEIGHT_PRIOR_M / max(h, 1.0), "height_prior"
+            # what the few key-points suggest, kept within a factor PRIOR_FACTOR of the prior
+            kp = np.nan_to_num(persons[i].keypoints[:, :2].astype(np.float32), nan=0.0, posinf=0.0, neginf=0.0)
+            z_kp = self._initial_depth(plans[i], kp, weights[i], f, np.asarray(persons[i].box, np.float64))
+            z = float(np.clip(z_kp, prior / DEPTH_PRIOR_FACTOR, prior * DEPTH_PRIOR_FACTOR))
+            out[i] = (float(np.clip(z, 0.3, 200.0)), src)
+        return out
+
     def _initial_depth(self, plan: _Plan, kp: np.ndarray, w: np.ndarray, f: float, box: np.ndarray) -> float:
         """Depth (metres) of the person from key-point scale: f · (metric length / pixel length)."""
         ok = w > 0
@@ -398,23 +456,29 @@ class KeypointFitter:
         todo = [i for i in range(n) if results[i] is None]
         if not todo:
             return results  # type: ignore[return-value]
-        sets = tuple(dict.fromkeys(plans[i].body_set for i in todo))  # type: ignore[union-attr]
-        offsets, k = {}, 0
-        for s in sets:
-            offsets[s] = k
-            k += J.num_joints(s)
-        cold = [i for i in todo if starts[i] is None]
-        warm = [i for i in todo if starts[i] is not None]
-        solved: dict[int, tuple[torch.Tensor, ...]] = {}
-        if cold:
-            solved.update(self._solve_cold(cold, persons, cams, plans, weights, sets, offsets, k))
-        if warm:
-            solved.update(self._solve_warm(warm, persons, cams, plans, weights, sets, offsets, k, starts, iters,
-                                           prior_weight))
-        self._finish(todo, solved, persons, cams, results, estimator)
+        depths = self._depths(todo, persons, cams, plans, weights)
+        # persons are solved in chunks of ``batch_persons``: memory is bounded by the chunk, not the crowd
+        chunk = self.config.batch_persons
+        for c0 in range(0, len(todo), chunk):
+            part = todo[c0:c0 + chunk]
+            sets = tuple(dict.fromkeys(plans[i].body_set for i in part))  # type: ignore[union-attr]
+            offsets, k = {}, 0
+            for s in sets:
+                offsets[s] = k
+                k += J.num_joints(s)
+            cold = [i for i in part if starts[i] is None]
+            warm = [i for i in part if starts[i] is not None]
+            solved: dict[int, tuple[torch.Tensor, ...]] = {}
+            if cold:
+                solved.update(self._solve_cold(cold, persons, cams, plans, weights, sets, offsets, k, depths))
+            if warm:
+                solved.update(self._solve_warm(warm, persons, cams, plans, weights, sets, offsets, k, starts, iters,
+                                               prior_weight))
+            self._finish(part, solved, persons, cams, results, estimator, weights, depths)
         return results  # type: ignore[return-value]
 
-    def _problem(self, owner: list[int], persons, cams, plans, weights, sets, offsets, k) -> _Problem:
+    def _problem(self, owner: list[int], persons, cams, plans, weights, sets, offsets, k,
+                 depths: dict[int, tuple[float, str]] | None = None) -> _Problem:
         B = len(owner)
         Jmax = max(persons[i].num_joints for i in owner)
         idx = np.zeros((B, Jmax, 2), np.int64)
@@ -448,7 +512,9 @@ class KeypointFitter:
                        16.0)
             scale[b] = self.config.reference_size_px / size
             foc[b], pp[b] = cam.focal, cam.principal
-            logz[b] = math.log(self._initial_depth(plan, kp, weights[i], float(np.mean(cam.focal)), box))
+            z0 = depths[i][0] if depths is not None and i in depths else \
+                self._initial_depth(plan, kp, weights[i], float(np.mean(cam.focal)), box)
+            logz[b] = math.log(z0)
         t = lambda a: torch.as_tensor(a, dtype=self.dtype, device=self.device)  # noqa: E731
         gidx = torch.as_tensor(idx.reshape(B, Jmax * 2, 1).repeat(3, 2), device=self.device)
         return _Problem(np.asarray(owner), gidx, t(coef), t(tgt), t(w), t(tw), t(scale), t(foc), t(pp), t(logz),
@@ -599,11 +665,11 @@ class KeypointFitter:
         for k, v in zip(keys, torch.split(x * scale, sizes, 1)):
             params[k] = v.detach()
 
-    def _solve_cold(self, cold, persons, cams, plans, weights, sets, offsets, k):
+    def _solve_cold(self, cold, persons, cams, plans, weights, sets, offsets, k, depths=None):
         cfg = self.config
         ninit = cfg.num_inits
         owner = [i for i in cold for _ in range(ninit)]
-        pr = self._problem(owner, persons, cams, plans, weights, sets, offsets, k)
+        pr = self._problem(owner, persons, cams, plans, weights, sets, offsets, k, depths)
         B = len(owner)
         dev, dt = self.device, self.dtype
         R0 = self._init_rots[:ninit].repeat(len(cold), 1, 1)
@@ -706,11 +772,16 @@ class KeypointFitter:
             out[i] = (params["go"][b], params["bp"][b], params["be"][b], transl[b], e[b])
         return out
 
-    def _finish(self, todo, solved, persons, cams, results, estimator) -> None:
-        """Skin the solved parameters of persons ``todo`` into their ``MeshResult``s (with the fit's loss)."""
+    def _finish(self, todo, solved, persons, cams, results, estimator, weights=None, depths=None) -> None:
+        """Skin the solved parameters of persons ``todo`` into their ``MeshResult``s (with the fit's loss and
+        the quality record: ``dpmesh_core.quality.assess``)."""
+        from ..quality import assess
+
         gon, bpn, ben, trn, en = (torch.stack([solved[i][c] for i in todo]).cpu().numpy() for c in range(5))
         params = [BodyParams(self.body.name, gon[b], bpn[b], ben[b], trn[b]) for b in range(len(todo))]
         out = self.results_from_params(params, [cams[i] for i in todo], [persons[i] for i in todo],
                                        estimator=estimator)
         for b, (i, r) in enumerate(zip(todo, out)):
-            results[i] = dataclasses.replace(r, loss=float(en[b]))
+            q = assess(persons[i], r, depth_from=depths[i][1] if depths and i in depths else "keypoints",
+                       usable=None if weights is None or weights[i] is None else weights[i] > 0)
+            results[i] = dataclasses.replace(r, loss=float(en[b]), quality=q)

@@ -43,16 +43,25 @@ DEFAULT_MAX_PIXELS = 200_000_000
 
 
 def _check_file(path: Path) -> None:
+    """Exists, is a readable file, not empty: else ``MediaError`` naming the cause (no such file, symbolic
+    link loop (ELOOP), permission denied (EACCES)...), never a misleading "corrupt"."""
+    from ..errors import describe_oserror
+
     try:
         st = path.stat()
     except FileNotFoundError:
         raise MediaError("no such file", path) from None
     except OSError as e:
-        raise MediaError(f"cannot access the file ({e.strerror or e})", path) from None
+        raise MediaError(f"cannot access the file: {describe_oserror(e)}", path) from None
     if path.is_dir():
         raise MediaError("is a directory, not an image", path)
     if st.st_size == 0:
         raise MediaError("empty file (0 bytes)", path)
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise MediaError(f"cannot read the file: {describe_oserror(e)}", path) from None
 
 
 def _open_header(path: Path, max_pixels: int):

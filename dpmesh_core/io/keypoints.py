@@ -38,14 +38,18 @@ Joint orders are kept native:
 Visibility. COCO dataset flags: ``v=0`` -> not labelled (confidence 0, ``visible=False``); ``v=1`` ->
 labelled but occluded (confidence 1, ``visible=False``: it weighs nothing in estimation, the app still
 shows it); ``v=2`` -> visible (confidence 1, ``visible=True``). When an annotation carries our extension
-``keypoint_scores`` (J floats) the confidences come from it. Results / AlphaPose / OpenPose files hold a
-confidence instead of a flag: ``visible = confidence > 0``; mmpose files are the exception: their
-scores are a model's raw confidences (RTMPose's exceed 1), so they are clipped to [0, 1] and
-``visible = confidence > 0.5``, exactly as the live mmpose detector backend does; a person's score is its
+``keypoint_scores`` (J floats) the confidences come from it (the flag still decides visibility: it is an
+explicit label). Results / AlphaPose / OpenPose / mmpose files hold a confidence instead of a flag and follow
+the one visibility rule of every source (``dpmesh_core.types.is_visible``, the same as the detectors'):
+``visible = confidence > VISIBLE_THRESHOLD`` (0.5). mmpose scores are a model's raw confidences (RTMPose's
+exceed 1), so they are clipped to [0, 1] first; a person's score is its
 ``bbox_score`` when present (the inferencer stores the detector's score there, the demo scripts a constant
 1.0), else its mean key-point confidence. Boxes come from ``bbox``/``box`` (x, y, w, h)
 when present, else from the key-points (``Person.box_from_keypoints``); a person with neither is dropped
 with a warning.
+
+Size. A file larger than ``max_bytes`` (``DEFAULT_MAX_BYTES``, 64 MiB; ``dpmesh predict --keypoints-max-mb``)
+is refused from its size, before it is read: parsing JSON takes about ten times the file size in memory.
 
 Errors. Any non-finite number (NaN / inf, which Python's JSON reader accepts) in key-points, scores or
 boxes, a negative confidence, a COCO flag other than 0/1/2, a wrong number of values, broken JSON or an
@@ -70,7 +74,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import InputError, KeypointFileError
-from ..types import Person
+from ..types import VISIBLE_THRESHOLD, Person, is_visible
 from .atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -83,8 +87,8 @@ __all__ = [
 Key = str | int
 
 KEYPOINT_FORMATS = ("coco", "coco_results", "alphapose", "openpose", "mmpose")
-# = detect.base.DEFAULT_VISIBLE_THRESHOLD (the io layer sits below detect; a test keeps them equal)
-MMPOSE_VISIBLE_THRESHOLD = 0.5
+# the one visibility rule (types.VISIBLE_THRESHOLD, = detect.base.DEFAULT_VISIBLE_THRESHOLD)
+MMPOSE_VISIBLE_THRESHOLD = VISIBLE_THRESHOLD
 
 COCO17_NAMES = (
     "nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
@@ -112,7 +116,22 @@ def _err(path: Path, msg: str) -> KeypointFileError:
     return KeypointFileError(msg, path)
 
 
-def _load_json(path: Path) -> Any:
+#: key-point files larger than this are refused before parsing (see the module doc)
+DEFAULT_MAX_BYTES = 64 * 2**20
+
+
+def _load_json(path: Path, max_bytes: int | None = DEFAULT_MAX_BYTES) -> Any:
+    from ..errors import describe_oserror
+
+    try:
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise _err(path, "no such file") from None
+    except OSError as e:
+        raise _err(path, f"cannot read: {describe_oserror(e)}") from None
+    if max_bytes is not None and size > max_bytes:
+        raise _err(path, f"too large: {size / 2**20:.1f} MiB exceeds the key-point file limit of "
+                         f"{max_bytes / 2**20:.0f} MiB (--keypoints-max-mb; split the file per video or folder)")
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
@@ -120,7 +139,7 @@ def _load_json(path: Path) -> Any:
     except UnicodeDecodeError:
         raise _err(path, "not a UTF-8 text file (is it JSON?)") from None
     except OSError as e:
-        raise _err(path, f"cannot read ({e.strerror or e})") from None
+        raise _err(path, f"cannot read: {describe_oserror(e)}") from None
     if not text.strip():
         raise _err(path, "empty file")
     try:
@@ -236,10 +255,12 @@ _ALIASES = {
 }
 
 
-def read_keypoints(path: str | os.PathLike, format: str | None = None) -> dict[Key, list[Person]]:
+def read_keypoints(path: str | os.PathLike, format: str | None = None,
+                   max_bytes: int | None = DEFAULT_MAX_BYTES) -> dict[Key, list[Person]]:
     """Read a key-point file (or an OpenPose folder) as ``{key: [Person, ...]}`` (see module doc).
 
-    ``format``: None (detect), "coco", "coco_results", "alphapose" or "openpose".
+    ``format``: None (detect), "coco", "coco_results", "alphapose" or "openpose". ``max_bytes``: larger files
+    are refused before reading (None: no limit).
     Raises ``KeypointFileError`` naming the file and the problem.
     """
     path = Path(path)
@@ -251,8 +272,8 @@ def read_keypoints(path: str | os.PathLike, format: str | None = None) -> dict[K
     if path.is_dir():
         if fmt not in (None, "openpose"):
             raise _err(path, f"a folder can only hold OpenPose per-frame files, not {fmt!r}")
-        return _read_openpose_dir(path)
-    data = _load_json(path)
+        return _read_openpose_dir(path, max_bytes)
+    data = _load_json(path, max_bytes)
     found = detect_keypoint_format(data)
     if found is None:
         raise _err(path, "unknown key-point format (expected a COCO dataset/results, AlphaPose, OpenPose or "
@@ -343,7 +364,7 @@ def _read_results(path: Path, data: list, alphapose: bool) -> dict[Key, list[Per
             j = int(np.flatnonzero(kp[:, 2] < 0)[0])
             raise _err(path, f"{where}: key-point {j} has a negative confidence {kp[j, 2]}")
         box = _box_xywh(path, where, d.get("box", d.get("bbox")))
-        p = _make_person(path, where, kp, kp[:, 2] > 0, "coco17", box, _score(path, where, d.get("score")),
+        p = _make_person(path, where, kp, is_visible(kp[:, 2]), "coco17", box, _score(path, where, d.get("score")),
                          _track(d.get("idx", d.get("track_id"))))
         lst = out.setdefault(key, [])
         if p is not None:
@@ -374,7 +395,8 @@ def _read_openpose_people(path: Path, data: dict) -> list[Person]:
             raise _err(path, f"{where}: key-point {j} has a negative confidence {kp[j, 2]}")
         c = kp[:, 2]
         score = float(c[c > 0].mean()) if (c > 0).any() else 0.0
-        p = _make_person(path, where, kp, c > 0, "openpose18", None, min(score, 1.0), _track(pe.get("person_id")))
+        p = _make_person(path, where, kp, is_visible(c), "openpose18", None, min(score, 1.0),
+                         _track(pe.get("person_id")))
         if p is not None:
             persons.append(p)
     return persons
@@ -467,7 +489,7 @@ def _read_mmpose(path: Path, data: Any) -> dict[Key, list[Person]]:
     return dict(sorted(out.items()))
 
 
-def _read_openpose_dir(path: Path) -> dict[Key, list[Person]]:
+def _read_openpose_dir(path: Path, max_bytes: int | None = DEFAULT_MAX_BYTES) -> dict[Key, list[Person]]:
     files = sorted(f for f in path.iterdir() if f.is_file() and f.name.lower().endswith(".json"))
     if not files:
         raise _err(path, "folder holds no OpenPose *_keypoints.json file")
@@ -480,7 +502,7 @@ def _read_openpose_dir(path: Path) -> dict[Key, list[Person]]:
     for idx, f in items:
         if idx in out:
             raise _err(f, f"frame {idx} appears twice in the folder")
-        data = _load_json(f)
+        data = _load_json(f, max_bytes)
         if detect_keypoint_format(data) != "openpose":
             raise _err(f, "not an OpenPose key-point file (no 'people')")
         out[idx] = _read_openpose_people(f, data)

@@ -43,8 +43,30 @@ only plain arrays (readable with ``np.load(path, allow_pickle=False)``). Keys:
                             (1 = used, 0 = not visible / not usable), order ``input_joint_set`` (if known)
 ``input_joint_set``         () str, the joint order of ``input_keypoints``
 ``units``                   () str, "metres; OpenCV camera frame (x right, y down, z forward)"
+``low_confidence``          () bool, the mesh is largely a guess (``types.Quality``; only when the result has a
+                            quality record)
+``quality``                 () str, the quality record as JSON (visible_joints, total_joints, residual_px,
+                            residual_rel, legs_inferred, depth_from, low_confidence, reasons)
 ``vertices`` / ``faces``    (V, 3) float32 / (F, 3) int32, only with ``include_mesh=True``
+``smpl_pose``               (72,) float32, SMPL results: axis-angle root + 23 joints (= global_orient ⊕ body_pose)
+``smpl_shape``              (10,) float32, SMPL results: the betas
+``joints_cam30``            (30, 3) float32 metres, image camera (results in the "smpl30" joint order)
+``joints_img30``            (30, 2) float32 image pixels, same joints
+``attention_8``/``_16``     (30, 8, 8) / (30, 16, 16) float32, the DPMesh network's per-joint cross-attention maps
+                            (the release's ``attn16`` / ``attn32``), over the crop ``bbox_xywh``
+``cam_trans``               (3,) float32, DPMesh network: the release's ``cam_trans`` (metres, crop camera:
+                            focal f = sqrt(W²+H²), principal point at the crop centre); also ``cam_trans_crop``
+``render_cam_trans``        (3,) float32, the release's full-image translation (t_z × 256/sqrt(w·h)), used with
+                            the same f and the principal point ``render_principal`` (2,) = the crop box centre
+``cam_param``               (3,) float32, the raw camera output (t_x, t_y, γ)
+``bbox_xywh``               (4,) float32, the release's square crop box (x, y, w, h), image pixels
+``joint_cam``               (30, 3) float32, the release's ``joint_cam``: root-relative metres
 ==========================  ==========================================================================
+
+The DPMesh network's meshes and ``joints3d`` are the release's mesh moved rigidly: every person of an image
+is placed in the image's own camera (principal point at the image centre), so the root is translated to
+project where the release's render places it; ``smpl_pose``/``smpl_shape``/``joint_cam`` and the
+root-relative mesh are the release's numbers unchanged (``dpmesh_core.model.predictor``).
 """
 
 from __future__ import annotations
@@ -171,6 +193,26 @@ def export_meshes(
     return written
 
 
+def _release_arrays(result: MeshResult) -> dict[str, np.ndarray]:
+    """The names a user of the DPMesh release expects, for SMPL results (see the module doc)."""
+    p, out = result.params, {}
+    if np.asarray(p.body_pose).shape == (69,):  # SMPL: 72 axis-angle values = root + 23 joints
+        out["smpl_pose"] = np.concatenate([p.global_orient, p.body_pose]).astype(np.float32)
+        out["smpl_shape"] = np.asarray(p.betas, np.float32)[:10]
+    if result.joint_set == "smpl30":
+        out["joints_cam30"] = np.asarray(result.joints3d, np.float32)
+        out["joints_img30"] = np.asarray(result.joints2d, np.float32)
+    ex = p.extra
+    if "cam_trans_crop" in ex:  # the DPMesh network: the release's own numbers
+        out["cam_trans"] = np.asarray(ex["cam_trans_crop"], np.float32)
+        for k in ("cam_trans_crop", "render_cam_trans", "render_principal", "cam_param", "bbox_xywh", "joint_cam"):
+            if k in ex:
+                out[k] = np.asarray(ex[k], np.float32)
+    for side, a in (result.attention or {}).items():
+        out[f"attention_{side}"] = np.asarray(a, np.float32)
+    return out
+
+
 def export_params_npz(result: MeshResult, path: str | os.PathLike, include_mesh: bool = False,
                       person: Person | None = None) -> Path:
     """Write body parameters, joints and camera of one person to ``.npz`` (keys in the module doc).
@@ -203,10 +245,16 @@ def export_params_npz(result: MeshResult, path: str | os.PathLike, include_mesh:
         arrays[f"extra__{k}"] = a
     if result.keypoints2d is not None:
         arrays["keypoints2d"] = np.asarray(result.keypoints2d, np.float32)
+    arrays.update(_release_arrays(result))
     if person is not None:
         used = person.weights > 0
         arrays["input_keypoints"] = np.c_[person.keypoints[:, :2], used].astype(np.float32)
         arrays["input_joint_set"] = np.array(person.joint_set)
+    if getattr(result, "quality", None) is not None:
+        import json as _json
+
+        arrays["low_confidence"] = np.array(bool(result.quality.low_confidence))
+        arrays["quality"] = np.array(_json.dumps(result.quality.as_dict()))
     if include_mesh:
         arrays["vertices"] = np.asarray(result.vertices, np.float32)
         arrays["faces"] = np.asarray(result.faces, np.int32)

@@ -45,14 +45,23 @@ class VideoReader:
         import cv2
 
         self.path = Path(path)
+        from ..errors import describe_oserror
+
         try:
             st = self.path.stat()
         except FileNotFoundError:
             raise MediaError("no such file", self.path) from None
+        except OSError as e:  # a symbolic link loop (ELOOP), a permission problem on a folder (EACCES)...
+            raise MediaError(f"cannot access the file: {describe_oserror(e)}", self.path) from None
         if self.path.is_dir():
             raise MediaError("is a directory, not a video", self.path)
         if st.st_size == 0:
             raise MediaError("empty file (0 bytes)", self.path)
+        try:
+            with open(self.path, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            raise MediaError(f"cannot read the file: {describe_oserror(e)}", self.path) from None
         self._cv2 = cv2
         self._cap = self._open()
         w = int(self._cap.get(cv2.CAP_PROP_FRAME_WIDTH))

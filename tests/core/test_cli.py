@@ -55,9 +55,13 @@ def test_predict_with_keypoint_file_writes_meshes_that_reproject(tmp_path, media
                           "--format", "obj,npz", "--json"], capsys)
     assert rc == 0
     events = [json.loads(line) for line in stdout.splitlines()]
-    assert events[-1] == {"event": "finished", "files": 2}
+    assert events[-1]["event"] == "finished" and events[-1]["files"] == 2 and events[-1]["failed"] == []
     stem = Path(PHOTO).stem
-    assert sorted(p.name for p in out.iterdir()) == [f"{stem}_person00.npz", f"{stem}_person00.obj"]
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == sorted([
+        "dpmesh-run.json", f"{stem}_person00.npz", f"{stem}_person00.obj"])
+    manifest = json.loads((out / "dpmesh-run.json").read_text())
+    assert manifest["status"] == "complete"
+    assert manifest["inputs"][str(media_dir / PHOTO)]["files"] == [f"{stem}_person00.obj", f"{stem}_person00.npz"]
     import trimesh
 
     mesh = trimesh.load(out / f"{stem}_person00.obj", process=False)

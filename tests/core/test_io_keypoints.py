@@ -11,7 +11,7 @@ import pytest
 from dpmesh_core.errors import InputError, KeypointFileError
 from dpmesh_core.io import BODY25_TO_OPENPOSE18, read_keypoints, write_coco_keypoints, write_openpose
 from dpmesh_core.io.keypoints import detect_keypoint_format
-from dpmesh_core.types import Person
+from dpmesh_core.types import VISIBLE_THRESHOLD, Person
 
 REFERENCE = Path("/work/shared/reference/yolo11n_pose_detections.json")
 
@@ -78,7 +78,9 @@ def test_coco_results_and_alphapose(tmp_path):
     assert sorted(out) == [42, 43] and len(out[42]) == 2
     p = out[42][0]
     np.testing.assert_allclose(p.keypoints, kp1, rtol=1e-6)
-    assert not p.visible[4] and p.visible.sum() == 16 and p.score == pytest.approx(0.8)
+    # the one visibility rule of every source (types.is_visible): confidence > 0.5, as for the detectors
+    np.testing.assert_array_equal(p.visible, kp1[:, 2] > VISIBLE_THRESHOLD)
+    assert not p.visible[4] and p.score == pytest.approx(0.8)
     # box from the key-points when the file has none: covers every labelled point
     lab = kp1[kp1[:, 2] > 0, :2]
     assert (p.box[:2] <= lab.min(0)).all() and (p.box[2:] >= lab.max(0)).all()
@@ -107,7 +109,8 @@ def test_openpose_coco18_body25_and_folder(tmp_path):
     p = out[0][0]
     assert p.joint_set == "openpose18" and p.track_id == 4
     np.testing.assert_allclose(p.keypoints, k18, rtol=1e-6)
-    assert not p.visible[16] and p.visible.sum() == 17
+    assert not p.visible[16]
+    np.testing.assert_array_equal(p.visible, k18[:, 2] > VISIBLE_THRESHOLD)
 
     k25 = _kp(25, 6)
     out = read_keypoints(_write(tmp_path / "b25.json", _openpose([k25])))
@@ -157,13 +160,15 @@ def test_openpose_roundtrip_and_conversion(tmp_path):
     vis = np.ones(18, bool)
     vis[3] = False
     frames = {0: [Person(box=[0, 0, 300, 200], keypoints=k18, visible=vis, joint_set="openpose18", track_id=1)],
-              1: [Person(box=[0, 0, 300, 200], keypoints=_kp(17, 11))]}
+              # confidences above the visibility threshold: every joint visible, so all of them round-trip
+              1: [Person(box=[0, 0, 300, 200], keypoints=np.c_[_kp(17, 11)[:, :2], np.linspace(0.6, 1.0, 17)])]}
     files = write_openpose(tmp_path / "op", frames, stem="clip")
     assert [f.name for f in files] == ["clip_000000000000_keypoints.json", "clip_000000000001_keypoints.json"]
     back = read_keypoints(tmp_path / "op")
     p = back[0][0]
     np.testing.assert_allclose(p.keypoints[:, :2], k18[:, :2], atol=1e-3)
-    np.testing.assert_array_equal(p.visible, vis)  # occluded -> confidence 0 -> not visible
+    # occluded -> confidence 0 -> not visible; visible joints stay visible when their confidence is > 0.5
+    np.testing.assert_array_equal(p.visible, vis & (k18[:, 2] > VISIBLE_THRESHOLD))
     assert p.keypoints[3, 2] == 0 and p.track_id == 1
     c = back[1][0]  # COCO-17 converted to OpenPose-18: Neck = mean of the shoulders
     k17 = frames[1][0].keypoints
