@@ -20,7 +20,6 @@ import contextlib
 import io
 import logging
 import os
-import pickle
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, ModelFilesMissingError, UnsafeFileError
+from ..io.safe_pickle import RestrictedUnpickler, allow_any, numpy_global
 from . import joints as J
 from .base import BodyModel, BodyOutput
 
@@ -87,37 +87,21 @@ def _chumpy_class(name: str) -> type:
     return type(name, (_ChumpyStandIn,), {})
 
 
-_NUMPY_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"),
-}
 _SPARSE_CLASSES = ("csc_matrix", "csr_matrix", "coo_matrix")
-_SAFE_BUILTINS = {(m, n) for m in ("__builtin__", "builtins") for n in ("object", "set", "frozenset", "slice")} | {
-    ("copy_reg", "_reconstructor"), ("copyreg", "_reconstructor"), ("_codecs", "encode")}  # bytes in protocol 2
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Allows numpy arrays, scipy sparse matrices and chumpy objects (as stand-ins); refuses the rest."""
+def _smpl_global(module: str, name: str) -> Any:
+    """The SMPL pickle's allow-list beyond numpy: scipy sparse matrices, chumpy objects (as stand-ins)."""
+    if module.startswith("scipy.sparse") and name in _SPARSE_CLASSES:
+        import scipy.sparse
 
-    def __init__(self, file: Any, path: str):
-        super().__init__(file, encoding="latin1")
-        self._path = path
+        return getattr(scipy.sparse, name)
+    if module == "chumpy" or module.startswith("chumpy."):
+        return _chumpy_class(name)
+    return None
 
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _NUMPY_GLOBALS:
-            return super().find_class(module, name)
-        if (module, name) in _SAFE_BUILTINS:
-            return super().find_class(module, name)
-        if module.startswith("scipy.sparse") and name in _SPARSE_CLASSES:
-            import scipy.sparse
 
-            return getattr(scipy.sparse, name)
-        if module == "chumpy" or module.startswith("chumpy."):
-            return _chumpy_class(name)
-        raise UnsafeFileError(f"pickle asks for {module}.{name}, which is not allowed in a model file",
-                              path=self._path)
+_SMPL_ALLOW = allow_any(numpy_global, _smpl_global)
 
 
 def _chumpy_value(obj: _ChumpyStandIn, path: str) -> np.ndarray:
@@ -148,7 +132,8 @@ def _read_pickle(path: Path) -> dict:
     with open(path, "rb") as fh:
         data = fh.read()
     try:
-        obj = _RestrictedUnpickler(io.BytesIO(data), str(path)).load()
+        obj = RestrictedUnpickler(io.BytesIO(data), _SMPL_ALLOW, str(path), encoding="latin1",
+                                  what="a model file").load()
     except UnsafeFileError:
         raise
     except Exception as e:  # noqa: BLE001 - any unpickling failure means "not a SMPL pickle"

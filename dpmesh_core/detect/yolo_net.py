@@ -25,7 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import CheckpointMismatchError, InputError
+from ..errors import InputError
+from ..state_dict import check_state_dict
 from .yolo_weights import YoloCheckpoint, read_yolo_checkpoint
 
 log = logging.getLogger(__name__)
@@ -406,13 +407,7 @@ def build_from_checkpoint(ckpt: YoloCheckpoint) -> YoloPoseNet:
     cls_keys = sorted(k for k in state if k.endswith(".2.weight") and ".cv3.0." in k)
     nc = int(state[cls_keys[0]].shape[0]) if cls_keys else int(ckpt.yaml.get("nc", 1))
     net = YoloPoseNet(ckpt.yaml, nc=nc, strides=ckpt.stride)
-    own = net.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    bad = sorted(f"{k}: file {tuple(state[k].shape)} vs net {tuple(own[k].shape)}"
-                 for k in set(own) & set(state) if tuple(own[k].shape) != tuple(state[k].shape))
-    if missing or unexpected or bad:
-        raise CheckpointMismatchError(ckpt.path, missing, unexpected, bad, note="YOLO pose network")
+    check_state_dict(net, state, ckpt.path, note="YOLO pose network")
     net.load_state_dict(state, strict=True)
     return net.eval().requires_grad_(False)
 

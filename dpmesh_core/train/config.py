@@ -7,6 +7,7 @@ Example: ``dpmesh_core/data/configs/tiny_synthetic.yaml``.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -15,10 +16,21 @@ from ..config import from_dict, read_mapping
 from ..errors import ConfigError
 from ..model.config import NetworkConfig
 
+# the dataset kinds ``datasets.DATASETS`` registers (kept equal by a test; named here so that validating a
+# config does not import the datasets)
+DATASET_KINDS = ("dpmesh", "3dpw", "coco")
+
 
 @dataclass
-class SampleSettings:
-    """Crop and augmentation of training samples (see ``datasets.SampleConfig``; spec §5.2)."""
+class SampleConfig:
+    """How a person becomes a training sample: crop and augmentation (spec §5.2); a TrainConfig's
+    ``data.sample``, completed at run time (``train``, ``return_clean``) by ``loop.sample_config``.
+
+    input_size: crop side px (256); heatmap_size: input key-point grid (32); output_size: target grid (64).
+    train: enables the augmentations; test crops use ``test_box_scale`` and no augmentation.
+    bbox_3d_size: metres spanned by the 64 depth bins (2.0; spec §5.7). return_clean: also the NKR
+    teacher's clean inputs.
+    """
 
     input_size: int = 256
     box_pad: float = 1.2
@@ -34,6 +46,15 @@ class SampleSettings:
     posefix: bool = True
     joint_drop: float = 0.0
     bbox_3d_size: float = 2.0
+    heatmap_size: int = 32
+    output_size: int = 64
+    train: bool = True
+    return_clean: bool = False
+
+    @classmethod
+    def from_settings(cls, settings: SampleConfig, **runtime: Any) -> SampleConfig:
+        """``settings`` with the run-time fields (``train``, ...) set."""
+        return dataclasses.replace(settings, **runtime)
 
     def validate(self) -> None:
         for name in ("rotation_prob", "flip_prob", "occlusion_prob", "joint_drop"):
@@ -63,10 +84,9 @@ class DataSource:
     ratio: float = 1.0
 
     def validate(self) -> None:
-        from .datasets import DATASETS
-
-        if self.kind not in DATASETS:
-            raise ConfigError(f"unknown dataset kind {self.kind!r}; known: {', '.join(sorted(DATASETS))}", "kind")
+        if self.kind not in DATASET_KINDS:
+            raise ConfigError(f"unknown dataset kind {self.kind!r}; known: {', '.join(sorted(DATASET_KINDS))}",
+                              "kind")
         if not self.path:
             raise ConfigError("a data source needs a path", "path")
         if self.ratio < 0:
@@ -81,7 +101,7 @@ class DataConfig:
 
     train: list[DataSource] = field(default_factory=list)
     val: list[DataSource] = field(default_factory=list)
-    sample: SampleSettings = field(default_factory=SampleSettings)
+    sample: SampleConfig = field(default_factory=SampleConfig)
     epoch_length: int | None = None
     num_workers: int = 0
     val_max_samples: int | None = 256

@@ -37,7 +37,7 @@ import logging
 import os
 import pickle
 from collections.abc import Sequence
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,9 @@ import torch
 from ..body.joints import GRAPH15, SMPL30, convert, convert_visibility, mapping, num_joints
 from ..errors import InputError, MediaError, UnsafeFileError
 from ..geometry import apply_affine, crop_affine, dpmesh_focal, square_box
+from ..io.safe_pickle import RestrictedUnpickler, numpy_global
 from . import augment as aug
-from .config import SampleSettings
+from .config import SampleConfig  # noqa: F401 - re-exported (one class: config and samples)
 
 log = logging.getLogger(__name__)
 
@@ -240,28 +241,6 @@ def read_annotations(path: str | os.PathLike, stats: DatasetStats | None = None)
 
 
 # ----------------------------------------------------------------------------------------------- samples
-
-
-@dataclass
-class SampleConfig(SampleSettings):
-    """How a person becomes a training sample.
-
-    input_size: crop side px (256); heatmap_size: input key-point grid (32); output_size: target grid (64).
-    train: enables the augmentations below; test crops use ``test_box_scale`` and no augmentation.
-    bbox_3d_size: metres spanned by the 64 depth bins (2.0; spec §5.7).
-    """
-
-    heatmap_size: int = 32
-    output_size: int = 64
-    train: bool = True
-    return_clean: bool = False
-
-    @classmethod
-    def from_settings(cls, settings: SampleSettings, **runtime: Any) -> SampleConfig:
-        """The user-facing ``SampleSettings`` of a TrainConfig plus runtime fields (``train``, ...)."""
-        values = {f.name: getattr(settings, f.name) for f in fields(SampleSettings)}
-        values.update(runtime)
-        return cls(**values)
 
 
 class SampleBuilder:
@@ -519,35 +498,7 @@ class DPMeshAnnotations(PersonDataset):
 
 # -- 3DPW ----------------------------------------------------------------------------------------------
 
-_NUMPY_GLOBALS = {
-    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"), ("numpy", "dtype"), ("numpy.core.multiarray", "scalar"),
-    ("numpy._core.multiarray", "scalar"), ("numpy.core.numeric", "_frombuffer"),
-    ("numpy._core.numeric", "_frombuffer"), ("builtins", "set"), ("__builtin__", "set"),
-    ("builtins", "frozenset"), ("collections", "OrderedDict"), ("copy_reg", "_reconstructor"), ("_codecs", "encode"),
-    ("copyreg", "_reconstructor"), ("builtins", "object"), ("__builtin__", "object"),
-}
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    """Allows only numpy arrays/scalars/dtypes and plain containers; anything else → UnsafeFileError."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _NUMPY_GLOBALS:
-            if module == "__builtin__":
-                module = "builtins"
-            if module == "copy_reg":
-                module = "copyreg"
-            if module.startswith("numpy.core") or module.startswith("numpy._core"):
-                import importlib
-
-                for m in (module.replace("numpy.core", "numpy._core"), module):
-                    try:
-                        return getattr(importlib.import_module(m), name)
-                    except (ImportError, AttributeError):
-                        continue
-            return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+_PICKLE_ALLOW = numpy_global  # numpy arrays and the plain containers their pickles need
 
 
 def safe_load_pickle(path: str | os.PathLike) -> Any:
@@ -558,10 +509,10 @@ def safe_load_pickle(path: str | os.PathLike) -> Any:
     p = Path(path)
     try:
         with open(p, "rb") as f:
-            return _RestrictedUnpickler(f, encoding="latin1").load()
+            return RestrictedUnpickler(f, _PICKLE_ALLOW, str(p), encoding="latin1", what="a data file").load()
+    except UnsafeFileError:
+        raise
     except pickle.UnpicklingError as e:
-        if "is not allowed" in str(e):
-            raise UnsafeFileError(str(e), p) from e
         raise InputError(f"corrupt pickle: {e}", p) from e
     except (OSError, EOFError, ValueError, AttributeError, ImportError, IndexError, TypeError) as e:
         raise InputError(f"cannot read pickle: {e}", p) from e

@@ -52,7 +52,7 @@ def evaluate_network(
     Returns {"overall": {...}, "per_sequence": {...}, "num_samples", "skipped", "protocol"}; metric values
     in mm (see ``metrics.summarize``).
     """
-    from .loop import autocast_for
+    from ..devices import autocast_for
 
     device = torch.device(device)
     was_training = net.training
@@ -150,8 +150,9 @@ def evaluate(
     has a ``train_config.yaml``, else "smpl". Returns the ``evaluate_network`` dict plus "model", "data".
     """
     from ..body import load_body_model
+    from ..devices import resolve_device
     from ..model.network import load_network
-    from .loop import latest_checkpoint, resolve_device
+    from .run_dir import latest_checkpoint
 
     mp = Path(model)
     if (mp / "latest").is_file() or (mp / "checkpoints").is_dir():

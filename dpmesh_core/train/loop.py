@@ -27,7 +27,6 @@ import random
 import shutil
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -35,39 +34,20 @@ import numpy as np
 import torch
 
 from ..config import save_config, to_dict
+from ..devices import autocast_for, resolve_device, training_precision  # noqa: F401 - re-exported
 from ..errors import ConfigError, InputError
 from .config import TrainConfig
 from .datasets import MixedDataset, SampleConfig, build_dataset, collate
 from .losses import AutomaticWeightedLoss, combine, dpmesh_losses
 from .nkr import NKRLoss, freeze, make_teacher
+from .run_dir import STATE_NAME, latest_checkpoint, list_checkpoints  # noqa: F401 - re-exported
 
 log = logging.getLogger(__name__)
 
-STATE_NAME = "train_state.pt"
 TEACHER_NAME = "teacher.safetensors"
 
 
 # --------------------------------------------------------------------------------------------- helpers
-
-
-def resolve_device(name: str) -> torch.device:
-    """"auto" → CUDA when available, else CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(name)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("CUDA requested but not available", "device")
-    return dev
-
-
-def autocast_for(device: torch.device, precision: str):
-    """An autocast context for ``precision`` on ``device`` (nullcontext for fp32 / unsupported)."""
-    if precision == "fp32":
-        return nullcontext()
-    if precision == "fp16" and device.type != "cuda":
-        return nullcontext()
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 def sample_config(cfg: TrainConfig, train: bool) -> SampleConfig:
@@ -190,22 +170,6 @@ def build_network(cfg: TrainConfig, device: torch.device):
 
         load_into_network(net, cfg.model.pose_prior)
     return net.to(device), body
-
-
-def list_checkpoints(output_dir: str | os.PathLike) -> list[Path]:
-    d = Path(output_dir) / "checkpoints"
-    return sorted(p for p in d.glob("step_*") if (p / STATE_NAME).is_file()) if d.is_dir() else []
-
-
-def latest_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The newest complete checkpoint folder of a run, or None."""
-    ptr = Path(output_dir) / "latest"
-    if ptr.is_file():
-        p = Path(output_dir) / ptr.read_text(encoding="utf-8").strip()
-        if (p / STATE_NAME).is_file():
-            return p
-    ck = list_checkpoints(output_dir)
-    return ck[-1] if ck else None
 
 
 # ------------------------------------------------------------------------------------------------- train
