@@ -116,22 +116,41 @@ class KalmanBox:
 class _Track:
     track_id: int
     person: Person            # last observation
-    kf: KalmanBox
+    kf: KalmanBox             # motion of the skeleton's box
     frame: int                # frame number of the last observation
+    skeleton: np.ndarray      # (J, 2) where each joint is believed to be (hidden joints carried with the body)
+    seen: np.ndarray          # (J,) bool: joint ever observed
+    box: np.ndarray           # (4,) box of the skeleton at the last observation (the Kalman's measurement)
     age: int = 0              # updates since the last observation
     hits: int = 1
     history: list[int] = field(default_factory=list)  # frames it was observed in
 
-    def predicted_person(self) -> tuple[np.ndarray, np.ndarray]:
-        """(box, key-points) where the motion model expects the person now: the last key-points moved and
-        scaled with the predicted box."""
-        box = self.kf.box
-        last = self.person.box.astype(np.float64)
+    @property
+    def key(self) -> tuple[str, int]:
+        return self.person.joint_set, self.person.num_joints
+
+    def predicted(self, observed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """(box, (J, 3) key-points with confidence 1 where known) where the motion model expects the person
+        now (``observed``: where it was last seen). The skeleton is moved and scaled with the box."""
+        if observed:
+            return self.box.astype(np.float64), np.c_[self.skeleton, self.seen.astype(np.float64)]
+        box = self.kf.box.astype(np.float64)
+        last = self.box.astype(np.float64)
         c0, c1 = (last[:2] + last[2:]) / 2, (box[:2] + box[2:]) / 2
         s = (box[3] - box[1]) / max(last[3] - last[1], 1.0)
-        kp = self.person.keypoints.astype(np.float64).copy()
-        kp[:, :2] = (kp[:, :2] - c0) * s + c1
-        return box, kp
+        return box, np.c_[(self.skeleton - c0) * s + c1, self.seen.astype(np.float64)]
+
+
+def _usable(p: Person, kpt_conf: float) -> np.ndarray:
+    """(J,) joints of a detection that can be matched: visible, finite, confident."""
+    kp = p.keypoints
+    return p.visible & np.isfinite(kp).all(1) & (kp[:, 2] > kpt_conf)
+
+
+def _skeleton_box(skeleton: np.ndarray, seen: np.ndarray, fallback: np.ndarray) -> np.ndarray:
+    if int(seen.sum()) < 2:
+        return np.asarray(fallback, np.float64)
+    return Person.box_from_keypoints(np.c_[skeleton, np.ones(len(skeleton))], seen, pad=1.1).astype(np.float64)
 
 
 class Tracker:
@@ -141,11 +160,12 @@ class Tracker:
     iou_weight: weight of box IoU in the similarity (the rest goes to key-point OKS);
     min_similarity: smallest similarity accepted as a match; high_conf: detections scoring at least this
     take part in the first association, the others only in the second (ByteTrack); kpt_conf: key-point
-    confidence needed for a joint to count in OKS.
+    confidence needed for a joint to count in OKS; gap_widening: OKS's distance tolerance grows by this
+    fraction per frame a track has been lost (the prediction is less sure).
     """
 
     def __init__(self, max_age: int = 30, iou_weight: float = 0.5, min_similarity: float = 0.2,
-                 kpt_conf: float = 0.3, high_conf: float = 0.5):
+                 kpt_conf: float = 0.3, high_conf: float = 0.5, gap_widening: float = 0.3):
         if max_age < 0:
             raise ValueError("max_age must be >= 0")
         if not 0.0 <= iou_weight <= 1.0:
@@ -153,6 +173,7 @@ class Tracker:
         self.max_age, self.iou_weight = int(max_age), float(iou_weight)
         self.min_similarity, self.kpt_conf = float(min_similarity), float(kpt_conf)
         self.high_conf = float(high_conf)
+        self.gap_widening = float(gap_widening)
         self.reset()
 
     def reset(self) -> None:
@@ -173,36 +194,32 @@ class Tracker:
 
     # ------------------------------------------------------------------------------------------ similarity
 
-    def _sim_pair(self, box_t: np.ndarray, kp_t: np.ndarray, set_t: tuple, p: Person, iou: float) -> float:
-        same_set = set_t == (p.joint_set, p.num_joints)
-        if not same_set:
+    def _sim_pair(self, box_t: np.ndarray, kp_t: np.ndarray, set_t: tuple, p: Person, iou: float,
+                  widen: float = 1.0) -> float:
+        """``iou_weight`` IoU + the rest OKS over the joints known on both sides (the box alone when none);
+        ``widen`` scales OKS's tolerance (uncertainty after a gap)."""
+        if set_t != (p.joint_set, p.num_joints):
             return iou
-        shared = (kp_t[:, 2] > self.kpt_conf) & (p.keypoints[:, 2] > self.kpt_conf)
+        shared = (kp_t[:, 2] > self.kpt_conf) & _usable(p, self.kpt_conf)
         if not shared.any():
             return iou
-        area = float(np.prod(np.clip(box_t[2:] - box_t[:2], 1.0, None)))
-        return self.iou_weight * iou + (1 - self.iou_weight) * oks(kp_t, p.keypoints, area, self.kpt_conf)
+        area = float(np.prod(np.clip(box_t[2:] - box_t[:2], 1.0, None))) * widen ** 2
+        k = oks(np.c_[kp_t[:, :2], np.where(shared, 1.0, 0.0)], np.c_[p.keypoints[:, :2], np.where(shared, 1.0, 0.0)],
+                area, 0.5)
+        return self.iou_weight * iou + (1 - self.iou_weight) * k
 
     def _similarity(self, tracks: Sequence[_Track], persons: Sequence[Person], observed: bool) -> np.ndarray:
         """(T, P) similarity between tracks (at their predicted, or with ``observed`` their last observed,
         position) and persons."""
         if not tracks or not persons:
             return np.zeros((len(tracks), len(persons)))
-        boxes, kps = [], []
-        for t in tracks:
-            if observed:
-                boxes.append(t.person.box.astype(np.float64))
-                kps.append(t.person.keypoints)
-            else:
-                b, k = t.predicted_person()
-                boxes.append(b)
-                kps.append(k)
-        iou = box_iou(np.stack(boxes), np.stack([p.box for p in persons]))
+        pred = [t.predicted(observed) for t in tracks]
+        iou = box_iou(np.stack([b for b, _ in pred]), np.stack([p.box for p in persons]))
         sim = np.empty_like(iou)
         for i, t in enumerate(tracks):
-            key = (t.person.joint_set, t.person.num_joints)
+            widen = 1.0 + self.gap_widening * t.age
             for j, p in enumerate(persons):
-                sim[i, j] = self._sim_pair(boxes[i], kps[i], key, p, float(iou[i, j]))
+                sim[i, j] = self._sim_pair(pred[i][0], pred[i][1], t.key, p, float(iou[i, j]), widen)
         return sim
 
     def similarity(self, tracked: Sequence[Person], persons: Sequence[Person]) -> np.ndarray:
@@ -230,18 +247,41 @@ class Tracker:
 
     # ------------------------------------------------------------------------------------------ update
 
+    def _new_track(self, tid: int, p: Person, frame: int, hits: int = 1) -> _Track:
+        seen = _usable(p, self.kpt_conf)
+        skel = np.where(seen[:, None], p.keypoints[:, :2], 0.0).astype(np.float64)
+        box = _skeleton_box(skel, seen, p.box)
+        return _Track(tid, p, KalmanBox(box), frame, skel, seen, box, hits=hits,
+                      history=[frame] if hits else [])
+
     def _observe(self, t: _Track, p: Person, frame: int) -> None:
+        vis = _usable(p, self.kpt_conf)
+        if t.key == (p.joint_set, p.num_joints):
+            common = vis & t.seen
+            if common.any():  # the body's motion from the joints seen both times (robust to partial views)
+                shift = np.median(p.keypoints[common, :2] - t.skeleton[common], axis=0)
+            else:
+                _, kp = t.predicted()
+                shift = (kp[:, :2] - t.skeleton).mean(0) if len(kp) else np.zeros(2)
+            skel = t.skeleton + shift
+            skel[vis] = p.keypoints[vis, :2]
+            t.skeleton, t.seen = skel, t.seen | vis
+        else:  # another joint set: start the skeleton again
+            t.skeleton = np.where(vis[:, None], p.keypoints[:, :2], 0.0).astype(np.float64)
+            t.seen = vis
+        box = _skeleton_box(t.skeleton, t.seen, p.box)
         if t.age > 0:  # OC-SORT observation-centric re-update: a straight path through the gap
             gap = t.age + 1
-            b0, b1 = t.person.box.astype(np.float64), p.box.astype(np.float64)
+            b0 = t.box.astype(np.float64)
             kf = KalmanBox(b0)
-            kf.x[4:6] = (KalmanBox.measure(b1)[:2] - KalmanBox.measure(b0)[:2]) / gap
+            kf.x[4:6] = (KalmanBox.measure(box)[:2] - KalmanBox.measure(b0)[:2]) / gap
             for k in range(1, gap + 1):
                 kf.predict()
-                kf.update(b0 + (b1 - b0) * k / gap)
+                kf.update(b0 + (box - b0) * k / gap)
             t.kf = kf
         else:
-            t.kf.update(p.box)
+            t.kf.update(box)
+        t.box = box
         t.person, t.age, t.hits, t.frame = p, 0, t.hits + 1, frame
         t.history.append(frame)
 
@@ -268,7 +308,7 @@ class Tracker:
             if tid in by_id and by_id[tid] not in assigned.values():
                 assigned[j] = by_id[tid]
             elif tid not in by_id:
-                self._tracks.append(_Track(tid, p, KalmanBox(p.box), frame, age=0, hits=0))
+                self._tracks.append(self._new_track(tid, p, frame, hits=0))
                 by_id[tid] = len(self._tracks) - 1
                 assigned[j] = by_id[tid]
             self._next_id = max(self._next_id, tid + 1)
@@ -303,7 +343,7 @@ class Tracker:
             else:
                 tid = self._next_id
                 self._next_id += 1
-                self._tracks.append(_Track(tid, p, KalmanBox(p.box), frame, history=[frame]))
+                self._tracks.append(self._new_track(tid, p, frame))
             out.append(p if p.track_id == tid else dataclasses.replace(p, track_id=tid))
         self._tracks = [t for t in self._tracks if t.age <= self.max_age]
         return out

@@ -1,7 +1,7 @@
 """Offline temporal smoothing of per-frame fitted bodies (video).
 
 ``smooth_sequence`` groups results into tracks (by ``track_id``, else by slot index), Gaussian-filters
-their parameters over time — rotations (global orientation and, for axis-angle body poses, every joint
+(local-linear at the ends of a run, so steady motion is not dragged) their parameters over time — rotations (global orientation and, for axis-angle body poses, every joint
 rotation) as averaged rotation matrices projected back onto SO(3), shape and translation linearly — and
 re-evaluates the body model so vertices, joints and re-projections match the smoothed parameters.
 A track is smoothed only within a run of consecutive frames where it is present: a gap (the person
@@ -31,12 +31,21 @@ def _project_so3(M: np.ndarray) -> np.ndarray:
 
 
 def gaussian_smooth(values: np.ndarray, frames: np.ndarray, sigma: float) -> np.ndarray:
-    """Gaussian filter of (T, ...) ``values`` sampled at integer ``frames`` (T,) with ``sigma`` frames."""
+    """Gaussian-weighted local-linear filter of (T, ...) ``values`` sampled at integer ``frames`` (T,) with
+    ``sigma`` frames (the kernel cut at 3 sigma).
+
+    Where the window is symmetric this is the plain Gaussian average; at the ends of a run (the start of a
+    video, before or after a gap) a plain average would drag a moving person back toward where it is going
+    to be (a one-sided window), so the value of a weighted straight-line fit is taken instead: steady motion
+    passes unchanged, only jitter is removed."""
     if sigma <= 0 or len(frames) < 2:
         return values.copy()
-    d = frames[:, None].astype(np.float64) - frames[None, :]
-    k = np.exp(-0.5 * (d / sigma) ** 2) * (np.abs(d) <= 3 * sigma)
-    k /= k.sum(1, keepdims=True)
+    d = frames[None, :].astype(np.float64) - frames[:, None]  # d[i, j]: offset of sample j from target i
+    w = np.exp(-0.5 * (d / sigma) ** 2) * (np.abs(d) <= 3 * sigma)
+    s0, s1, s2 = w.sum(1, keepdims=True), (w * d).sum(1, keepdims=True), (w * d * d).sum(1, keepdims=True)
+    det = s0 * s2 - s1 * s1
+    ok = det > 1e-9 * np.maximum(s0 * s2, 1e-30)
+    k = np.where(ok, w * (s2 - d * s1) / np.where(ok, det, 1.0), w / s0)
     return np.tensordot(k, values.astype(np.float64), axes=(1, 0))
 
 

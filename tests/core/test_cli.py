@@ -146,23 +146,6 @@ def test_console_script_entry_point():
     assert r.returncode == 0 and "dpmesh" in r.stdout
 
 
-def test_predict_video_names_files_per_frame_and_tracks(tmp_path, media_dir, capsys):
-    out = tmp_path / "out"
-    rc, stdout, _ = _run(["predict", str(media_dir / "street.avi"), "-o", str(out), "--max-frames", "2",
-                          "--stride", "3", "--json"], capsys)
-    assert rc == 0
-    events = [json.loads(x) for x in stdout.splitlines()]
-    frames = [e for e in events if e["event"] == "frame"]
-    assert [e["frame"] for e in frames] == [0, 3]
-    assert all(e["meshes"] >= 1 for e in frames)
-    names = sorted(p.name for p in out.glob("*.obj"))
-    # named by track, as the frame events say
-    expected = sorted(f"street_f{e['frame']:06d}_track{q['track_id']:03d}.obj" for e in frames for q in e["people"]
-                      if q["mesh"])
-    assert names == expected and len(names) == sum(e["meshes"] for e in frames)
-    assert not any("_person" in n for n in names)
-
-
 def test_predict_video_smooths_each_track_over_time(tmp_path, media_dir, capsys):
     """Gaussian smoothing of each track (default σ 1.5 frames, written with a lag) makes the bodies' motion
     steadier than warm starts alone (--smooth-sigma 0), with the same files."""

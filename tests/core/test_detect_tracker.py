@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -103,3 +105,70 @@ def test_street_video_ids_persist(media_dir):
         prev = {p.track_id: p.box for p in out}
     # after the first frame almost every person continues the track it had in the frame before
     assert kept / total > 0.8, (kept, total)
+
+
+def _walker(cx: float, cy: float, rng: np.random.Generator, size: float = 100.0) -> Person:
+    return _person(cx, cy, rng, size)
+
+
+def test_occluded_walker_is_found_again_after_six_frames():
+    """A person walking 15 px a frame (boxes 100 px wide) is hidden for 6 frames: on coming out 105 px from
+    where it was last seen, the motion model still expects it there and it keeps its id; another person
+    standing nearby does not take it."""
+    rng = np.random.default_rng(4)
+    walker, stander = _walker(100, 200, rng), _person(420, 200, rng)
+    tr = Tracker()
+    for _ in range(8):
+        out = tr.update([walker, stander])
+        assert [p.track_id for p in out] == [0, 1]
+        walker = _moved(walker, 15, 0)
+    for _ in range(6):  # hidden
+        assert [p.track_id for p in tr.update([stander])] == [1]
+        assert tr.lost_ids == [0]
+        walker = _moved(walker, 15, 0)
+    for t in range(4):
+        out = tr.update([stander, walker])
+        assert [p.track_id for p in out] == [1, 0], t
+        walker = _moved(walker, 15, 0)
+
+
+def test_crossing_with_the_back_person_hidden_keeps_both_ids():
+    """Two people walk toward each other and cross; while they overlap most the one behind is not detected
+    at all (5 frames, 70 px of walking). Both keep their ids on the other side."""
+    rng = np.random.default_rng(6)
+    a, b = _walker(60, 200, rng), _walker(480, 200, rng, size=110)
+    tr = Tracker()
+    seen: dict[str, set] = {"a": set(), "b": set()}
+    hidden_frames = 0
+    for t in range(30):
+        hidden = abs(float(a.box[0] + a.box[2] - b.box[0] - b.box[2])) / 2 < 70  # a is behind b
+        hidden_frames += hidden
+        persons = [b] if hidden else ([b, a] if t % 2 else [a, b])
+        out = tr.update(persons)
+        for p, q in zip(persons, out):
+            seen["a" if p is a else "b"].add(q.track_id)
+        a, b = _moved(a, 14, 0), _moved(b, -14, 0)
+    assert hidden_frames == 5 and float(a.box[0]) > float(b.box[2])  # they did cross
+    assert seen == {"a": {0}, "b": {1}}
+
+
+def test_ids_are_never_reused_and_given_ids_are_kept():
+    rng = np.random.default_rng(7)
+    a, b = _person(100, 200, rng), _person(500, 200, rng)
+    tr = Tracker(max_age=1)
+    # a person that already carries an id (a user's edit, a key-point file) keeps it and reserves it
+    out = tr.update([dataclasses.replace(a, track_id=7), b])
+    assert [p.track_id for p in out] == [7, 8]
+    out = tr.update([a, b])  # the same people, now without ids: matched to their tracks
+    assert [p.track_id for p in out] == [7, 8]
+    for _ in range(3):
+        tr.update([a])  # b lost for longer than max_age: dropped
+    assert tr.active_ids == [7]
+    out = tr.update([a, b])
+    assert [p.track_id for p in out] == [7, 9]  # b is a new person now: a new id, never 8 again
+    # a user's person on a known id moves that track there; a second person with that id is not merged
+    moved = _moved(a, 300, 100)
+    out = tr.update([dataclasses.replace(moved, track_id=7), b])
+    assert [p.track_id for p in out] == [7, 9]
+    out = tr.update([_moved(moved, 2, 0), b])
+    assert [p.track_id for p in out] == [7, 9]
