@@ -186,7 +186,23 @@ def cmd_predict(args: argparse.Namespace) -> int:
         rig_influences=args.rig_influences,
         estimator_kwargs=_dpmesh_kwargs(args) if args.estimator == "dpmesh" else {},
     )
-    _run_events(api.predict(args.input, args.output, opts), args.json, lambda ev: ev["input"].split("/")[-1])
+    if args.manifest or args.shard or args.workers != 1 or args.devices or args.ray:
+        from . import batch
+
+        shard = batch.parse_shard(args.shard) if args.shard else None
+        runner = None
+        if args.ray:
+            from . import ray_predict
+
+            runner = ray_predict.runner(address=args.ray_address, num_gpus=args.ray_gpus)
+        events = batch.predict_batch(args.input, args.output, opts, shard=shard, workers=args.workers,
+                                     devices=batch.parse_devices(args.devices), input_list=args.manifest,
+                                     runner=runner)
+    elif args.input is None:
+        raise InputError("give an input (an image, a video or a folder) or --manifest FILE")
+    else:
+        events = api.predict(args.input, args.output, opts)
+    _run_events(events, args.json, lambda ev: ev["input"].split("/")[-1])
     return 0
 
 
@@ -319,7 +335,7 @@ output folder: dpmesh-run.json records inputs, options, versions and each input'
   Each input succeeds or fails as a whole; a batch goes on past a bad input and lists every failure.
 exit codes:
 {codes}""")
-    pr.add_argument("input", help="an image, a video, or a folder of them")
+    pr.add_argument("input", nargs="?", help="an image, a video, or a folder of them (or --manifest FILE)")
     pr.add_argument("-o", "--output", required=True, help="output folder (created if needed)")
     pr.add_argument("--keypoints", help="use key-points from this file (COCO / OpenPose / AlphaPose / mmpose JSON) "
                                         "instead of detecting")
@@ -373,6 +389,19 @@ exit codes:
     pr.add_argument("--max-frames", type=int, help="video: stop after this many frames")
     pr.add_argument("--stride", type=int, default=1, help="video: take every n-th frame")
     pr.add_argument("--json", action="store_true", help="JSON-lines events on stdout")
+    sc = pr.add_argument_group("scaling out (dpmesh_core.batch; same outputs and run manifest as a plain run)")
+    sc.add_argument("--manifest", metavar="FILE",
+                    help="the inputs listed in FILE (one path per line, or a dpmesh-run.json's inputs)")
+    sc.add_argument("--shard", metavar="I/N", help="only shard I of N of the sorted inputs (a video is one "
+                    "input); shards may write one output folder at the same time (Slurm arrays, k8s Jobs)")
+    sc.add_argument("--workers", type=int, default=1, metavar="K",
+                    help="K processes on this machine, each with its own models (default 1)")
+    sc.add_argument("--devices", metavar="LIST", help="pin the workers round-robin to these devices, e.g. "
+                    "cuda:0,cuda:1 (default: --device; on the CPU the threads are shared out)")
+    sc.add_argument("--ray", action="store_true",
+                    help="run on Ray Data (pip install 'dpmesh-studio[ray]'): a stateful actor pool of K workers")
+    sc.add_argument("--ray-address", metavar="ADDR", help="Ray cluster address (default: a local Ray)")
+    sc.add_argument("--ray-gpus", type=float, default=0.0, metavar="G", help="GPUs per Ray actor (default 0)")
     pr.set_defaults(func=cmd_predict)
 
     dr = sub.add_parser("doctor", help="what is installed and what is missing")

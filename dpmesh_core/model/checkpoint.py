@@ -808,18 +808,26 @@ def save_smpl_to_cache(smpl: Mapping[str, np.ndarray]) -> Path:
     return out
 
 
-def convert_official(src: str | os.PathLike, out_dir: str | os.PathLike, *, preset_name: str = "sd15",
-                     merge_lora: bool = False) -> Path:
+def convert_official(src: str | os.PathLike, out_dir: str | os.PathLike, *, preset_name: str | None = None,
+                     merge_lora: bool = False, ldm_config: str | os.PathLike | Mapping | None = None) -> Path:
     """Convert an official ``*_best_ckpt.pth.tar`` once into our format (``config.json`` +
     ``model.safetensors`` via ``network.save_network``) so later loads are memory-mapped and fast.
 
-    The SMPL buffers are NOT written to ``out_dir``; they go to the user's cache (see
-    :func:`save_smpl_to_cache`). Returns ``out_dir``.
+    The architecture is read from the file (:func:`infer_network_config`), with ``ldm_config`` (the release's
+    ``cldm_v15.yaml`` or a mapping laid out like it) for what shapes cannot tell; ``preset_name`` forces a
+    named preset instead. The file is read and checked before any network is built. The SMPL buffers are NOT
+    written to ``out_dir``; they go to the user's cache (see :func:`save_smpl_to_cache`). Returns ``out_dir``.
     """
     from . import network as network_mod
     from .config import preset
 
-    net, res = load_official_network(src, preset(preset_name), merge_lora=merge_lora)
+    state = read_state_dict(src)
+    if preset_name:
+        cfg = preset(preset_name)
+    else:
+        ldm = read_ldm_config(ldm_config) if isinstance(ldm_config, (str, os.PathLike)) else ldm_config
+        cfg = infer_network_config(state, ldm, src)
+    net, res = load_official_network(src, cfg, merge_lora=merge_lora, state=state)
     out = Path(out_dir)
     network_mod.save_network(net, out)
     if res.smpl:
