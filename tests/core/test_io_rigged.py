@@ -401,9 +401,10 @@ def test_predict_photo_rigged_glb_matches_the_obj_and_bvh_its_joints(tmp_path, m
     ev = _cli(["predict", str(media_dir / PHOTO), "-o", str(out), "--keypoints", str(kp), "--format",
                "obj,rigged-glb,bvh", "--rig-names", "mixamo"], capsys)
     stem = Path(PHOTO).stem
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{stem}_person00.obj", f"{stem}_person00_rigged.glb", f"{stem}_person00.bvh"])
-    assert ev[-1]["files"] == 3
+    mine = sorted([f"{stem}_person00.obj", f"{stem}_person00_rigged.glb", f"{stem}_person00.bvh"])
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(stem)) == mine
+    done = next(e for e in ev if e["event"] == "done")
+    assert sorted(Path(f).name for f in done["files"]) == mine
     obj = trimesh.load(out / f"{stem}_person00.obj", process=False)
     got = reskin_glb(out / f"{stem}_person00_rigged.glb")
     err = np.linalg.norm(got["vertices"] - np.asarray(obj.vertices) * F, axis=1).max() * 1000
@@ -420,15 +421,15 @@ def test_predict_photo_rigged_glb_matches_the_obj_and_bvh_its_joints(tmp_path, m
 
 
 def test_predict_video_writes_one_animated_glb_and_bvh_per_track(tmp_path, media_dir, capsys):
-    """street.avi, 4 processed frames (stride 2): per track one GLB whose keyframes re-skin to the track's
+    """street.avi, 3 processed frames (stride 2): per track one GLB whose keyframes re-skin to the track's
     smoothed per-frame meshes (within the shape averaging over the track) and one BVH at the video's rate."""
     import trimesh
 
     out = tmp_path / "out"
-    ev = _cli(["predict", str(media_dir / "street.avi"), "-o", str(out), "--max-frames", "4", "--stride", "2",
+    ev = _cli(["predict", str(media_dir / "street.avi"), "-o", str(out), "--max-frames", "3", "--stride", "2",
                "--format", "obj,rigged-glb,bvh"], capsys)
     tracks = next(e for e in ev if e["event"] == "tracks")["tracks"]
-    full = [t for t in tracks if t["meshes"] == 4]
+    full = [t for t in tracks if t["meshes"] == 3]
     assert full, tracks
     glbs = sorted(out.glob("*_rigged.glb"))
     assert {p.name for p in glbs} == {f"street_track{t['id']:03d}_rigged.glb" for t in tracks if t["meshes"]}
@@ -436,9 +437,9 @@ def test_predict_video_writes_one_animated_glb_and_bvh_per_track(tmp_path, media
     t = full[0]
     glb = out / f"street_track{t['id']:03d}_rigged.glb"
     meta = reskin_glb(glb)["gltf"].scenes[0].extras["dpmesh"]
-    assert meta["first_frame"] == 0 and meta["last_frame"] == 6 and meta["frames"] == 4
+    assert meta["first_frame"] == 0 and meta["last_frame"] == 4 and meta["frames"] == 3
     errs = []
-    for k, fr in enumerate((0, 2, 4, 6)):
+    for k, fr in enumerate((0, 2, 4)):
         obj = trimesh.load(out / f"street_f{fr:06d}_track{t['id']:03d}.obj", process=False)
         errs.append(np.linalg.norm(reskin_glb(glb, k)["vertices"] - np.asarray(obj.vertices) * F, axis=1))
     errs = np.concatenate(errs) * 1000
@@ -447,7 +448,7 @@ def test_predict_video_writes_one_animated_glb_and_bvh_per_track(tmp_path, media
     assert errs.max() <= 10.0
     bvh = (out / f"street_track{t['id']:03d}.bvh").read_text()
     fps = float(cv2_fps(media_dir / "street.avi"))
-    assert f"Frames: 4\nFrame Time: {2 / fps:.8f}" in bvh
+    assert f"Frames: 3\nFrame Time: {2 / fps:.8f}" in bvh
     validate(glbs)
 
 
