@@ -225,6 +225,12 @@ class TrainConfig:
     fp32 is used where the device lacks support). max_steps: optimisation steps. log_every / eval_every /
     checkpoint_every: in steps (0 = never; a checkpoint is always written at the end). keep_checkpoints:
     how many step checkpoints to keep. heatmap_dropout: random heatmap drop inside the network (0.1).
+
+    Several processes (``dpmesh train --num-processes N``, ``accelerate launch``, ``torchrun``, ``srun``; see
+    ``loop.train``): ``batch_size`` is per process and per micro-batch; ``grad_accum`` micro-batches make one
+    optimisation step, so the global batch is batch_size × processes × grad_accum.
+    ``find_unused_parameters``: DDP's detection of trainable parameters that get no gradient (None = decided
+    at start-up by one probe forward/backward on a real sample; true/false force it).
     """
 
     output_dir: str = "runs/train"
@@ -238,6 +244,8 @@ class TrainConfig:
     checkpoint_every: int = 500
     keep_checkpoints: int = 3
     heatmap_dropout: float = 0.1
+    grad_accum: int = 1
+    find_unused_parameters: bool | None = None
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelSettings = field(default_factory=ModelSettings)
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -253,6 +261,8 @@ class TrainConfig:
         for name in ("log_every", "eval_every", "checkpoint_every"):
             if getattr(self, name) < 0:
                 raise ConfigError("must be ≥ 0", name)
+        if self.grad_accum < 1:
+            raise ConfigError("must be ≥ 1", "grad_accum")
         if self.keep_checkpoints < 1:
             raise ConfigError("must be ≥ 1", "keep_checkpoints")
         if not 0.0 <= self.heatmap_dropout < 1.0:
