@@ -210,12 +210,16 @@ def estimate(
     camera: Camera | None = None,
     previous: Sequence[MeshResult | None] | None = None,
 ) -> list[MeshResult | EstimationError]:
-    """One ``MeshResult`` (or the person's ``EstimationError``) per person, in order."""
+    """One ``MeshResult`` (or the person's ``EstimationError``) per person, in order; every result carries its
+    quality record (``MeshResult.quality``, ``low_confidence``: see ``types.Quality``)."""
+    from .quality import with_quality
+
     est = estimator if estimator is not None else make_estimator("fit")
     if camera is None:
         h, w = image.shape[:2]
         camera = Camera.default_for(w, h)
-    return list(est.estimate(image, list(persons), camera=camera, previous=previous))
+    persons = list(persons)
+    return with_quality(est.estimate(image, persons, camera=camera, previous=previous), persons)
 
 
 def restore_results(
@@ -263,10 +267,13 @@ def restore_results(
                                              [persons[i] for i in idx])
         except DPMeshError:
             continue
+        from .quality import assess
+
         for i, r in zip(idx, res):
             sm = summaries[i]
             out[i] = dataclasses.replace(r, estimator=str(sm.get("estimator") or r.estimator),
-                                         loss=sm.get("loss"), track_id=sm.get("track_id", r.track_id))
+                                         loss=sm.get("loss"), track_id=sm.get("track_id", r.track_id),
+                                         quality=assess(persons[i], r))
     return out
 
 
@@ -426,12 +433,17 @@ def _media_access_error(p: Path, e: OSError) -> MediaError:
     return MediaError(describe_oserror(e), p)
 
 
-def list_inputs(path: str | os.PathLike) -> list[Path]:
+def list_inputs(path: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
     """The media files a path stands for: the file itself, or the images and videos in a folder (sorted,
-    not recursive). A missing path, a symbolic link loop (ELOOP) or an unreadable folder (EACCES) raises
-    ``MediaError`` naming the path and the cause."""
+    not recursive); a list of paths stands for those files (shards and workers of ``dpmesh_core.batch``).
+    A missing path, a symbolic link loop (ELOOP) or an unreadable folder (EACCES) raises ``MediaError``
+    naming the path and the cause."""
     from .io.images import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
 
+    if isinstance(path, (list, tuple)):
+        if not path:
+            raise MediaError("no input given")
+        return [Path(q) for q in path]
     p = Path(path)
     try:
         st = os.stat(p)
@@ -639,7 +651,8 @@ def _write_frame_outputs(
 
 
 def predict(
-    path: str | os.PathLike, out_dir: str | os.PathLike, options: PredictOptions | None = None
+    path: str | os.PathLike | Sequence[str | os.PathLike], out_dir: str | os.PathLike,
+    options: PredictOptions | None = None, *, models: tuple[Any, Any] | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Detect (or read) persons and recover a mesh for each, for an image, a video or a folder of them.
 
@@ -653,6 +666,9 @@ def predict(
     frames' files are kept; the input counts as failed). ``{"event": "warning", "message"}`` reports refused or
     merged persons and stale staging folders removed; ``{"event": "skipped", "input"}`` an input ``resume``
     found complete.
+
+    ``path`` may also be a list of media paths; ``models``: a (detector, estimator) pair from ``build_models``
+    with the same options, reused instead of loading them (``dpmesh_core.batch`` / Ray actors).
 
     Batch safety (issue 12):
 
@@ -750,7 +766,7 @@ def predict(
             yield _error_event(p, e)
         try:
             total_files, complete, skipped = yield from _run_inputs(
-                todo, out, opts, kp_table, tables, manifest, failures, old_files)
+                todo, out, opts, kp_table, tables, manifest, failures, old_files, models)
         except (KeyboardInterrupt, GeneratorExit):
             with contextlib.suppress(DPMeshError):
                 manifest.finish("interrupted")
@@ -763,21 +779,30 @@ def predict(
         raise BatchError(failures)
 
 
-def _run_inputs(todo: list[Path], out: Path, opts: PredictOptions, kp_table: Any, tables: dict, manifest: Any,
-                failures: dict[str, DPMeshError], old_files: dict[str, list[str]]):
-    """Load the models, then run each input as a whole (see ``predict``); returns (files, complete, skipped)."""
-    from .errors import OutputError, TruncatedMediaError
-    from .io.run_manifest import STAGING_PREFIX
-
-    # 3. models (slow), only now
+def build_models(opts: PredictOptions, detect: bool = True) -> tuple[Any, Any]:
+    """The (detector, estimator) ``predict`` runs with ``opts`` (detector None when ``detect`` is False);
+    build them once and pass ``predict(..., models=...)`` to reuse them over several calls (Ray actors)."""
     detector = None
-    if kp_table is None:
+    if detect:
         detector = _LimitedDetector(__getattr__("get_detector")(opts.detector, conf=opts.conf,
                                                                 **opts.detector_options), opts.max_persons)
     estimator = _QualityEstimator(make_estimator(
         opts.estimator, model_path=opts.model_path, body_model=opts.body_model, device=opts.device,
         refine=opts.refine, progress=opts.progress, **opts.estimator_kwargs,
     ))
+    return detector, estimator
+
+
+def _run_inputs(todo: list[Path], out: Path, opts: PredictOptions, kp_table: Any, tables: dict, manifest: Any,
+                failures: dict[str, DPMeshError], old_files: dict[str, list[str]], models: tuple | None = None):
+    """Load the models, then run each input as a whole (see ``predict``); returns (files, complete, skipped)."""
+    from .errors import OutputError, TruncatedMediaError
+    from .io.run_manifest import STAGING_PREFIX
+
+    # 3. models (slow), only now (or the caller's, built by ``build_models`` with the same options)
+    detector, estimator = models if models is not None else build_models(opts, detect=kp_table is None)
+    if kp_table is None and detector is None:
+        detector = build_models(opts)[0]
     # 4. each input as a whole
     total_files = complete = skipped = 0
     open_media = __getattr__("open_media")
