@@ -460,3 +460,26 @@ def cv2_fps(path: Path) -> float:
         return cap.get(cv2.CAP_PROP_FPS)
     finally:
         cap.release()
+
+
+def test_api_export_rigged_for_the_export_dialog(smpl, tmp_path):
+    """``api.export_rigged``: an image's results → one file per person; (frame, result) pairs of a video → one
+    animated file per track; SMPL bones renamed for CMU; bad formats refused."""
+    from dpmesh_core import api
+
+    ps = _smpl_params(3, seed=6)
+    files = api.export_rigged([_result(smpl, ps[0]), _result(smpl, ps[1])], tmp_path / "img", "shot",
+                              rig_names="cmu")
+    assert [f.name for f in files] == ["shot_person00_rigged.glb", "shot_person00.bvh", "shot_person01_rigged.glb",
+                                       "shot_person01.bvh"]
+    got = reskin_glb(files[0])
+    verts, _ = _forward(smpl, ps[:1])
+    assert np.linalg.norm(got["vertices"] - verts[0] * F, axis=1).max() * 1000 <= 1.0  # correctives baked
+    assert "LeftUpLeg" in got["names"] and "Hips" in got["names"]
+    pairs = [(f, _result(smpl, p, track_id=5)) for f, p in zip((3, 4, 5), ps)]
+    (glb,) = api.export_rigged(pairs, tmp_path / "vid", "clip", formats=("rigged-glb",), fps=30.0)
+    assert glb.name == "clip_track005_rigged.glb"
+    assert len(reskin_glb(glb)["gltf"].animations) == 1
+    with pytest.raises(InputError, match="rigged format"):
+        api.export_rigged(pairs, tmp_path / "x", "clip", formats=("fbx",))
+    validate([files[0], files[2], glb])
