@@ -195,13 +195,14 @@ def test_anny_glb_reskinned_from_the_file_reproduces_our_vertices(anny, tmp_path
         paths.append(p)
         got = reskin_glb(p)
         err = np.linalg.norm(got["vertices"] - verts[0] * F, axis=1) * 1000
-        print(f"Anny GLB, {k} influences: re-skinned vs body model max {err.max():.4f} mm, mean {err.mean():.5f} mm")
+        print(f"Anny GLB, {k} influences: re-skinned vs body model max {err.max():.4f} mm, mean {err.mean():.5f} mm, "
+              f"{(err > 1).mean():.1%} of the vertices > 1 mm")
         np.testing.assert_allclose(got["weight_sums"], 1.0, atol=1e-6)
         assert got["sets"] == k // 4
         if k == 8:
             assert err.max() <= 1.0
         else:
-            assert err.mean() <= 1.0  # 455 of 13,718 vertices move > 1 mm (max ~2 cm, face and hands)
+            assert err.mean() <= 1.0  # dropping Anny's 5th-9th influences moves a few % of the vertices > 1 mm
         assert got["names"] == list(anny.bone_labels) and len(got["names"]) == 104
         heads = np.stack([got["heads"][ANNY_SMPL24_BONES[n]] for n in J.SMPL24])
         assert np.abs(heads - joints[0] * F).max() * 1000 <= 1.0  # joints sit on our joints
