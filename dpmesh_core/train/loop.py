@@ -363,11 +363,13 @@ def train(config: TrainConfig, resume: bool = False) -> Iterator[dict[str, Any]]
     events = None
     try:
         n_proc, rank, main = state.num_processes, state.process_index, state.is_main_process
+        sharded = [k for k in ("FSDP", "DEEPSPEED", "MEGATRON_LM")
+                   if os.environ.get(f"ACCELERATE_USE_{k}", "false").lower() == "true"]
+        if sharded:  # set by `accelerate launch` from a config file
+            raise ConfigError(f"{sharded[0]} is not supported by dpmesh train yet; use data parallel (multi_gpu) "
+                              "in the accelerate config", "distributed_type")
         if n_proc > 1:
             device = state.device  # one device per process (cuda:LOCAL_RANK, or the CPU)
-            if state.distributed_type.value in ("FSDP", "DEEPSPEED", "MEGATRON_LM"):
-                raise ConfigError(f"{state.distributed_type.value} is not supported by dpmesh train yet; use data "
-                                  "parallel (multi_gpu) in the accelerate config", "distributed_type")
         if not main:  # only the main process writes logs
             logging.getLogger("dpmesh_core").setLevel(logging.ERROR)
         if main:

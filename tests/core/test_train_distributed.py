@@ -174,3 +174,11 @@ def test_launch_helpers():
     cmd = accelerate_command(argv, None, "acc.yaml", None, cuda=True)
     assert "--multi_gpu" not in cmd and "--mixed_precision" not in cmd and cmd[cmd.index("--config_file") + 1] == \
         "acc.yaml"
+
+
+def test_sharded_strategies_from_an_accelerate_config_are_refused(ann, tmp_path, monkeypatch):
+    from dpmesh_core.errors import ConfigError
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")  # what `accelerate launch` sets from an FSDP config file
+    with pytest.raises(ConfigError, match="FSDP is not supported"):
+        next(train(train_config_from_dict(_cfg(tmp_path / "fsdp", ann))))
