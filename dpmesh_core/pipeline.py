@@ -20,9 +20,9 @@ Per frame:
    track absent from it starts cold). With key-point fitting, a warm fit whose re-projection error is above
    ``refit_threshold`` (fraction of the person's box height; ``refit="always"``: every warm fit) is checked
    against a cold fit of the same frame, and replaced by it when the cold fit re-projects better.
-4. **Smoothing** (key-point fitting, ``smooth_sigma > 0``): each track's body is Gaussian-smoothed over the
-   processed frames around it (``StreamingSmoother``), never mixed with another track and restarted after a
-   gap. Frames then come out ``ceil(3 sigma)`` processed frames late: ``process`` returns the frames that
+4. **Smoothing** (key-point fitting, ``smooth_sigma > 0``): each track's body (pose, shape, orientation,
+   depth; its image position stays where the key-points put it) is Gaussian-smoothed over the processed
+   frames around it (``StreamingSmoother``), never mixed with another track and restarted after a gap. Frames then come out ``ceil(3 sigma)`` processed frames late: ``process`` returns the frames that
    became final, ``flush`` the rest.
 
 Frames must be processed in increasing order; going back (or calling ``reset``) first flushes what smoothing
@@ -126,6 +126,7 @@ class FramePipeline:
     refit / refit_threshold: when to compare a warm fit with a cold fit of the same frame ("auto": when the
     warm fit's robust mean re-projection error exceeds ``refit_threshold`` box heights; "always"; "never").
     keep_images: keep each frame's image in its ``PipelineFrame`` (for overlays; held frames only).
+    first_track_id: new tracks get ids from this one on (ids already used elsewhere are never given).
     """
 
     def __init__(
@@ -141,6 +142,7 @@ class FramePipeline:
         refit: Literal["auto", "always", "never"] = "auto",
         refit_threshold: float = 0.04,
         keep_images: bool = False,
+        first_track_id: int = 0,
     ):
         if refit not in ("auto", "always", "never"):
             raise InputError(f"refit must be 'auto', 'always' or 'never', got {refit!r}")
@@ -154,6 +156,8 @@ class FramePipeline:
 
             tracker = Tracker()
         self.tracker = tracker
+        if self.tracker is not None and first_track_id:
+            self.tracker.reserve_ids(first_track_id)
         self.warm_start = bool(warm_start)
         self.refit = refit
         self.refit_threshold = float(refit_threshold)
@@ -164,7 +168,7 @@ class FramePipeline:
         if self._fitter and self.smooth_sigma > 0 and self.tracker is not None:
             from .fit.smooth import StreamingSmoother
 
-            self.smoother = StreamingSmoother(estimator, sigma=self.smooth_sigma)
+            self.smoother = StreamingSmoother(estimator, sigma=self.smooth_sigma, keep_image_position=True)
         self.truncated: Truncation | None = None
         #: number of warm fits replaced by a cold fit so far (a figure for benchmarks)
         self.refits = 0
@@ -183,9 +187,9 @@ class FramePipeline:
         out = self.flush()
         self._reset_state()
         if tracks and self.tracker is not None:
-            next_id = getattr(self.tracker, "_next_id", 0)
+            next_id = self.tracker.next_id
             self.tracker.reset()
-            self.tracker._next_id = next_id  # ids are never reused
+            self.tracker.reserve_ids(next_id)  # ids are never reused
         return out
 
     # ------------------------------------------------------------------------------------------ one frame

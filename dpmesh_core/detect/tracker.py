@@ -183,6 +183,15 @@ class Tracker:
         self._frame = -1
 
     @property
+    def next_id(self) -> int:
+        """The id the next new track gets (ids only ever increase)."""
+        return self._next_id
+
+    def reserve_ids(self, below: int) -> None:
+        """Never give a new track an id below ``below`` (ids used elsewhere, e.g. by a document's tracks)."""
+        self._next_id = max(self._next_id, int(below))
+
+    @property
     def active_ids(self) -> list[int]:
         """Ids of the tracks currently alive (seen within ``max_age`` updates), tracked or lost."""
         return [t.track_id for t in self._tracks]

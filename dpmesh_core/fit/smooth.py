@@ -49,8 +49,13 @@ def gaussian_smooth(values: np.ndarray, frames: np.ndarray, sigma: float) -> np.
     return np.tensordot(k, values.astype(np.float64), axes=(1, 0))
 
 
-def smooth_params(params: Sequence[BodyParams], frames: Sequence[int], sigma: float = 1.5) -> list[BodyParams]:
-    """Smooth one track's parameters (all of the same body model) sampled at ``frames``."""
+def smooth_params(params: Sequence[BodyParams], frames: Sequence[int], sigma: float = 1.5,
+                  keep_image_position: bool = False) -> list[BodyParams]:
+    """Smooth one track's parameters (all of the same body model) sampled at ``frames``.
+
+    keep_image_position: smooth the depth but keep where the body's origin projects in each frame (the
+    in-plane translation is scaled with the smoothed depth): the image position is measured precisely by the
+    key-points (and follows a shaking camera), it is the pose, shape, orientation and depth that jitter."""
     if not params:
         return []
     fr = np.asarray(frames, np.int64)
@@ -66,6 +71,9 @@ def smooth_params(params: Sequence[BodyParams], frames: Sequence[int], sigma: fl
         bp_s = gaussian_smooth(bp, fr, sigma)
     be_s = gaussian_smooth(be, fr, sigma)
     tr_s = gaussian_smooth(tr, fr, sigma)
+    if keep_image_position:
+        z = np.where(np.abs(tr[:, 2]) > 1e-6, tr[:, 2], 1e-6)
+        tr_s[:, :2] = tr[:, :2] * (tr_s[:, 2] / z)[:, None]
     return [dataclasses.replace(p, global_orient=go_s[t], body_pose=bp_s[t], betas=be_s[t], transl=tr_s[t])
             for t, p in enumerate(params)]
 
@@ -101,6 +109,7 @@ def smooth_sequence(
     fitter,
     sigma: float = 1.5,
     persons_per_frame: Sequence[Sequence[Person]] | None = None,
+    keep_image_position: bool = False,
 ) -> list[list[MeshResult | None]]:
     """Temporally smooth a video's results; returns the same nested structure with new ``MeshResult``s.
 
@@ -109,6 +118,7 @@ def smooth_sequence(
     sigma: Gaussian standard deviation in frames (0 = no smoothing).
     persons_per_frame: the persons the results were fitted to (same nesting); when given,
         ``keypoints2d`` is recomputed for them, otherwise it is dropped (set to None) as it would be stale.
+    keep_image_position: see ``smooth_params``.
     """
     if sigma < 0:
         raise InputError(f"sigma must be ≥ 0, got {sigma}")
@@ -124,7 +134,7 @@ def smooth_sequence(
         for run in _runs([t for t, _ in all_members]):  # a gap restarts the filter
             members = [all_members[i] for i in run]
             ps = [results_per_frame[t][s].params for t, s in members]  # type: ignore[union-attr]
-            sm = smooth_params(ps, [t for t, _ in members], sigma)
+            sm = smooth_params(ps, [t for t, _ in members], sigma, keep_image_position)
             entries.extend((t, s, p) for (t, s), p in zip(members, sm))
     if not entries:
         return out
@@ -146,14 +156,16 @@ class StreamingSmoother:
     over the processed frames (σ counts processed frames, so a stride widens it in video frames), within the
     run of consecutive frames where the track is present (a gap restarts the filter). Only the
     frames returned are re-skinned and only a window of frames is kept, so cost per frame and memory stay
-    bounded; the output equals ``smooth_sequence`` over the whole video (tested).
+    bounded; the output equals ``smooth_sequence`` over the whole video (tested). ``keep_image_position``:
+    see ``smooth_params``.
     """
 
-    def __init__(self, fitter, sigma: float = 1.5):
+    def __init__(self, fitter, sigma: float = 1.5, keep_image_position: bool = False):
         if sigma < 0:
             raise InputError(f"sigma must be ≥ 0, got {sigma}")
         self.fitter = fitter
         self.sigma = float(sigma)
+        self.keep_image_position = bool(keep_image_position)
         self.lag = int(np.ceil(3 * sigma)) if sigma > 0 else 0
         self._buf: list[tuple[int, object, list[Person], list]] = []  # (position, frame, persons, results)
         self._count = 0   # frames pushed so far
@@ -194,7 +206,7 @@ class StreamingSmoother:
             run = next(rn for rn in _runs([p for p, _ in track]) if any(track[i][0] == t for i in rn))
             track = [track[i] for i in run]
             pos = [p for p, _ in track]
-            sm = smooth_params([q for _, q in track], pos, self.sigma)
+            sm = smooth_params([q for _, q in track], pos, self.sigma, self.keep_image_position)
             smoothed[s] = dataclasses.replace(r, params=sm[pos.index(t)])
         # re-skin this frame only (σ = 0: the parameters are already smoothed)
         return frame, persons, smooth_sequence([smoothed], self.fitter, sigma=0.0, persons_per_frame=[persons])[0]

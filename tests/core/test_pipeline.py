@@ -178,3 +178,13 @@ def test_stopping_between_frames_and_user_persons(fitter, video, tmp_path):
         assert o.given
         ids = o.track_ids
         assert 40 in ids and all(i == 40 or i > 40 for i in ids)  # new tracks never collide with the user's
+    # forgetting the tracks (e.g. the app jumps elsewhere) never brings an id back
+    used = {i for o in first for i in o.track_ids}
+    pipe.reset(tracks=True)
+    persons, _ = video.detections(5)
+    (later,) = pipe.process(5, video.frames[5], persons)
+    assert min(later.track_ids) > max(used)
+    # ids a document already uses are reserved from the start
+    (other,) = FramePipeline(fitter, camera=CAMERA, smooth_sigma=0.0, first_track_id=100).process(
+        0, video.frames[0], video.detections(0)[0])
+    assert sorted(other.track_ids) == [100, 101, 102]
