@@ -43,9 +43,8 @@ def load_body_model(
 
         model: BodyModel = AnnyBody(**kw)
     elif name == "smpl":
-        from .smpl_model import SMPL_HOW_TO_GET, SMPLBody
-
         from ..config import ModelFiles
+        from .smpl_model import SMPL_HOW_TO_GET, SMPLBody
 
         files = ModelFiles.load()
         if path is None:

@@ -163,6 +163,66 @@ def _is_vae_attn_linear(dif_key: str) -> bool:
 # ---------------------------------------------------------------------------------------------------------
 # reading files
 # ---------------------------------------------------------------------------------------------------------
+#: Modules a tensor pickle legitimately imports from (torch's rebuild helpers and storages, OrderedDict,
+#: _codecs for byte strings, numpy scalars/dtypes some trainers store).
+_SAFE_PICKLE_MODULES = ("torch", "collections", "_codecs", "numpy")
+
+
+def _pickle_bytes(p: Path) -> list[bytes]:
+    """The pickle streams of a checkpoint: ``*/data.pkl`` inside a torch zip archive, else the whole file."""
+    if zipfile.is_zipfile(p):
+        try:
+            with zipfile.ZipFile(p) as z:
+                return [z.read(n) for n in z.namelist() if n.endswith(".pkl")]
+        except (zipfile.BadZipFile, OSError, EOFError, ValueError):
+            return []
+    try:
+        with open(p, "rb") as fh:
+            return [fh.read(64 << 20)]  # a legacy pickle header; tensors follow it in the old format
+    except OSError:
+        return []
+
+
+def _unsafe_imports(p: Path) -> list[str]:
+    """Globals a checkpoint's pickle would import outside :data:`_SAFE_PICKLE_MODULES` (e.g. ``posix.system``),
+    read with ``pickletools`` (which never executes anything). Unparseable streams give []."""
+    import pickletools
+
+    found: list[str] = []
+    for data in _pickle_bytes(p):
+        strings: list[str] = []
+        try:
+            for op, arg, _pos in pickletools.genops(data):
+                if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "UNICODE", "BINUNICODE8"):
+                    strings.append(str(arg))
+                elif op.name in ("GLOBAL", "INST"):
+                    mod, _, name = str(arg).partition(" ")
+                    found.append(f"{mod}.{name}")
+                elif op.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    found.append(f"{strings[-2]}.{strings[-1]}")
+        except Exception:  # noqa: BLE001 - a corrupt stream: torch.load reports it below
+            pass
+    bad = [g for g in found if g.split(".", 1)[0] not in _SAFE_PICKLE_MODULES]
+    return sorted(set(bad))
+
+
+def _load_failure(e: BaseException) -> str:
+    """A short cause for a failed ``torch.load`` (without torch's advice to turn ``weights_only`` off)."""
+    text = str(e)
+    for needle, say in (("central directory", "truncated or damaged zip archive"),
+                        ("Unsupported operand", "not a PyTorch weights file, or damaged"),
+                        ("invalid load key", "not a PyTorch weights file, or damaged"),
+                        ("GLOBAL", "it holds objects other than tensors")):
+        if needle in text:
+            return say
+    if isinstance(e, EOFError) or "EOF" in text or "truncated" in text.lower():
+        return "truncated"
+    first = text.splitlines()[0] if text else type(e).__name__
+    if "weights_only" in first:
+        return "not a PyTorch weights file, or damaged"
+    return first[:160]
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """Read a tensor state dict from ``.safetensors`` (memory-mapped) or a torch pickle (``weights_only``,
     ``mmap`` when the file is a zip archive). Unwraps ``state_dict`` / ``model`` / ``network`` wrappers.
@@ -181,12 +241,16 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
             return load_file(str(p))
         except (SafetensorError, OSError, ValueError) as e:
             raise InputError(f"not a readable safetensors file ({e})", p) from e
+    if p.stat().st_size == 0:
+        raise InputError("empty file (0 bytes), not a checkpoint", p)
+    unsafe = _unsafe_imports(p)
+    if unsafe:  # refused before torch unpickles anything: nothing in the file was run
+        raise InputError(f"unsafe file, refused: loading it would import {', '.join(unsafe[:3])} (code a weights "
+                         f"file never needs); nothing in it was run", p)
     try:
         obj = torch.load(str(p), map_location="cpu", weights_only=True, mmap=zipfile.is_zipfile(p))
     except Exception as e:  # noqa: BLE001 - torch raises many types for corrupt/unsafe files
-        msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise InputError(f"not a readable PyTorch checkpoint (truncated, corrupt or not a weights file: "
-                         f"{msg[:200]})", p) from e
+        raise InputError(f"not a readable PyTorch checkpoint ({_load_failure(e)})", p) from e
     for wrapper in ("state_dict", "model", "network"):
         if isinstance(obj, Mapping) and wrapper in obj and isinstance(obj[wrapper], Mapping):
             obj = obj[wrapper]
@@ -297,6 +361,9 @@ def infer_network_config(official: Mapping[str, torch.Tensor], ldm_config: Mappi
         return sd[key]
 
     u, c = UNET_OFF, CN_OFF
+    if not any(k.startswith(u) for k in keys):
+        raise CheckpointMismatchError(path, note="no 'backbone.sd_model.model.diffusion_model' keys: not an official "
+                                      "DPMesh checkpoint?")
     n_in = _count(keys, u + "input_blocks.")
     if n_in < 8 or (n_in - 4) % 4:
         raise CheckpointMismatchError(path, note=f"{n_in} U-Net input blocks: not the SD1.5 layout of 4 levels")

@@ -31,8 +31,8 @@ from ..errors import ConfigError, DPMeshError, EstimationError, InputError, Mode
 from ..geometry import project
 from ..types import VISIBLE_THRESHOLD, BodyParams, Camera, MeshResult, Person
 from .camera import place_in_image, release_principal, release_render_translation
-from .preprocess import CONF_THRESHOLD, corners_to_xywh, crop_image, prepare_person
 from .network import CONFIG_NAME, DPMeshNetwork, load_network
+from .preprocess import CONF_THRESHOLD, corners_to_xywh, crop_image, prepare_person
 
 log = logging.getLogger(__name__)
 
@@ -207,9 +207,7 @@ class DPMeshPredictor:
         cached = sorted(cache_dir("smpl", create=False).glob("dpmesh_smpl_*.npz"),
                         key=lambda p: p.stat().st_mtime) if cache_dir("smpl", create=False).is_dir() else []
         if cached:
-            from ..body.smpl_model import SMPLBody
-
-            from ..body.smpl_model import _load_regressor
+            from ..body.smpl_model import SMPLBody, _load_regressor
 
             with np.load(cached[-1]) as z:
                 arrays = {k: z[k] for k in z.files}
