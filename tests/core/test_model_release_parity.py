@@ -71,7 +71,7 @@ def ref():
 
 
 @pytest.fixture(scope="module")
-def O(ref):  # noqa: N802 - the reference's outputs
+def exp(ref):  # the reference's outputs
     return ref["outputs"]
 
 
@@ -164,100 +164,100 @@ def test_a_file_with_a_missing_or_unknown_key_is_refused_listing_it(official_sta
 
 
 @pytest.mark.parametrize("b", [0, 1])
-def test_stage_keypoints_box_affine_crop(ref, O, b):
+def test_stage_keypoints_box_affine_crop(ref, exp, b):
     img = ref["inputs"]["image_rgb_uint8"].numpy()
     H, W = img.shape[:2]
     kp = ref["inputs"]["keypoints_coco17"][b].numpy()
     c19 = P.add_pelvis_neck(kp)
-    check("coco19_img", c19, O["coco19_img"][b])
-    k30 = P.coco19_to_smpl30(O["coco19_img"][b].numpy())
-    check("joint_coord_img_30", k30, O["joint_coord_img_30"][b])
-    valid = P.joint_valid(O["joint_coord_img_30"][b].numpy())
-    assert np.array_equal(valid, O["joint_valid"][b].numpy() > 0)
-    bb = P.bbox_from_joints(O["joint_coord_img_30"][b].numpy(), O["joint_valid"][b].numpy() > 0)
-    check("bbox_from_joints", bb, O["bbox_from_joints"][b])
-    check("bbox", P.process_bbox(O["bbox_from_joints"][b].numpy(), (W, H)), O["bbox"][b])
-    check("img2bb_trans", P.crop_affine(O["bbox"][b].numpy()), O["img2bb_trans"][b])
-    check("bb2img_trans", P.crop_affine(O["bbox"][b].numpy(), inverse=True), O["bb2img_trans"][b])
-    check("img", P.crop_image(img, O["img2bb_trans"][b].numpy()), O["img"][b])
-    g = P.joints_to_grid(O["joint_coord_img_30"][b].numpy(), O["img2bb_trans"][b].numpy())
-    check("joints", g, O["joints"][b])
-    m = P.joints_mask(O["joints"][b].numpy(), O["joint_valid"][b].numpy() > 0)
-    assert np.array_equal(m, O["joints_mask"][b, :, 0].numpy() > 0)
+    check("coco19_img", c19, exp["coco19_img"][b])
+    k30 = P.coco19_to_smpl30(exp["coco19_img"][b].numpy())
+    check("joint_coord_img_30", k30, exp["joint_coord_img_30"][b])
+    valid = P.joint_valid(exp["joint_coord_img_30"][b].numpy())
+    assert np.array_equal(valid, exp["joint_valid"][b].numpy() > 0)
+    bb = P.bbox_from_joints(exp["joint_coord_img_30"][b].numpy(), exp["joint_valid"][b].numpy() > 0)
+    check("bbox_from_joints", bb, exp["bbox_from_joints"][b])
+    check("bbox", P.process_bbox(exp["bbox_from_joints"][b].numpy(), (W, H)), exp["bbox"][b])
+    check("img2bb_trans", P.crop_affine(exp["bbox"][b].numpy()), exp["img2bb_trans"][b])
+    check("bb2img_trans", P.crop_affine(exp["bbox"][b].numpy(), inverse=True), exp["bb2img_trans"][b])
+    check("img", P.crop_image(img, exp["img2bb_trans"][b].numpy()), exp["img"][b])
+    g = P.joints_to_grid(exp["joint_coord_img_30"][b].numpy(), exp["img2bb_trans"][b].numpy())
+    check("joints", g, exp["joints"][b])
+    m = P.joints_mask(exp["joints"][b].numpy(), exp["joint_valid"][b].numpy() > 0)
+    assert np.array_equal(m, exp["joints_mask"][b, :, 0].numpy() > 0)
 
 
-def test_box_rule_shifts_a_box_that_starts_outside_the_image(O):
+def test_box_rule_shifts_a_box_that_starts_outside_the_image(exp):
     """Person 1's box starts left of the image: the release shifts it (x1 = max(0, x), x2 = min(W-1,
     x1 + w - 1)) instead of cutting it, and the square is centred on the shifted box."""
-    bb = O["bbox_from_joints"][1].numpy()
+    bb = exp["bbox_from_joints"][1].numpy()
     assert bb[0] < 0
     box = P.process_bbox(bb, (640, 580))
     w = bb[2] - 1  # shifted to x = 0, one pixel shorter
     assert box[0] + box[2] / 2 == pytest.approx(w / 2, abs=1e-3)
 
 
-def test_the_warp_runs_on_the_float_image(ref, O):
+def test_the_warp_runs_on_the_float_image(ref, exp):
     """Warping the uint8 image instead rounds pixels: visibly different from the release."""
     import cv2
 
     img = ref["inputs"]["image_rgb_uint8"].numpy()
-    A = O["img2bb_trans"][0].numpy()
+    A = exp["img2bb_trans"][0].numpy()
     u8 = cv2.warpAffine(img, A, (256, 256), flags=cv2.INTER_LINEAR).astype(np.float32).transpose(2, 0, 1) / 255
-    assert rel_err(u8, O["img"][0]) > 1e-3
-    assert rel_err(P.crop_image(img, A), O["img"][0]) == 0.0
+    assert rel_err(u8, exp["img"][0]) > 1e-3
+    assert rel_err(P.crop_image(img, A), exp["img"][0]) == 0.0
 
 
 # ---------------------------------------------------------------------------------------- network
 
 
-def test_stage_vae(net, O):
+def test_stage_vae(net, exp):
     vae = net.backbone.vae
     with torch.no_grad():
-        h = vae.encoder(O["img"])
+        h = vae.encoder(exp["img"])
         moments = vae.quant_conv(h)
-        check("vae_encoder_h", h, O["vae_encoder_h"])
-        check("moments", moments, O["moments"])
-        check("latents", net.encode(O["img"]), O["latents"])
+        check("vae_encoder_h", h, exp["vae_encoder_h"])
+        check("moments", moments, exp["moments"])
+        check("latents", net.encode(exp["img"]), exp["latents"])
 
 
-def test_stage_conditions(net, O):
+def test_stage_conditions(net, exp):
     with torch.no_grad():
-        heat, ctx = net.conditions(O["joints"][..., :2] * 8, O["joints_mask"][..., 0] > 0)
-    check("input_heatmap", heat, O["input_heatmap"])
-    check("context", ctx, O["context"])
+        heat, ctx = net.conditions(exp["joints"][..., :2] * 8, exp["joints_mask"][..., 0] > 0)
+    check("input_heatmap", heat, exp["input_heatmap"])
+    check("context", ctx, exp["context"])
 
 
-def test_stage_backbone(net, O):
+def test_stage_backbone(net, exp):
     got = {}
     hook = net.backbone.controlnet.register_forward_hook(lambda m, a, out: got.update(out=out))
     try:
         with torch.no_grad():
-            bb = net.backbone(O["latents"], O["input_heatmap"], O["context"])
+            bb = net.backbone(exp["latents"], exp["input_heatmap"], exp["context"])
     finally:
         hook.remove()
     down, mid = got["out"][0], got["out"][1]
     for i, r in enumerate(list(down) + [mid]):
-        check(f"control.{i:02d}", r, O[f"control.{i:02d}"])
-    check("out_list.0_output_blocks1", bb.features["f4"], O["out_list.0_output_blocks1"])
-    c8, c16 = O["out_list.1_output_blocks4"].shape[1], O["out_list.2_output_blocks7"].shape[1]
-    check("out_list.1_output_blocks4", bb.features["f8"][:, :c8], O["out_list.1_output_blocks4"])
-    check("out_list.2_output_blocks7", bb.features["f16"][:, :c16], O["out_list.2_output_blocks7"])
-    check("out_list.3_final", bb.features["f32"], O["out_list.3_final"])
+        check(f"control.{i:02d}", r, exp[f"control.{i:02d}"])
+    check("out_list.0_output_blocks1", bb.features["f4"], exp["out_list.0_output_blocks1"])
+    c8, c16 = exp["out_list.1_output_blocks4"].shape[1], exp["out_list.2_output_blocks7"].shape[1]
+    check("out_list.1_output_blocks4", bb.features["f8"][:, :c8], exp["out_list.1_output_blocks4"])
+    check("out_list.2_output_blocks7", bb.features["f16"][:, :c16], exp["out_list.2_output_blocks7"])
+    check("out_list.3_final", bb.features["f32"], exp["out_list.3_final"])
     # the release's names: attn16 is the 8×8 map, attn32 the 16×16 map
-    check("attn16 (8x8)", bb.attention["8"], O["attn16"])
-    check("attn32 (16x16)", bb.attention["16"], O["attn32"])
+    check("attn16 (8x8)", bb.attention["8"], exp["attn16"])
+    check("attn32 (16x16)", bb.attention["16"], exp["attn32"])
 
 
-def test_stage_fusion(net, O):
-    feats = {"f32": O["out_list.3_final"], "f16": torch.cat([O["out_list.2_output_blocks7"], O["attn32"]], 1),
-             "f8": torch.cat([O["out_list.1_output_blocks4"], O["attn16"]], 1), "f4": O["out_list.0_output_blocks1"]}
+def test_stage_fusion(net, exp):
+    feats = {"f32": exp["out_list.3_final"], "f16": torch.cat([exp["out_list.2_output_blocks7"], exp["attn32"]], 1),
+             "f8": torch.cat([exp["out_list.1_output_blocks4"], exp["attn16"]], 1), "f4": exp["out_list.0_output_blocks1"]}
     with torch.no_grad():
-        check("outmodules0", net.fusion.outmodules[0](feats["f32"]), O["outmodules0"])
-        check("outmodules1", net.fusion.outmodules[1](feats["f16"]), O["outmodules1"])
-        check("img_fused", net.fusion(feats), O["img_fused"])
+        check("outmodules0", net.fusion.outmodules[0](feats["f32"]), exp["outmodules0"])
+        check("outmodules1", net.fusion.outmodules[1](feats["f16"]), exp["outmodules1"])
+        check("img_fused", net.fusion(feats), exp["img_fused"])
 
 
-def test_stage_regressor(net, O):
+def test_stage_regressor(net, exp):
     from dpmesh_core.model.regressor import sine_position_embedding
 
     got = {}
@@ -266,28 +266,28 @@ def test_stage_regressor(net, O):
              net.transformer.decoder.register_forward_hook(lambda m, a, out: got.update(hs=out[0]))]
     try:
         with torch.no_grad():
-            r = net.regress(O["img_fused"])
+            r = net.regress(exp["img_fused"])
     finally:
         for h in hooks:
             h.remove()
-    check("dense_feat_coord", got["coord"], O["dense_feat_coord"])
-    check("dense_feat", r.feat_3d, O["dense_feat"])
-    check("down_linear", r.feat_2d, O["down_linear"])
-    check("img_pos", sine_position_embedding(2, 256, 8, 8, torch.device("cpu"), torch.float32), O["img_pos"])
-    check("memory", got["memory"], O["memory"])
-    check("hs", got["hs"], O["hs"])
-    check("joint_img", r.joint_img, O["joint_img"])
-    check("root_pose_6d", r.root_pose6d, O["root_pose_6d"])
-    check("pose_param_latent", r.pose_code, O["pose_param_latent"])
-    check("shape_param", r.betas, O["shape_param"])
-    check("cam_param", r.cam, O["cam_param"])
+    check("dense_feat_coord", got["coord"], exp["dense_feat_coord"])
+    check("dense_feat", r.feat_3d, exp["dense_feat"])
+    check("down_linear", r.feat_2d, exp["down_linear"])
+    check("img_pos", sine_position_embedding(2, 256, 8, 8, torch.device("cpu"), torch.float32), exp["img_pos"])
+    check("memory", got["memory"], exp["memory"])
+    check("hs", got["hs"], exp["hs"])
+    check("joint_img", r.joint_img, exp["joint_img"])
+    check("root_pose_6d", r.root_pose6d, exp["root_pose_6d"])
+    check("pose_param_latent", r.pose_code, exp["pose_param_latent"])
+    check("shape_param", r.betas, exp["shape_param"])
+    check("cam_param", r.cam, exp["cam_param"])
 
 
-def _decoded(net, body, O, focal):
+def _decoded(net, body, exp, focal):
     from dpmesh_core.model.regressor import RegressorOutput
 
-    reg = RegressorOutput(O["joint_img"], O["root_pose_6d"], O["pose_param_latent"], O["shape_param"],
-                          O["cam_param"], O["down_linear"], O["dense_feat"])
+    reg = RegressorOutput(exp["joint_img"], exp["root_pose_6d"], exp["pose_param_latent"], exp["shape_param"],
+                          exp["cam_param"], exp["down_linear"], exp["dense_feat"])
     with torch.no_grad():
         return net.decode(reg, torch.full((2,), focal), body)
 
@@ -298,37 +298,37 @@ def _rotmats(aa: torch.Tensor) -> torch.Tensor:
     return axis_angle_to_matrix(aa.double().reshape(-1, 3))
 
 
-def test_stage_decode(net, body, ref, O):
-    out = _decoded(net, body, O, ref["inputs"]["focal"])
-    check("vposer_body_pose", out.pose72[:, 3:], O["vposer_body_pose"])
-    check("smpl_pose", out.pose72, O["smpl_pose"])
-    check("smpl_pose (as rotation matrices)", _rotmats(out.pose72), _rotmats(O["smpl_pose"]))
-    check("cam_trans", out.transl, O["cam_trans"])
-    check("joint_cam", out.joints30, O["joint_cam"])
-    check("joint_proj", out.joint_proj * (64 / 256), O["joint_proj"])
-    check("smpl_mesh_cam", out.vertices_rel, O["smpl_mesh_cam"])
-    check("mesh_cam_render", out.vertices, O["mesh_cam_render"])
+def test_stage_decode(net, body, ref, exp):
+    out = _decoded(net, body, exp, ref["inputs"]["focal"])
+    check("vposer_body_pose", out.pose72[:, 3:], exp["vposer_body_pose"])
+    check("smpl_pose", out.pose72, exp["smpl_pose"])
+    check("smpl_pose (as rotation matrices)", _rotmats(out.pose72), _rotmats(exp["smpl_pose"]))
+    check("cam_trans", out.transl, exp["cam_trans"])
+    check("joint_cam", out.joints30, exp["joint_cam"])
+    check("joint_proj", out.joint_proj * (64 / 256), exp["joint_proj"])
+    check("smpl_mesh_cam", out.vertices_rel, exp["smpl_mesh_cam"])
+    check("mesh_cam_render", out.vertices, exp["mesh_cam_render"])
 
 
-def test_stage_image_placement(net, body, ref, O):
+def test_stage_image_placement(net, body, ref, exp):
     f = torch.full((2,), ref["inputs"]["focal"])
-    out = _decoded(net, body, O, ref["inputs"]["focal"])
-    rt = C.release_render_translation(out.transl, O["bbox"])
-    check("render_cam_trans", rt, O["render_cam_trans"])
+    out = _decoded(net, body, exp, ref["inputs"]["focal"])
+    rt = C.release_render_translation(out.transl, exp["bbox"])
+    check("render_cam_trans", rt, exp["render_cam_trans"])
     # SMPL is affine in its translation: the mesh at the render translation
-    check("render_mesh_cam", out.vertices - out.transl[:, None] + rt[:, None], O["render_mesh_cam"])
-    c = C.release_principal(O["bbox"])
-    check("render_vertices_img", C.cam2pixel(O["render_mesh_cam"], f, c), O["render_vertices_img"])
-    check("render_joints_img", C.cam2pixel(body.joints_from_mesh(O["render_mesh_cam"]), f, c),
-          O["render_joints_img"])
-    check("joint_proj_img", C.denorm_joints(O["joint_proj"], O["bb2img_trans"]), O["joint_proj_img"])
+    check("render_mesh_cam", out.vertices - out.transl[:, None] + rt[:, None], exp["render_mesh_cam"])
+    c = C.release_principal(exp["bbox"])
+    check("render_vertices_img", C.cam2pixel(exp["render_mesh_cam"], f, c), exp["render_vertices_img"])
+    check("render_joints_img", C.cam2pixel(body.joints_from_mesh(exp["render_mesh_cam"]), f, c),
+          exp["render_joints_img"])
+    check("joint_proj_img", C.denorm_joints(exp["joint_proj"], exp["bb2img_trans"]), exp["joint_proj_img"])
 
 
-def test_joints_come_from_the_posed_mesh_not_the_skeleton(net, body, ref, O):
+def test_joints_come_from_the_posed_mesh_not_the_skeleton(net, body, ref, exp):
     """The kinematic skeleton (what SMPL layers return) is centimetres away from the release's joints."""
-    out = _decoded(net, body, O, ref["inputs"]["focal"])
+    out = _decoded(net, body, exp, ref["inputs"]["focal"])
     skel = body(out.pose72[:, :3], out.pose72[:, 3:], out.betas, out.transl, joint_sets=("smpl30",)).joints["smpl30"]
-    assert rel_err(skel - skel[:, :1], O["joint_cam"]) > 1e-3
+    assert rel_err(skel - skel[:, :1], exp["joint_cam"]) > 1e-3
 
 
 # ------------------------------------------------------------------------------------- end to end
@@ -358,19 +358,19 @@ def user_files(ref, official_state, tmp_path_factory):
     return {"dir": d, "ckpt": ckpt, "extra": extra, "photo": photo, "keypoints": kpf}
 
 
-def _check_results(tag: str, pose, shape, cam_trans, render_t, joint_cam, mesh_rel, att8, att16, O, b):
-    check(f"e2e {tag}: smpl_pose", pose, O["smpl_pose"][b])
-    check(f"e2e {tag}: smpl_pose (rotation matrices)", _rotmats(torch.as_tensor(pose)), _rotmats(O["smpl_pose"][b]))
-    check(f"e2e {tag}: smpl_shape", shape, O["shape_param"][b])
-    check(f"e2e {tag}: cam_trans", cam_trans, O["cam_trans"][b])
-    check(f"e2e {tag}: render_cam_trans", render_t, O["render_cam_trans"][b])
-    check(f"e2e {tag}: joint_cam", joint_cam, O["joint_cam"][b])
-    check(f"e2e {tag}: smpl_mesh_cam", mesh_rel, O["smpl_mesh_cam"][b])
-    check(f"e2e {tag}: attn16 (8x8)", att8, O["attn16"][b])
-    check(f"e2e {tag}: attn32 (16x16)", att16, O["attn32"][b])
+def _check_results(tag: str, pose, shape, cam_trans, render_t, joint_cam, mesh_rel, att8, att16, exp, b):
+    check(f"e2e {tag}: smpl_pose", pose, exp["smpl_pose"][b])
+    check(f"e2e {tag}: smpl_pose (rotation matrices)", _rotmats(torch.as_tensor(pose)), _rotmats(exp["smpl_pose"][b]))
+    check(f"e2e {tag}: smpl_shape", shape, exp["shape_param"][b])
+    check(f"e2e {tag}: cam_trans", cam_trans, exp["cam_trans"][b])
+    check(f"e2e {tag}: render_cam_trans", render_t, exp["render_cam_trans"][b])
+    check(f"e2e {tag}: joint_cam", joint_cam, exp["joint_cam"][b])
+    check(f"e2e {tag}: smpl_mesh_cam", mesh_rel, exp["smpl_mesh_cam"][b])
+    check(f"e2e {tag}: attn16 (8x8)", att8, exp["attn16"][b])
+    check(f"e2e {tag}: attn32 (16x16)", att16, exp["attn32"][b])
 
 
-def test_end_to_end_through_the_api(ref, O, user_files, monkeypatch):
+def test_end_to_end_through_the_api(ref, exp, user_files, monkeypatch):
     from dpmesh_core import api
     from dpmesh_core.types import MeshResult, Person
 
@@ -384,14 +384,14 @@ def test_end_to_end_through_the_api(ref, O, user_files, monkeypatch):
     for b, r in enumerate(res):
         e = r.params.extra
         assert r.vertices.shape == (6890, 3)
-        check("e2e api: bbox", e["bbox_xywh"], O["bbox"][b])
+        check("e2e api: bbox", e["bbox_xywh"], exp["bbox"][b])
         _check_results("api", e["smpl_pose"], e["smpl_shape"], e["cam_trans_crop"], e["render_cam_trans"],
-                       e["joint_cam"], r.vertices - r.joints3d[0], r.attention["8"], r.attention["16"], O, b)
+                       e["joint_cam"], r.vertices - r.joints3d[0], r.attention["8"], r.attention["16"], exp, b)
         # our placement differs from the release's only by a rigid shift of the whole body
-        assert np.allclose((r.vertices - r.joints3d[0]), O["smpl_mesh_cam"][b].numpy(), atol=1e-5)
+        assert np.allclose((r.vertices - r.joints3d[0]), exp["smpl_mesh_cam"][b].numpy(), atol=1e-5)
 
 
-def test_end_to_end_dpmesh_predict_as_a_user_types_it(O, user_files):
+def test_end_to_end_dpmesh_predict_as_a_user_types_it(exp, user_files):
     d = user_files["dir"]
     env = dict(os.environ, DPMESH_J_REGRESSOR_EXTRA=str(user_files["extra"]), OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "dpmesh_core.cli", "predict", user_files["photo"].name, "-o", "out",
@@ -411,4 +411,4 @@ def test_end_to_end_dpmesh_predict_as_a_user_types_it(O, user_files):
         verts = np.array([[float(x) for x in line.split()[1:4]] for line in obj if line.startswith("v ")])
         assert verts.shape == (6890, 3)  # the SMPL mesh
         _check_results("cli", z["smpl_pose"], z["smpl_shape"], z["cam_trans_crop"], z["render_cam_trans"],
-                       z["joint_cam"], verts - z["joints_cam30"][0], z["attention_8"], z["attention_16"], O, b)
+                       z["joint_cam"], verts - z["joints_cam30"][0], z["attention_8"], z["attention_16"], exp, b)
