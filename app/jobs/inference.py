@@ -14,6 +14,7 @@ import dataclasses
 import inspect
 import os
 import sys
+import time
 from collections.abc import Callable, Hashable
 from typing import Any
 
@@ -216,7 +217,8 @@ class InferenceService(QObject):
         self.runner.job_cancelled.connect(lambda _k, job_id: self._requests.pop(job_id, None))
         self.runner.busy_changed.connect(self.busy_changed)
         self.runner.job_progress.connect(lambda _k, _i, reply: self._deliver(reply))
-        self.last_seconds = 0.0
+        self.last_seconds = 0.0  # the last fit, in the worker (benchmarks)
+        self.last_round_trip = 0.0  # the last estimation request, sent to answered (runner thread; benchmarks)
         self._faces: list = []  # recent distinct faces arrays (runner thread), see _share_faces
 
     # worker thread --------------------------------------------------------------------
@@ -288,7 +290,9 @@ class InferenceService(QObject):
 
     def _estimate(self, key: Hashable, request: Estimate) -> int:
         def job() -> Estimated:
+            t0 = time.perf_counter()
             reply = self._do(request)
+            self.last_round_trip = time.perf_counter() - t0  # the fit plus sending, pickling and waking up
             return dataclasses.replace(reply, results=self._share_faces(reply.results))
 
         return self._submit(key, request, job)

@@ -92,16 +92,18 @@ class ImageRef:
 
 
 class ImageSlots:
-    """The process's side: the last ``IMAGE_SLOTS`` images by token (least recently used goes first)."""
+    """The process's side: the last ``size`` images (or other arrays) by token (least recently used goes
+    first)."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int = IMAGE_SLOTS) -> None:
+        self.size = size
         self.images: collections.OrderedDict[int, Any] = collections.OrderedDict()
 
     def resolve(self, ref: ImageRef) -> Any:
         if ref.data is not None:
             if ref.token:
                 self.images[ref.token] = ref.data
-                while len(self.images) > IMAGE_SLOTS:
+                while len(self.images) > self.size:
                     self.images.popitem(last=False)
             return ref.data
         self.images.move_to_end(ref.token)  # KeyError: the client lost track (a bug): reported as an error
@@ -109,10 +111,12 @@ class ImageSlots:
 
 
 class ImageMirror:
-    """The client's side of ``ImageSlots``: which images (by identity, held weakly) the process has. The
-    app's images are never changed in place (a new frame is a new array), so identity is enough."""
+    """The client's side of ``ImageSlots``: which images (or other arrays, by identity, held weakly) the
+    process has. The app never changes an image or a result's array in place (a new frame or a new fit
+    makes new arrays), so identity is enough."""
 
-    def __init__(self) -> None:
+    def __init__(self, size: int = IMAGE_SLOTS) -> None:
+        self.size = size
         self.refs: collections.OrderedDict[int, Any] = collections.OrderedDict()
         self._next = 1
 
@@ -127,7 +131,7 @@ class ImageMirror:
             return ImageRef(0, image)  # token 0: used once, not kept
         token, self._next = self._next, self._next + 1
         self.refs[token] = w
-        while len(self.refs) > IMAGE_SLOTS:
+        while len(self.refs) > self.size:
             self.refs.popitem(last=False)
         return ImageRef(token, image)
 

@@ -219,21 +219,34 @@ class RenderView:
 
 @dataclass(frozen=True)
 class RenderOverlay:
-    """The meshes of ``results`` blended over ``image`` (H, W, 3) uint8 (``colors``: RGB 0..1 each)."""
+    """``meshes`` [(V (N, 3) m, faces (F, 3), rgb 0..1)] seen by ``camera``, blended over ``image`` (H, W, 3)
+    uint8 with opacity ``alpha``: ``MeshRenderer.render_overlay``'s picture."""
 
     image: Any
-    results: tuple
+    meshes: tuple
+    camera: Camera | None
     alpha: float
-    colors: tuple | None
 
     def run(self, layers: Any, get: Callable[[int, int], Any]) -> Any:
-        return layers.overlay(get, self.image, list(self.results), self.alpha,
-                              None if self.colors is None else list(self.colors))
+        return layers.overlay_meshes(get, self.image, list(self.meshes), self.camera, self.alpha)
 
     def run_here(self, get: Callable[[int, int], Any]) -> Any:
-        h, w = self.image.shape[:2]
-        return get(w, h).render_overlay(self.image, list(self.results), self.alpha,
-                                        colors=None if self.colors is None else list(self.colors))
+        from dpmesh_core import api
+
+        return api.OverlayLayers().overlay_meshes(get, self.image, list(self.meshes), self.camera, self.alpha)
+
+
+def map_arrays(request: RenderView | RenderOverlay, fn: Callable[[Any], Any]) -> Any:
+    """``request`` with ``fn`` applied to its arrays in one fixed order (the image, then each mesh's vertices
+    and faces): the render client names arrays the process already has by token, the process resolves them
+    in the same order (``ipc.ImageMirror`` / ``ipc.ImageSlots``)."""
+    import dataclasses
+
+    changes: dict[str, Any] = {}
+    if isinstance(request, RenderOverlay):
+        changes["image"] = fn(request.image)
+    changes["meshes"] = tuple((fn(v), fn(f), c) for v, f, c in request.meshes)
+    return dataclasses.replace(request, **changes)
 
 
 def op_path(op: Callable[..., Any] | str) -> str:

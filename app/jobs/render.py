@@ -10,9 +10,9 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from .ipc import end_server, spawn_server
-from .protocol import RenderOverlay, RenderView
-from .render_server import BACKGROUND
+from .ipc import ImageMirror, end_server, spawn_server
+from .protocol import RenderOverlay, RenderView, map_arrays
+from .render_server import ARRAY_SLOTS, BACKGROUND
 from .runner import JobRunner
 
 log = logging.getLogger(__name__)
@@ -26,6 +26,8 @@ class RenderClient:
         self.proc: Any = None
         self.conn: Any = None
         self.failed = False
+        self.arrays = ImageMirror(ARRAY_SLOTS)  # the image and mesh arrays the process has (sent once)
+        self.last_server_seconds = 0.0  # the render process's own time on the last request (benchmarks)
         self._fallback: dict[tuple[int, int], Any] = {}
 
     def _start(self) -> None:
@@ -45,16 +47,28 @@ class RenderClient:
             try:
                 if self.proc is None:
                     self._start()
-                self.conn.send(request)
-                status, out = self.conn.recv()
+                self.conn.send(self._by_token(request))
+                status, out, self.last_server_seconds = self.conn.recv()
             except (EOFError, OSError, BrokenPipeError) as e:
                 log.warning("render process unavailable (%s); rendering in-process with numpy", e)
                 self.failed = True
             else:
                 if status == "error":
+                    self.arrays.clear()  # the process forgot its arrays too
                     raise RuntimeError(out)
                 return out
         return request.run_here(self._numpy_renderer)
+
+    def _by_token(self, request: RenderView | RenderOverlay) -> Any:
+        """``request`` with the arrays the process already has (unchanged persons, the same image) named by
+        token: an edit sends one person's vertices, not the picture and every mesh again."""
+        import numpy as np
+
+        try:
+            return map_arrays(request, lambda a: self.arrays.ref(a) if isinstance(a, np.ndarray) else a)
+        except Exception:
+            self.arrays.clear()
+            raise
 
     def _numpy_renderer(self, w: int, h: int) -> Any:
         from dpmesh_core import api
@@ -120,11 +134,21 @@ class RenderService(QObject):
 
     def render_overlay(self, key: Hashable, image: Any, results: list, alpha: float = 0.6,
                        colors: list | None = None) -> int:
-        """The meshes of ``results`` blended over ``image`` (H, W, 3) uint8 (``colors``: RGB 0..1 each)."""
+        """The meshes of ``results`` (MeshResults; None entries are skipped) blended over ``image`` (H, W, 3)
+        uint8; ``colors``: RGB 0..1 per result (default: the persons' palette by position)."""
+        from dpmesh_core.types import MeshResult
+
+        from ..palette import person_rgb01
+
+        cols = list(colors) if colors else [person_rgb01(i + 1) for i in range(len(results))]
+        meshes = tuple((r.vertices, r.faces, tuple(cols[i % len(cols)])) for i, r in enumerate(results)
+                       if isinstance(r, MeshResult))
+        camera = next((r.camera for r in results if isinstance(r, MeshResult)), None)
+        request = RenderOverlay(image, meshes, camera, float(alpha))
 
         def job() -> tuple[Any, float]:
             t0 = time.perf_counter()
-            img = self._client.request(RenderOverlay(image, tuple(results), alpha, None if colors is None else tuple(colors)))
+            img = self._client.request(request)
             return img, time.perf_counter() - t0
 
         return self.runner.submit(key, job)

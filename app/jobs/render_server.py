@@ -10,9 +10,15 @@ from __future__ import annotations
 import collections
 import logging
 import os
+import time
 from typing import Any
 
+from .ipc import ImageRef, ImageSlots
+from .protocol import map_arrays
+
 log = logging.getLogger(__name__)
+
+ARRAY_SLOTS = 64  # images and mesh arrays a render process keeps by token (a scene's persons, a few frames)
 
 BACKGROUND = (0.11, 0.118, 0.133)  # the mesh view's background (the overlay only uses the covered pixels)
 
@@ -64,7 +70,7 @@ def serve(conn: Any) -> None:
     """Main loop of the render process: owns every Open3D renderer (one per output size, at most 3).
 
     Requests: ``protocol.RenderView`` / ``protocol.RenderOverlay``, each answered by its ``run(layers,
-    renderer_for_size)``; replies: ("ok", rgb) or ("error", message). ``None`` ends the loop.
+    renderer_for_size)``; replies: ("ok", rgb, seconds) or ("error", message, 0.0). ``None`` ends the loop.
     """
     os.environ.pop("DISPLAY", None)  # Open3D's EGL path: works headless and on virtual X servers
     state: dict[str, Any] = {"glfw_started": True}
@@ -82,6 +88,7 @@ def serve(conn: Any) -> None:
     from dpmesh_core import api
 
     layers = api.OverlayLayers()
+    arrays = ImageSlots(ARRAY_SLOTS)
     while True:
         try:
             while not conn.poll(0) and layers.fill_one(get):  # idle: fill the overlay's per-person layers
@@ -92,10 +99,12 @@ def serve(conn: Any) -> None:
         if msg is None:
             break
         try:
-            out = msg.run(layers, get)
-            conn.send(("ok", out))
+            t0 = time.perf_counter()
+            out = map_arrays(msg, lambda a: arrays.resolve(a) if isinstance(a, ImageRef) else a).run(layers, get)
+            conn.send(("ok", out, time.perf_counter() - t0))
         except Exception as e:  # noqa: BLE001 - reported to the app, the server keeps serving
-            conn.send(("error", f"{type(e).__name__}: {e}"))
+            arrays.images.clear()  # the client forgets its tokens too (both sides start again)
+            conn.send(("error", f"{type(e).__name__}: {e}", 0.0))
     for r in renderers.values():
         r.close()
 

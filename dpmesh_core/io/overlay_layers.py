@@ -95,6 +95,17 @@ class OverlayLayers:
             if col is None:  # the renderer's own colouring rule: let it do the whole picture
                 return get(w, h).render_overlay(image, results, alpha)
             meshes.append((r.vertices, r.faces, tuple(float(x) for x in col)))
+        return self.overlay_meshes(get, img, meshes, camera, alpha)
+
+    def overlay_meshes(self, get: Callable[[int, int], Any], image: Any, meshes: list, camera: Any,
+                       alpha: float) -> Any:
+        """``overlay`` of ``meshes`` [(V (N, 3) m, faces (F, 3), rgb 0..1)] seen by ``camera`` (what the app's
+        render process receives: the meshes, not whole results)."""
+        import numpy as np
+
+        img = np.asarray(image)
+        h, w = img.shape[:2]
+        meshes = [(v, f, tuple(float(x) for x in c)) for v, f, c in meshes]
         if not meshes:
             self._last = None
             return img.copy()

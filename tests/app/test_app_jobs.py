@@ -302,3 +302,44 @@ def test_overlay_and_mesh_view_render_in_separate_processes(qapp, qtbot):
             continue
         with open(f"/proc/{pid}/stat") as f:  # a zombie would be reaped by the parent, never a live process
             assert f.read().split()[2] == "Z"
+
+
+def test_render_process_gets_unchanged_arrays_by_token(qapp):
+    """After a first overlay, an edit's request names the image and the unchanged persons' arrays by token:
+    the message shrinks to about one person's vertices, and the picture is the one the same two requests
+    give when every array is sent in full."""
+    import collections
+    import pickle
+
+    import numpy as np
+
+    from app.jobs.protocol import RenderOverlay
+    from app.jobs.render import RenderClient
+
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 255, (80, 96, 3), dtype=np.uint8)
+    results = [_box_result(-0.2, 0.0, 3.0), _box_result(0.15, -0.1, 2.6), _box_result(0.3, 0.2, 3.5)]
+    colors = [(0.9, 0.1, 0.1), (0.1, 0.9, 0.1), (0.1, 0.1, 0.9)]
+
+    def request(rs):
+        return RenderOverlay(image, tuple((r.vertices, r.faces, c) for r, c in zip(rs, colors)), rs[0].camera, 0.6)
+
+    edited = [results[0], _box_result(0.1, -0.05, 2.7), results[2]]
+    tokens, full = RenderClient(), RenderClient()
+    try:
+        pictures = []
+        for client, forget in ((tokens, False), (full, True)):
+            client.request(request(results))
+            if forget:
+                client.arrays.clear()  # every array sent again (the process keeps the old ones: unused)
+            else:
+                state = (collections.OrderedDict(client.arrays.refs), client.arrays._next)
+                sent = pickle.dumps(client._by_token(request(edited)))
+                assert len(sent) < len(pickle.dumps(request(edited))) - image.nbytes  # no image, 2 meshes by token
+                client.arrays.refs, client.arrays._next = state  # (measuring is not sending)
+            pictures.append(client.request(request(edited)))
+        np.testing.assert_array_equal(pictures[0], pictures[1])
+        assert (pictures[0] != image).any(axis=2).sum() > 50 and not tokens.failed and not full.failed
+    finally:
+        tokens.close()
+        full.close()

@@ -69,6 +69,8 @@ def bench_speed(fitter: KeypointFitter, n: int, rng: np.random.Generator) -> Non
         warm_ms.append((time.perf_counter() - t0) * 1e3)
         follow.append(float(np.linalg.norm(res2.keypoints2d[wrist] - kp2[wrist, :2])))
         warm_ev.append(fitter.evaluations - e0)
+    _warm_breakdown(fitter, [(dataclasses.replace(_person(_clean_kp(sp.joints2d)), edited=np.eye(17, dtype=bool)[wrist],
+                                                 source="user"), None) for sp in scene[:n]])
     frame = [_person(_clean_kp(sp.joints2d)) for sp in scene[n:n + 4]]
     t0 = time.perf_counter()
     fitter.estimate(None, frame, camera=CAM)
@@ -79,6 +81,38 @@ def bench_speed(fitter: KeypointFitter, n: int, rng: np.random.Generator) -> Non
           f"{np.median(warm_ev):.0f} evaluations; the dragged wrist lands {np.median(follow):.1f} px from where it "
           f"was dropped, median, p90 {np.quantile(follow, .9):.1f})")
     print(f"  cold fit, 4-person frame: {frame_ms:7.1f} ms per person")
+
+
+def _warm_breakdown(fitter: KeypointFitter, persons: list) -> None:
+    """Where a warm re-fit's time goes (cProfile over repeated drags of each person; its overhead inflates
+    the total, the shares are what to read): the body model's forward, the backward pass, the rest of the
+    energy, the optimiser, and building the result (the final skinning of the mesh)."""
+    import cProfile
+    import pstats
+
+    pairs = []
+    for p, _ in persons:
+        cold = fitter.estimate(None, [dataclasses.replace(p, edited=np.zeros(17, bool))], camera=CAM)[0]
+        pairs.append((p, cold))
+    prof = cProfile.Profile()
+    t0 = time.perf_counter()
+    prof.enable()
+    for p, prev in pairs:
+        fitter.estimate(None, [p], camera=CAM, previous=[prev])
+    prof.disable()
+    wall = (time.perf_counter() - t0) * 1e3 / len(pairs)
+    stats = pstats.Stats(prof).stats  # {(file, line, name): (cc, nc, tottime, cumtime, callers)}
+
+    def cum(pred) -> float:
+        return sum(v[3] for k, v in stats.items() if pred(k)) * 1e3 / len(pairs)
+
+    body = cum(lambda k: "/body/" in k[0] and k[2] == "forward")
+    backward = cum(lambda k: k[2] == "run_backward" or k[2] == "_engine_run_backward")
+    energy = cum(lambda k: k[0].endswith("fitter.py") and k[2] == "_energy")
+    finish = cum(lambda k: k[0].endswith("fitter.py") and k[2] == "_finish")
+    print(f"  warm re-fit breakdown (profiled, {wall:.1f} ms per fit under the profiler): body forward (all calls) "
+          f"{body:.1f} | backward {backward:.1f} | rest of the energy {max(energy - body, 0):.1f} | result (final "
+          f"skinning, mesh) {finish:.1f} | optimiser and other Python {max(wall - energy - backward - finish, 0):.1f} ms")
 
 
 def bench_accuracy(fitter: KeypointFitter, n: int, rng: np.random.Generator, noisy: bool) -> None:
