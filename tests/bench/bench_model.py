@@ -2,8 +2,10 @@
 ``sd15`` size with RANDOM weights (nothing is downloaded), on CPU by default.
 
 For fp32 and bf16, batch 1 and 4, prints the median ms per person of
-  * a full run (VAE encode + ControlNet + U-Net + head + body model), and
-  * a re-run with the cached VAE latent (what a key-point edit costs),
+  * a full run (VAE encode + ControlNet + U-Net + head + body model),
+  * a re-run with the cached VAE latent (what a key-point edit costs), and
+  * the bare diffusers components the network wraps (VAE encoder + ControlNet + U-Net at the same size, no
+    LoRA, recorder or head), measured interleaved with the full run, and the ratio full / bare,
 and the peak RSS of each dtype's process (each dtype runs in its own subprocess, the network built
 directly in that dtype). Targets on 2 CPU cores: full run ≤ 1.5 s fp32, re-run ≤ 0.8 s bf16, peak ≤ 6 GB.
 
@@ -39,7 +41,8 @@ def _median_s(fn, repeats: int, sync) -> float:
     return statistics.median(ts)
 
 
-def run_one(dtype_name: str, batches: list[int], repeats: int, device: str, threads: int | None) -> dict:
+def run_one(dtype_name: str, batches: list[int], repeats: int, device: str, threads: int | None,
+            preset_name: str = "sd15") -> dict:
     import torch
 
     from dpmesh_core.body import load_body_model
@@ -54,9 +57,18 @@ def run_one(dtype_name: str, batches: list[int], repeats: int, device: str, thre
     old = torch.get_default_dtype()
     torch.set_default_dtype(dtype)  # build directly in the target dtype: no fp32 copy in memory
     try:
-        net = DPMeshNetwork(preset("sd15")).eval()
+        net = DPMeshNetwork(preset(preset_name)).eval()
+        # the bare diffusers components the network wraps, at the same size (no LoRA adapter, no attention
+        # recorder, no feature taps, no head): what the network costs on top of them
+        from dpmesh_core.model.backbone import build_controlnet, build_unet, build_vae_encoder
+
+        bcfg = net.config.backbone
+        bare_vae, bare_cn, bare_unet = build_vae_encoder(bcfg).eval(), build_controlnet(bcfg).eval(), \
+            build_unet(bcfg).eval()
     finally:
         torch.set_default_dtype(old)
+    for m in (bare_vae, bare_cn, bare_unet):
+        m.to(device=device, dtype=dtype)
     net.to(device=device, dtype=dtype)
     body = load_body_model("synthetic-smpl", device=device)
     build_s = time.perf_counter() - t0
@@ -77,10 +89,28 @@ def run_one(dtype_name: str, batches: list[int], repeats: int, device: str, thre
             def rerun(joints=joints, mask=mask, focal=focal, lat=lat):
                 net(None, joints, mask, focal, body, latent=lat)
 
-            t_full = _median_s(full, repeats, sync)
+            heat = torch.rand(b, bcfg.num_joints, lat.shape[-2], lat.shape[-1], generator=g).to(device, dtype)
+            ctx = torch.randn(b, bcfg.num_joints, bcfg.cross_attention_dim, generator=g).to(device, dtype)
+            t1 = torch.ones(b, dtype=torch.long, device=device)
+
+            def bare(img=img, heat=heat, ctx=ctx, t1=t1):
+                h = bare_vae.quant_conv(bare_vae.encoder(img.to(dtype)))
+                z = h[:, : bcfg.latent_channels]
+                down, mid = bare_cn(torch.cat([z, heat], 1), t1, encoder_hidden_states=ctx, controlnet_cond=z,
+                                    return_dict=False)
+                bare_unet(z, t1, encoder_hidden_states=ctx, down_block_additional_residuals=down,
+                          mid_block_additional_residual=mid, return_dict=False)
+
+            # side by side, interleaved: network, bare, network, bare ... (a loaded machine hits both alike)
+            t_full, t_bare = [], []
+            for _ in range(repeats):
+                t_full.append(_median_s(full, 1, sync))
+                t_bare.append(_median_s(bare, 1, sync))
+            t_full, t_bare = statistics.median(t_full), statistics.median(t_bare)
             t_re = _median_s(rerun, repeats, sync)
         out["rows"].append({"batch": b, "full_ms_per_person": 1000 * t_full / b,
-                            "rerun_ms_per_person": 1000 * t_re / b})
+                            "rerun_ms_per_person": 1000 * t_re / b, "bare_ms_per_person": 1000 * t_bare / b,
+                            "ratio": t_full / t_bare})
     out["peak_rss_gb"] = _peak_gb()
     if device.startswith("cuda"):
         out["peak_cuda_gb"] = torch.cuda.max_memory_allocated() / 1024**3
@@ -94,17 +124,19 @@ def main() -> None:
     ap.add_argument("--dtypes", default="fp32,bf16")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--preset", default="sd15", help="network size (sd15 released; tiny for a quick look)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one dtype, print JSON
     a = ap.parse_args()
     batches = [int(x) for x in a.batches.split(",")]
     if a.one:
-        print("RESULT " + json.dumps(run_one(a.one, batches, a.repeats, a.device, a.threads or None)))
+        print("RESULT " + json.dumps(run_one(a.one, batches, a.repeats, a.device, a.threads or None, a.preset)))
         return
-    print(f"DPMesh sd15 network, random weights, device {a.device}; median of {a.repeats} after 1 warm-up")
-    print(f"{'dtype':6} {'batch':>5} {'full ms/person':>15} {'re-run ms/person':>17}")
+    print(f"DPMesh {a.preset} network, random weights, device {a.device}; median of {a.repeats} after 1 warm-up")
+    print(f"{'dtype':6} {'batch':>5} {'full ms/person':>15} {'re-run ms/person':>17} {'bare diffusers':>15} "
+          f"{'full/bare':>9}")
     for dname in a.dtypes.split(","):
         cmd = [sys.executable, __file__, "--one", dname, "--batches", a.batches, "--repeats", str(a.repeats),
-               "--device", a.device, "--threads", str(a.threads)]
+               "--device", a.device, "--threads", str(a.threads), "--preset", a.preset]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode or line is None:
@@ -112,7 +144,8 @@ def main() -> None:
             continue
         r = json.loads(line[len("RESULT "):])
         for row in r["rows"]:
-            print(f"{dname:6} {row['batch']:>5} {row['full_ms_per_person']:>15.0f} {row['rerun_ms_per_person']:>17.0f}")
+            print(f"{dname:6} {row['batch']:>5} {row['full_ms_per_person']:>15.1f} {row['rerun_ms_per_person']:>17.1f} "
+                  f"{row['bare_ms_per_person']:>15.1f} {row['ratio']:>9.3f}")
         extra = f", peak CUDA {r['peak_cuda_gb']:.2f} GB" if "peak_cuda_gb" in r else ""
         print(f"{dname:6} build {r['build_s']:.1f} s, threads {r['threads']}, peak RSS {r['peak_rss_gb']:.2f} GB{extra}")
 
