@@ -1225,6 +1225,9 @@ def doctor(mmpose: dict[str, Any] | None = None) -> list[Check]:
                               "SMPL is licensed: register at https://smpl.is.tue.mpg.de, download "
                               "basicModel_neutral_lbs_10_207_0_v1.0.0.pkl, then set DPMESH_SMPL=PATH or use the "
                               "app's Models dialog", optional=True))
+    checks.append(_check_file("J_regressor_extra.npy (the DPMesh network's head-top joint)", mf.j_regressor_extra,
+                              "Set DPMESH_J_REGRESSOR_EXTRA to SPIN's / 3DCrowdNet's data/J_regressor_extra.npy; "
+                              "without it SMPL vertex 411 stands in for the head-top", optional=True))
     checks.append(_check_file("DPMesh checkpoint (--estimator dpmesh)", mf.dpmesh_checkpoint,
                               "download an official *_best_ckpt.pth.tar from the DPMesh authors and run "
                               "`dpmesh convert FILE OUT_DIR`, then set DPMESH_CHECKPOINT=OUT_DIR", optional=True))

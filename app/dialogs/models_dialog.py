@@ -34,6 +34,9 @@ FIELDS = (
      "A diffusers folder or a single .safetensors (only needed to train from scratch)"),
     ("controlnet", "ControlNet", "Weights (*.safetensors *.pth);;All files (*)", True,
      "ControlNet openpose weights (only needed to train from scratch)"),
+    ("j_regressor_extra", "J_regressor_extra (head-top)", "NumPy (*.npy);;All files (*)", False,
+     "SPIN's J_regressor_extra.npy: the DPMesh network's head-top joint (not in the checkpoint; without it "
+     "SMPL vertex 411 stands in)"),
 )
 
 # The 2-D detector choice: mmpose files (shown when "mmpose" is chosen). Same tuple layout as FIELDS.
@@ -55,6 +58,7 @@ _EXPECTED_SUFFIXES = {
     "dpmesh_checkpoint": (".tar", ".pth", ".safetensors", ".pt", ""),
     "sd15": (".safetensors", ".ckpt", ""),
     "controlnet": (".safetensors", ".pth", ".bin", ""),
+    "j_regressor_extra": (".npy",),
     "mmpose_pose_config": (".py",),
     "mmpose_pose_checkpoint": (".pth", ".pt"),
     "mmpose_det_config": (".py",),
