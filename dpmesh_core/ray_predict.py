@@ -2,7 +2,8 @@
 
 The inputs (a folder, ``--manifest FILE``, a shard of them) become a Ray dataset of paths; ``map_batches`` runs
 them through a pool of stateful actors (``PredictActor``: the detector and the estimator are built once per
-actor, ``concurrency`` = ``--workers`` actors, ``num_gpus`` = ``--ray-gpus`` per actor). Each actor runs
+actor; a fixed pool of ``--workers`` actors — ``compute=ActorPoolStrategy(size=K)``, what Ray ≥ 2.51 asks for
+instead of ``concurrency=K`` —, ``num_gpus`` = ``--ray-gpus`` per actor). Each actor runs
 ``api.predict`` — the same per-input batch layer as a plain run — on its batches, into its own private folder
 under the output folder; the driver (``dpmesh_core.batch.predict_batch``) moves every finished input's
 files into the output folder and records it in ``dpmesh-run.json``, so the outputs and the manifest are those
@@ -80,7 +81,7 @@ def runner(address: str | None = None, num_gpus: float = 0.0, batch_size: int = 
             ds = ray.data.from_items([{"path": p} for p in paths])
             ds = ds.map_batches(
                 PredictActor, batch_size=max(1, min(batch_size, math.ceil(len(paths) / actors))),
-                batch_format="numpy", concurrency=actors, num_gpus=num_gpus or None,
+                batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors), num_gpus=num_gpus or None,
                 fn_constructor_kwargs={"options": clean, "parts_root": str(parts[0]),
                                        "detect": opts.keypoints is None})
             for row in ds.iter_rows():
