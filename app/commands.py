@@ -35,10 +35,10 @@ class ReplacePersonCommand(QUndoCommand):
         self.new = new
 
     def redo(self) -> None:
-        self.doc._replace_person(self.uid, self.new)
+        self.doc.replace_person(self.uid, self.new)
 
     def undo(self) -> None:
-        self.doc._replace_person(self.uid, self.old)
+        self.doc.replace_person(self.uid, self.old)
 
 
 class MoveKeypointCommand(ReplacePersonCommand):
@@ -125,11 +125,11 @@ class AddPersonCommand(QUndoCommand):
         self.index = len(doc.persons(frame))
 
     def redo(self) -> None:
-        self.doc._insert_person(self.frame, self.index, self.uid, self.person)
+        self.doc.insert_person(self.frame, self.index, self.uid, self.person)
         self.doc.select(self.uid)
 
     def undo(self) -> None:
-        self.doc._remove_person(self.uid)
+        self.doc.remove_person(self.uid)
 
 
 class RemovePersonCommand(QUndoCommand):
@@ -147,12 +147,12 @@ class RemovePersonCommand(QUndoCommand):
         self.result = None
 
     def redo(self) -> None:
-        removed = self.doc._remove_person(self.uid)
+        removed = self.doc.remove_person(self.uid)
         if removed is not None:
             self.result = removed[3]
 
     def undo(self) -> None:
-        self.doc._insert_person(self.frame, self.index, self.uid, self.person, self.result)
+        self.doc.insert_person(self.frame, self.index, self.uid, self.person, self.result)
 
 
 class BatchEditCommand(QUndoCommand):
@@ -181,12 +181,12 @@ class BatchEditCommand(QUndoCommand):
         self._removed: list[tuple] = []
 
     def redo(self) -> None:
-        self.doc._batch_replace(self.new, {u: None for u in self.stale}, self.new_interp, reestimate=True)
+        self.doc.batch_replace(self.new, {u: None for u in self.stale}, self.new_interp, reestimate=True)
         if self.remove:
-            self._removed = self.doc._batch_remove(self.remove)
+            self._removed = self.doc.batch_remove(self.remove)
 
     def undo(self) -> None:
         if self._removed:
-            self.doc._batch_insert(self._removed)
+            self.doc.batch_insert(self._removed)
             self._removed = []
-        self.doc._batch_replace(self.old, self.old_results, self.old_interp, reestimate=True)
+        self.doc.batch_replace(self.old, self.old_results, self.old_interp, reestimate=True)

@@ -1,8 +1,9 @@
 """The Document: everything the user is working on, as one QObject with signals.
 
 Holds the media (image or video), the per-frame persons (frozen ``Person`` dataclasses), their mesh
-results and the selection; owns the ``QUndoStack``. Widgets never mutate it directly: they call the
-``edit_*`` methods, which push a command (see ``app.commands``), so every edit can be undone.
+results and the selection; owns the ``QUndoStack``. It offers named mutation primitives only: the user's
+edits go through an ``app.editor.Editor``, which pushes one command per edit (``app.commands``) that calls
+these primitives, so every edit can be undone.
 
 Each person carries a document-wide integer *uid* (parallel to the per-frame person lists) so that
 background results land on the right person even after persons were added or removed meanwhile.
@@ -247,7 +248,7 @@ class Document(QObject):
         return uids
 
     # --- primitive mutations used by commands (not undoable on their own)
-    def _replace_person(self, uid: int, person: Person) -> None:
+    def replace_person(self, uid: int, person: Person) -> None:
         loc = self.locate(uid)
         if loc is None:
             return
@@ -256,7 +257,7 @@ class Document(QObject):
         self.persons_changed.emit(f)
         self.person_edited.emit(f, uid)
 
-    def _insert_person(self, frame: int, index: int, uid: int, person: Person,
+    def insert_person(self, frame: int, index: int, uid: int, person: Person,
                        result: MeshResult | str | None = None) -> None:
         self._frames.setdefault(frame, []).insert(index, person)
         self._uids.setdefault(frame, []).insert(index, uid)
@@ -268,7 +269,7 @@ class Document(QObject):
         if result is None:
             self.person_edited.emit(frame, uid)
 
-    def _remove_person(self, uid: int) -> tuple[int, int, Person, MeshResult | str | None] | None:
+    def remove_person(self, uid: int) -> tuple[int, int, Person, MeshResult | str | None] | None:
         loc = self.locate(uid)
         if loc is None:
             return None
@@ -284,7 +285,7 @@ class Document(QObject):
         return f, i, p, res
 
     # --- batch mutations (one signal per frame, not per person: a command over 200 frames stays fast)
-    def _batch_replace(self, persons: dict[int, Person], results: dict[int, Any] | None = None,
+    def batch_replace(self, persons: dict[int, Person], results: dict[int, Any] | None = None,
                        interpolated: dict[int, np.ndarray | None] | None = None, reestimate: bool = False) -> None:
         """Replace many persons at once. ``results``: {uid: MeshResult, error text, or None (dropped)};
         ``interpolated``: {uid: (J,) mask or None}. ``reestimate``: persons of the shown frame left without a
@@ -317,8 +318,8 @@ class Document(QObject):
                 if self._where.get(u) == f and u not in self._results:
                     self.person_edited.emit(f, u)
 
-    def _batch_remove(self, uids: list[int]) -> list[tuple]:
-        """Remove many persons; returns what ``_batch_insert`` needs to put them back."""
+    def batch_remove(self, uids: list[int]) -> list[tuple]:
+        """Remove many persons; returns what ``batch_insert`` needs to put them back."""
         out, frames = [], set()
         for u in uids:
             f = self._where.pop(u, None)
@@ -336,8 +337,8 @@ class Document(QObject):
             self.results_changed.emit(f)
         return out
 
-    def _batch_insert(self, entries: list[tuple]) -> None:
-        """Put back persons removed by ``_batch_remove`` (in reverse order, so indices hold)."""
+    def batch_insert(self, entries: list[tuple]) -> None:
+        """Put back persons removed by ``batch_remove`` (in reverse order, so indices hold)."""
         frames = set()
         for f, i, u, p, r, m in reversed(entries):
             self._frames.setdefault(f, []).insert(i, p)
@@ -391,60 +392,6 @@ class Document(QObject):
             return
         self.selected_joint = joint
         self.joint_selection_changed.emit(joint)
-
-    # ------------------------------------------------------------------ edits (undoable)
-    def _push(self, cmd: Any) -> None:
-        self.undo_stack.push(cmd)
-
-    def edit_move_keypoint(self, uid: int, joint: int, xy: tuple[float, float], drag_id: int = 0) -> None:
-        from .commands import MoveKeypointCommand
-
-        p = self.person(uid)
-        if p is not None:
-            self._push(MoveKeypointCommand(self, uid, joint, xy, drag_id))
-
-    def edit_add_keypoint(self, uid: int, joint: int, xy: tuple[float, float]) -> None:
-        from .commands import AddKeypointCommand
-
-        if self.person(uid) is not None:
-            self._push(AddKeypointCommand(self, uid, joint, xy))
-
-    def edit_delete_keypoint(self, uid: int, joint: int) -> None:
-        from .commands import DeleteKeypointCommand
-
-        if self.person(uid) is not None:
-            self._push(DeleteKeypointCommand(self, uid, joint))
-
-    def edit_toggle_visibility(self, uid: int, joint: int) -> None:
-        from .commands import ToggleVisibilityCommand
-
-        if self.person(uid) is not None:
-            self._push(ToggleVisibilityCommand(self, uid, joint))
-
-    def edit_set_box(self, uid: int, box: tuple[float, float, float, float]) -> None:
-        from .commands import SetBoxCommand
-
-        if self.person(uid) is not None:
-            self._push(SetBoxCommand(self, uid, box))
-
-    def edit_add_person(self, person: Person, frame: int | None = None) -> int:
-        from .commands import AddPersonCommand
-
-        cmd = AddPersonCommand(self, self.current_frame if frame is None else frame, person)
-        self._push(cmd)
-        return cmd.uid
-
-    def edit_remove_person(self, uid: int) -> None:
-        from .commands import RemovePersonCommand
-
-        if self.person(uid) is not None:
-            self._push(RemovePersonCommand(self, uid))
-
-    def edit_replace_person(self, uid: int, person: Person, text: str = "Edit person") -> None:
-        from .commands import ReplacePersonCommand
-
-        if self.person(uid) is not None:
-            self._push(ReplacePersonCommand(self, uid, person, text))
 
     # ------------------------------------------------------------------ helpers
     @staticmethod

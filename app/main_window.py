@@ -29,6 +29,7 @@ from dpmesh_core.errors import DPMeshError
 from dpmesh_core.types import Person
 
 from .document import Document
+from .editor import Editor
 from .session import PROJECT_EXT, Session
 from .session.estimation import ESTIMATOR_LABELS
 from .widgets.image_view import ImageView, JointTables
@@ -487,19 +488,19 @@ class MainWindow(QMainWindow):
 
     def toggle_visibility(self) -> None:
         if self.doc.selected_uid != -1 and self.doc.selected_joint >= 0:
-            self.doc.edit_toggle_visibility(self.doc.selected_uid, self.doc.selected_joint)
+            Editor(self.doc).toggle_visibility(self.doc.selected_uid, self.doc.selected_joint)
         else:
             self.statusBar().showMessage("Select a joint first (click it).", 5000)
 
     def delete_joint(self) -> None:
         if self.doc.selected_uid != -1 and self.doc.selected_joint >= 0:
-            self.doc.edit_delete_keypoint(self.doc.selected_uid, self.doc.selected_joint)
+            Editor(self.doc).delete_keypoint(self.doc.selected_uid, self.doc.selected_joint)
         else:
             self.statusBar().showMessage("Select a joint first (click it).", 5000)
 
     def remove_person(self) -> None:
         if self.doc.selected_uid != -1:
-            self.doc.edit_remove_person(self.doc.selected_uid)
+            Editor(self.doc).remove_person(self.doc.selected_uid)
 
     def cycle_person(self, d: int) -> None:
         uids = self.doc.uids()
@@ -530,13 +531,13 @@ class MainWindow(QMainWindow):
             n = self.joint_combo.count() or 17
             kp = np.zeros((n, 3), np.float32)
             p = Person(box=box, keypoints=kp, visible=np.zeros(n, bool), source="user")
-            self.doc.edit_add_person(p, frame)
+            Editor(self.doc).add_person(p, frame)
             self.statusBar().showMessage("No key-points found in the box: person added empty — place its joints "
                                          "with Add key-point (A).", 10000)
             self.a_mode_add.setChecked(True)
             return
         p = dataclasses.replace(person, box=box, source="user")
-        self.doc.edit_add_person(p, frame)
+        Editor(self.doc).add_person(p, frame)
         self.statusBar().showMessage("Person added from the box.", 5000)
 
     def propagate(self) -> None:

@@ -12,6 +12,7 @@ from PySide6.QtCore import QObject, Signal
 from dpmesh_core.types import MeshResult, Person
 
 from .. import ops
+from ..commands import BatchEditCommand
 from ..document import Document
 from ..jobs.inference import InferenceService
 from .estimation import EstimationController
@@ -104,26 +105,23 @@ class VideoController(QObject):
                 break
         if not frames_of_track:
             return 0
-        stack = self.doc.undo_stack
-        stack.beginMacro("Propagate key-point corrections")
-        try:
-            for f, u, p in frames_of_track:
-                kp = np.array(p.keypoints, np.float32)
-                vis = np.array(p.visible, bool)
-                ed = np.array(p.edited, bool)
-                for j in np.flatnonzero(p0.edited):
-                    a = p0.keypoints[j, :2]
-                    if next_key is not None and next_key[1].edited[j]:
-                        t = (f - f0) / (next_key[0] - f0)
-                        xy = (1 - t) * a + t * next_key[1].keypoints[j, :2]
-                    else:
-                        xy = a
-                    kp[j, :2] = xy
-                    kp[j, 2] = p0.keypoints[j, 2]
-                    vis[j] = p0.visible[j]
-                    ed[j] = True
-                self.doc.edit_replace_person(u, dataclasses.replace(p, keypoints=kp, visible=vis, edited=ed,
-                                                                    source="user"), "Propagate")
-        finally:
-            stack.endMacro()
+        replace = {}
+        for f, u, p in frames_of_track:
+            kp = np.array(p.keypoints, np.float32)
+            vis = np.array(p.visible, bool)
+            ed = np.array(p.edited, bool)
+            for j in np.flatnonzero(p0.edited):
+                a = p0.keypoints[j, :2]
+                if next_key is not None and next_key[1].edited[j]:
+                    t = (f - f0) / (next_key[0] - f0)
+                    xy = (1 - t) * a + t * next_key[1].keypoints[j, :2]
+                else:
+                    xy = a
+                kp[j, :2] = xy
+                kp[j, 2] = p0.keypoints[j, 2]
+                vis[j] = p0.visible[j]
+                ed[j] = True
+            replace[u] = dataclasses.replace(p, keypoints=kp, visible=vis, edited=ed, source="user")
+        # one command (one undo step) for the whole propagation
+        self.doc.undo_stack.push(BatchEditCommand(self.doc, "Propagate key-point corrections", replace=replace))
         return len(frames_of_track)

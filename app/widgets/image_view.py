@@ -31,6 +31,7 @@ from PySide6.QtWidgets import (
 from dpmesh_core.types import Person
 
 from ..document import Document
+from ..editor import Editor
 from ..palette import person_rgb
 
 
@@ -448,7 +449,7 @@ class ImageView(QGraphicsView):
             if uid == -1:
                 self.status_message.emit("Select a person first (click it or pick it in the list).")
                 return
-            self.doc.edit_add_keypoint(uid, self.joint_to_add, (pos.x(), pos.y()))
+            Editor(self.doc).add_keypoint(uid, self.joint_to_add, (pos.x(), pos.y()))
             self.doc.select_joint(self.joint_to_add)
             self.status_message.emit(f"Added key-point {self.joint_to_add}. Pick another joint or press Esc.")
         elif self.mode == "box":
@@ -468,7 +469,7 @@ class ImageView(QGraphicsView):
             ed[j] = True
             box = np.array([pos.x() - 20, pos.y() - 20, pos.x() + 20, pos.y() + 20], np.float32)
             p = Person(box=box, keypoints=kp, visible=kp[:, 2] > 0, source="user", edited=ed, score=1.0)
-            self._place_uid = self.doc.edit_add_person(p)
+            self._place_uid = Editor(self.doc).add_person(p)
         else:
             p = self.doc.person(self._place_uid)
             p2 = Document.with_joint(p, j, xy=(pos.x(), pos.y()), conf=1.0, visible=True)
@@ -478,7 +479,7 @@ class ImageView(QGraphicsView):
                 box = p2.box
             import dataclasses
 
-            self.doc.edit_replace_person(self._place_uid, dataclasses.replace(p2, box=box), f"Place key-point {j}")
+            Editor(self.doc).replace_person(self._place_uid, dataclasses.replace(p2, box=box), f"Place key-point {j}")
         self.doc.select_joint(j)
         self._place_next += 1
         self._after_place()
@@ -529,7 +530,7 @@ class ImageView(QGraphicsView):
             self.persons_item.drag_preview = None
             p = self.doc.person(uid)
             if p is not None and (abs(p.keypoints[j, 0] - pos.x()) > 1e-3 or abs(p.keypoints[j, 1] - pos.y()) > 1e-3):
-                self.doc.edit_move_keypoint(uid, j, (pos.x(), pos.y()), drag_id=self._drag_id)
+                Editor(self.doc).move_keypoint(uid, j, (pos.x(), pos.y()), drag_id=self._drag_id)
             if self._preview_rect is not None:
                 self.persons_item.update(self._preview_rect)
                 self._preview_rect = None
@@ -555,8 +556,8 @@ class ImageView(QGraphicsView):
             self.doc.select_joint(hit[1])
             p = self.doc.person(uid)
             label = "Mark visible" if not p.visible[hit[1]] else "Mark occluded"
-            menu.addAction(label + "\tO", lambda: self.doc.edit_toggle_visibility(uid, hit[1]))
-            menu.addAction("Delete key-point\tDel", lambda: self.doc.edit_delete_keypoint(uid, hit[1]))
+            menu.addAction(label + "\tO", lambda: Editor(self.doc).toggle_visibility(uid, hit[1]))
+            menu.addAction("Delete key-point\tDel", lambda: Editor(self.doc).delete_keypoint(uid, hit[1]))
             menu.addSeparator()
-        menu.addAction("Remove person\tShift+Del", lambda: self.doc.edit_remove_person(uid))
+        menu.addAction("Remove person\tShift+Del", lambda: Editor(self.doc).remove_person(uid))
         menu.exec(e.globalPosition().toPoint())

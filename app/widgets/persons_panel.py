@@ -17,6 +17,7 @@ from PySide6.QtWidgets import (
 )
 
 from ..document import Document
+from ..editor import Editor
 from .image_view import JointTables, person_color
 
 
@@ -128,8 +129,8 @@ class PersonsPanel(QWidget):
 
     def _toggle(self, row: int, _col: int) -> None:
         if self.doc.selected_uid != -1:
-            self.doc.edit_toggle_visibility(self.doc.selected_uid, row)
+            Editor(self.doc).toggle_visibility(self.doc.selected_uid, row)
 
     def _remove(self) -> None:
         if self.doc.selected_uid != -1:
-            self.doc.edit_remove_person(self.doc.selected_uid)
+            Editor(self.doc).remove_person(self.doc.selected_uid)

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from app.editor import Editor
 from app.session import Session
 from app.widgets.attention_view import AttentionView, attention_grid
 from dpmesh_core.body.synthetic import synthetic_smpl_arrays
@@ -73,7 +74,7 @@ def test_attention_view_shows_the_networks_own_maps(qapp, qtbot, tiny_model, med
 
         # an edit re-runs the network on the same crop box; the overlay follows the recorded box
         before = r
-        s.doc.edit_move_keypoint(uid, 9, tuple(np.asarray(persons[0].keypoints[9, :2]) + (6.0, -4.0)))
+        Editor(s.doc).move_keypoint(uid, 9, tuple(np.asarray(persons[0].keypoints[9, :2]) + (6.0, -4.0)))
         qtbot.waitUntil(lambda: s.doc.result(uid) is not None and s.doc.result(uid) is not before
                         and not isinstance(s.doc.result(uid), str), timeout=240000)
         after = s.doc.result(uid)

@@ -8,6 +8,7 @@ from app_testkit import make_person
 
 from app.commands import MoveKeypointCommand
 from app.document import Document
+from app.editor import Editor
 
 
 @pytest.fixture
@@ -46,7 +47,7 @@ def test_results_follow_persons_not_indices(doc):
     u0, u1 = doc.uids()
     doc.set_result(u1, "failed: too few joints")
     assert doc.result_error(u1) == "failed: too few joints"
-    doc.edit_remove_person(u0)
+    Editor(doc).remove_person(u0)
     assert doc.uids() == [u1]
     assert doc.result_error(u1) == "failed: too few joints"  # the result moved with its person
     doc.set_result(u0, "late result of a removed person")  # ignored, no crash
@@ -61,42 +62,42 @@ def test_every_command_do_undo_redo(doc, qtbot, edit):
     edited = []
     doc.person_edited.connect(lambda f, u: edited.append(u))
     if edit == "move":
-        doc.edit_move_keypoint(u0, 5, (12.5, 34.0))
+        Editor(doc).move_keypoint(u0, 5, (12.5, 34.0))
         p = doc.person(u0)
         assert tuple(p.keypoints[5, :2]) == (12.5, 34.0) and p.edited[5] and p.visible[5] and p.source == "user"
     elif edit == "add":
-        doc.edit_delete_keypoint(u0, 3)
+        Editor(doc).delete_keypoint(u0, 3)
         doc.undo_stack.clear()
         before = _state(doc)
-        doc.edit_add_keypoint(u0, 3, (50, 60))
+        Editor(doc).add_keypoint(u0, 3, (50, 60))
         p = doc.person(u0)
         assert p.keypoints[3, 2] == 1.0 and p.visible[3] and p.edited[3]
     elif edit == "delete":
-        doc.edit_delete_keypoint(u0, 2)
+        Editor(doc).delete_keypoint(u0, 2)
         p = doc.person(u0)
         assert p.keypoints[2, 2] == 0 and not p.visible[2] and p.weights[2] == 0
     elif edit == "toggle":
-        doc.edit_toggle_visibility(u0, 7)
+        Editor(doc).toggle_visibility(u0, 7)
         assert not doc.person(u0).visible[7]
-        doc.edit_toggle_visibility(u0, 7)
+        Editor(doc).toggle_visibility(u0, 7)
         assert doc.person(u0).visible[7]
         doc.undo_stack.undo()
         assert not doc.person(u0).visible[7]
         doc.undo_stack.redo()
         assert doc.person(u0).visible[7]
-        doc.edit_toggle_visibility(u0, 7)
+        Editor(doc).toggle_visibility(u0, 7)
     elif edit == "box":
-        doc.edit_set_box(u0, (200, 220, 10, 20))
+        Editor(doc).set_box(u0, (200, 220, 10, 20))
         assert np.array_equal(doc.person(u0).box, np.array([10, 20, 200, 220], np.float32))
     elif edit == "add_person":
-        uid = doc.edit_add_person(make_person(9, x0=500))
+        uid = Editor(doc).add_person(make_person(9, x0=500))
         assert doc.uids()[-1] == uid and doc.selected_uid == uid and len(doc.persons()) == 3
     elif edit == "remove_person":
         doc.set_result(u0, "error kept for undo")
-        doc.edit_remove_person(u0)
+        Editor(doc).remove_person(u0)
         assert u0 not in doc.uids() and len(doc.persons()) == 1
     elif edit == "replace":
-        doc.edit_replace_person(u0, make_person(42))
+        Editor(doc).replace_person(u0, make_person(42))
     after = _state(doc)
     assert not _same(before, after)
     assert edited or edit == "remove_person", "an edit must ask for re-inference"
@@ -114,12 +115,12 @@ def test_drag_moves_merge_into_one_undo_step(doc):
     u0 = doc.uids()[0]
     orig = doc.person(u0).keypoints.copy()
     for i in range(10):
-        doc.edit_move_keypoint(u0, 4, (100 + i, 200 + i), drag_id=7)
+        Editor(doc).move_keypoint(u0, 4, (100 + i, 200 + i), drag_id=7)
     assert doc.undo_stack.count() == 1
     assert isinstance(doc.undo_stack.command(0), MoveKeypointCommand)
     assert tuple(doc.person(u0).keypoints[4, :2]) == (109, 209)
-    doc.edit_move_keypoint(u0, 4, (1, 1), drag_id=8)  # a new drag is a new step
-    doc.edit_move_keypoint(u0, 5, (1, 1), drag_id=8)  # another joint too
+    Editor(doc).move_keypoint(u0, 4, (1, 1), drag_id=8)  # a new drag is a new step
+    Editor(doc).move_keypoint(u0, 5, (1, 1), drag_id=8)  # another joint too
     assert doc.undo_stack.count() == 3
     doc.undo_stack.undo()
     doc.undo_stack.undo()

@@ -266,6 +266,7 @@ import sys, time
 import numpy as np
 from PySide6.QtWidgets import QApplication
 app = QApplication([])
+from app.editor import Editor
 from app.session import Session
 s = Session()
 def spin(pred, what):
@@ -283,7 +284,7 @@ uid = max((u for u in doc.uids() if doc.result(u) is not None), key=lambda u: do
 p, old = doc.person(uid), doc.result(uid)
 j = int(np.argmax(p.weights))
 for k in range(3):  # a drag: moves, then the release
-    doc.edit_move_keypoint(uid, j, (float(p.keypoints[j, 0]) + 5 * k + 5, float(p.keypoints[j, 1])), drag_id=7)
+    Editor(doc).move_keypoint(uid, j, (float(p.keypoints[j, 0]) + 5 * k + 5, float(p.keypoints[j, 1])), drag_id=7)
 spin(lambda: doc.result(uid) is not old and doc.result(uid) is not None and not s.is_busy(), "re-estimation")
 from app.widgets.image_view import JointTables
 pid = s.inference.server_pid

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from app_testkit import PHOTO, RecordingEstimator, make_person
 
+from app.editor import Editor
 from app.jobs import InferenceService
 from app.session import Session
 from dpmesh_core.errors import MediaError, ProjectFileError
@@ -32,9 +33,9 @@ def _edited_scene(s: Session, qtbot) -> None:
     s.open_path(PHOTO)
     s.doc.set_frame_persons(0, [make_person(0), make_person(1, x0=300)])
     u0, u1 = s.doc.uids()
-    s.doc.edit_move_keypoint(u0, 3, (111.0, 222.0))
-    s.doc.edit_toggle_visibility(u1, 5)
-    s.doc.edit_add_person(make_person(2, x0=400))
+    Editor(s.doc).move_keypoint(u0, 3, (111.0, 222.0))
+    Editor(s.doc).toggle_visibility(u1, 5)
+    Editor(s.doc).add_person(make_person(2, x0=400))
     qtbot.waitUntil(lambda: all(r is not None for r in s.doc.results()), timeout=60000)
 
 

@@ -7,6 +7,7 @@ import numpy as np
 from app_testkit import PHOTO
 from PySide6.QtCore import QSettings
 
+from app.editor import Editor
 from app.main_window import MainWindow
 
 
@@ -49,7 +50,7 @@ def test_main_window_detect_fit_overlay_screenshot(qtbot, tmp_path):
     p = doc.person(uid)
     j = int(np.argmax(p.weights))
     before = win.overlay_updates
-    doc.edit_move_keypoint(uid, j, (float(p.keypoints[j, 0]) + 25.0, float(p.keypoints[j, 1]) + 10.0), drag_id=1)
+    Editor(doc).move_keypoint(uid, j, (float(p.keypoints[j, 0]) + 25.0, float(p.keypoints[j, 1]) + 10.0), drag_id=1)
     qtbot.waitUntil(lambda: doc.result(uid) is not old and doc.result(uid) is not None
                     and win.overlay_updates > before, timeout=60000)
     assert not np.allclose(doc.result(uid).vertices, old.vertices)

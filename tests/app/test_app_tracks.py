@@ -14,6 +14,7 @@ from app_testkit import RecordingEstimator, make_person
 
 from app import keyframes, tracks
 from app.document import Document
+from app.editor import Editor
 from app.jobs import InferenceService
 from app.palette import person_rgb
 from app.session import Session
@@ -77,7 +78,7 @@ def test_colour_and_label_follow_the_track_not_the_order(qapp, street):
 def test_track_list_first_last_frame_and_key_frames(qapp, street):
     doc = _video_doc(street, 6, tracks_per_frame=((0, 1), (0,), (0, 1)))
     u = doc.uids(2)[0]
-    doc.edit_move_keypoint(u, 3, (120.0, 130.0))
+    Editor(doc).move_keypoint(u, 3, (120.0, 130.0))
     info = {t.track_id: t for t in tracks.summary(doc)}
     assert (info[0].first, info[0].last, info[0].frames, info[0].key_frames) == (0, 5, 6, 1)
     assert (info[1].first, info[1].last, info[1].frames, info[1].key_frames) == (0, 5, 4, 0)
@@ -130,11 +131,11 @@ def test_interpolation_only_between_key_frames_and_past_the_last_only_when_asked
     u2, u8 = doc.uids(2)[0], doc.uids(8)[0]
     p2, p8 = doc.person(u2), doc.person(u8)
     j = 9  # a wrist
-    doc.edit_move_keypoint(u2, j, tuple(p2.keypoints[j, :2] + (30.0, -20.0)))
+    Editor(doc).move_keypoint(u2, j, tuple(p2.keypoints[j, :2] + (30.0, -20.0)))
     # one key frame: nothing to interpolate (the old Ctrl+I copied it into every later frame)
     assert keyframes.interpolate_track(doc, 0) == 0
     assert all(np.array_equal(doc.persons(f)[0].keypoints, originals[f].keypoints) for f in range(12) if f != 2)
-    doc.edit_move_keypoint(u8, j, tuple(p8.keypoints[j, :2] + (-10.0, 40.0)))
+    Editor(doc).move_keypoint(u8, j, tuple(p8.keypoints[j, :2] + (-10.0, 40.0)))
     n = doc.undo_stack.count()
     assert keyframes.interpolate_track(doc, 0) == 5  # frames 3..7
     assert doc.undo_stack.count() == n + 1
@@ -177,7 +178,7 @@ def test_interpolated_points_are_drawn_and_listed_as_interpolated(qapp, qtbot, s
     doc = _video_doc(street, 5, tracks_per_frame=((0,),))
     for f in (0, 4):
         u = doc.uids(f)[0]
-        doc.edit_move_keypoint(u, 9, tuple(doc.person(u).keypoints[9, :2] + 15.0))
+        Editor(doc).move_keypoint(u, 9, tuple(doc.person(u).keypoints[9, :2] + 15.0))
     keyframes.interpolate_track(doc, 0)
     doc.set_current_frame(2)
     doc.select(doc.uids(2)[0])
@@ -223,7 +224,7 @@ def test_undo_of_an_interpolation_over_200_frames_is_one_fast_step(qapp, qtbot, 
             w.show()
         for f in (0, 199):
             u = doc.uids(f)[2]
-            doc.edit_move_keypoint(u, 9, tuple(doc.person(u).keypoints[9, :2] + 12.0))
+            Editor(doc).move_keypoint(u, 9, tuple(doc.person(u).keypoints[9, :2] + 12.0))
         s.live_inference = True
         qapp.processEvents()
         t0 = time.perf_counter()
@@ -258,9 +259,9 @@ def test_timeline_marks_key_frames_of_the_selected_track(qapp, qtbot, street):
     tl.resize(600, 40)
     tl.show()
     u = doc.uids(3)[1]
-    doc.edit_move_keypoint(u, 0, (400.0, 90.0))
+    Editor(doc).move_keypoint(u, 0, (400.0, 90.0))
     u7 = doc.uids(7)[0]
-    doc.edit_move_keypoint(u7, 0, (110.0, 90.0))
+    Editor(doc).move_keypoint(u7, 0, (110.0, 90.0))
     doc.select(doc.uids(3)[1])
     qtbot.waitUntil(lambda: tl.keys.all_keys == [3, 7], timeout=2000)
     assert tl.keys.track_keys == [3]

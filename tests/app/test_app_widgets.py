@@ -13,6 +13,7 @@ from PySide6.QtGui import QMouseEvent
 from PySide6.QtWidgets import QApplication
 
 from app.document import Document
+from app.editor import Editor
 from app.jobs import InferenceService
 from app.session import Session
 from app.widgets.image_view import ImageView
@@ -77,7 +78,7 @@ def test_partial_skeleton_repaints_match_a_full_repaint(view, qtbot):
     u0, u1 = doc.uids()
     painted.clear()
     p = doc.person(u1)
-    doc.edit_move_keypoint(u1, 6, (float(p.keypoints[6, 0]) + 15, float(p.keypoints[6, 1]) + 9), drag_id=1)
+    Editor(doc).move_keypoint(u1, 6, (float(p.keypoints[6, 0]) + 15, float(p.keypoints[6, 1]) + 9), drag_id=1)
     doc.select(u1)
     doc.select_joint(6)
     start = tuple(map(float, doc.person(u1).keypoints[8, :2]))
@@ -98,7 +99,7 @@ def test_partial_skeleton_repaints_match_a_full_repaint(view, qtbot):
 def test_add_keypoint_mode_and_occlusion_key(view, qtbot):
     doc = view.doc
     uid = doc.uids()[0]
-    doc.edit_delete_keypoint(uid, 2)
+    Editor(doc).delete_keypoint(uid, 2)
     doc.select(uid)
     view.joint_to_add = 2
     view.set_mode("add_joint")
@@ -106,7 +107,7 @@ def test_add_keypoint_mode_and_occlusion_key(view, qtbot):
     _mouse(view, QEvent.Type.MouseButtonRelease, (60.0, 70.0))
     p = doc.person(uid)
     assert np.allclose(p.keypoints[2], (60, 70, 1), atol=1.5) and p.visible[2] and p.edited[2]
-    doc.edit_toggle_visibility(uid, 2)
+    Editor(doc).toggle_visibility(uid, 2)
     assert not doc.person(uid).visible[2]
 
 
@@ -159,8 +160,8 @@ def test_propagate_corrections_interpolates_between_key_frames(qapp, qtbot):
             s.doc.set_frame_persons(f, [base])
         u0 = s.doc.uids(0)[0]
         u4 = s.doc.uids(4)[0]
-        s.doc.edit_move_keypoint(u0, 3, (100.0, 100.0))
-        s.doc.edit_move_keypoint(u4, 3, (140.0, 60.0))  # the next corrected key frame
+        Editor(s.doc).move_keypoint(u0, 3, (100.0, 100.0))
+        Editor(s.doc).move_keypoint(u4, 3, (140.0, 60.0))  # the next corrected key frame
         n = s.propagate_corrections(u0)
         assert n == 3  # frames 1, 2, 3
         for f, t in ((1, 0.25), (2, 0.5), (3, 0.75)):
@@ -307,7 +308,7 @@ def test_mesh_view_waits_for_edits_in_flight_but_not_forever(qapp, qtbot, image)
         # an estimation is running (gated) when a result changes: the view waits …
         est.gate.clear()
         u0, u1 = s.doc.uids()
-        s.doc.edit_move_keypoint(u1, 2, (320.0, 200.0))
+        Editor(s.doc).move_keypoint(u1, 2, (320.0, 200.0))
         qtbot.waitUntil(lambda: est.started.is_set() and s.inference.runner.is_busy(), timeout=10000)
         t0 = time.perf_counter()
         s.doc.set_result(u0, s.doc.result(u0))  # a result arrives meanwhile

@@ -53,6 +53,7 @@ def bench_inference() -> None:
     from PySide6.QtWidgets import QApplication
 
     app = QApplication.instance() or QApplication([])
+    from app.editor import Editor
     from app.main import configure_runtime
     from app.main_window import MainWindow
 
@@ -97,30 +98,74 @@ def bench_inference() -> None:
     print(f"GUI-thread stall during detection + estimation: longest {g[-1]:.0f} ms, "
           f"p99 {g[int(0.99 * (len(g) - 1))]:.0f} ms, median {statistics.median(g):.1f} ms ({len(g)} ticks)")
 
-    # release-drag → updated overlay on screen, warm-started fit of one person
+    # release-drag → updated overlay on screen, warm-started fit of one person; where the time goes
     import numpy as np
 
+    session = win.session
+    events: list[tuple[str, float, float]] = []  # (what, when, seconds it reports)
+    doc.results_changed.connect(lambda _f: events.append(("result", time.perf_counter(), 0.0)))
+    overlay_request = session.overlay.request
+
+    def timed_request(frame: int) -> None:
+        events.append(("overlay_request", time.perf_counter(), 0.0))
+        overlay_request(frame)
+
+    session.overlay.request = timed_request
+    session.render.rendered.connect(
+        lambda key, _rgb, secs: events.append(("rendered", time.perf_counter(), secs,
+                                               session.render._client.last_server_seconds))
+        if isinstance(key, tuple) and key[0] == "overlay" else None)
+    win.overlay_shown.connect(lambda _f: events.append(("shown", time.perf_counter(), 0.0)))
+
+    def first(what: str, after: float) -> tuple | None:
+        return next((e for e in events if e[0] == what and e[1] >= after), None)
+
     uids = [u for u in doc.uids() if doc.result(u) is not None]
-    lat, est, gaps = [], [], []
+    lat, est, rows, gaps = [], [], [], []
     timer.start()
-    for k in range(6):
+    for k in range(8):
         uid = uids[k % len(uids)]
         p = doc.person(uid)
         j = int(np.argmax(p.weights))
         old = doc.result(uid)
         before = win.overlay_updates
+        spin_until(lambda: not session.is_busy(), 30)  # one drag at a time (its own latency, not a queue's)
+        events.clear()
         t0 = time.perf_counter()
-        doc.edit_move_keypoint(uid, j, (float(p.keypoints[j, 0]) + 6, float(p.keypoints[j, 1]) - 4), drag_id=100 + k)
+        Editor(doc).move_keypoint(uid, j, (float(p.keypoints[j, 0]) + 6, float(p.keypoints[j, 1]) - 4), drag_id=100 + k)
         ok = spin_until(lambda uid=uid, old=old, before=before: doc.result(uid) is not old
                         and win.overlay_updates > before, 60)
-        if ok:
-            lat.append((time.perf_counter() - t0) * 1000)
-            est.append(win.session.inference.last_seconds * 1000)
+        res = first("result", t0) if ok else None
+        # the result that was drawn: the last one before the overlay request whose picture was shown
+        shown = first("shown", t0) if res else None
+        if shown is None:
+            continue
+        req = [e for e in events if e[0] == "overlay_request" and e[1] <= shown[1]][-1]
+        rendered = [e for e in events if e[0] == "rendered" and e[1] <= shown[1]][-1]
+        res = [e for e in events if e[0] == "result" and e[1] <= req[1]] or [res]
+        t_result = res[-1][1]
+        total = (shown[1] - t0) * 1000
+        fit = session.inference.last_seconds * 1000
+        rt = session.inference.last_round_trip * 1000
+        render_rt, render_proc = rendered[2] * 1000, rendered[3] * 1000
+        lat.append(total)
+        est.append(fit)
+        rows.append((fit, rt - fit, (t_result - t0) * 1000 - rt, (req[1] - t_result) * 1000, render_proc,
+                     render_rt - render_proc, (shown[1] - req[1]) * 1000 - render_rt))
     timer.stop()
+    session.overlay.request = overlay_request
     g = sorted(gaps[2:]) or [0.0]
     if lat:
+        med = np.median(np.array(rows), axis=0)
+        names = ("fit (inference process)", "request/reply: pickling, socket, wake-ups", "edit → request, reply → "
+                 "result in the GUI (signals, queues)", "result → overlay request (coalescing timer)",
+                 "overlay render (render process)", "render request/reply (pickling, socket)",
+                 "overlay → on screen (signal, paint)")
         print(f"release drag → updated mesh overlay on screen: median {statistics.median(lat):.0f} ms over {len(lat)} "
-              f"(of which the warm-started fit: median {statistics.median(est):.0f} ms; rest = overlay render + paint)")
+              f"(min {min(lat):.0f}, max {max(lat):.0f}); load average {os.getloadavg()[0]:.1f}. Where the time goes "
+              "(medians, ms):")
+        for name, v in zip(names, med):
+            print(f"    {name:58s} {v:6.1f}")
     print(f"GUI-thread stall during re-estimation: longest {g[-1]:.0f} ms")
     # render times
     r = win.mesh_view

@@ -20,6 +20,7 @@ PHOTO = "/work/shared/media/COCO_val2014_000000000395.jpg"
 def main(out: Path) -> None:
     from PySide6.QtWidgets import QApplication
 
+    from app.editor import Editor
     from app.main import configure_runtime
     from app.main_window import MainWindow
 
@@ -54,8 +55,8 @@ def main(out: Path) -> None:
     doc.select(uid)
     p = doc.person(uid)
     doc.select_joint(9)
-    doc.edit_move_keypoint(uid, 9, (float(p.keypoints[9, 0]) - 30, float(p.keypoints[9, 1]) - 40), drag_id=1)
-    doc.edit_toggle_visibility(uid, 14)
+    Editor(doc).move_keypoint(uid, 9, (float(p.keypoints[9, 0]) - 30, float(p.keypoints[9, 1]) - 40), drag_id=1)
+    Editor(doc).toggle_visibility(uid, 14)
     win.mesh_view.sel_box.setChecked(True)
     win.mesh_view.orbit(40, 10)
     spin(lambda: not win.session.is_busy() and doc.result(uid) is not None)
