@@ -302,11 +302,16 @@ def read_network_config(directory: str | os.PathLike) -> NetworkConfig:
 
 def check_state_dict(net: nn.Module, state: dict[str, Any], path: str | os.PathLike | None) -> None:
     """Raise CheckpointMismatchError listing missing, unexpected and mis-shaped keys (strict)."""
+    from .regressor import _RESHAPE_TOLERANT
+
     own = net.state_dict()
     missing = sorted(set(own) - set(state))
     unexpected = sorted(set(state) - set(own))
+    # folders saved by earlier versions hold pos_table/smpl_tgt/kp_tgt as (1, …): same elements, still loaded
+    tolerant = {k for k in set(own) & set(state) if k in _RESHAPE_TOLERANT
+                and state[k].numel() == own[k].numel()}
     bad = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                 for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape))
+                 for k in set(own) & set(state) - tolerant if tuple(state[k].shape) != tuple(own[k].shape))
     if missing or unexpected or bad:
         raise CheckpointMismatchError(path, missing, unexpected, bad)
 

@@ -162,6 +162,11 @@ class DPMeshPredictor:
                               "is not SMPL-like (needs 69 body-pose values and the smpl30 joint set)", "body_model")
         self.body_model = body.to(self.device)
         self.network.set_body_model(self.body_model)
+        self.head_top_source = getattr(body, "head_top_source", "")
+        if self.head_top_source.startswith("vertex"):
+            log.warning("J_regressor_extra.npy not given: the head-top joint of the DPMesh network's SMPL-30 set is "
+                        "%s instead of SPIN's regressor row (set DPMESH_J_REGRESSOR_EXTRA or the Models dialog)",
+                        self.head_top_source)
 
     # ---- loading -----------------------------------------------------------------------------------
     def _load(self, path: Path, merge_lora: bool) -> tuple[DPMeshNetwork, dict | None]:

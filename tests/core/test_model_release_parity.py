@@ -412,3 +412,26 @@ def test_end_to_end_dpmesh_predict_as_a_user_types_it(exp, user_files):
         assert verts.shape == (6890, 3)  # the SMPL mesh
         _check_results("cli", z["smpl_pose"], z["smpl_shape"], z["cam_trans_crop"], z["render_cam_trans"],
                        z["joint_cam"], verts - z["joints_cam30"][0], z["attention_8"], z["attention_16"], exp, b)
+
+
+def test_convert_then_predict_from_the_folder_gives_the_release_numbers(ref, exp, user_files, tmp_path, monkeypatch):
+    """``dpmesh convert CKPT OUT --ldm-config`` once, then the converted folder: the same numbers (its SMPL
+    buffers went to the user's cache, not into the folder)."""
+    from dpmesh_core.model.checkpoint import convert_official
+    from dpmesh_core.model.predictor import DPMeshPredictor
+    from dpmesh_core.types import Person
+
+    monkeypatch.setenv("DPMESH_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("DPMESH_J_REGRESSOR_EXTRA", str(user_files["extra"]))
+    out = convert_official(user_files["ckpt"], tmp_path / "converted", ldm_config=REF_JSON)
+    assert sorted(p.name for p in out.iterdir()) == ["config.json", "model.safetensors"]
+    assert list((tmp_path / "home").rglob("dpmesh_smpl_*.npz"))
+    pred = DPMeshPredictor(out, device="cpu")
+    img = ref["inputs"]["image_rgb_uint8"].numpy()
+    persons = [Person(box=np.array([10.0 * i, 0, 10.0 * i + 5, 5]), keypoints=k.numpy().astype(np.float32))
+               for i, k in enumerate(ref["inputs"]["keypoints_coco17"])]
+    for b, r in enumerate(pred.estimate(img, persons)):
+        e = r.params.extra
+        _check_results("converted folder", e["smpl_pose"], e["smpl_shape"], e["cam_trans_crop"],
+                       e["render_cam_trans"], e["joint_cam"], r.vertices - r.joints3d[0], r.attention["8"],
+                       r.attention["16"], exp, b)
