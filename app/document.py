@@ -158,6 +158,10 @@ class Document(QObject):
         self._next_track_id += 1
         return self._next_track_id - 1
 
+    def next_track_id(self) -> int:
+        """The id ``new_track_id`` would give now (without taking it)."""
+        return max(self._next_track_id, self._max_track_id() + 1)
+
     def note_track_ids(self, persons: list[Person]) -> None:
         """Keep the track-id counter ahead of ids that came from elsewhere (a tracker, a project file)."""
         ids = [p.track_id for p in persons if p.track_id is not None]
@@ -283,6 +287,11 @@ class Document(QObject):
         self.persons_changed.emit(f)
         self.results_changed.emit(f)
         return f, i, p, res
+
+    def update_persons(self, persons: dict[int, Person], results: dict[int, Any] | None = None) -> None:
+        """Background work's answer for many persons at once (not an undoable edit): new versions of them
+        (e.g. with the track id the whole-video job gave) and their results; one signal per frame."""
+        self.batch_replace(persons, results)
 
     # --- batch mutations (one signal per frame, not per person: a command over 200 frames stays fast)
     def batch_replace(self, persons: dict[int, Person], results: dict[int, Any] | None = None,

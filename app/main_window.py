@@ -76,6 +76,11 @@ class MainWindow(QMainWindow):
         self._add_dock("Mesh", self.mesh_view, Qt.DockWidgetArea.RightDockWidgetArea)
         self._lazy_docks()
         self._add_dock("Shortcuts", self.help_panel, Qt.DockWidgetArea.LeftDockWidgetArea)
+        from .widgets.tracks_panel import TracksPanel
+
+        self.tracks_panel = TracksPanel(self.doc)
+        self.tabifyDockWidget(self._docks["Shortcuts"],
+                              self._add_dock("Tracks", self.tracks_panel, Qt.DockWidgetArea.LeftDockWidgetArea))
         self.resizeDocks([self._docks["Persons"], self._docks["Mesh"]], [330, 460], Qt.Orientation.Horizontal)
         self.resizeDocks([self._docks["Mesh"], self._docks["Attention"]], [430, 400], Qt.Orientation.Vertical)
         self.resizeDocks([self._docks["Persons"], self._docks["Shortcuts"]], [520, 300], Qt.Orientation.Vertical)
@@ -129,6 +134,8 @@ class MainWindow(QMainWindow):
 
     def _build_actions(self) -> None:
         s = self.session
+        self.a_new = self._act("&New", self.new_document, QKeySequence.StandardKey.New, "Close the media (asks about "
+                               "unsaved work)")
         self.a_open = self._act("&Open…", self.open_dialog, QKeySequence.StandardKey.Open, "Open an image, video or project")
         self.a_demo = self._act("Open &demo scene", s.open_demo, None, "Two people rendered from the body model")
         self.a_save = self._act("&Save project", self.save_project, QKeySequence.StandardKey.Save, "Save the project")
@@ -180,8 +187,11 @@ class MainWindow(QMainWindow):
         self.a_prev_frame = self._act("Previous frame", lambda: self.timeline.step(-1), ",")
         self.a_next_frame = self._act("Next frame", lambda: self.timeline.step(1), ".")
         self.a_play = self._act("Play / pause", self.timeline.toggle_play, "Space")
-        self.a_propagate = self._act("Carry corrections to next frames", self.propagate, "Ctrl+I",
-                                     "Interpolate this person's corrected joints up to its next corrected frame")
+        self.a_propagate = self._act("Interpolate between key frames", self.propagate, "Ctrl+I",
+                                     "Interpolate the selected track's corrections between its key frames (frames "
+                                     "corrected by hand)")
+        self.a_carry = self._act("Carry past the last key frame…", self.carry_past_last, "Ctrl+Shift+I",
+                                 "Carry the selected track's last corrections to a chosen number of later frames")
         self.a_process_video = self._act("Process all frames", self._toggle_video, "Ctrl+Shift+P",
                                          "Detect, track and estimate every frame (click again to stop)",
                                          checkable=True)
@@ -193,6 +203,7 @@ class MainWindow(QMainWindow):
     def _build_menus(self) -> None:
         mb = self.menuBar()
         m = mb.addMenu("&File")
+        m.addAction(self.a_new)
         m.addAction(self.a_open)
         self.recent_menu = m.addMenu("Open &recent")
         m.addAction(self.a_demo)
@@ -222,8 +233,8 @@ class MainWindow(QMainWindow):
         for d in self._docks.values():
             m.addAction(d.toggleViewAction())
         m = mb.addMenu("&Video")
-        for a in (self.a_prev_frame, self.a_next_frame, self.a_play, self.a_propagate, self.a_process_video,
-                  self.a_smooth):
+        for a in (self.a_prev_frame, self.a_next_frame, self.a_play, self.a_propagate, self.a_carry,
+                  self.a_process_video, self.a_smooth):
             m.addAction(a)
         m = mb.addMenu("&Tools")
         for a in (self.a_detect, self.a_reestimate, self.a_live, self.a_models):
@@ -330,6 +341,10 @@ class MainWindow(QMainWindow):
         self.image_view.mode_changed.connect(self._on_mode)
         s.media.person_in_box.connect(self._on_box_person)
         s.video_progress.connect(self._on_video_progress)
+        s.video.running_changed.connect(self._on_video_running)
+        self.timeline.ready = s.video.frame_ready  # Play shows a frame once the pipeline has processed it
+        self.timeline.play_started.connect(s.video.play_from)
+        self.timeline.play_stopped.connect(s.video.stop_play)
         self.doc.undo_stack.cleanChanged.connect(lambda _c: self._update_title())
         self.doc.media_changed.connect(self._update_title)
 
@@ -358,7 +373,31 @@ class MainWindow(QMainWindow):
         box.open()
 
     # ------------------------------------------------------------------ files
+    def confirm_unsaved(self, before: str) -> bool:
+        """Ask what to do with unsaved work before ``before`` (opening, closing, quitting): Save (the
+        default), Discard (its recovery file goes too) or Cancel. True when it may go on."""
+        if self.doc.undo_stack.isClean() or not self.doc.media_path or getattr(self, "_no_prompt", False):
+            return True
+        name = Path(self.doc.project_path or self.doc.media_path).name
+        ans = QMessageBox.question(self, "Unsaved changes", f"Save your changes to {name} before {before}?",
+                                   QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
+                                   | QMessageBox.StandardButton.Cancel, QMessageBox.StandardButton.Save)
+        if ans == QMessageBox.StandardButton.Save:
+            return self.save_project()
+        if ans == QMessageBox.StandardButton.Discard:
+            self.session.projects.discard_recovery()
+            self.doc.undo_stack.setClean()
+            return True
+        return False
+
+    def new_document(self) -> None:
+        if self.confirm_unsaved("closing it"):
+            self.session.media.close_media()
+            self._update_title()
+
     def open_path(self, path: str) -> bool:
+        if not self.confirm_unsaved(f"opening {Path(path).name}"):
+            return False
         try:
             if Path(path).suffix.lower() == PROJECT_EXT:
                 ok = self.session.load_project(path)
@@ -433,9 +472,12 @@ class MainWindow(QMainWindow):
         dlg.exec()
 
     def quick_export(self, which: str) -> None:
-        d = QFileDialog.getExistingDirectory(self, "Export to folder")
+        from .folders import export_folder, remember_export_folder
+
+        d = QFileDialog.getExistingDirectory(self, "Export to folder", str(export_folder(self.settings)))
         if not d:
             return
+        remember_export_folder(self.settings, d)
         try:
             files = self.session.export_meshes(d, which, ("obj",))
         except (DPMeshError, OSError) as e:
@@ -444,10 +486,13 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage(f"Wrote {len(files)} file(s) to {d}", 8000)
 
     def export_keypoints(self) -> None:
-        fn, _ = QFileDialog.getSaveFileName(self, "Export key-points", f"{self.session.stem()}_keypoints.json",
-                                            "COCO JSON (*.json)")
+        from .folders import export_folder, remember_export_folder
+
+        start = export_folder(self.settings) / f"{self.session.stem()}_keypoints.json"
+        fn, _ = QFileDialog.getSaveFileName(self, "Export key-points", str(start), "COCO JSON (*.json)")
         if not fn:
             return
+        remember_export_folder(self.settings, Path(fn).parent)
         try:
             self.session.export_keypoints(fn)
         except (DPMeshError, OSError) as e:
@@ -541,10 +586,19 @@ class MainWindow(QMainWindow):
         self.statusBar().showMessage("Person added from the box.", 5000)
 
     def propagate(self) -> None:
-        n = self.session.propagate_corrections(self.doc.selected_uid)
-        self.statusBar().showMessage(f"Carried corrections to {n} frame(s)." if n else
-                                     "Nothing to carry: select a tracked person with corrected joints on a video.",
-                                     8000)
+        self.tracks_panel.run_action(self.tracks_panel.interpolate)
+        self.statusBar().showMessage(self.tracks_panel.state.text(), 10000)
+
+    def carry_past_last(self) -> None:
+        from PySide6.QtWidgets import QInputDialog
+
+        n, ok = QInputDialog.getInt(self, "Carry past the last key frame",
+                                    "Carry the selected track's corrections to how many frames after its last key "
+                                    "frame?", self.tracks_panel.carry_n.value(), 1, max(self.doc.num_frames, 1))
+        if ok:
+            self.tracks_panel.carry_n.setValue(n)
+            self.tracks_panel.run_action(lambda: self.tracks_panel.interpolate(n))
+            self.statusBar().showMessage(self.tracks_panel.state.text(), 10000)
 
     def _toggle_video(self, on: bool) -> None:
         if on:
@@ -556,8 +610,11 @@ class MainWindow(QMainWindow):
 
     def _on_video_progress(self, f: int, n: int) -> None:
         self.busy_label.setText(f"video {f + 1}/{n}")
-        if f + 1 >= n:
-            self.a_process_video.setChecked(False)
+
+    def _on_video_running(self, on: bool) -> None:
+        self.a_process_video.blockSignals(True)  # (a job started by Play checks it too, without restarting)
+        self.a_process_video.setChecked(on)
+        self.a_process_video.blockSignals(False)
 
     def _set_live(self, on: bool) -> None:
         self.session.live_inference = bool(on)
@@ -598,7 +655,8 @@ class MainWindow(QMainWindow):
         ans = QMessageBox.question(
             self, "Recover unsaved work?",
             f"DPMesh Studio found unsaved work from a previous session:\n{newest}\n\nRestore it?",
-            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Ignore)
+            QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.Discard | QMessageBox.StandardButton.Ignore,
+            QMessageBox.StandardButton.Yes)  # Enter restores: the safe choice
         if ans == QMessageBox.StandardButton.Yes:
             try:
                 ok = self.session.recover(newest)
@@ -616,20 +674,11 @@ class MainWindow(QMainWindow):
         return False
 
     def closeEvent(self, e) -> None:  # noqa: N802
-        if not self.doc.undo_stack.isClean() and self.doc.media_path and not getattr(self, "_no_prompt", False):
-            ans = QMessageBox.question(self, "Unsaved changes", "Save the project before closing?",
-                                       QMessageBox.StandardButton.Save | QMessageBox.StandardButton.Discard
-                                       | QMessageBox.StandardButton.Cancel)
-            if ans == QMessageBox.StandardButton.Cancel:
-                e.ignore()
-                return
-            if ans == QMessageBox.StandardButton.Save and not self.save_project():
-                e.ignore()
-                return
-            if ans == QMessageBox.StandardButton.Discard:
-                self.session.projects.remove_autosave()
-        elif self.doc.undo_stack.isClean():
-            self.session.projects.remove_autosave()  # nothing unsaved: no recovery prompt next time
+        if not self.confirm_unsaved("quitting"):
+            e.ignore()
+            return
+        if self.doc.undo_stack.isClean():
+            self.session.projects.closing_clean()  # this session's own recovery files; never another's
         self.training_panel.shutdown()
         self.session.shutdown()
         e.accept()

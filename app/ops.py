@@ -14,7 +14,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from dpmesh_core.errors import DPMeshError
-from dpmesh_core.types import Camera, MeshResult, Person
+from dpmesh_core.types import MeshResult, Person
 
 
 def demo_scene(ctx: Any, target: str) -> tuple[Any, list[Person], str | None]:
@@ -33,56 +33,59 @@ def demo_scene(ctx: Any, target: str) -> tuple[Any, list[Person], str | None]:
         return image, list(persons), None
 
 
-def process_video(ctx: Any, path: str, stride: int, smooth: bool,
-                  known: dict[int, list[Person]]) -> Iterator[tuple[int, int, list[Person], list, bool]]:
-    """Detect (on frames not in ``known``), track and estimate every ``stride``-th frame of the video at
-    ``path``. When ``smooth``: warm-start each track from its previous frame and, with key-point fitting,
-    smooth each track's body over time as ``dpmesh predict`` does (frames then come a few frames late).
+VIDEO_SMOOTH_SIGMA = 1.5  # as ``dpmesh predict``'s default (PredictOptions.smooth_sigma)
 
-    Yields (frame, number of frames, persons, results (MeshResult or an error each), frame was known)."""
+
+def process_video(ctx: Any, path: str, stride: int, smooth: bool, given: dict[int, list[Person]],
+                  start: int = 0, first_track_id: int = 0, stop: int | None = None) -> Iterator[tuple]:
+    """The whole-video job and Play: the core frame pipeline (``api.FramePipeline``, the loop ``dpmesh
+    predict`` runs: detect → track → warm-started estimate → per-track smoothing) over every ``stride``-th
+    frame of the video at ``path`` from ``start`` (up to ``stop``, exclusive). ``given``: persons the user
+    has on some frames (used instead of detecting there; a person's ``track_id`` is kept when set).
+    ``smooth``: warm starts and smoothing as ``dpmesh predict`` (off: every frame fitted cold).
+    ``first_track_id``: new tracks get ids from there (ids the document has used are never given again).
+
+    Yields ("frame", frame, number of frames, persons, results (MeshResult or an error each), given) per
+    frame once it is final, and ("truncated", frame, processed, expected, message) when the video cannot
+    be decoded past some frame (every frame before it was processed)."""
     from dpmesh_core import api
 
     media = api.open_media(path)  # the worker's own reader: video readers are not thread-safe
-    tracker = api.Tracker()
-    previous: dict[int, MeshResult] = {}
-    est = ctx.estimator()
-    smoother = api.StreamingSmoother(est, sigma=1.5) if smooth and hasattr(est, "results_from_params") else None
     try:
-        w, h = media.size
-        cam = Camera.default_for(w, h)
+        pipe = api.FramePipeline(ctx.estimator(), ctx.detector(), warm_start=smooth,
+                                 smooth_sigma=VIDEO_SMOOTH_SIGMA if smooth else 0.0)
+        tracker = pipe.tracker
+        if tracker is not None and first_track_id > getattr(tracker, "_next_id", first_track_id):
+            tracker._next_id = int(first_track_id)  # the document's ids are reserved
         n = media.num_frames
-        for f in range(0, n, stride):
-            img = media.frame(f)
-            persons = known.get(f)
-            if persons is None:
-                persons = list(tracker.update(ctx.detector().detect(img)))
-            prev = None
-            if smooth:
-                prev = [previous.get(p.track_id) if p.track_id is not None else None for p in persons]
-            res = list(est.estimate(img, persons, camera=cam, previous=prev)) if persons else []
-            for p, r in zip(persons, res):
-                if isinstance(r, MeshResult) and p.track_id is not None:
-                    previous[p.track_id] = r
-            if smoother is None:
-                yield f, n, persons, res, f in known
-            else:
-                for fr, ps, rs in smoother.push(f, persons, res):
-                    yield fr, n, ps, rs, fr in known
-        for fr, ps, rs in smoother.flush() if smoother is not None else ():
-            yield fr, n, ps, rs, fr in known
+        frames = range(max(int(start), 0), n if stop is None else min(int(stop), n), max(int(stride), 1))
+        for out in pipe.run(media, frames=frames, persons=given):
+            yield "frame", out.frame, n, list(out.persons), list(out.results), bool(out.given)
+        t = pipe.truncated
+        if t is not None:
+            yield "truncated", t.frame, t.processed, t.expected, t.message
     finally:
         media.close()
 
 
-def restore_results(ctx: Any, frames: dict[int, tuple[list[Person], list]]) -> Iterator[tuple[int, list]]:
+def restore_results(ctx: Any, frames: dict[int, tuple[list[Person], list]]) -> Iterator[tuple[int, list, list]]:
     """Meshes back from a project's saved body parameters, frame by frame, without fitting again:
-    ``frames`` = {frame: (persons, saved summaries)}; yields (frame, [MeshResult or None per person]).
-    None where nothing usable was saved (the app estimates those persons instead). The current estimator
+    ``frames`` = {frame: (persons, saved summaries)}; yields (frame, [MeshResult or None per person],
+    [indices of persons whose saved parameters gave a mesh with NaN/inf: refused]). None where nothing
+    usable was saved or it was refused (the app estimates those persons instead). The current estimator
     skins them when its body model matches (no second model is loaded)."""
+    import numpy as np
+
     from dpmesh_core import api
 
     est = ctx.estimator()
     fitters: dict[str, Any] = {}  # body models the estimator does not use: loaded once for all frames
     for f in sorted(frames):
         persons, summaries = frames[f]
-        yield f, api.restore_results(summaries, persons, est, fitters)
+        results = list(api.restore_results(summaries, persons, est, fitters))
+        refused = []
+        for i, r in enumerate(results):
+            if isinstance(r, MeshResult) and not (np.isfinite(r.vertices).all() and np.isfinite(r.joints3d).all()):
+                results[i] = None
+                refused.append(i)
+        yield f, results, refused

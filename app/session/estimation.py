@@ -163,7 +163,12 @@ class EstimationController(QObject):
     def _on_restore_progress(self, key: Any, value: Any) -> None:
         if key != RESTORE_KEY:
             return
-        f, results = value
+        f, results, *rest = value
+        refused = rest[0] if rest else []
+        if refused:
+            labels = ", ".join(self.doc.label(u) for i, u in enumerate(self.doc.uids(f)) if i in refused)
+            self.message.emit(f"Frame {f + 1}: the saved body parameters of {labels} give a mesh with NaN/inf: "
+                              "refused, estimated again from the key-points.")
         sent = self.restoring.pop(f, [])
         for u, p, q, r in zip(self.doc.uids(f), self.doc.persons(f), sent, results):
             if r is not None and p is q and self.doc.result(u) is None:  # not edited meanwhile

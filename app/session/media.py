@@ -50,7 +50,6 @@ class MediaController(QObject):
         self.detected_frames: set[int] = set()
         self._pending_detect: set[int] = set()
         self._auto_pending: set[int] = set()
-        self._tracker: Any = None
         doc.frame_changed.connect(self._on_frame_changed)
         inference.persons_detected.connect(self._on_detected)
         inference.person_detected_in_box.connect(self.person_in_box)
@@ -62,7 +61,6 @@ class MediaController(QObject):
         self.estimation.cancel_restore()
         self.detected_frames.clear()
         self._pending_detect.clear()
-        self._tracker = None
 
     # ------------------------------------------------------------------ opening
     def open_media(self, path: str | os.PathLike) -> None:
@@ -75,6 +73,14 @@ class MediaController(QObject):
         if self.auto_detect:
             self.detect_frame(0)
         self.opened.emit()
+
+    def close_media(self) -> None:
+        """File ▸ New: no media, nothing to work on (the caller asked about unsaved work)."""
+        self._reset()
+        self.doc.project_path = None
+        self.doc.settings = {}
+        self.doc.set_media(None)
+        self.media_loaded.emit("")
 
     def set_project_media(self, media: Any, detected_frames: set[int]) -> None:
         """A project's media, its frames already detected (``ProjectController``)."""
@@ -161,7 +167,7 @@ class MediaController(QObject):
         if self.doc.persons(frame) and frame in self._user_touched_frames():
             return  # never overwrite the user's work with a late detection
         if self.doc.is_video:
-            persons = self._track(persons)
+            persons = self._track(frame, persons)
         self.doc.set_frame_persons(frame, persons)
         if self.estimation.live:
             self.estimation.estimate_all(frame, auto=self.doc.is_video)
@@ -172,17 +178,13 @@ class MediaController(QObject):
     def _user_touched_frames(self) -> set[int]:
         return {f for f in self.doc.frames_with_persons() if any(p.source == "user" for p in self.doc.persons(f))}
 
-    def _track(self, persons: list[Person]) -> list[Person]:
-        """Give video persons stable track ids (api.Tracker), matched against the previous frame."""
-        if self._tracker is None:
-            try:
-                self._tracker = _api().Tracker()
-            except Exception:  # noqa: BLE001 - no tracker available: keep detector order
-                return persons
-        try:
-            return list(self._tracker.update(persons))
-        except Exception:  # noqa: BLE001
-            return persons
+    def _track(self, frame: int, persons: list[Person]) -> list[Person]:
+        """Track ids for a frame detected on its own (the user scrubbed or stepped to it): those of the
+        nearest tracked frame where the core tracker matches them, else new ids of this document (scrubbing
+        back and forth invents no new tracks; the whole-video job tracks every frame in order)."""
+        from ..tracks import assign_from_neighbours
+
+        return assign_from_neighbours(self.doc, frame, persons, _api().Tracker)
 
     def _on_error(self, kind: str, message: str) -> None:
         if kind == "detect":

@@ -3,6 +3,7 @@ meshes), the recovery file written while the user works, meshes and key-points e
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,14 @@ from .media import MediaController
 from .overlay import OverlayController
 
 PROJECT_EXT = ".dpmesh"
+
+
+def _finite_person(p: Person) -> bool:
+    """A person the app can use: a finite box and finite confidences (a joint whose x, y is NaN is a missing
+    joint, which the estimators and the view already skip)."""
+    import numpy as np
+
+    return bool(np.isfinite(p.box).all() and np.isfinite(p.keypoints[:, 2]).all())
 
 
 def _api() -> Any:
@@ -44,6 +53,10 @@ class ProjectController(QObject):
         self._autosave.timeout.connect(self.autosave)
         self._dirty_since_autosave = False
         self.missing_media_project: tuple[str, Any] | None = None
+        # Recovery files are deleted only after a successful save or an explicit discard: the ones this
+        # session wrote, and the one it recovered from (never another session's on a plain quit).
+        self.written_autosaves: set[Path] = set()
+        self.recovered_from: Path | None = None
         doc.undo_stack.indexChanged.connect(self._mark_dirty)
 
     # ------------------------------------------------------------------ projects
@@ -71,7 +84,7 @@ class ProjectController(QObject):
         self.remove_autosave()  # the recovery file of the work as it was keyed so far
         self.doc.project_path = str(out)
         self.doc.undo_stack.setClean()
-        self.remove_autosave()
+        self.discard_recovery()  # the work is saved: its recovery files are not needed any more
         self.message.emit(f"Saved {out}")
         return out
 
@@ -96,10 +109,24 @@ class ProjectController(QObject):
     def _apply_project(self, data: Any) -> None:
         settings = dict(data.settings or {})
         self.estimation.smooth_video = bool(settings.get("smooth_video", self.estimation.smooth_video))
-        self.doc.settings = {k: v for k, v in settings.items() if k not in ("smooth_video", "current_frame")}
+        self.doc.settings = {k: v for k, v in settings.items()
+                             if k not in ("smooth_video", "current_frame", "project_path")}
         self.doc.set_current_frame(int(settings.get("current_frame", 0)))
+        refused = []
+        results = {int(f): list(rs) for f, rs in (data.results or {}).items()}
         for f, persons in data.frames.items():
-            self.doc.set_frame_persons(int(f), list(persons))
+            keep = [i for i, p in enumerate(persons) if _finite_person(p)]
+            refused += [f"frame {int(f) + 1} person #{i + 1}" for i in range(len(persons)) if i not in keep]
+            if len(keep) < len(persons) and int(f) in results:
+                rs = results[int(f)]
+                results[int(f)] = [rs[i] if i < len(rs) else None for i in keep]
+            self.doc.set_frame_persons(int(f), [persons[i] for i in keep])
+        if refused:
+            self.error.emit("Damaged persons refused",
+                            f"{len(refused)} person(s) of this project have a box or key-point confidences that are "
+                            f"not finite numbers (NaN/inf) and were left out: {', '.join(refused[:10])}"
+                            + (" …" if len(refused) > 10 else ""))
+        data = dataclasses.replace(data, results=results)
         # The file keeps body parameters, not vertices: the inference worker skins them back (no fitting);
         # persons without usable saved parameters are estimated when that comes back.
         saved: dict[int, tuple[list[Person], list]] = {
@@ -134,12 +161,16 @@ class ProjectController(QObject):
         target = self._autosave_target()
         if target is None:
             return None
+        data = self.project_data()
+        if self.doc.project_path:  # recovery restores the link to the project file
+            data = dataclasses.replace(data, settings={**data.settings, "project_path": str(self.doc.project_path)})
         try:
-            _api().save_project(target, self.project_data())
+            _api().save_project(target, data)
         except (DPMeshError, OSError) as e:
             self.message.emit(f"Autosave failed: {e}")
             return None
         self._dirty_since_autosave = False
+        self.written_autosaves.add(Path(target))
         return target
 
     def remove_autosave(self) -> None:
@@ -160,12 +191,43 @@ class ProjectController(QObject):
             return []
 
     def recover(self, path: str | os.PathLike) -> bool:
-        """Open a recovery (autosave) file like a project; it stays until the work is saved."""
+        """Open a recovery (autosave) file like a project: the work comes back unsaved (the document is
+        dirty, so quitting asks) and tied to the project file it belonged to (Save writes there). The
+        recovery file stays until the work is saved or the user discards it."""
+        linked = None
+        try:
+            linked = (_api().load_project(path).settings or {}).get("project_path")
+        except DPMeshError:
+            pass  # load_project below says what is wrong with the file
         ok = self.load_project(path)
         if ok:
-            self.doc.project_path = None
+            self.doc.project_path = str(linked) if linked else None
+            self.doc.undo_stack.resetClean()  # unsaved work: never "clean" until saved
             self._dirty_since_autosave = True
+            self.recovered_from = Path(path)
         return ok
+
+    def discard_recovery(self) -> None:
+        """The user saved or discarded the work: delete its recovery files (the current one, those this
+        session wrote, the one it was recovered from)."""
+        self.remove_autosave()
+        for t in [*self.written_autosaves, *([self.recovered_from] if self.recovered_from else [])]:
+            try:
+                t.unlink()
+            except OSError:
+                pass
+        self.written_autosaves.clear()
+        self.recovered_from = None
+
+    def closing_clean(self) -> None:
+        """Quitting with nothing unsaved: delete the recovery files this session itself wrote (they hold
+        nothing the saved state lacks); another session's recovery file stays."""
+        for t in list(self.written_autosaves):
+            try:
+                t.unlink()
+            except OSError:
+                pass
+        self.written_autosaves.clear()
 
     # ------------------------------------------------------------------ exports
     def stem(self) -> str:

@@ -200,14 +200,14 @@ class Session(QObject):
     def export_keypoints(self, path: str | os.PathLike) -> Path:
         return self.projects.export_keypoints(path)
 
-    def process_video(self, stride: int = 1) -> bool:
-        return self.video.process_video(stride)
+    def process_video(self, stride: int = 1, start: int = 0, stop: int | None = None) -> bool:
+        return self.video.process_video(stride, start, stop)
 
     def cancel_video(self) -> None:
         self.video.cancel_video()
 
-    def propagate_corrections(self, uid: int, until: int | None = None) -> int:
-        return self.video.propagate_corrections(uid, until)
+    def propagate_corrections(self, uid: int, after_last: int = 0) -> int:
+        return self.video.propagate_corrections(uid, after_last)
 
 
 __all__ = ["Session", "PROJECT_EXT"]

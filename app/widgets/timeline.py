@@ -65,6 +65,7 @@ class KeyframeBar(QWidget):
 
 class Timeline(QWidget):
     play_started = Signal(int)  # frame where Play was pressed
+    play_stopped = Signal()
 
     def __init__(self, doc: Document, parent: QWidget | None = None):
         super().__init__(parent)
@@ -157,8 +158,9 @@ class Timeline(QWidget):
         if on:
             self._timer.start(int(1000 / max(self.doc.fps, 1.0)))
             self.play_started.emit(self.doc.current_frame)
-        else:
+        elif self._timer.isActive():
             self._timer.stop()
+            self.play_stopped.emit()
         self._update_label()
 
     def is_playing(self) -> bool:

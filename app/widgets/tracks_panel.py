@@ -80,12 +80,12 @@ class TracksPanel(QWidget):
         lay.addWidget(self.table, 1)
         lay.addLayout(grid)
         lay.addWidget(self.state)
-        self.swap_btn.clicked.connect(lambda _c=False: self._do(self.swap))
-        self.merge_btn.clicked.connect(lambda _c=False: self._do(self.merge))
-        self.split_btn.clicked.connect(lambda _c=False: self._do(self.split))
-        self.delete_btn.clicked.connect(lambda _c=False: self._do(self.delete))
-        self.interp_btn.clicked.connect(lambda _c=False: self._do(self.interpolate))
-        self.carry_btn.clicked.connect(lambda _c=False: self._do(lambda: self.interpolate(self.carry_n.value())))
+        self.swap_btn.clicked.connect(lambda _c=False: self.run_action(self.swap))
+        self.merge_btn.clicked.connect(lambda _c=False: self.run_action(self.merge))
+        self.split_btn.clicked.connect(lambda _c=False: self.run_action(self.split))
+        self.delete_btn.clicked.connect(lambda _c=False: self.run_action(self.delete))
+        self.interp_btn.clicked.connect(lambda _c=False: self.run_action(self.interpolate))
+        self.carry_btn.clicked.connect(lambda _c=False: self.run_action(lambda: self.interpolate(self.carry_n.value())))
         self._rows: list[tracks.TrackInfo] = []
         self._updating = False
         self._timer = QTimer(self)
@@ -165,13 +165,14 @@ class TracksPanel(QWidget):
             self._on_row(row)
 
     # ------------------------------------------------------------------ actions
-    def _do(self, fn) -> None:
+    def run_action(self, fn) -> str:
+        """Run one of the actions below; what it did (or why it refused) is shown and returned."""
         try:
-            msg = fn()
+            msg = fn() or ""
         except tracks.TrackEditError as e:
-            self.state.setText(f"⚠ {e}")
-            return
-        self.state.setText(msg or "")
+            msg = f"⚠ {e}"
+        self.state.setText(msg)
+        return msg
 
     def _need(self, other: bool = False) -> tuple[int, int | None]:
         t = self.selected_track()

@@ -166,7 +166,8 @@ def test_propagate_corrections_interpolates_between_key_frames(qapp, qtbot):
         assert n == 3  # frames 1, 2, 3
         for f, t in ((1, 0.25), (2, 0.5), (3, 0.75)):
             p = s.doc.persons(f)[0]
-            assert np.allclose(p.keypoints[3, :2], (100 + 40 * t, 100 - 40 * t)) and p.edited[3]
+            assert np.allclose(p.keypoints[3, :2], (100 + 40 * t, 100 - 40 * t))
+            assert not p.edited[3] and s.doc.interpolated[s.doc.uids(f)[0]][3]  # interpolated, not a user edit
         assert np.allclose(s.doc.persons(5)[0].keypoints[3, :2], base.keypoints[3, :2])  # past the key frame
         s.doc.undo_stack.undo()  # one macro
         assert np.allclose(s.doc.persons(2)[0].keypoints, base.keypoints)
@@ -258,8 +259,8 @@ def test_process_whole_video_in_background(qapp, qtbot, tmp_path):
         qtbot.waitUntil(lambda: len(progress) == 6, timeout=60000)
         for f in range(6):
             assert len(s.doc.persons(f)) == 1 and s.doc.results(f)[0] is not None
-        assert s.doc.persons(2)[0] is mine
-        assert s.doc.persons(1)[0].track_id is not None  # tracked
+        assert np.array_equal(s.doc.persons(2)[0].keypoints, mine.keypoints)  # given to the pipeline, tracked
+        assert s.doc.persons(2)[0].track_id is not None and s.doc.persons(1)[0].track_id is not None
         assert len(est.calls) == 6
     finally:
         s.shutdown()
