@@ -170,10 +170,18 @@ class DPMeshPredictor:
 
     # ---- loading -----------------------------------------------------------------------------------
     def _load(self, path: Path, merge_lora: bool) -> tuple[DPMeshNetwork, dict | None]:
+        if path.is_dir() and not (path / CONFIG_NAME).is_file():
+            # a folder as the release ships it: one official checkpoint, and maybe its cldm_v15.yaml
+            ckpts = sorted(p for p in path.iterdir() if p.is_file() and p.name.endswith((".pth.tar", ".pth", ".pt")))
+            if len(ckpts) != 1:
+                raise ModelFilesMissingError(
+                    f"DPMesh network folder ({CONFIG_NAME}, or exactly one official *.pth.tar)", [str(path)],
+                    "Point --model at the .pth.tar itself, or convert it with `dpmesh convert FILE OUT_DIR`.")
+            yamls = sorted(path.glob("*.yaml")) + sorted(path.glob("*.yml"))
+            if self.ldm_config is None and len(yamls) == 1:
+                self.ldm_config = yamls[0]
+            path = ckpts[0]
         if path.is_dir():
-            if not (path / CONFIG_NAME).is_file():
-                raise ModelFilesMissingError(f"DPMesh network folder ({CONFIG_NAME})", [str(path)],
-                                             "Convert an official checkpoint with `dpmesh convert FILE OUT_DIR`.")
             return load_network(path, device="cpu"), None
         if not path.exists():
             raise ModelFilesMissingError("DPMesh checkpoint", [str(path)],

@@ -435,3 +435,27 @@ def test_convert_then_predict_from_the_folder_gives_the_release_numbers(ref, exp
         _check_results("converted folder", e["smpl_pose"], e["smpl_shape"], e["cam_trans_crop"],
                        e["render_cam_trans"], e["joint_cam"], r.vertices - r.joints3d[0], r.attention["8"],
                        r.attention["16"], exp, b)
+
+
+def test_a_release_folder_with_its_yaml_is_accepted_as_model(ref, exp, user_files, tmp_path, monkeypatch):
+    """``--model FOLDER`` holding the official checkpoint and the release's ``cldm_v15.yaml`` (its
+    ``model.params.{unet_config, …}`` layout): the heads come from the YAML."""
+    import yaml
+
+    from dpmesh_core.model.predictor import DPMeshPredictor
+    from dpmesh_core.types import Person
+
+    monkeypatch.setenv("DPMESH_J_REGRESSOR_EXTRA", str(user_files["extra"]))
+    folder = tmp_path / "release"
+    folder.mkdir()
+    (folder / user_files["ckpt"].name).symlink_to(user_files["ckpt"])
+    cldm = json.loads(REF_JSON.read_text())["config"]["cldm_config"]
+    (folder / "cldm_v15.yaml").write_text(yaml.safe_dump({"model": {"target": "cldm.cldm.ControlLDM",
+                                                                    "params": cldm}}))
+    pred = DPMeshPredictor(folder, device="cpu")
+    assert pred.network.config.backbone.num_heads == cldm["unet_config"]["params"]["num_heads"]
+    img = ref["inputs"]["image_rgb_uint8"].numpy()
+    k = ref["inputs"]["keypoints_coco17"][0].numpy().astype(np.float32)
+    r = pred.estimate(img, [Person(box=np.array([0, 0, 5, 5.0]), keypoints=k)])[0]
+    check("release folder + yaml: smpl_pose", r.params.extra["smpl_pose"], exp["smpl_pose"][0])
+    check("release folder + yaml: attn16 (8x8)", r.attention["8"], exp["attn16"][0])
