@@ -77,6 +77,14 @@ _LAZY: dict[str, str] = {
     "Tracker": "dpmesh_core.detect.tracker",
     "demo_scene": "dpmesh_core.demo",
     "StreamingSmoother": "dpmesh_core.fit.smooth",
+    # trust signals and the one visibility rule (issue 12): the app uses these, never its own copies
+    "VISIBLE_THRESHOLD": "dpmesh_core.types",
+    "is_visible": "dpmesh_core.types",
+    "Quality": "dpmesh_core.types",
+    "LOW_CONFIDENCE_MIN_VISIBLE": "dpmesh_core.types",
+    "LOW_CONFIDENCE_MAX_RESIDUAL": "dpmesh_core.types",
+    "sanitize_persons": "dpmesh_core.quality",
+    "with_quality": "dpmesh_core.quality",
     "FramePipeline": "dpmesh_core.pipeline",
     "PipelineFrame": "dpmesh_core.pipeline",
     "Truncation": "dpmesh_core.pipeline",
@@ -86,7 +94,7 @@ _LAZY: dict[str, str] = {
 __all__ = sorted(
     [*_LAZY, "Camera", "Estimator", "MeshResult", "Person", "ModelFiles", "Check", "PredictOptions",
      "detect", "detect_in_box", "make_estimator", "estimate", "crop_box", "crop_image", "predict",
-     "list_inputs", "doctor", "export_rigged", "RIGGED_FORMATS", "RIG_NAME_CHOICES", "check_mmpose",
+     "list_inputs", "match_keypoints", "check_device", "doctor", "export_rigged", "RIGGED_FORMATS", "RIG_NAME_CHOICES", "check_mmpose",
      "configured_detector", "mmpose_options", "DETECTOR_CHOICES"]
 )
 
@@ -857,6 +865,8 @@ def _run_inputs(todo: list[Path], out: Path, opts: PredictOptions, kp_table: Any
             manifest.finish("failed")
             raise
         except DPMeshError as e:
+            if isinstance(e, InputError) and e.path is None and key not in str(e):
+                e = InputError(str(e), key)  # name the input (e.g. a frame with too many persons detected)
             failures[key] = e
             manifest.set_input(key, "failed", files=[], error=str(e), error_type=type(e).__name__)
             yield _error_event(key, e)
@@ -925,7 +935,7 @@ def check_device(device: str | None) -> None:
         if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
             raise InputError(f"--device {device}: Apple MPS is not available here; use --device cpu")
         return
-    raise InputError(f"--device {device!r}: unknown device; use cpu, cuda, cuda:N or auto")
+    raise InputError(f"--device {device}: unknown device; use cpu, cuda, cuda:N, mps or auto")
 
 
 def _prepare_output(out: Path) -> Path:
@@ -953,7 +963,9 @@ def _prepare_output(out: Path) -> Path:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise OutputError.from_oserror(e, out, "cannot write into the output folder") from None
+        from .errors import describe_oserror
+
+        raise OutputError(f"cannot write into the output folder: {describe_oserror(e)}", out) from None
     return out
 
 

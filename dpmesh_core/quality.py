@@ -10,8 +10,8 @@ persons (key-point files, the app's edits, detectors):
 
 * a person with a labelled key-point more than one image size outside the image (x < -W or x > 2W, y < -H or
   y > 2H) is refused, with a warning: such points are a broken file or a unit mix-up, not a person;
-* persons with the same key-points (every labelled joint within ``DUPLICATE_TOLERANCE_PX``, same labelled
-  joints) are one person listed twice: the later copies are dropped, with a warning.
+* persons with the same key-points (the same labelled joints at the same positions, rounded to
+  ``DUPLICATE_TOLERANCE_PX``) are one person listed twice: the later copies are dropped, with a warning.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from .types import (
 
 __all__ = ["assess", "with_quality", "sanitize_persons", "DUPLICATE_TOLERANCE_PX", "LEG_JOINTS"]
 
-#: two persons whose labelled key-points all lie within this many pixels are the same person
+#: two persons whose labelled key-points are equal on a grid of this many pixels are the same person
 DUPLICATE_TOLERANCE_PX = 0.5
 #: knee and ankle names (any joint set): none of them visible -> the legs are inferred
 LEG_JOINTS = frozenset({"left_knee", "right_knee", "left_ankle", "right_ankle", "L_Knee", "R_Knee", "L_Ankle",
@@ -99,7 +99,7 @@ def sanitize_persons(persons: Sequence[Person], image_size: tuple[int, int],
     w, h = float(image_size[0]), float(image_size[1])
     pre = f"{where}: " if where else ""
     kept: list[Person] = []
-    kept_idx: list[int] = []
+    seen: dict[tuple, int] = {}  # rounded labelled key-points -> index of the first person with them
     warnings: list[str] = []
     for i, p in enumerate(persons):
         kp = np.asarray(p.keypoints, np.float64)
@@ -114,19 +114,12 @@ def sanitize_persons(persons: Sequence[Person], image_size: tuple[int, int],
                 warnings.append(f"{pre}person {i}: key-points up to {worst:.0f} px outside the {int(w)}x{int(h)} "
                                 "image (more than one image size): person refused")
                 continue
-        dup = None
-        for j, q in enumerate(kept):
-            if q.joint_set != p.joint_set or q.keypoints.shape != p.keypoints.shape:
-                continue
-            qk = np.asarray(q.keypoints, np.float64)
-            qlab = np.isfinite(qk[:, :2]).all(1) & (qk[:, 2] > 0)
-            if (qlab == lab).all() and lab.any() and \
-                    np.abs(qk[lab, :2] - kp[lab, :2]).max() <= DUPLICATE_TOLERANCE_PX:
-                dup = j
-                break
+        key = (p.joint_set, lab.tobytes(), np.round(np.where(lab[:, None], kp[:, :2], 0.0)
+                                                    / DUPLICATE_TOLERANCE_PX).astype(np.int64).tobytes())
+        dup = seen.get(key) if lab.any() else None
         if dup is not None:
-            warnings.append(f"{pre}person {i} has the same key-points as person {kept_idx[dup]}: merged into one")
+            warnings.append(f"{pre}person {i} has the same key-points as person {dup}: merged into one")
             continue
+        seen[key] = i
         kept.append(p)
-        kept_idx.append(i)
     return kept, warnings

@@ -154,10 +154,10 @@ class ImageRecord:
     def to_json(self, base: Path | None = None) -> dict:
         img = Path(self.image)
         if base is not None:
-            try:
-                img = img.relative_to(base)
-            except ValueError:
-                pass
+            try:  # resolved first: a path relative to the working folder is made relative to ``base``
+                img = img.resolve().relative_to(base)
+            except (ValueError, OSError):
+                img = img.resolve() if not img.is_absolute() else img
         d: dict[str, Any] = {"image": img.as_posix(), "sequence": self.sequence, "width": int(self.width),
                              "height": int(self.height), "persons": [p.to_json() for p in self.persons]}
         if self.camera is not None:
