@@ -159,3 +159,16 @@ def test_ray_local_mode_equals_a_plain_run(inputs, plain, tmp_path):
     fin = events[-1]
     assert fin["event"] == "finished" and (fin["complete"], fin["failed"]) == (3, [])
     assert_same_outputs(plain, out)
+
+
+def test_cli_scaling_options_are_checked_before_any_model_loads(inputs, tmp_path, capsys):
+    from dpmesh_core.cli import main
+
+    assert main(["predict", str(inputs), "-o", str(tmp_path / "o"), "--shard", "2/2"]) == 2
+    assert "--shard '2/2'" in capsys.readouterr().err
+    assert main(["predict", str(inputs), "-o", str(tmp_path / "o"), "--workers", "0"]) == 2
+    assert "--workers must be ≥ 1" in capsys.readouterr().err
+    assert main(["predict", "-o", str(tmp_path / "o"), "--manifest", str(tmp_path / "none.txt")]) == 2
+    assert "none.txt" in capsys.readouterr().err
+    assert main(["predict", "-o", str(tmp_path / "o")]) == 2  # no input at all
+    assert not (tmp_path / "o").exists()
