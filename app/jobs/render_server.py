@@ -102,9 +102,15 @@ def serve(conn: Any) -> None:
             t0 = time.perf_counter()
             out = map_arrays(msg, lambda a: arrays.resolve(a) if isinstance(a, ImageRef) else a).run(layers, get)
             conn.send(("ok", out, time.perf_counter() - t0))
+        except (OSError, EOFError):  # the app went away while we answered
+            break
         except Exception as e:  # noqa: BLE001 - reported to the app, the server keeps serving
             arrays.images.clear()  # the client forgets its tokens too (both sides start again)
-            conn.send(("error", f"{type(e).__name__}: {e}", 0.0))
+            log.warning("render request failed: %s: %s", type(e).__name__, e)
+            try:
+                conn.send(("error", f"{type(e).__name__}: {e}", 0.0))
+            except OSError:
+                break
     for r in renderers.values():
         r.close()
 

@@ -103,7 +103,14 @@ def bench_inference() -> None:
 
     session = win.session
     events: list[tuple[str, float, float]] = []  # (what, when, seconds it reports)
-    doc.results_changed.connect(lambda _f: events.append(("result", time.perf_counter(), 0.0)))
+    drag: dict = {}  # the person being dragged and its mesh before the drag
+
+    def on_results(_f: int) -> None:
+        r = doc.result(drag.get("uid", -1))
+        if r is not None and r is not drag.get("old"):  # the dragged person's new mesh (not a cleared one)
+            events.append(("result", time.perf_counter(), 0.0))
+
+    doc.results_changed.connect(on_results)
     overlay_request = session.overlay.request
 
     def timed_request(frame: int) -> None:
@@ -128,22 +135,21 @@ def bench_inference() -> None:
         p = doc.person(uid)
         j = int(np.argmax(p.weights))
         old = doc.result(uid)
-        before = win.overlay_updates
         spin_until(lambda: not session.is_busy(), 30)  # one drag at a time (its own latency, not a queue's)
         events.clear()
+        drag.update(uid=uid, old=old)
         t0 = time.perf_counter()
         Editor(doc).move_keypoint(uid, j, (float(p.keypoints[j, 0]) + 6, float(p.keypoints[j, 1]) - 4), drag_id=100 + k)
-        ok = spin_until(lambda uid=uid, old=old, before=before: doc.result(uid) is not old
-                        and win.overlay_updates > before, 60)
+        ok = spin_until(lambda t0=t0: first("result", t0) is not None and first("shown", first("result", t0)[1]), 60)
         res = first("result", t0) if ok else None
-        # the result that was drawn: the last one before the overlay request whose picture was shown
-        shown = first("shown", t0) if res else None
+        shown = first("shown", res[1]) if res else None  # the first overlay on screen after the new mesh came
         if shown is None:
             continue
         req = [e for e in events if e[0] == "overlay_request" and e[1] <= shown[1]][-1]
-        rendered = [e for e in events if e[0] == "rendered" and e[1] <= shown[1]][-1]
-        res = [e for e in events if e[0] == "result" and e[1] <= req[1]] or [res]
-        t_result = res[-1][1]
+        rendered = first("rendered", req[1])  # (its signal reaches the bench after the window showed it)
+        if rendered is None:
+            continue
+        t_result = res[1]
         total = (shown[1] - t0) * 1000
         fit = session.inference.last_seconds * 1000
         rt = session.inference.last_round_trip * 1000
