@@ -367,6 +367,15 @@ class Document(QObject):
         r = self._results.get(uid)
         return r if isinstance(r, MeshResult) else None
 
+    def low_confidence(self, uid: int) -> tuple[str, ...] | None:
+        """Why the mesh of ``uid`` is a guess (``MeshResult.quality.low_confidence``: few visible joints, a
+        large residual, depth not from the key-points), or None when it is not flagged (or has no mesh)."""
+        r = self.result(uid)
+        q = getattr(r, "quality", None)
+        if q is None or not q.low_confidence:
+            return None
+        return tuple(q.reasons) or ("low confidence",)
+
     def raw_result(self, uid: int) -> MeshResult | str | None:
         """The stored result of ``uid``: a MeshResult, an error text, or None."""
         return self._results.get(uid)

@@ -16,3 +16,16 @@ def person_rgb(uid: int) -> tuple[int, int, int]:
 def person_rgb01(uid: int) -> tuple[float, float, float]:
     r, g, b = person_rgb(uid)
     return r / 255.0, g / 255.0, b / 255.0
+
+
+def faint(rgb01: tuple[float, float, float], amount: float = 0.65) -> tuple[float, float, float]:
+    """A colour washed out towards grey: how a low-confidence person's mesh is drawn (a guess, not a fit
+    the key-points support)."""
+    return tuple(float((1 - amount) * c + amount * 0.55) for c in rgb01)  # type: ignore[return-value]
+
+
+def mesh_rgb01(doc, uid: int) -> tuple[float, float, float]:
+    """The colour of person ``uid``'s mesh in the overlay and the 3-D view: its track's (else its own),
+    washed out when its mesh is flagged low-confidence."""
+    rgb = person_rgb01(doc.color_key(uid))
+    return faint(rgb) if doc.low_confidence(uid) else rgb

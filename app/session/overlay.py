@@ -11,7 +11,7 @@ from PySide6.QtCore import QObject, QTimer, Signal
 from ..document import Document
 from ..jobs.inference import InferenceService
 from ..jobs.render import RenderService
-from ..palette import person_rgb01
+from ..palette import mesh_rgb01
 
 OVERLAY_KEY = "overlay"
 
@@ -65,7 +65,7 @@ class OverlayController(QObject):
         if not meshes:
             self.overlay_ready.emit(frame, None)
             return
-        colors = [person_rgb01(u) for u, r in zip(uids, results) if r is not None]
+        colors = [mesh_rgb01(self.doc, u) for u, r in zip(uids, results) if r is not None]  # track colour
         self.render.render_overlay((OVERLAY_KEY, frame), img, meshes, alpha=self.alpha, colors=colors)
 
     def render_view(self, key: Hashable, meshes: list, camera: Any, view: Any, size: tuple[int, int]) -> None:

@@ -117,6 +117,9 @@ class PersonsItem(QGraphicsItem):
     def _paint_person(self, painter: QPainter, uid: int, p: Person, px: float, selected: bool) -> None:
         doc = self.view.doc
         color = person_color(doc.color_key(uid))  # a track keeps its colour from frame to frame
+        guess = doc.low_confidence(uid) is not None  # its mesh is a guess: drawn faint and dashed
+        if guess:
+            color.setAlpha(140)
         interp = doc.interpolated.get(uid)
         kp = np.array(p.keypoints, np.float64)
         if self.drag_preview is not None and self.drag_preview[0] == uid:
@@ -129,11 +132,11 @@ class PersonsItem(QGraphicsItem):
         # box
         b = p.box
         pen = QPen(color, (2.0 if selected else 1.0) * px,
-                   Qt.PenStyle.DashLine if selected else Qt.PenStyle.DotLine)
+                   Qt.PenStyle.DashLine if selected or guess else Qt.PenStyle.DotLine)
         painter.setPen(pen)
         painter.setBrush(Qt.BrushStyle.NoBrush)
         painter.drawRect(QRectF(float(b[0]), float(b[1]), float(b[2] - b[0]), float(b[3] - b[1])))
-        label = doc.label(uid) + (" ✎" if p.source == "user" or p.edited.any() else "")
+        label = doc.label(uid) + (" ✎" if p.source == "user" or p.edited.any() else "") + (" ?" if guess else "")
         if doc.result_error(uid):
             label += " ⚠"
         painter.setPen(QPen(color))
@@ -155,9 +158,9 @@ class PersonsItem(QGraphicsItem):
         for i, j in drawn:
             occl = not (vis[i] and vis[j])
             c = QColor(color)
-            c.setAlpha(110 if occl else 230)
-            painter.setPen(QPen(c, width, Qt.PenStyle.DashLine if occl else Qt.PenStyle.SolidLine,
-                                Qt.PenCapStyle.RoundCap))
+            c.setAlpha(110 if occl or guess else 230)
+            style = Qt.PenStyle.DashLine if occl else (Qt.PenStyle.DashDotLine if guess else Qt.PenStyle.SolidLine)
+            painter.setPen(QPen(c, width, style, Qt.PenCapStyle.RoundCap))
             painter.drawLine(QPointF(kp[i, 0], kp[i, 1]), QPointF(kp[j, 0], kp[j, 1]))
         # joints
         for j in range(len(kp)):
@@ -245,7 +248,7 @@ class ImageView(QGraphicsView):
         self._place_uid = -1
         self._place_next = 0
         self._image_size: tuple[int, int] | None = None
-        self._painted: dict[int, tuple[Person, bool]] | None = None  # what the persons layer shows
+        self._painted: dict[int, tuple[Person, tuple]] | None = None  # what the persons layer shows
         self._painted_sel = -1
         self._preview_rect: QRectF | None = None
         doc.persons_changed.connect(self._on_persons_changed)
@@ -267,9 +270,10 @@ class ImageView(QGraphicsView):
         if frame == self.doc.current_frame:
             self._update_changed_persons()
 
-    def _snapshot(self) -> dict[int, tuple[Person, bool]]:
+    def _snapshot(self) -> dict[int, tuple[Person, tuple]]:
         doc = self.doc
-        return {u: (p, bool(doc.result_error(u))) for u, p in zip(doc.uids(), doc.persons())}
+        return {u: (p, (bool(doc.result_error(u)), doc.low_confidence(u) is not None))
+                for u, p in zip(doc.uids(), doc.persons())}
 
     def _repaint_all_persons(self) -> None:
         self._painted, self._painted_sel = self._snapshot(), self.doc.selected_uid
@@ -281,8 +285,8 @@ class ImageView(QGraphicsView):
             self.persons_item.update(self.persons_item.person_rect(p, uid))
 
     def _update_changed_persons(self) -> None:
-        """Repaint only the persons whose Person object, error mark or selection changed since the last
-        call (results arriving change nothing visible but the error mark)."""
+        """Repaint only the persons whose Person object, error or low-confidence mark or selection changed
+        since the last call (results arriving change nothing else visible here)."""
         doc = self.doc
         now = self._snapshot()
         before, self._painted = self._painted, now

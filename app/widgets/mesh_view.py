@@ -17,7 +17,7 @@ from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBox
 
 from dpmesh_core.types import Camera
 
-from ..palette import person_rgb01
+from ..palette import mesh_rgb01
 from ..session import Session
 from .image_view import rgb_to_qimage
 
@@ -215,7 +215,7 @@ class MeshView(QWidget):
         pivot = np.concatenate([r.vertices for _, r in results]).mean(0).astype(np.float64)
         meshes = []
         for u, r in results:
-            meshes.append((r.vertices, r.faces, person_rgb01(self.doc.color_key(u))))
+            meshes.append((r.vertices, r.faces, mesh_rgb01(self.doc, u)))
         return meshes, cam, self.view_matrix(pivot)
 
     def request_render(self) -> None:

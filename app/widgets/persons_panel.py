@@ -69,7 +69,8 @@ class PersonsPanel(QWidget):
                 n_ed = int(p.edited.sum())
                 err = self.doc.result_error(u)
                 has = self.doc.result(u) is not None
-                state = "mesh ✓" if has else ("⚠ " + err if err else "estimating…")
+                guess = self.doc.low_confidence(u)
+                state = ("mesh ? low confidence" if guess else "mesh ✓") if has else ("⚠ " + err if err else "estimating…")
                 n_int = int(self.doc.interpolated[u].sum()) if u in self.doc.interpolated else 0
                 tid = " (track)" if p.track_id is not None else ""
                 text = f"{self.doc.label(u)}{tid} · {n_vis}/{p.num_joints} visible" + (
@@ -79,6 +80,9 @@ class PersonsPanel(QWidget):
                 pm.fill(person_color(self.doc.color_key(u)))
                 it = QListWidgetItem(QIcon(pm), text)
                 it.setData(Qt.ItemDataRole.UserRole, u)
+                if guess:
+                    it.setForeground(QBrush(QColor(160, 160, 160)))
+                    it.setToolTip("Low confidence: the mesh is a guess — " + "; ".join(guess))
                 self.list.addItem(it)
                 if u == self.doc.selected_uid:
                     sel_row = i

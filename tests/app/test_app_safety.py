@@ -9,6 +9,8 @@ from pathlib import Path
 from PySide6.QtCore import QSettings, Qt
 from PySide6.QtWidgets import QDockWidget, QMainWindow
 
+from app.editor import Editor
+
 
 def test_export_dialog_starts_in_the_documents_folder_then_the_last_used_one(qapp, qtbot, tmp_path, monkeypatch):
     import platformdirs
@@ -176,3 +178,209 @@ def test_render_service_survives_200_frame_steps(qapp, qtbot):
                 assert got.pop(want[1]).std() > 0  # the mesh view is not blank
     finally:
         svc.shutdown()
+
+
+def test_low_confidence_persons_are_drawn_as_guesses(qapp, qtbot, image):
+    """A mesh flagged ``quality.low_confidence`` (few visible joints, depth from a prior…) is washed out in
+    the overlay and the 3-D view, drawn dashed in the image view, and marked in the persons panel."""
+    import dataclasses
+
+    from app_testkit import RecordingEstimator, make_person
+
+    from app.jobs import InferenceService
+    from app.palette import faint, person_rgb01
+    from app.session import Session
+    from app.widgets.image_view import ImageView
+    from app.widgets.persons_panel import PersonsPanel
+    from dpmesh_core.types import Quality
+
+    est = RecordingEstimator()
+    s = Session(inference=InferenceService(estimator_factory=lambda: est))
+    s.auto_detect = False
+    sent = []
+    render_overlay = s.render.render_overlay
+    s.render.render_overlay = lambda *a, **k: (sent.append(k.get("colors")), render_overlay(*a, **k))[1]
+    try:
+        s.open_image_array(image, [make_person(0), make_person(1, x0=300)])
+        qtbot.waitUntil(lambda: all(r is not None for r in s.doc.results()), timeout=60000)
+        u0, u1 = s.doc.uids()
+        panel = PersonsPanel(s.doc)
+        view = ImageView(s.doc)
+        for w in (panel, view):
+            qtbot.addWidget(w)
+            w.show()
+        view.resize(640, 480)
+        qapp.processEvents()
+        before = view.viewport().grab().toImage()
+        guess = Quality(visible_joints=3, total_joints=17, low_confidence=True,
+                        reasons=("3 visible key-points", "depth from the height prior"))
+        s.doc.set_result(u1, dataclasses.replace(s.doc.result(u1), quality=guess))
+        qtbot.waitUntil(lambda: bool(sent) and sent[-1] == [person_rgb01(u0), faint(person_rgb01(u1))], timeout=5000)
+        panel.refresh()
+        texts = [panel.list.item(i).text() for i in range(2)]
+        assert "low confidence" not in texts[0] and "low confidence" in texts[1]
+        assert "depth from the height prior" in panel.list.item(1).toolTip()
+        qapp.processEvents()
+        assert view.viewport().grab().toImage() != before  # its skeleton is drawn differently
+        assert s.doc.low_confidence(u0) is None and s.doc.low_confidence(u1) == guess.reasons
+    finally:
+        s.shutdown()
+
+
+# ---------------------------------------------------------------------------------------------------
+# recovery, unsaved work, damaged projects
+
+def _answer(button, seen: list | None = None):
+    """Click ``button`` of the next message box that opens (as a user would), noting its default button."""
+    from PySide6.QtCore import QTimer
+    from PySide6.QtWidgets import QApplication, QMessageBox
+
+    def click():
+        box = QApplication.activeModalWidget()
+        if not isinstance(box, QMessageBox):
+            QTimer.singleShot(10, click)
+            return
+        if seen is not None:
+            seen.append((box.text(), box.standardButton(box.defaultButton())))
+        box.button(button).click()
+
+    QTimer.singleShot(0, click)
+
+
+def _window(tmp_path, name: str):
+    from app_testkit import RecordingEstimator
+
+    from app.jobs import InferenceService
+    from app.main_window import MainWindow
+    from app.session import Session
+
+    est = RecordingEstimator()
+    s = Session(inference=InferenceService(estimator_factory=lambda: est))
+    s.auto_detect = False
+    return MainWindow(session=s, settings=QSettings(str(tmp_path / f"{name}.ini"), QSettings.Format.IniFormat))
+
+
+def test_recovery_keeps_the_work_unsaved_and_tied_to_its_project(qapp, qtbot, tmp_path, isolated_home):
+    from app_testkit import PHOTO, make_person
+    from PySide6.QtWidgets import QMessageBox
+
+    from dpmesh_core import api
+
+    B = QMessageBox.StandardButton
+    # a user saves a project, edits on, the app autosaves, then crashes (no save, no clean close)
+    w1 = _window(tmp_path, "a")
+    qtbot.addWidget(w1)
+    assert w1.open_path(PHOTO)
+    w1.doc.set_frame_persons(0, [make_person(0)])
+    project = w1.session.save_project(tmp_path / "work.dpmesh")
+    u = w1.doc.uids()[0]
+    Editor(w1.doc).move_keypoint(u, 3, (123.0, 234.0))  # the unsaved edit
+    recovery = w1.session.autosave()
+    assert recovery is not None and recovery.exists()
+    w1.session.shutdown()
+    w1._no_prompt = True
+
+    # next start: the prompt's default is Restore; the work comes back unsaved, tied to its project
+    w2 = _window(tmp_path, "b")
+    qtbot.addWidget(w2)
+    seen: list = []
+    _answer(B.Yes, seen)
+    assert w2.offer_recovery()
+    assert seen[0][1] == B.Yes, "Enter must restore the work, not ignore it"
+    assert tuple(w2.doc.persons(0)[0].keypoints[3, :2]) == (123.0, 234.0)
+    assert not w2.doc.undo_stack.isClean() and w2.windowTitle().endswith("•")
+    assert w2.doc.project_path == str(project)  # Ctrl+S saves the project, not a file beside the media
+    # Quit, Open and New ask about the unsaved work; Cancel keeps everything, recovery file included
+    for act in (lambda: w2.close(), lambda: w2.open_path(PHOTO), lambda: w2.a_new.trigger()):
+        asked: list = []
+        _answer(B.Cancel, asked)
+        act()
+        assert asked and "Save your changes to work.dpmesh" in asked[0][0] and asked[0][1] == B.Save
+        assert w2.doc.media_path and recovery.exists()
+        assert tuple(w2.doc.persons(0)[0].keypoints[3, :2]) == (123.0, 234.0)
+
+    # another window that ignores the prompt, opens the saved project and quits leaves the recovery file
+    w3 = _window(tmp_path, "c")
+    qtbot.addWidget(w3)
+    _answer(B.Ignore)
+    assert not w3.offer_recovery()
+    assert w3.open_path(str(project))
+    w3.close()
+    assert recovery.exists(), "the recovery file held unsaved work: only a save or a discard removes it"
+
+    # saving (Ctrl+S goes to the project) removes it, and the project holds the edit
+    assert w2.save_project()
+    assert not recovery.exists() and api.find_recovery_files() == []
+    assert w2.doc.undo_stack.isClean()
+    saved = api.load_project(project)
+    assert tuple(saved.frames[0][0].keypoints[3, :2]) == (123.0, 234.0)
+    w2.close()
+
+
+def test_discarding_unsaved_work_deletes_its_recovery_file(qapp, qtbot, tmp_path, isolated_home):
+    from app_testkit import PHOTO, make_person
+    from PySide6.QtWidgets import QMessageBox
+
+    from dpmesh_core import api
+
+    w = _window(tmp_path, "d")
+    qtbot.addWidget(w)
+    assert w.open_path(PHOTO)
+    w.doc.set_frame_persons(0, [make_person(0)])
+    Editor(w.doc).move_keypoint(w.doc.uids()[0], 2, (50.0, 60.0))
+    recovery = w.session.autosave()
+    assert recovery.exists()
+    _answer(QMessageBox.StandardButton.Discard)
+    w.a_new.trigger()  # File ▸ New, the edit discarded on purpose
+    assert w.doc.media_path is None and not recovery.exists() and api.find_recovery_files() == []
+    w.close()
+
+
+def test_damaged_numbers_in_a_project_are_refused_per_person(qapp, qtbot, tmp_path, isolated_home, media_dir,
+                                                            reference_dir):
+    """A project whose saved body parameters hold NaN no longer restores a NaN mesh (exported as such); a
+    person whose box is not finite is left out; both are said."""
+    import json
+
+    import numpy as np
+
+    from app.jobs import InferenceService
+    from app.session import Session
+    from dpmesh_core import api
+    from dpmesh_core.types import Person
+
+    name = "COCO_val2014_000000000192.jpg"
+    ref = json.loads((reference_dir / "yolo11n_pose_detections.json").read_text())["images"][name]
+    persons = [Person(box=p["box_xyxy"], keypoints=p["keypoints"], score=p["score"]) for p in ref["people"][:3]]
+    fitter = api.make_estimator("fit", body_model="synthetic-smpl")
+    s = Session(inference=InferenceService(estimator_factory=lambda: fitter))
+    s.auto_detect = False
+    try:
+        s.open_path(media_dir / name)
+        s.doc.set_frame_persons(0, persons)
+        s.estimate_all(0)
+        qtbot.waitUntil(lambda: all(r is not None for r in s.doc.results()), timeout=60000)
+        out = s.save_project(tmp_path / "scene")
+    finally:
+        s.shutdown()
+    data = json.loads(out.read_text())
+    data["results"]["0"][0]["transl"][0] = None  # a NaN in the saved parameters (NaN is stored as null)
+    data["frames"]["0"][2]["box"][1] = None  # a person whose box is not a number
+    out.write_text(json.dumps(data))
+    s2 = Session(inference=InferenceService(estimator_factory=lambda: fitter))
+    s2.auto_detect = False
+    said: list = []
+    s2.error.connect(lambda t, m: said.append(m))
+    s2.message.connect(said.append)
+    try:
+        assert s2.load_project(out)
+        assert len(s2.doc.persons(0)) == 2
+        qtbot.waitUntil(lambda: all(r is not None for r in s2.doc.results()), timeout=60000)
+        for r in s2.doc.results():
+            assert np.isfinite(r.vertices).all() and np.isfinite(r.joints3d).all()
+        assert any("person #3" in m and "not finite" in m for m in said), said
+        assert any("NaN/inf" in m and "refused" in m for m in said), said
+        files = s2.export_meshes(tmp_path / "export", "all", ("npz",))
+        assert len(files) == 2 and all(np.isfinite(np.load(f)["transl"]).all() for f in files)
+    finally:
+        s2.shutdown()
