@@ -21,6 +21,20 @@ from .overlay import OverlayController
 PROJECT_EXT = ".dpmesh"
 
 
+def _labelled_only(p: Person) -> Person:
+    """``p`` for a key-point file: a detector's guess at a joint it does not see (not visible, confidence at or
+    below the visibility threshold, not placed or marked by the user) is written as missing (v=0), not as a
+    labelled occluded point (v=1); joints the user marked occluded stay labelled."""
+    import numpy as np
+
+    guess = ~p.visible & ~p.edited & (p.keypoints[:, 2] <= _api().VISIBLE_THRESHOLD)
+    if not guess.any():
+        return p
+    kp = np.array(p.keypoints, np.float32)
+    kp[guess, 2] = 0.0
+    return dataclasses.replace(p, keypoints=kp)
+
+
 def _finite_person(p: Person) -> bool:
     """A person the app can use: a finite box and finite confidences (a joint whose x, y is NaN is a missing
     joint, which the estimators and the view already skip)."""
@@ -248,13 +262,16 @@ class ProjectController(QObject):
         for f in frames:
             results = self.doc.results(f)
             uids = self.doc.uids(f)
+            persons = self.doc.persons(f)
             for i, (u, r) in enumerate(zip(uids, results)):
                 if r is None or (which == "selected" and u != self.doc.selected_uid):
                     continue
                 for fmt in formats:
-                    dest = out / api.mesh_filename(self.stem(), i, fmt, frame=f if self.doc.is_video else None)
+                    # on video, named by track as dpmesh predict names them ({stem}_f{frame}_track{id})
+                    dest = out / api.mesh_filename(self.stem(), i, fmt, frame=f if self.doc.is_video else None,
+                                                   track_id=persons[i].track_id if self.doc.is_video else None)
                     if fmt == "npz":
-                        api.export_params_npz(r, dest)
+                        api.export_params_npz(r, dest, person=persons[i])
                     else:
                         api.export_mesh(r, dest)
                     written.append(dest)
@@ -271,7 +288,7 @@ class ProjectController(QObject):
         size = (img.shape[1], img.shape[0]) if img is not None else None
         for f in self.doc.frames_with_persons():
             key = f if self.doc.is_video else (Path(self.doc.media_path).name if self.doc.media_path else "demo.png")
-            frames[key] = self.doc.persons(f)
+            frames[key] = [_labelled_only(p) for p in self.doc.persons(f)]
             if size is not None:
                 sizes[key] = size
         api.write_coco_keypoints(path, frames, image_sizes=sizes or None)

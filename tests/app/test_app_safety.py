@@ -384,3 +384,36 @@ def test_damaged_numbers_in_a_project_are_refused_per_person(qapp, qtbot, tmp_pa
         assert len(files) == 2 and all(np.isfinite(np.load(f)["transl"]).all() for f in files)
     finally:
         s2.shutdown()
+
+
+def test_exported_keypoints_label_only_what_was_seen_or_marked(qapp, qtbot, tmp_path, isolated_home):
+    """COCO export: a detector's guess below the visibility threshold (confidence 0.01) is not a labelled
+    point (v=0); a joint the user marked occluded is (v=1); a visible one is v=2."""
+    import json
+
+    import numpy as np
+    from app_testkit import PHOTO, RecordingEstimator
+
+    from app.jobs import InferenceService
+    from app.session import Session
+    from dpmesh_core.types import Person
+
+    kp = np.zeros((17, 3), np.float32)
+    kp[:, 0] = np.linspace(100, 200, 17)
+    kp[:, 1] = np.linspace(50, 350, 17)
+    kp[:, 2] = 0.9
+    kp[5, 2] = 0.01  # the detector's guess at a joint it does not see
+    kp[6, 2] = 0.3
+    s = Session(inference=InferenceService(estimator_factory=lambda: RecordingEstimator()))
+    s.auto_detect = False
+    try:
+        s.open_path(PHOTO)
+        s.doc.set_frame_persons(0, [Person(box=Person.box_from_keypoints(kp), keypoints=kp)])
+        u = s.doc.uids()[0]
+        Editor(s.doc).toggle_visibility(u, 9)  # the user says: the wrist is there, hidden
+        out = s.export_keypoints(tmp_path / "kp.json")
+        v = json.loads(out.read_text())["annotations"][0]["keypoints"][2::3]
+        assert v[5] == 0 and v[6] == 0, "detector guesses are not labels"
+        assert v[9] == 1 and v[0] == 2
+    finally:
+        s.shutdown()

@@ -311,3 +311,27 @@ def test_scrubbed_frames_take_the_ids_of_the_neighbouring_frame(qapp, street):
     again = tracks.assign_from_neighbours(doc, 1, [dataclasses.replace(p, track_id=None) for p in doc.persons(0)],
                                           api.Tracker)
     assert sorted(p.track_id for p in again) == [4, 7]
+
+
+def test_video_mesh_export_is_named_by_track_like_the_cli(qapp, qtbot, street, tmp_path):
+    from app_testkit import RecordingEstimator
+
+    from app.jobs import InferenceService
+    from app.session import Session
+
+    est = RecordingEstimator()
+    s = Session(inference=InferenceService(estimator_factory=lambda: est))
+    s.auto_detect = False
+    try:
+        s.open_path(street.path)
+        for f in (3, 4):
+            s.doc.set_frame_persons(f, [_walker(t, f, x0=100 + 250 * t, seed=t) for t in (7, 2)])
+            s.estimate_all(f)
+        qtbot.waitUntil(lambda: all(r is not None for f in (3, 4) for r in s.doc.results(f)), timeout=30000)
+        files = sorted(p.name for p in s.export_meshes(tmp_path, "video", ("npz",)))
+        assert files == ["street_f000003_track002.npz", "street_f000003_track007.npz",
+                         "street_f000004_track002.npz", "street_f000004_track007.npz"]
+        z = np.load(tmp_path / "street_f000004_track007.npz")
+        assert z["input_keypoints"].shape == (17, 3)  # the evidence the mesh was estimated from
+    finally:
+        s.shutdown()
