@@ -37,7 +37,7 @@ import numpy as np
 log = logging.getLogger(__name__)
 
 OPSET = 17
-_lock = threading.Lock()
+_lock = threading.RLock()
 
 
 def _digest() -> str:
@@ -94,12 +94,16 @@ class OrtYoloRunner:
         self.session(1)  # load now, so a broken file is found here
 
     def session(self, threads: int) -> Any:
+        """The onnxruntime session with ``threads`` intra-op threads (created once; thread-safe)."""
         s = self._sessions.get(threads)
         if s is None:
-            so = self._ort.SessionOptions()
-            so.intra_op_num_threads = int(threads)
-            s = self._ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
-            self._sessions[threads] = s
+            with _lock:
+                s = self._sessions.get(threads)
+                if s is None:
+                    so = self._ort.SessionOptions()
+                    so.intra_op_num_threads = int(threads)
+                    s = self._ort.InferenceSession(str(self.path), so, providers=["CPUExecutionProvider"])
+                    self._sessions[threads] = s
         return s
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
