@@ -27,11 +27,16 @@ class TrainingProcess(QObject):
     def command(self, config_path: str, extra: list[str] | None = None) -> tuple[str, list[str]]:
         return sys.executable, ["-m", "dpmesh_core.cli", "train", str(config_path), "--json", *(extra or [])]
 
-    def start(self, config_path: str, extra: list[str] | None = None, program: tuple[str, list[str]] | None = None) -> None:
+    def start(self, config_path: str, extra: list[str] | None = None, program: tuple[str, list[str]] | None = None,
+              cwd: str | None = None) -> None:
+        """Start training; ``cwd``: the process's working folder (relative paths of the config are read from
+        there)."""
         if self.is_running():
             raise RuntimeError("training is already running")
         prog, args = program or self.command(config_path, extra)
         self.proc = QProcess(self)
+        if cwd:
+            self.proc.setWorkingDirectory(str(cwd))
         self.proc.setProcessChannelMode(QProcess.ProcessChannelMode.SeparateChannels)
         self.proc.readyReadStandardOutput.connect(self._read_stdout)
         self.proc.readyReadStandardError.connect(self._read_stderr)

@@ -183,7 +183,7 @@ class TrainingPanel(QWidget):
                 return
         self.reset()
         self.log.clear()
-        self.proc.start(str(Path(cfg).resolve()) if cfg else cfg, program=program)
+        self.proc.start(str(Path(cfg).resolve()) if cfg else cfg, program=program, cwd=str(run) if run.is_dir() else None)
         self.start_btn.setEnabled(False)
         self.stop_btn.setEnabled(True)
         self.state.setText("running…")

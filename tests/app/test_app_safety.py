@@ -91,6 +91,12 @@ def test_training_panel_finds_the_data_relative_to_its_run_folder(qapp, qtbot, t
     tp.run_edit.setText(str(run))
     tp.config_edit.setText(str(BUNDLED_CONFIG))
     assert tp.check() and str(run) in tp.state.text()
+    # the training process works in the run folder (a stand-in program that prints where it runs)
+    import sys
+
+    tp.start((sys.executable, ["-c", "import os; print('cwd=' + os.getcwd())"]))
+    qtbot.waitUntil(lambda: not tp.proc.is_running(), timeout=30000)
+    assert f"cwd={run}" in tp.log.toPlainText()
 
 
 def _tetra_results(frame: int, n: int, w: int = 160, h: int = 120) -> list:
