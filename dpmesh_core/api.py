@@ -70,6 +70,21 @@ _LAZY: dict[str, str] = {
     "MeshRenderer": "dpmesh_core.io.render",
     "render_overlay": "dpmesh_core.io.render",
     "OverlayLayers": "dpmesh_core.io.overlay_layers",
+    # the 3-D view (issue 17): ground fit, free camera, presets, scene pictures
+    "ViewsWriter": "dpmesh_core.io.scene3d",
+    "OrbitCamera": "dpmesh_core.io.scene3d",
+    "Scene": "dpmesh_core.io.scene3d",
+    "ScenePerson": "dpmesh_core.io.scene3d",
+    "ViewCamera": "dpmesh_core.io.scene3d",
+    "GroundPlane": "dpmesh_core.io.scene3d",
+    "fit_ground": "dpmesh_core.io.scene3d",
+    "depth_order": "dpmesh_core.io.scene3d",
+    "scene_persons": "dpmesh_core.io.scene3d",
+    "scene_meshes": "dpmesh_core.io.scene3d",
+    "render_scene": "dpmesh_core.io.scene3d",
+    "preset_view": "dpmesh_core.io.scene3d",
+    "thumbnail": "dpmesh_core.io.scene3d",
+    "VIEW_PRESETS": "dpmesh_core.io.scene3d",
     "JOINT_SETS": "dpmesh_core.body.joints",
     "joint_names": "dpmesh_core.body.joints",
     "skeleton": "dpmesh_core.body.joints",
@@ -370,6 +385,7 @@ class PredictOptions:
     rig_names / rig_influences: rigged exports' bone names ("native", "mixamo", "cmu") and skinning
       influences per vertex (8 = exact for Anny; 4 for engines that read only 4).
     overlay: also write the image (or video) with the meshes drawn over it.
+    views: 3-D views to write beside it ("camera", "side", "top": ``{stem}_view_{name}.png`` / ``.mp4``).
     estimator / model_path / body_model / refine / device: see ``make_estimator``.
     keypoints: a key-point file to use instead of detecting (COCO / OpenPose / AlphaPose JSON); its entries are
       matched to inputs by image name (then by frame index on a video), see ``match_keypoints``.
@@ -382,6 +398,7 @@ class PredictOptions:
 
     formats: tuple[str, ...] = ("obj",)
     overlay: bool = False
+    views: tuple[str, ...] = ()
     estimator: Literal["fit", "dpmesh"] = "fit"
     model_path: str | None = None
     body_model: str = "anny"
@@ -414,6 +431,9 @@ class PredictOptions:
         if bad or not self.formats:
             raise InputError(f"unknown mesh format(s) {bad or '(none)'}; choose from obj, ply, glb, npz, "
                              "rigged-glb, bvh")
+        bad_views = [v for v in self.views if v not in ("camera", "side", "top")]
+        if bad_views:
+            raise InputError(f"unknown view(s) {bad_views}; choose from camera, side, top")
         if self.rig_names not in ("native", "mixamo", "cmu"):
             raise InputError(f"unknown rig names {self.rig_names!r}; choose native, mixamo or cmu")
         if self.rig_influences not in (4, 8):
@@ -1054,10 +1074,11 @@ def _predict_one(
     # ~100 kB instead of 2.7 MB raw) and decoded lazily while the video is written.
     renderer = __getattr__("MeshRenderer")(w, h) if opts.overlay else None
     overlay_frames: list[Any] = []
+    views = __getattr__("ViewsWriter")(opts.views, w, h) if opts.views else None
     pipe = FramePipeline(
         estimator, detector, camera=Camera.default_for(w, h), track=is_video,
         warm_start=is_video and opts.smooth, smooth_sigma=opts.smooth_sigma if (is_video and opts.smooth) else 0.0,
-        keep_images=opts.overlay,
+        keep_images=opts.overlay or bool(opts.views),
     )
     given = None
     if kp_table is not None:
@@ -1082,6 +1103,8 @@ def _predict_one(
                 overlay_frames.append(buf.tobytes())
             else:
                 overlay_frames.append(over)
+        if views is not None:
+            views.add(out.image, results, encode=is_video)
         people = []
         for i, (p, r) in enumerate(zip(persons, results)):
             ok = isinstance(r, MeshResult)
@@ -1131,6 +1154,9 @@ def _predict_one(
             dest = staging / f"{stem}_overlay.png"
             __getattr__("write_image")(dest, overlay_frames[0])
         files.append(dest)
+    if views is not None:
+        files += views.write(staging, stem, (media.fps or 25.0) / opts.stride if is_video else None)
+        views.close()
     return files
 
 

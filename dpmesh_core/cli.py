@@ -1,6 +1,6 @@
 """``dpmesh``: the headless command line.
 
-    dpmesh predict IMAGE|VIDEO|DIR -o OUT [--keypoints FILE] [--format obj,ply,glb,npz,rigged-glb,bvh] [--overlay]
+    dpmesh predict IMAGE|VIDEO|DIR -o OUT [--keypoints FILE] [--format obj,ply,glb,npz,rigged-glb,bvh] [--overlay] [--views camera,side,top]
                    [--rig-names native|mixamo|cmu] [--rig-influences 8|4]
                    [--detector yolo|mmpose|mediapipe [--pose-config CFG --pose-checkpoint CKPT
                     [--det-config CFG --det-checkpoint CKPT]]]
@@ -163,6 +163,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     opts = api.PredictOptions(
         formats=tuple(f.strip().lower() for f in args.format.split(",") if f.strip()),
         overlay=args.overlay,
+        views=tuple(v.strip().lower() for v in (args.views or "").split(",") if v.strip()),
         estimator=args.estimator,
         model_path=args.model,
         body_model=args.body_model,
@@ -354,6 +355,9 @@ exit codes:
                     help="rigged-glb skinning influences per vertex: 8 (exact for Anny; default) or 4 (one "
                          "JOINTS_0 set, for engines that read only 4)")
     pr.add_argument("--overlay", action="store_true", help="also write the image/video with meshes drawn over it")
+    pr.add_argument("--views", metavar="LIST",
+                    help="also write 3-D views, comma-separated: camera, side, top (bird's-eye with a 1 m grid) as "
+                         "{stem}_view_{name}.png, or .mp4 for a video")
     pr.add_argument("--estimator", choices=["fit", "dpmesh"], default="fit",
                     help="fit: key-point fitting (default, no downloads); dpmesh: the network (needs --model)")
     pr.add_argument("--model", help="DPMesh checkpoint: an official *_best_ckpt.pth.tar (read directly) or a "

@@ -276,47 +276,69 @@ class MeshRenderer:
         return K, (np.eye(4) if view is None else np.asarray(view, np.float64))
 
     def render_with_mask(
-        self, meshes: Sequence[MeshSpec], camera: Camera | None = None, view: np.ndarray | None = None
+        self, meshes: Sequence[MeshSpec], camera: Camera | None = None, view: np.ndarray | None = None,
+        near: float | None = None, far: float | None = None,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(rgb (H, W, 3) uint8, mask (H, W) bool, depth (H, W) float32 metres, 0 where empty)."""
+        """(rgb (H, W, 3) uint8, mask (H, W) bool, depth (H, W) float32 metres, 0 where empty).
+
+        ``near`` / ``far``: clip planes (metres; default 1 mm and 10 km). A 3-D view passes its scene's
+        extent (``io.scene3d.OrbitCamera.near_far``) for a precise depth buffer."""
         self._check_thread()
         K, T = self._camera_view(meshes, camera, view)
         if self.backend == "open3d":
-            return self._render_open3d(meshes, K, T)
+            return self._render_open3d(meshes, K, T, near, far)
         moved = [(_apply(T, np.asarray(v, np.float64)), f, c) for v, f, c in meshes]
-        return rasterize(moved, K, self.width, self.height, self.background)
+        return rasterize(moved, K, self.width, self.height, self.background, z_near=near or 1e-3)
 
     def render(self, meshes: Sequence[MeshSpec], camera: Camera | None = None,
                view: np.ndarray | None = None) -> np.ndarray:
         """(H, W, 3) uint8 RGB rendering of ``meshes`` over the background colour."""
         return self.render_with_mask(meshes, camera, view)[0]
 
-    def _render_open3d(self, meshes, K, T):
+    def _render_open3d(self, meshes, K, T, near=None, far=None):
         o3d = self._o3d
         with o3d.utility.VerbosityContextManager(o3d.utility.VerbosityLevel.Error):
-            return self._render_open3d_inner(meshes, K, T)
+            return self._render_open3d_inner(meshes, K, T, near, far)
 
-    def _render_open3d_inner(self, meshes, K, T):
+    @staticmethod
+    def _geometry_key(meshes) -> bytes:
+        """Digest of the meshes' arrays and colours: an unchanged scene (a 3-D view orbiting) keeps its
+        geometry on the GPU side instead of being rebuilt."""
+        import hashlib
+
+        h = hashlib.blake2b(digest_size=16)
+        for v, f, c in meshes:
+            for a in (np.ascontiguousarray(v, np.float32), np.ascontiguousarray(f, np.int32)):
+                h.update(str(a.shape).encode())
+                h.update(a.data)
+            h.update(repr(tuple(float(x) for x in _rgb01(c))).encode())
+        return h.digest()
+
+    def _render_open3d_inner(self, meshes, K, T, near=None, far=None):
         o3d, vis = self._o3d, self._vis
         if vis is None:
             raise RuntimeError("renderer is closed")
-        vis.clear_geometries()
-        for v, f, c in meshes:
-            m = o3d.geometry.TriangleMesh(
-                o3d.utility.Vector3dVector(np.asarray(v, np.float64).reshape(-1, 3)),
-                o3d.utility.Vector3iVector(np.array(f, np.int32).reshape(-1, 3)),  # copy: o3d needs writeable
-            )
-            m.paint_uniform_color(_rgb01(c))
-            m.compute_vertex_normals()
-            vis.add_geometry(m, reset_bounding_box=True)
+        key = self._geometry_key(meshes)
+        if key != getattr(self, "_geometry", None):
+            vis.clear_geometries()
+            self._geometry = None
+            for v, f, c in meshes:
+                m = o3d.geometry.TriangleMesh(
+                    o3d.utility.Vector3dVector(np.asarray(v, np.float64).reshape(-1, 3)),
+                    o3d.utility.Vector3iVector(np.array(f, np.int32).reshape(-1, 3)),  # copy: o3d needs writeable
+                )
+                m.paint_uniform_color(_rgb01(c))
+                m.compute_vertex_normals()
+                vis.add_geometry(m, reset_bounding_box=True)
+            self._geometry = key
         ctr = vis.get_view_control()
         params = o3d.camera.PinholeCameraParameters()
         params.intrinsic = o3d.camera.PinholeCameraIntrinsic(
             self.width, self.height, K[0, 0], K[1, 1], K[0, 2], K[1, 2])
         params.extrinsic = T
         ctr.convert_from_pinhole_camera_parameters(params, allow_arbitrary=True)
-        ctr.set_constant_z_near(1e-3)
-        ctr.set_constant_z_far(1e4)
+        ctr.set_constant_z_near(near or 1e-3)
+        ctr.set_constant_z_far(far or 1e4)
         vis.poll_events()
         vis.update_renderer()
         img = np.asarray(vis.capture_screen_float_buffer(do_render=False))

@@ -1,0 +1,734 @@
+"""The 3-D scene of one frame, headless: what the app's 3-D view and ``dpmesh predict --views`` draw.
+
+World frame = the photo camera's frame (OpenCV: x right, y down, z forward, metres), so the persons'
+meshes are used as estimated.
+
+* ``fit_ground(results)``: a robust ground plane under the persons' soles (iteratively reweighted least
+  squares, Tukey weights), or None without evidence (fewer than two persons with visible legs, a steep or
+  loose fit).
+* ``OrbitCamera``: the free camera: orbit (turntable about the world's up, pitch about the view's right
+  axis, no roll), pan, zoom about a pivot (the scene centre), ``reset`` to the photo's own camera, preset
+  views (``camera``, ``side`` from +x, ``top`` from above with the photo camera at the bottom of the
+  picture), intrinsics filling any output size (the photo's field of view fits the target), near/far from
+  the scene's extent.
+* ``Scene`` + ``render_scene(renderer, scene, view_camera)``: persons (colour, selected highlighted,
+  low-confidence faint, hidden ones left out), the ground with a 1 m grid, axes, the photo camera as a
+  frustum with the photo on its far plane, tracks' trajectories on the ground and labels; the meshes go
+  through the given ``MeshRenderer`` (Open3D or numpy), lines / the photo / labels are drawn afterwards in
+  numpy against its depth buffer.
+* ``depth_order(scene)``: persons sorted by distance to the photo camera (metres).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from ..types import Camera, MeshResult
+
+__all__ = [
+    "GroundPlane", "fit_ground", "OrbitCamera", "ScenePerson", "Scene", "ViewCamera", "render_scene",
+    "depth_order", "scene_persons", "scene_meshes", "preset_view", "thumbnail", "ViewsWriter", "PRESETS",
+    "VIEW_PRESETS", "VIEW_BACKGROUND",
+]
+
+PRESETS = ("camera", "side", "top")
+VIEW_PRESETS = PRESETS
+VIEW_BACKGROUND = (0.11, 0.118, 0.133)  # the 3-D view's background (dark: the persons' colours read well)
+UP_PRIOR = np.array([0.0, -1.0, 0.0])  # a camera held roughly level: world up is -y
+
+
+# ------------------------------------------------------------------------------------------------ ground
+@dataclass(frozen=True)
+class GroundPlane:
+    """``normal`` (3,) unit, pointing up (towards the heads); ``point`` (3,) on the plane under the
+    persons' feet; ``residual_m``: median distance of the inlying sole points; ``persons``: how many
+    persons' feet support it."""
+
+    normal: np.ndarray
+    point: np.ndarray
+    residual_m: float
+    persons: int
+
+    def height(self, x: np.ndarray) -> np.ndarray:
+        """Signed height (metres) of points ``x`` (..., 3) above the plane."""
+        return (np.asarray(x, np.float64) - self.point) @ self.normal
+
+    def project(self, x: np.ndarray) -> np.ndarray:
+        """Points ``x`` (..., 3) dropped onto the plane."""
+        x = np.asarray(x, np.float64)
+        return x - self.height(x)[..., None] * self.normal
+
+
+def _sole_points(v: np.ndarray, up: np.ndarray, n: int = 40) -> np.ndarray:
+    """The lowest vertices of one mesh along ``up`` (within 3 % of its height above its lowest point)."""
+    h = v @ up
+    lo, hi = float(h.min()), float(h.max())
+    sel = v[h <= lo + 0.03 * max(hi - lo, 1e-3)]
+    if len(sel) > n:
+        sel = sel[np.linspace(0, len(sel) - 1, n).astype(int)]
+    return sel
+
+
+def _has_feet(r: MeshResult) -> bool:
+    q = r.quality
+    return q is None or not q.legs_inferred
+
+
+def fit_ground(results: Sequence[Any], max_tilt_deg: float = 40.0, max_residual_m: float = 0.08,
+               min_persons: int = 2) -> GroundPlane | None:
+    """A plane under the soles of the persons whose legs were seen (``MeshResult.quality.legs_inferred``
+    False), robust to a person who is not standing on it (IRLS with Tukey's biweight on the sole points;
+    the plane is ``y = a x + b z + c`` in the camera frame, lightly regularised towards level).
+
+    None when fewer than ``min_persons`` persons have visible feet, the plane tilts more than
+    ``max_tilt_deg`` from the camera's level, or the inlying soles lie more than ``max_residual_m`` from it.
+    """
+    meshes = [np.asarray(r.vertices, np.float64) for r in results
+              if isinstance(r, MeshResult) and _has_feet(r) and np.isfinite(r.vertices).all()]
+    if len(meshes) < min_persons:
+        return None
+    up = UP_PRIOR.copy()
+    plane = None
+    for _ in range(2):  # soles along the prior's up, then along the fitted plane's
+        pts = [_sole_points(v, up) for v in meshes]
+        owner = np.concatenate([np.full(len(p), i) for i, p in enumerate(pts)])
+        P = np.concatenate(pts)
+        A = np.stack([P[:, 0], P[:, 2], np.ones(len(P))], 1)
+        y = P[:, 1]
+        w = np.ones(len(P))
+        # each person counts once, however many sole points it has
+        w_person = 1.0 / np.bincount(owner)[owner]
+        lam = np.diag([0.05, 0.05, 0.0])  # a little towards level (the 2-person case rolls freely otherwise)
+        coef = np.zeros(3)
+        for _ in range(12):
+            W = w * w_person
+            coef = np.linalg.solve(A.T @ (A * W[:, None]) + lam, A.T @ (W * y))
+            res = y - A @ coef
+            c = max(4.685 * 1.4826 * float(np.median(np.abs(res))), 0.05)
+            u = np.clip(res / c, -1, 1)
+            w = (1 - u ** 2) ** 2
+        a, b, c0 = coef
+        normal = np.array([a, -1.0, b])
+        normal /= np.linalg.norm(normal)  # points to -y: up
+        inl = np.abs(res) * abs(normal[1]) < max(max_residual_m, 1e-6)
+        persons = len(np.unique(owner[inl]))
+        point = P[inl].mean(0) if inl.any() else P.mean(0)
+        point = point - ((point - np.array([0.0, c0, 0.0])) @ normal) * normal
+        resid = float(np.median(np.abs(res[inl]) * abs(normal[1]))) if inl.any() else float("inf")
+        plane = GroundPlane(normal, point, resid, persons)
+        up = normal
+    assert plane is not None
+    tilt = np.degrees(np.arccos(np.clip(plane.normal @ UP_PRIOR, -1, 1)))
+    if tilt > max_tilt_deg or plane.residual_m > max_residual_m or plane.persons < min_persons:
+        return None
+    return plane
+
+
+# ------------------------------------------------------------------------------------------------ scene
+@dataclass(frozen=True)
+class ScenePerson:
+    """One person to draw: mesh (camera frame, metres), colour RGB 0..1, label, state."""
+
+    key: int
+    vertices: np.ndarray
+    faces: np.ndarray
+    color: tuple[float, float, float]
+    label: str = ""
+    low_confidence: bool = False
+    selected: bool = False
+
+
+@dataclass(frozen=True)
+class Scene:
+    """What one 3-D picture shows. ``persons``: the visible ones (show/hide/solo already applied);
+    ``photo``/``photo_camera``: the frame and its camera (the frustum; a thumbnail is enough);
+    ``trajectories``: [(points (N, 3) metres, colour, current index or -1)] drawn on the ground."""
+
+    persons: tuple[ScenePerson, ...]
+    photo_camera: Camera
+    ground: GroundPlane | None = None
+    photo: np.ndarray | None = None
+    trajectories: tuple = ()
+    show_ground: bool = True
+    show_axes: bool = True
+    show_frustum: bool = True
+    show_labels: bool = True
+    grid_step_m: float = 1.0
+    background: tuple[float, float, float] = VIEW_BACKGROUND
+
+    def points(self) -> np.ndarray:
+        """Points bounding what is drawn: the persons, the ground's extent, the photo camera."""
+        pts = [np.zeros((1, 3))]
+        for p in self.persons:
+            v = np.asarray(p.vertices, np.float64)
+            pts.append(np.stack([v.min(0), v.max(0)]))
+        if self.show_ground and self.ground is not None:
+            pts.append(_ground_quad(self)[0])
+        if self.show_frustum:
+            pts.append(_frustum(self)[0])
+        return np.concatenate(pts)
+
+    def required_points(self) -> np.ndarray:
+        """What the near plane must never cut: the persons' boxes, the photo camera and its frustum."""
+        pts = [np.zeros((1, 3))]
+        for p in self.persons:
+            v = np.asarray(p.vertices, np.float64)
+            lo, hi = v.min(0), v.max(0)
+            pts.append(np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]))
+        if self.show_frustum:
+            pts.append(_frustum(self)[0])
+        return np.concatenate(pts)
+
+    def person_points(self) -> np.ndarray:
+        if not self.persons:
+            return np.zeros((1, 3))
+        return np.concatenate([np.asarray(p.vertices, np.float64)[::7] for p in self.persons])
+
+    def centre(self) -> np.ndarray:
+        """The orbit pivot: the centre of the persons' bounding box (the photo camera's origin + 3 m ahead
+        when there is no person)."""
+        if not self.persons:
+            return np.array([0.0, 0.0, 3.0])
+        v = np.concatenate([np.asarray(p.vertices, np.float64) for p in self.persons])
+        return (v.min(0) + v.max(0)) / 2
+
+
+def scene_persons(results: Sequence[Any], colors: Sequence[Sequence[float]], labels: Sequence[str] | None = None,
+                  keys: Sequence[int] | None = None, selected: int | None = None,
+                  hidden: Sequence[int] = (), solo: int | None = None) -> tuple[ScenePerson, ...]:
+    """``ScenePerson``s of the ``MeshResult``s among ``results`` (others skipped; ``colors[i]`` /
+    ``labels[i]`` / ``keys[i]`` belong to ``results[i]``), with show/hide (``hidden`` keys) and ``solo`` (only
+    that key) applied."""
+    out = []
+    for i, r in enumerate(results):
+        if not isinstance(r, MeshResult):
+            continue
+        key = int(keys[i]) if keys is not None else i
+        if key in hidden or (solo is not None and key != solo):
+            continue
+        col = np.asarray(colors[i], np.float64)[:3]
+        col = tuple(float(x) for x in (col / 255.0 if col.max() > 1.0 else col))
+        out.append(ScenePerson(key, r.vertices, r.faces, col, labels[i] if labels else f"#{i}",
+                               bool(r.quality is not None and r.quality.low_confidence), key == selected))
+    return tuple(out)
+
+
+def depth_order(scene_or_persons: Scene | Sequence[ScenePerson]) -> list[tuple[int, str, float]]:
+    """[(key, label, distance m)] sorted near to far: the distance from the photo camera to the centre of
+    each person's bounding box."""
+    persons = scene_or_persons.persons if isinstance(scene_or_persons, Scene) else scene_or_persons
+    rows = []
+    for p in persons:
+        v = np.asarray(p.vertices, np.float64)
+        rows.append((p.key, p.label, float(np.linalg.norm((v.min(0) + v.max(0)) / 2))))
+    return sorted(rows, key=lambda r: r[2])
+
+
+def _display_color(p: ScenePerson, background: Sequence[float]) -> tuple[float, float, float]:
+    c = np.asarray(p.color, np.float64)
+    if p.low_confidence:  # a guess: faint, between its colour and the background
+        c = 0.45 * c + 0.55 * np.asarray(background, np.float64)
+    if p.selected:
+        c = 0.6 * c + 0.4
+    return tuple(float(x) for x in np.clip(c, 0, 1))
+
+
+# ----------------------------------------------------------------------------------------------- camera
+def _rotation(axis: np.ndarray, deg: float) -> np.ndarray:
+    a = np.asarray(axis, np.float64)
+    a = a / max(np.linalg.norm(a), 1e-12)
+    t = np.deg2rad(deg)
+    K = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
+    return np.eye(3) + np.sin(t) * K + (1 - np.cos(t)) * (K @ K)
+
+
+@dataclass(frozen=True)
+class ViewCamera:
+    """One picture's camera: intrinsics ``camera`` at the output size, ``view`` (4, 4) world -> view, and
+    the near/far planes (metres)."""
+
+    camera: Camera
+    view: np.ndarray
+    near: float
+    far: float
+
+    def project(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(pixels (N, 2), depth (N,)) of world points ``x`` (N, 3)."""
+        xv = np.asarray(x, np.float64) @ self.view[:3, :3].T + self.view[:3, 3]
+        K = self.camera.K
+        z = xv[:, 2]
+        uv = (xv[:, :2] / z[:, None]) * np.array([K[0, 0], K[1, 1]]) + np.array([K[0, 2], K[1, 2]])
+        return uv, z
+
+
+@dataclass
+class OrbitCamera:
+    """The free camera of the 3-D view. ``C`` (3, 3): the view's axes (x right, y down, z forward) in world
+    coordinates (columns), ``eye`` (3,) its centre, ``pivot`` what it orbits, ``up`` the world's up (the
+    ground's normal when there is one). The photo's own camera is ``C = I, eye = 0``."""
+
+    photo: Camera
+    pivot: np.ndarray = field(default_factory=lambda: np.array([0.0, 0.0, 3.0]))
+    up: np.ndarray = field(default_factory=lambda: UP_PRIOR.copy())
+    C: np.ndarray = field(default_factory=lambda: np.eye(3))
+    eye: np.ndarray = field(default_factory=lambda: np.zeros(3))
+    preset: str = "camera"
+
+    def reset(self, pivot: np.ndarray | None = None) -> None:
+        """Back to the photo's own camera (orbiting about ``pivot``, default: the current one)."""
+        if pivot is not None:
+            self.pivot = np.asarray(pivot, np.float64).copy()
+        self.C, self.eye, self.preset = np.eye(3), np.zeros(3), "camera"
+
+    def orbit(self, dyaw_deg: float, dpitch_deg: float) -> None:
+        """Turntable: ``dyaw`` about the world's up through the pivot, ``dpitch`` about the view's right axis
+        (stops 1° short of straight up/down; no roll is introduced)."""
+        Q = _rotation(self.up, dyaw_deg)
+        self.eye = self.pivot + Q @ (self.eye - self.pivot)
+        self.C = Q @ self.C
+        fwd = self.C[:, 2]
+        # elevation of the view direction above the horizon (degrees, < 0 looking down); dpitch > 0 lowers it
+        elev = np.degrees(np.arcsin(np.clip(fwd @ self.up, -1, 1)))
+        new = float(np.clip(elev - dpitch_deg, -89.0, 89.0))
+        if abs(elev) > 89.0:  # already at a pole (the top view): only move away from it
+            new = float(np.clip(elev - dpitch_deg, -90.0, 90.0))
+            if abs(new) > abs(elev):
+                new = elev
+        d = elev - new
+        if abs(d) > 1e-9:
+            R = _rotation(self.C[:, 0], -d)
+            self.eye = self.pivot + R @ (self.eye - self.pivot)
+            self.C = R @ self.C
+        self.preset = ""
+
+    def pan(self, dx_px: float, dy_px: float, focal_px: float) -> None:
+        """Move the view (and the pivot) so that the pivot's depth plane follows the mouse by (dx, dy) px."""
+        depth = max(float((self.pivot - self.eye) @ self.C[:, 2]), 0.05)
+        d = -(self.C[:, 0] * dx_px + self.C[:, 1] * dy_px) * depth / max(focal_px, 1e-6)
+        self.eye = self.eye + d
+        self.pivot = self.pivot + d
+        self.preset = ""
+
+    def zoom(self, factor: float) -> None:
+        """Towards the pivot by ``factor`` (> 1 closer), never through it."""
+        off = self.eye - self.pivot
+        dist = float(np.linalg.norm(off))
+        new = float(np.clip(dist / max(factor, 1e-6), 0.05, 1e4))
+        if dist < 1e-9:
+            self.eye = self.pivot - self.C[:, 2] * new
+        else:
+            self.eye = self.pivot + off * (new / dist)
+        self.preset = ""
+
+    def intrinsics(self, size: tuple[int, int]) -> Camera:
+        """The photo's camera scaled so that the photo's rectangle fits ``size`` (w, h), centred; the picture
+        fills the whole target (what lies beyond the photo's rectangle is drawn too)."""
+        w, h = int(size[0]), int(size[1])
+        pw, ph = self.photo.image_size
+        s = min(w / pw, h / ph)
+        ox, oy = (w - pw * s) / 2, (h - ph * s) / 2
+        cx = (self.photo.principal[0] + 0.5) * s - 0.5 + ox
+        cy = (self.photo.principal[1] + 0.5) * s - 0.5 + oy
+        return Camera((self.photo.focal[0] * s, self.photo.focal[1] * s), (cx, cy), (w, h))
+
+    def view_matrix(self) -> np.ndarray:
+        T = np.eye(4)
+        T[:3, :3] = self.C.T
+        T[:3, 3] = -self.C.T @ self.eye
+        return T
+
+    def near_far(self, points: np.ndarray, required: np.ndarray | None = None) -> tuple[float, float]:
+        """Near/far planes seen from the current view: far beyond all ``points`` (world, (N, 3)); near in
+        front of every ``required`` point (the persons, the photo camera and its frustum: never clipped)
+        and at most 10 cm (the ground, which runs under the viewer, is cut as late as possible)."""
+        z = (np.asarray(points, np.float64) - self.eye) @ self.C[:, 2]
+        far = max(float(z.max()) * 1.05 + 0.1, 1.0)
+        zr = z if required is None else (np.asarray(required, np.float64) - self.eye) @ self.C[:, 2]
+        zr = zr[zr > 0]
+        near = min(0.9 * float(zr.min()), 0.1) if len(zr) else 0.1
+        return max(near, far * 1e-4, 0.002), far
+
+    def view_camera(self, size: tuple[int, int], scene: Scene | None = None) -> ViewCamera:
+        near, far = self.near_far(scene.points(), scene.required_points()) if scene is not None else (0.01, 1e3)
+        return ViewCamera(self.intrinsics(size), self.view_matrix(), near, far)
+
+    def set_preset(self, name: str, scene: Scene, size: tuple[int, int], margin: float = 1.15) -> None:
+        """``camera`` (the photo's own), ``side`` (from +x, level), ``top`` (from above; the photo camera at
+        the bottom of the picture): each frames the persons (and for ``top`` the photo camera) in ``size``."""
+        if name not in PRESETS:
+            raise ValueError(f"unknown view {name!r}; choose from {', '.join(PRESETS)}")
+        centre = scene.centre()
+        if scene.ground is not None:
+            self.up = np.asarray(scene.ground.normal, np.float64).copy()
+        if name == "camera":
+            self.reset(centre)
+            return
+        up = self.up / np.linalg.norm(self.up)
+        pts = scene.person_points()
+        if name == "side":
+            right = np.array([1.0, 0.0, 0.0]) - up * up[0]
+            right /= np.linalg.norm(right)
+            z = -right  # looking towards -x
+            y = -up
+        else:
+            fwd = np.array([0.0, 0.0, 1.0]) - up * up[2]
+            fwd /= np.linalg.norm(fwd)
+            z = -up  # looking down
+            y = -fwd  # far away at the top of the picture
+            pts = np.concatenate([pts, np.zeros((1, 3))])  # the photo camera too
+        x = np.cross(y, z)
+        C = np.stack([x, y, z], 1)
+        lo, hi = pts.min(0), pts.max(0)
+        centre = (lo + hi) / 2 if name == "top" else centre
+        K = self.intrinsics(size)
+        w, h = size
+        # distance at which the points' extent across (x) and along (y) the picture fits, plus their depth
+        local = (pts - centre) @ C
+        half_x = float(np.abs(local[:, 0]).max())
+        half_y = float(np.abs(local[:, 1]).max())
+        near_extent = float(-local[:, 2].min()) if len(local) else 0.0
+        dist = max(half_x * K.focal[0] / (w / 2), half_y * K.focal[1] / (h / 2)) * margin + near_extent
+        # the principal point may be off-centre: aim the optical axis so the centre lands on it
+        self.C = C
+        self.pivot = centre
+        self.eye = centre - z * max(dist, 0.5)
+        off = np.array([(w / 2 - K.principal[0]) / K.focal[0], (h / 2 - K.principal[1]) / K.focal[1]])
+        self.eye = self.eye - (x * off[0] + y * off[1]) * max(dist, 0.5)
+        self.preset = name
+
+
+# --------------------------------------------------------------------------------------------- drawing
+def _ground_quad(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(corners (4, 3), u axis, v axis) of the ground rectangle: the persons' footprint and the spot under
+    the photo camera, plus a metre, on whole grid steps."""
+    g = scene.ground
+    assert g is not None
+    n = g.normal
+    u = np.array([1.0, 0.0, 0.0]) - n * n[0]
+    u /= np.linalg.norm(u)
+    v = np.cross(n, u)
+    pts = np.concatenate([scene.person_points(), np.zeros((1, 3))])
+    local = (g.project(pts) - g.point) @ np.stack([u, v], 1)
+    s = scene.grid_step_m
+    lo = np.floor(local.min(0) / s - 1) * s
+    hi = np.ceil(local.max(0) / s + 1) * s
+    corners = np.array([g.point + u * a + v * b for a, b in ((lo[0], lo[1]), (hi[0], lo[1]), (hi[0], hi[1]),
+                                                             (lo[0], hi[1]))])
+    return corners, u, v
+
+
+def _frustum(scene: Scene) -> tuple[np.ndarray, float]:
+    """Far-plane corners (4, 3) of the photo camera's frustum (pixel corners, clockwise from top-left) and
+    its depth: a quarter of the nearest person's distance (0.6 m without persons), at most 1.5 m."""
+    cam = scene.photo_camera
+    d = 0.6
+    if scene.persons:
+        d = float(np.clip(0.25 * depth_order(scene)[0][2], 0.15, 1.5))
+    w, h = cam.image_size
+    px = np.array([[-0.5, -0.5], [w - 0.5, -0.5], [w - 0.5, h - 0.5], [-0.5, h - 0.5]])
+    xy = (px - np.array(cam.principal)) / np.array(cam.focal)
+    return np.concatenate([xy * d, np.full((4, 1), d)], 1), d
+
+
+def _segments(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(segments (N, 2, 3) world, colours (N, 3) uint8, width px (N,)) of the lines to draw."""
+    segs, cols, widths = [], [], []
+
+    def add(a, b, col, wdt=1):
+        segs.append(np.stack([a, b]))
+        cols.append(col)
+        widths.append(wdt)
+
+    if scene.show_ground and scene.ground is not None:
+        corners, u, v = _ground_quad(scene)
+        s = scene.grid_step_m
+        g = scene.ground
+        lu = (corners - g.point) @ u
+        lv = (corners - g.point) @ v
+        for a in np.arange(lu.min(), lu.max() + s / 2, s):
+            add(g.point + u * a + v * lv.min(), g.point + u * a + v * lv.max(), (105, 110, 120))
+        for b in np.arange(lv.min(), lv.max() + s / 2, s):
+            add(g.point + u * lu.min() + v * b, g.point + u * lu.max() + v * b, (105, 110, 120))
+    if scene.show_axes:
+        for axis, col in ((0, (230, 60, 60)), (1, (60, 200, 80)), (2, (70, 120, 240))):
+            e = np.zeros(3)
+            e[axis] = 0.5
+            add(np.zeros(3), e, col, 2)
+    if scene.show_frustum:
+        far, _ = _frustum(scene)
+        for i in range(4):
+            add(np.zeros(3), far[i], (225, 225, 225))
+            add(far[i], far[(i + 1) % 4], (225, 225, 225))
+    for pts, col, cur in scene.trajectories:
+        pts = np.asarray(pts, np.float64)
+        if scene.ground is not None:
+            pts = scene.ground.project(pts) + scene.ground.normal * 0.01
+        c = tuple(int(round(x * 255)) if max(col) <= 1.0 else int(x) for x in col[:3])
+        for a, b in zip(pts[:-1], pts[1:]):
+            add(a, b, c, 2)
+        if 0 <= cur < len(pts):
+            for dx in ((0.08, 0, 0), (0, 0, 0.08)):
+                add(pts[cur] - np.array(dx), pts[cur] + np.array(dx), c, 3)
+    for p in scene.persons:
+        if p.selected:  # a marker above the head
+            v = np.asarray(p.vertices, np.float64)
+            up = scene.ground.normal if scene.ground is not None else UP_PRIOR
+            top = v[np.argmax(v @ up)]
+            add(top + up * 0.08, top + up * 0.35, (255, 255, 255), 3)
+    if not segs:
+        return np.zeros((0, 2, 3)), np.zeros((0, 3), np.uint8), np.zeros(0, int)
+    return np.stack(segs), np.asarray(cols, np.uint8), np.asarray(widths, int)
+
+
+def _draw_segments(rgb: np.ndarray, depth: np.ndarray, segs: np.ndarray, cols: np.ndarray, widths: np.ndarray,
+                   vc: ViewCamera) -> None:
+    """Depth-tested lines (world segments) into ``rgb`` (in place), clipped at the near plane."""
+    if len(segs) == 0:
+        return
+    H, W = depth.shape
+    T = vc.view
+    a = segs[:, 0] @ T[:3, :3].T + T[:3, 3]
+    b = segs[:, 1] @ T[:3, :3].T + T[:3, 3]
+    near = vc.near
+    keep = (a[:, 2] > near) | (b[:, 2] > near)
+    a, b, cols, widths = a[keep], b[keep], cols[keep], widths[keep]
+    # clip to the near plane
+    za, zb = a[:, 2], b[:, 2]
+    t = np.where(za < near, (near - za) / np.where(zb - za == 0, 1, zb - za), 0.0)
+    a = a + (b - a) * t[:, None]
+    za = a[:, 2]
+    t = np.where(zb < near, (near - zb) / np.where(za - zb == 0, 1, za - zb), 0.0)
+    b = b + (a - b) * t[:, None]
+    K = vc.camera.K
+
+    def proj(x):
+        return np.stack([K[0, 0] * x[:, 0] / x[:, 2] + K[0, 2], K[1, 1] * x[:, 1] / x[:, 2] + K[1, 2]], 1)
+
+    pa, pb = proj(a), proj(b)
+    L = np.ceil(np.abs(pb - pa).max(1)).clip(1, 4 * (W + H)).astype(int) + 1
+    idx = np.repeat(np.arange(len(a)), L)
+    s = (np.arange(L.sum()) - np.repeat(np.cumsum(L) - L, L)) / np.repeat(np.maximum(L - 1, 1), L)
+    # perspective-correct: interpolate in 3-D, then project
+    x3 = a[idx] + (b[idx] - a[idx]) * s[:, None]
+    uv = proj(x3)
+    z = x3[:, 2]
+    col = cols[idx]
+    wd = widths[idx]
+    for ox, oy, need in ((0, 0, 1), (1, 0, 2), (0, 1, 2), (1, 1, 3), (-1, 0, 3), (0, -1, 3)):
+        m = wd >= need
+        px = np.round(uv[m, 0]).astype(int) + ox
+        py = np.round(uv[m, 1]).astype(int) + oy
+        inb = (px >= 0) & (px < W) & (py >= 0) & (py < H)
+        px, py, zz, cc = px[inb], py[inb], z[m][inb], col[m][inb]
+        d = depth[py, px]
+        vis = (d <= 0) | (zz <= d * 1.002 + 0.01)
+        rgb[py[vis], px[vis]] = cc[vis]
+
+
+def _draw_photo(rgb: np.ndarray, depth: np.ndarray, scene: Scene, vc: ViewCamera) -> None:
+    """The photo on the frustum's far plane (nearest sample, depth-tested)."""
+    if scene.photo is None:
+        return
+    far, _ = _frustum(scene)
+    T = vc.view
+    c = far @ T[:3, :3].T + T[:3, 3]
+    if (c[:, 2] <= vc.near).any():
+        return
+    K = vc.camera.K
+    uv = np.stack([K[0, 0] * c[:, 0] / c[:, 2] + K[0, 2], K[1, 1] * c[:, 1] / c[:, 2] + K[1, 2]], 1)
+    H, W = depth.shape
+    x0, y0 = np.floor(uv.min(0)).clip(0, [W - 1, H - 1]).astype(int)
+    x1, y1 = np.ceil(uv.max(0)).clip(0, [W - 1, H - 1]).astype(int)
+    if x1 <= x0 or y1 <= y0:
+        return
+    ys, xs = np.mgrid[y0:y1 + 1, x0:x1 + 1]
+    rays = np.stack([(xs - K[0, 2]) / K[0, 0], (ys - K[1, 2]) / K[1, 1], np.ones_like(xs, float)], -1)
+    e1, e2 = c[1] - c[0], c[3] - c[0]
+    n = np.cross(e1, e2)
+    denom = rays @ n
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = (c[0] @ n) / denom
+    X = rays * t[..., None]
+    su = ((X - c[0]) @ e1) / (e1 @ e1)
+    sv = ((X - c[0]) @ e2) / (e2 @ e2)
+    ok = np.isfinite(t) & (t > 0) & (su >= 0) & (su < 1) & (sv >= 0) & (sv < 1)
+    d = depth[ys, xs]
+    ok &= (d <= 0) | (t <= d)
+    ph, pw = scene.photo.shape[:2]
+    iu = np.clip((su[ok] * pw).astype(int), 0, pw - 1)
+    iv = np.clip((sv[ok] * ph).astype(int), 0, ph - 1)
+    rgb[ys[ok], xs[ok]] = scene.photo[iv, iu, :3]
+
+
+def _draw_labels(rgb: np.ndarray, scene: Scene, vc: ViewCamera) -> None:
+    """Each person's label and distance to the photo camera, above its head."""
+    import cv2
+
+    if not scene.persons:
+        return
+    dist = {k: d for k, _, d in depth_order(scene)}
+    up = scene.ground.normal if scene.ground is not None else UP_PRIOR
+    H, W = rgb.shape[:2]
+    scale = float(np.clip(H / 900, 0.35, 0.8))
+    for p in scene.persons:
+        v = np.asarray(p.vertices, np.float64)
+        top = v[np.argmax(v @ up)] + up * (0.42 if p.selected else 0.1)
+        uv, z = vc.project(top[None])
+        if z[0] <= vc.near:
+            continue
+        text = f"{p.label} {dist[p.key]:.1f} m"
+        (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
+        x = int(np.clip(uv[0, 0] - tw / 2, 2, max(W - tw - 2, 2)))
+        y = int(np.clip(uv[0, 1] - 4, th + 2, H - 2))
+        col = tuple(int(c * 255) for c in p.color)
+        cv2.putText(rgb, text, (x + 1, y + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 2, cv2.LINE_AA)
+        cv2.putText(rgb, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, col, 1, cv2.LINE_AA)
+
+
+def scene_meshes(scene: Scene) -> list[tuple[np.ndarray, np.ndarray, tuple[float, float, float]]]:
+    """The triangle meshes of ``scene`` for a ``MeshRenderer``: the persons (display colours) and the
+    ground (two triangles, 2 mm under the plane so that soles stay visible)."""
+    out = [(p.vertices, p.faces, _display_color(p, scene.background)) for p in scene.persons]
+    if scene.show_ground and scene.ground is not None:
+        corners, _, _ = _ground_quad(scene)
+        corners = corners - scene.ground.normal * 0.002
+        # tiles of one grid step: the numpy rasteriser drops a triangle behind the near plane, so only the
+        # tiles under the viewer go, not the whole floor
+        sides = np.array([np.linalg.norm(corners[1] - corners[0]), np.linalg.norm(corners[3] - corners[0])])
+        n = np.maximum(np.round(sides / scene.grid_step_m).astype(int), 1)
+        a, b = np.meshgrid(np.linspace(0, 1, n[0] + 1), np.linspace(0, 1, n[1] + 1), indexing="ij")
+        verts = (corners[0] + a[..., None] * (corners[1] - corners[0]) + b[..., None] * (corners[3] - corners[0]))
+        idx = np.arange((n[0] + 1) * (n[1] + 1)).reshape(n[0] + 1, n[1] + 1)
+        q = np.stack([idx[:-1, :-1], idx[1:, :-1], idx[1:, 1:], idx[:-1, 1:]], -1).reshape(-1, 4)
+        faces = np.concatenate([q[:, [0, 1, 2]], q[:, [0, 2, 3]]]).astype(np.int32)
+        bg = np.asarray(scene.background, np.float64)
+        out.append((verts.reshape(-1, 3).astype(np.float32), faces,
+                    tuple(float(x) for x in np.clip(bg * 1.35 + 0.03, 0, 1))))
+    return out
+
+
+def render_scene(renderer: Any, scene: Scene, vc: ViewCamera, meshes: list | None = None) -> np.ndarray:
+    """(H, W, 3) uint8 picture of ``scene`` seen by ``vc`` through ``renderer`` (an ``io.render.MeshRenderer``
+    of ``vc``'s output size). ``meshes``: ``scene_meshes(scene)`` when already built (the app sends them
+    separately, so that unchanged arrays travel by token)."""
+    meshes = scene_meshes(scene) if meshes is None else meshes
+    rgb, _, depth = renderer.render_with_mask(meshes, vc.camera, vc.view, near=vc.near, far=vc.far)
+    rgb = np.array(rgb, copy=True)
+    depth = np.asarray(depth, np.float32)
+    if scene.show_frustum:
+        _draw_photo(rgb, depth, scene, vc)
+    segs, cols, widths = _segments(scene)
+    _draw_segments(rgb, depth, segs, cols, widths, vc)
+    if scene.show_labels:
+        _draw_labels(rgb, scene, vc)
+    return rgb
+
+
+def preset_view(scene: Scene, name: str, size: tuple[int, int]) -> ViewCamera:
+    """The ``ViewCamera`` of preset ``name`` for ``scene`` at ``size`` (w, h)."""
+    cam = OrbitCamera(scene.photo_camera)
+    cam.set_preset(name, scene, size)
+    return cam.view_camera(size, scene)
+
+
+def thumbnail(image: np.ndarray, max_side: int = 320) -> np.ndarray:
+    """A small copy of ``image`` for the frustum (nearest-neighbour, (h, w, 3) uint8)."""
+    img = np.asarray(image)
+    h, w = img.shape[:2]
+    s = max(1, int(np.ceil(max(h, w) / max_side)))
+    return np.ascontiguousarray(img[::s, ::s, :3])
+
+
+def with_persons(scene: Scene, persons: Sequence[ScenePerson]) -> Scene:
+    return replace(scene, persons=tuple(persons))
+
+
+class ViewsWriter:
+    """``dpmesh predict --views camera,side,top``: the 3-D views of each processed frame, written beside
+    the overlay as ``{stem}_view_{name}.png`` (an image) or ``.mp4`` (a video). Colours and labels are the
+    overlay's (``io.render.person_color`` of the track id, else of the person's index). On a video the
+    preset cameras are framed on the first frame with persons and kept, so the picture does not jump; the
+    ground is re-fitted on each frame (the last fit is kept through frames without evidence)."""
+
+    def __init__(self, views: Sequence[str], width: int, height: int, renderer: Any = None):
+        bad = [v for v in views if v not in PRESETS]
+        if bad or not views:
+            raise ValueError(f"unknown view(s) {bad or '(none)'}; choose from {', '.join(PRESETS)}")
+        from .render import MeshRenderer
+
+        self.views = tuple(dict.fromkeys(views))
+        self.size = (int(width), int(height))
+        self.renderer = renderer or MeshRenderer(width, height, background=VIEW_BACKGROUND)
+        self.frames: dict[str, list[Any]] = {v: [] for v in self.views}
+        self.cameras: dict[str, ViewCamera] = {}
+        self.ground: GroundPlane | None = None
+        self._fixed = False
+
+    def scene(self, image: np.ndarray | None, results: Sequence[Any]) -> Scene:
+        from .render import person_color
+
+        res = [r for r in results if isinstance(r, MeshResult)]
+        keys = [r.track_id if r.track_id is not None else i for i, r in enumerate(res)]
+        persons = scene_persons(res, [person_color(k) for k in keys], [f"#{k}" for k in keys], keys)
+        cam = res[0].camera if res else Camera.default_for(*self.size)
+        self.ground = fit_ground(res) or self.ground
+        return Scene(persons, cam, self.ground, None if image is None else thumbnail(image))
+
+    def add(self, image: np.ndarray | None, results: Sequence[Any], encode: bool = False) -> dict[str, np.ndarray]:
+        """Render the views of one frame; kept (JPEG-encoded when ``encode``: a video's frames) for ``write``."""
+        scene = self.scene(image, results)
+        out = {}
+        for name in self.views:
+            if name not in self.cameras or not self._fixed:
+                self.cameras[name] = preset_view(scene, name, self.size)
+            vc = self.cameras[name]
+            vc = replace(vc, **dict(zip(("near", "far"), _near_far(vc, scene))))
+            rgb = render_scene(self.renderer, scene, vc)
+            out[name] = rgb
+            if encode:
+                import cv2
+
+                ok, buf = cv2.imencode(".jpg", np.ascontiguousarray(rgb[..., ::-1]), [cv2.IMWRITE_JPEG_QUALITY, 92])
+                self.frames[name].append(buf.tobytes())
+            else:
+                self.frames[name].append(rgb)
+        self._fixed = self._fixed or bool(scene.persons)
+        return out
+
+    def write(self, folder: Any, stem: str, video_fps: float | None = None) -> list[Any]:
+        """The files: ``{stem}_view_{name}.png`` (first frame) or, with ``video_fps``, ``.mp4``."""
+        from pathlib import Path
+
+        files = []
+        for name, frames in self.frames.items():
+            if not frames:
+                continue
+            if video_fps:
+                import cv2
+
+                from .video import write_video
+
+                dest = Path(folder) / f"{stem}_view_{name}.mp4"
+                write_video(dest, (cv2.imdecode(np.frombuffer(b, np.uint8), cv2.IMREAD_COLOR)[..., ::-1]
+                                   for b in frames), fps=video_fps)
+            else:
+                from .images import write_image
+
+                dest = Path(folder) / f"{stem}_view_{name}.png"
+                write_image(dest, frames[0])
+            files.append(dest)
+        return files
+
+    def close(self) -> None:
+        self.renderer.close()
+
+
+def _near_far(vc: ViewCamera, scene: Scene) -> tuple[float, float]:
+    """Near/far of a kept view camera for another frame's scene."""
+    R, t = vc.view[:3, :3], vc.view[:3, 3]
+    cam = OrbitCamera(scene.photo_camera, C=R.T, eye=-R.T @ t)
+    return cam.near_far(scene.points(), scene.required_points())
