@@ -5,9 +5,11 @@ PyPI that do this either pull heavy or conflicting dependencies (``trackers``: s
 which clashes with our opencv-python-headless; ``boxmot``: torch models and downloads) or pin numpy < 2
 (``norfair``).
 
-Per track, a constant-velocity Kalman filter on the box (centre x, y, width, height and their velocities; noise
-proportional to the box height, as in ByteTrack) predicts where the person is in the next frame. Each
-``update``:
+Per track, a skeleton is kept: where each joint is believed to be, joints hidden in the latest detection
+carried along with the body's motion (measured on the joints seen in both frames), so a partly occluded person
+keeps a full-body box and full key-points. A constant-velocity Kalman filter on that skeleton's box (centre x,
+y, width, height and their velocities; noise proportional to the box height, as in ByteTrack) predicts where
+the person is in the next frame. Each ``update``:
 
 1. **Pinned persons**: a person that already carries a ``track_id`` (a user's edit, a key-point file with
    ids) is that track's observation; the id is reserved (a new track never gets it).
@@ -17,9 +19,10 @@ proportional to the box height, as in ByteTrack) predicts where the person is in
        sim = iou_weight * IoU(predicted box, box) + (1 - iou_weight) * OKS(predicted key-points, key-points)
 
    where OKS is the COCO object key-point similarity per joint (joints confident in both, the predicted box's
-   area as scale; when no joint is shared the box decides alone). The predicted key-points are the last seen
-   ones moved with the predicted box. Pairs below ``min_similarity`` are never matched, the rest by the
-   Hungarian method (scipy ``linear_sum_assignment`` on 1 - sim).
+   area as scale, widened by ``gap_widening`` per frame the track has been lost; when no joint is shared the
+   box decides alone). The predicted key-points are the skeleton moved with the predicted box. Pairs below
+   ``min_similarity`` are never matched, the rest by the Hungarian method (scipy ``linear_sum_assignment`` on
+   1 - sim).
 3. **Second association** (ByteTrack): the low-confidence detections (``score < high_conf``), often
    partly occluded people, against the tracks seen in the previous frame that are still unmatched.
 4. **Observation-centric recovery** (OC-SORT): tracks still unmatched against the remaining detections by
