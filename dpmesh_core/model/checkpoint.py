@@ -576,11 +576,11 @@ def official_to_network_state(
             if "down" in parts:
                 out[mod + ".lora_A.default.weight"] = parts["down"]
                 out[mod + ".lora_B.default.weight"] = parts["up"] * scale if scale != 1.0 else parts["up"]
-    missing = sorted(set(target) - set(out))
-    unexpected += sorted(set(out) - set(target))
+    from ..state_dict import state_dict_mismatch
+
+    missing, extra, shape = state_dict_mismatch(target, out)
+    unexpected += extra
     unexpected += [m + " (incomplete LoRA pair)" for m in incomplete]
-    shape = sorted(f"{k}: file {tuple(out[k].shape)} vs model {tuple(target[k].shape)}"
-                   for k in set(out) & set(target) if tuple(out[k].shape) != tuple(target[k].shape))
     if missing or unexpected or shape:
         if not any(k.startswith(UNET_OFF) or k.startswith("module." + UNET_OFF) for k in official):
             note = "no 'backbone.sd_model.model.diffusion_model' keys: not an official DPMesh checkpoint?"

@@ -34,7 +34,7 @@ from torch import nn
 
 from ..body.base import BodyModel
 from ..config import from_dict, to_dict
-from ..errors import CheckpointMismatchError, ConfigError, InputError, ModelFilesMissingError
+from ..errors import ConfigError, InputError, ModelFilesMissingError
 from ..torchgeom import rot6d_to_axis_angle
 from .backbone import DPMeshBackbone
 from .camera import camera_translation, project_to_crop
@@ -301,19 +301,12 @@ def read_network_config(directory: str | os.PathLike) -> NetworkConfig:
 
 
 def check_state_dict(net: nn.Module, state: dict[str, Any], path: str | os.PathLike | None) -> None:
-    """Raise CheckpointMismatchError listing missing, unexpected and mis-shaped keys (strict)."""
+    """Raise CheckpointMismatchError listing missing, unexpected and mis-shaped keys (strict); folders saved by
+    earlier versions with pos_table/smpl_tgt/kp_tgt as (1, …) still pass (same elements, reshaped on load)."""
+    from ..state_dict import check_state_dict as _check
     from .regressor import _RESHAPE_TOLERANT
 
-    own = net.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    # folders saved by earlier versions hold pos_table/smpl_tgt/kp_tgt as (1, …): same elements, still loaded
-    tolerant = {k for k in set(own) & set(state) if k in _RESHAPE_TOLERANT
-                and state[k].numel() == own[k].numel()}
-    bad = sorted(f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-                 for k in set(own) & set(state) - tolerant if tuple(state[k].shape) != tuple(own[k].shape))
-    if missing or unexpected or bad:
-        raise CheckpointMismatchError(path, missing, unexpected, bad)
+    _check(net, state, path, reshape_ok=_RESHAPE_TOLERANT)
 
 
 def load_network(directory: str | os.PathLike, device: str | torch.device = "cpu",
