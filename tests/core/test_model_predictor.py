@@ -18,7 +18,7 @@ from dpmesh_core.errors import ConfigError, EstimationError, InputError, ModelFi
 from dpmesh_core.geometry import apply_affine, crop_affine, invert_affine, project
 from dpmesh_core.model import preprocess as release_prep
 from dpmesh_core.model.network import DPMeshNetwork, save_network
-from dpmesh_core.model.predictor import DPMeshPredictor, resolve_device_dtype
+from dpmesh_core.model.predictor import DPMeshPredictor, release_confidence, resolve_device_dtype
 from dpmesh_core.types import Camera, Estimator, MeshResult, Person
 
 MEDIA = Path("/work/shared/media")
@@ -85,7 +85,7 @@ def test_estimator_contract_on_a_real_photo(first, image, persons, body):
         assert np.allclose(r.attention["16"].sum(0), 1.0, atol=1e-4)
         # crop box = the release's rule (spec §2.1, corrected): get_bbox then process_bbox on SMPL-30
         kp30 = release_prep.keypoints_to_smpl30(
-            np.concatenate([p.keypoints[:, :2], p.weights[:, None]], 1), p.joint_set)
+            np.concatenate([p.keypoints[:, :2], release_confidence(p)[:, None]], 1), p.joint_set)
         rbox = release_prep.process_bbox(release_prep.bbox_from_joints(kp30, kp30[:, 2] > 0.05), (W, H))
         assert np.array_equal(r.params.extra["bbox_xywh"], rbox)
         assert np.allclose(r.params.extra["crop_box"], release_prep.xywh_to_corners(rbox), atol=1e-4)
