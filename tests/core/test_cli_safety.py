@@ -418,6 +418,31 @@ def test_batch_matches_keypoints_by_name_goes_on_past_bad_inputs_and_resumes(tmp
     assert RunManifest.load(out).entry(c)["status"] == "complete"  # other inputs' entries are kept
 
 
+def test_video_keypoints_are_matched_by_frame_index(tmp_path, media_dir, capsys):
+    """A key-point file indexed by frame drives a video frame by frame; a file naming only images does not
+    silently apply to a video (that input fails, before any model loads)."""
+    from dpmesh_core.io import write_coco_keypoints
+
+    video = media_dir / "street.avi"
+    w, h = api.open_media(video).size
+    p = STANDING.copy()
+    p[:, :2] *= [w / W, h / H]
+    p[:, 2] = 1
+    person = Person(box=Person.box_from_keypoints(p), keypoints=p)
+    kp = write_coco_keypoints(tmp_path / "frames.json", {0: [person], 1: [person, person]})
+    out = tmp_path / "out"
+    rc, events, err = _run(["predict", str(video), "-o", str(out), "--keypoints", str(kp), "--max-frames", "2",
+                            "--json", *FAST], capsys)
+    assert rc == 0, err
+    frames = [e for e in events if e["event"] == "frame"]
+    assert [(e["frame"], e["persons"]) for e in frames] == [(0, 1), (1, 1)]  # frame 1's copy merged
+    assert any("street.avi frame 1: person 1 has the same key-points as person 0" in e["message"]
+               for e in events if e["event"] == "warning")
+    images_only = _coco(tmp_path / "images.json", {"a.png": [STANDING]})
+    rc, _, err = _run(["predict", str(video), "-o", str(tmp_path / "o2"), "--keypoints", str(images_only)], capsys)
+    assert rc == 2 and _error_lines(err)[0].startswith(f"dpmesh: error: {video}: no entry for this input")
+
+
 def test_keypoint_sanity_and_quality_record(tmp_path, capsys):
     media = tmp_path / "photos"
     media.mkdir()
