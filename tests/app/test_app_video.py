@@ -56,3 +56,51 @@ def test_whole_video_job_gives_the_clis_tracks_and_meshes(qapp, qtbot, media_dir
             print(f"frame {f}: {len(app)} tracks, re-projection p95 {np.percentile(errs, 95):.3f} box heights")
     finally:
         s.shutdown()
+
+
+def test_play_detects_tracks_and_estimates_as_it_goes(qapp, qtbot, media_dir, tmp_path):
+    """Play on an unprocessed video runs the pipeline from the shown frame and never shows a frame before it
+    was processed ("0 pers." while playing was the old behaviour); pausing stops the job Play started."""
+    from app_testkit import RecordingEstimator
+
+    from app.jobs import InferenceService
+    from app.widgets.timeline import Timeline
+    from dpmesh_core.io.video import write_video
+
+    media = api.open_media(media_dir / "street.avi")
+    try:
+        clip = write_video(tmp_path / "clip.avi", (media.frame(i) for i in range(100, 108)), fps=25.0)
+    finally:
+        media.close()
+    est = RecordingEstimator()
+    s = Session(inference=InferenceService(estimator_factory=lambda: est))  # the real detector, in-thread
+    s.auto_detect = False
+    tl = Timeline(s.doc)
+    qtbot.addWidget(tl)
+    tl.ready = s.video.frame_ready  # as the main window wires it
+    tl.play_started.connect(s.video.play_from)
+    tl.play_stopped.connect(s.video.stop_play)
+    shown = []
+    s.doc.frame_changed.connect(lambda f: shown.append((f, f in s.video.done, len(s.doc.persons(f)))))
+    try:
+        s.open_path(clip)
+        shown.clear()
+        tl.set_playing(True)
+        assert s.video.running and s.video.for_play
+        qtbot.waitUntil(lambda: s.doc.current_frame == 7 or not tl.is_playing(), timeout=120000)
+        assert [f for f, *_ in shown] == list(range(1, 8))
+        assert all(done and n >= 3 for _f, done, n in shown), shown
+        tracks = [sorted(p.track_id for p in s.doc.persons(f)) for f in range(8)]
+        assert all(t == sorted(set(t)) for t in tracks)  # one person per track and frame
+        assert len(set(tracks[0]) & set(tracks[7])) >= 3  # the same people keep their ids
+        assert all(r is not None for f in range(8) for r in s.doc.results(f))
+        # Play again from frame 5: everything is processed, nothing runs
+        qtbot.waitUntil(lambda: not s.video.running, timeout=30000)
+        s.doc.set_current_frame(5)
+        tl.set_playing(True)
+        assert not s.video.running
+        tl.set_playing(False)
+        qtbot.waitUntil(lambda: not s.is_busy(), timeout=30000)
+    finally:
+        tl.set_playing(False)
+        s.shutdown()
