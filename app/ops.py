@@ -53,10 +53,8 @@ def process_video(ctx: Any, path: str, stride: int, smooth: bool, given: dict[in
     media = api.open_media(path)  # the worker's own reader: video readers are not thread-safe
     try:
         pipe = api.FramePipeline(ctx.estimator(), ctx.detector(), warm_start=smooth,
-                                 smooth_sigma=VIDEO_SMOOTH_SIGMA if smooth else 0.0)
-        tracker = pipe.tracker
-        if tracker is not None and first_track_id > getattr(tracker, "_next_id", first_track_id):
-            tracker._next_id = int(first_track_id)  # the document's ids are reserved
+                                 smooth_sigma=VIDEO_SMOOTH_SIGMA if smooth else 0.0,
+                                 first_track_id=int(first_track_id))  # the document's ids are reserved
         n = media.num_frames
         frames = range(max(int(start), 0), n if stop is None else min(int(stop), n), max(int(stride), 1))
         for out in pipe.run(media, frames=frames, persons=given):
