@@ -218,6 +218,37 @@ class RenderView:
 
 
 @dataclass(frozen=True)
+class RenderScene:
+    """The 3-D view's picture (``api.render_scene``): ``meshes`` as ``RenderView``'s (the persons, then the
+    ground; arrays by token) and the rest of ``scene`` (an ``api.Scene`` whose persons carry no arrays: they
+    are the first meshes) seen by ``camera`` after ``view`` with the near/far planes ``clip``, at ``size``."""
+
+    meshes: tuple
+    camera: Camera | None
+    view: Any
+    size: tuple[int, int]
+    scene: Any
+    clip: tuple[float, float]
+
+    def _picture(self, get: Callable[[int, int], Any]) -> Any:
+        import dataclasses
+
+        from dpmesh_core import api
+
+        persons = tuple(dataclasses.replace(p, vertices=m[0], faces=m[1])
+                        for p, m in zip(self.scene.persons, self.meshes))
+        scene = dataclasses.replace(self.scene, persons=persons)
+        vc = api.ViewCamera(self.camera, self.view, *self.clip)
+        return api.render_scene(get(*self.size), scene, vc, list(self.meshes))
+
+    def run(self, layers: Any, get: Callable[[int, int], Any]) -> Any:
+        return self._picture(get)
+
+    def run_here(self, get: Callable[[int, int], Any]) -> Any:
+        return self._picture(get)
+
+
+@dataclass(frozen=True)
 class RenderOverlay:
     """``meshes`` [(V (N, 3) m, faces (F, 3), rgb 0..1)] seen by ``camera``, blended over ``image`` (H, W, 3)
     uint8 with opacity ``alpha``: ``MeshRenderer.render_overlay``'s picture."""
@@ -236,7 +267,7 @@ class RenderOverlay:
         return api.OverlayLayers().overlay_meshes(get, self.image, list(self.meshes), self.camera, self.alpha)
 
 
-def map_arrays(request: RenderView | RenderOverlay, fn: Callable[[Any], Any]) -> Any:
+def map_arrays(request: RenderView | RenderScene | RenderOverlay, fn: Callable[[Any], Any]) -> Any:
     """``request`` with ``fn`` applied to its arrays in one fixed order (the image, then each mesh's vertices
     and faces): the render client names arrays the process already has by token, the process resolves them
     in the same order (``ipc.ImageMirror`` / ``ipc.ImageSlots``)."""

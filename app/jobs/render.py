@@ -11,7 +11,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 
 from .ipc import ImageMirror, end_server, spawn_server
-from .protocol import RenderOverlay, RenderView, map_arrays
+from .protocol import RenderOverlay, RenderScene, RenderView, map_arrays
 from .render_server import ARRAY_SLOTS, BACKGROUND
 from .runner import JobRunner
 
@@ -42,7 +42,7 @@ class RenderClient:
                 log.warning("render process unavailable (%s); rendering in-process with numpy", e)
                 self.failed = True
 
-    def request(self, request: RenderView | RenderOverlay) -> Any:
+    def request(self, request: RenderView | RenderScene | RenderOverlay) -> Any:
         if not self.failed:
             try:
                 if self.proc is None:
@@ -59,7 +59,7 @@ class RenderClient:
                 return out
         return request.run_here(self._numpy_renderer)
 
-    def _by_token(self, request: RenderView | RenderOverlay) -> Any:
+    def _by_token(self, request: RenderView | RenderScene | RenderOverlay) -> Any:
         """``request`` with the arrays the process already has (unchanged persons, the same image) named by
         token: an edit sends one person's vertices, not the picture and every mesh again."""
         import numpy as np
@@ -121,13 +121,18 @@ class RenderService(QObject):
             runner.submit(("start",), lambda c=client: c.start())  # no "rendered" signal: see _on_finished
 
     def render_view(self, key: Hashable, meshes: list, camera: Any, view: Any,
-                    size: tuple[int, int]) -> int:
+                    size: tuple[int, int], scene: Any = None, clip: tuple[float, float] | None = None) -> int:
         """Render ``meshes`` [(V (N, 3) m, faces (F, 3), rgb 0..1)] seen by ``camera`` after the (4, 4)
-        ``view`` transform, at ``size`` (w, h) pixels."""
+        ``view`` transform, at ``size`` (w, h) pixels; with ``scene`` (the 3-D view's ``api.Scene``, persons
+        without arrays) and ``clip`` (near, far): ``api.render_scene``'s picture (ground, frustum, labels)."""
+        if scene is not None:
+            request: Any = RenderScene(tuple(meshes), camera, view, tuple(size), scene, tuple(clip or (0.01, 1e3)))
+        else:
+            request = RenderView(tuple(meshes), camera, view, tuple(size))
 
         def job() -> tuple[Any, float]:
             t0 = time.perf_counter()
-            img = self._view_client.request(RenderView(tuple(meshes), camera, view, tuple(size)))
+            img = self._view_client.request(request)
             return img, time.perf_counter() - t0
 
         return self.view_runner.submit(key, job)

@@ -68,9 +68,13 @@ class OverlayController(QObject):
         colors = [mesh_rgb01(self.doc, u) for u, r in zip(uids, results) if r is not None]  # track colour
         self.render.render_overlay((OVERLAY_KEY, frame), img, meshes, alpha=self.alpha, colors=colors)
 
-    def render_view(self, key: Hashable, meshes: list, camera: Any, view: Any, size: tuple[int, int]) -> None:
+    def render_view(self, key: Hashable, meshes: list, camera: Any, view: Any, size: tuple[int, int],
+                    scene: Any = None, clip: tuple[float, float] | None = None) -> None:
         """A 3-D view picture (see ``RenderService.render_view``) → ``view_rendered(key, rgb, seconds)``."""
-        self.render.render_view(key, meshes, camera, view, size)
+        if scene is None:
+            self.render.render_view(key, meshes, camera, view, size)
+        else:
+            self.render.render_view(key, meshes, camera, view, size, scene=scene, clip=clip)
 
     def _on_rendered(self, key: Any, rgb: Any, secs: float) -> None:
         if isinstance(key, tuple) and key[0] == OVERLAY_KEY:

@@ -1,69 +1,91 @@
-"""The 3-D mesh view: every person's mesh in camera space, rendered by ``api.MeshRenderer`` on the render
-thread (Open3D is thread-confined) and shown as a QImage.
+"""The 3-D view: the frame's persons in metres with the ground, axes and the photo's camera, seen by a free
+camera (``api.OrbitCamera``), rendered by ``api.render_scene`` in the 3-D view's render process and shown as
+a QImage that fills the widget (any aspect ratio; the GUI thread never waits for a render).
 
-Mouse: left-drag orbits about the people's centre, right- or middle-drag pans, the wheel zooms,
-double-click (or the Reset button) returns to the camera's own view. "Selected only" shows one person.
-The orbit is a (4, 4) view transform handed to the renderer with the frame's own camera, so what you
-see at reset is exactly what the camera saw. Rendering happens at the frame's size on the render thread
-(one Open3D context, shared with the overlay) and is scaled to the widget.
+Mouse: left-drag orbits (turntable about the ground's normal, no roll), right- or middle-drag pans, the wheel
+zooms, double-click returns to the photo's own camera. Keys (when the view has focus): 1 camera, 2 side
+(from +x), 3 top (bird's-eye with a 1 m grid), 0 or R reset. The persons list is the depth order (nearest
+first, metres from the photo camera): its check boxes show/hide persons, a click selects one; "Solo selected"
+shows only the selected person. On a video the view follows the timeline; Play runs the selected person's
+track (or the whole video) at the video's frame rate over the meshes already computed; "Trajectory" draws
+tracks' paths on the ground. "Save view…" writes the current picture to PNG. While the mouse drags, frames
+are rendered at half resolution (the picture follows the hand), then once at full resolution.
 """
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
-from PySide6.QtCore import QPointF, QSize, Qt, QTimer
-from PySide6.QtGui import QColor, QImage, QPainter
-from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QPushButton, QVBoxLayout, QWidget
+from PySide6.QtCore import QEvent, QPointF, QSize, Qt, QTimer
+from PySide6.QtGui import QColor, QImage, QPainter, QPixmap
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QFileDialog,
+    QHBoxLayout,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QPushButton,
+    QSplitter,
+    QVBoxLayout,
+    QWidget,
+)
 
-from dpmesh_core.types import Camera
+from dpmesh_core import api
 
-from ..palette import mesh_rgb01
+from ..palette import person_rgb, person_rgb01
 from ..session import Session
 from .image_view import rgb_to_qimage
 
-
-def _rot(yaw_deg: float, pitch_deg: float) -> np.ndarray:
-    """(3, 3) rotation: yaw about the camera's y axis, then pitch about x (OpenCV camera frame)."""
-    y, p = np.deg2rad(yaw_deg), np.deg2rad(pitch_deg)
-    ry = np.array([[np.cos(y), 0, np.sin(y)], [0, 1, 0], [-np.sin(y), 0, np.cos(y)]])
-    rx = np.array([[1, 0, 0], [0, np.cos(p), -np.sin(p)], [0, np.sin(p), np.cos(p)]])
-    return rx @ ry
+VIEW_KEYS = {Qt.Key.Key_1: "camera", Qt.Key.Key_2: "side", Qt.Key.Key_3: "top", Qt.Key.Key_0: "reset",
+             Qt.Key.Key_R: "reset"}
 
 
 class MeshCanvas(QWidget):
-    """Shows the last rendered frame; turns mouse gestures into view changes."""
+    """Shows the last rendered frame over the whole widget; turns mouse gestures and keys into view changes."""
 
     def __init__(self, view: MeshView):
         super().__init__(view)
         self.view = view
         self.image: QImage | None = None
-        self.scaled: QImage | None = None
         self._last: QPointF | None = None
         self._button = Qt.MouseButton.NoButton
         self.setMinimumSize(160, 140)
-        self.setMouseTracking(False)
+        self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)
 
     def paintEvent(self, e) -> None:  # noqa: N802 - Qt API
         p = QPainter(self)
         p.fillRect(self.rect(), QColor(28, 30, 34))
         if self.image is not None:
-            img = self.image
-            if img.width() > self.width() or img.height() > self.height():
-                if self.scaled is None or self.scaled.size() != img.size().scaled(
-                        self.size(), Qt.AspectRatioMode.KeepAspectRatio):
-                    self.scaled = img.scaled(self.size(), Qt.AspectRatioMode.KeepAspectRatio,
-                                             Qt.TransformationMode.SmoothTransformation)
-                img = self.scaled
-            x = (self.width() - img.width()) // 2
-            y = (self.height() - img.height()) // 2
-            p.drawImage(x, y, img)
+            p.setRenderHint(QPainter.RenderHint.SmoothPixmapTransform)
+            p.drawImage(self.rect(), self.image)  # rendered at this widget's aspect: fills it
         else:
             p.setPen(QColor(170, 170, 170))
             p.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, self.view.placeholder)
         p.end()
 
+    def event(self, e) -> bool:
+        # the view's keys win over the main window's shortcuts while the view has focus
+        if e.type() == QEvent.Type.ShortcutOverride and e.key() in VIEW_KEYS and not e.modifiers():
+            e.accept()
+            return True
+        return super().event(e)
+
+    def keyPressEvent(self, e) -> None:  # noqa: N802
+        what = VIEW_KEYS.get(e.key())
+        if what is None or e.modifiers():
+            super().keyPressEvent(e)
+        elif what == "reset":
+            self.view.reset_view()
+        else:
+            self.view.set_preset(what)
+
     def mousePressEvent(self, e) -> None:  # noqa: N802
+        self.setFocus()
         self._last, self._button = e.position(), e.button()
+        self.view.dragging = True
 
     def mouseMoveEvent(self, e) -> None:  # noqa: N802
         if self._last is None:
@@ -71,12 +93,14 @@ class MeshCanvas(QWidget):
         d = e.position() - self._last
         self._last = e.position()
         if self._button == Qt.MouseButton.LeftButton:
-            self.view.orbit(d.x() * 0.4, -d.y() * 0.4)
+            self.view.orbit(-d.x() * 0.4, -d.y() * 0.4)
         else:
             self.view.pan(d.x(), d.y())
 
     def mouseReleaseEvent(self, e) -> None:  # noqa: N802
         self._last = None
+        self.view.dragging = False
+        self.view.schedule()  # the full-resolution picture
 
     def mouseDoubleClickEvent(self, e) -> None:  # noqa: N802
         self.view.reset_view()
@@ -85,90 +109,200 @@ class MeshCanvas(QWidget):
         self.view.zoom(1.0015 ** e.angleDelta().y())
 
     def resizeEvent(self, e) -> None:  # noqa: N802
-        self.scaled = None
         self.view.schedule()
 
 
 class MeshView(QWidget):
-    """Mesh view dock content: canvas + Reset + "Selected only"."""
+    """Mesh view dock content: canvas, view buttons and toggles, the depth-ordered persons list, playback."""
+
+    MAX_DEFER_MS = 250
+    DRAG_SCALE = 0.5  # render scale while the mouse drags
 
     def __init__(self, session: Session, parent: QWidget | None = None):
         super().__init__(parent)
         self.session = session
         self.doc = session.doc
-        self.yaw = 0.0
-        self.pitch = 0.0
-        self.distance_scale = 1.0
-        self.pan_px = np.zeros(2)
-        self._focal_px = 1000.0
+        self.camera: api.OrbitCamera | None = None
+        self.hidden: set[int] = set()  # colour keys (tracks follow across frames) of hidden persons
         self.selected_only = False
+        self.dragging = False
         self.placeholder = "No mesh yet: open an image; meshes appear here once estimated."
+        self.last_render_s = 0.0
+        self.last_rgb: np.ndarray | None = None
+        self.depth_rows: list[tuple[int, str, float]] = []
+        self._centres: dict[int, np.ndarray] = {}  # id(result) -> its centre (trajectories)
+        self._ground_key: tuple | None = None
+        self._ground = None
+        self._pending_preset: str | None = None
+
         self.canvas = MeshCanvas(self)
-        self.reset_btn = QPushButton("Reset view")
-        self.reset_btn.setToolTip("Back to the camera's view (double-click the view)")
+        self.reset_btn = QPushButton("Reset")
+        self.reset_btn.setToolTip("Back to the photo's camera (0 / R, or double-click the view)")
         self.reset_btn.clicked.connect(self.reset_view)
-        self.sel_box = QCheckBox("Selected only")
+        self.preset_btns = {}
+        for name, label, key in (("camera", "Camera", "1"), ("side", "Side", "2"), ("top", "Top", "3")):
+            b = QPushButton(label)
+            b.setToolTip(f"{label} view ({key})")
+            b.clicked.connect(lambda _c=False, n=name: self.set_preset(n))
+            self.preset_btns[name] = b
+        self.toggles = {}
+        for name, label, tip in (("ground", "Ground", "the ground fitted to the persons' feet, 1 m grid"),
+                                 ("axes", "Axes", "the photo camera's axes: x red, y green (down), z blue"),
+                                 ("frustum", "Camera", "the photo's camera as a frustum, the photo on its far plane"),
+                                 ("labels", "Labels", "each person's label and distance"),
+                                 ("trajectory", "Trajectory", "the selected track's path on the ground (all "
+                                                              "tracks of the frame when none is selected)")):
+            box = QCheckBox(label)
+            box.setToolTip(tip)
+            box.setChecked(name != "trajectory")
+            box.toggled.connect(lambda _on: self.schedule())
+            self.toggles[name] = box
+        self.sel_box = QCheckBox("Solo selected")
+        self.sel_box.setToolTip("Show only the selected person")
         self.sel_box.toggled.connect(self._set_selected_only)
+        self.play_btn = QPushButton("Play")
+        self.play_btn.setToolTip("Play the selected person's track (else the video) at the video's frame rate")
+        self.play_btn.setCheckable(True)
+        self.play_btn.toggled.connect(self.set_playing)
+        self.save_btn = QPushButton("Save view…")
+        self.save_btn.clicked.connect(self._save_dialog)
         self.info = QLabel("")
         self.info.setStyleSheet("color: #999")
-        bar = QHBoxLayout()
-        bar.addWidget(self.reset_btn)
-        bar.addWidget(self.sel_box)
-        bar.addStretch(1)
-        bar.addWidget(self.info)
+        self.persons_list = QListWidget()
+        self.persons_list.setToolTip("Depth order: nearest first, metres from the photo camera. Tick to show.")
+        self.persons_list.itemChanged.connect(self._item_changed)
+        self.persons_list.itemClicked.connect(lambda it: self.doc.select(int(it.data(Qt.ItemDataRole.UserRole))))
+
+        bar1 = QHBoxLayout()
+        for w in (self.reset_btn, *self.preset_btns.values(), self.play_btn, self.save_btn):
+            bar1.addWidget(w)
+        bar1.addStretch(1)
+        bar1.addWidget(self.info)
+        bar2 = QHBoxLayout()
+        for w in (*self.toggles.values(), self.sel_box):
+            bar2.addWidget(w)
+        bar2.addStretch(1)
+        split = QSplitter(Qt.Orientation.Horizontal)
+        split.addWidget(self.canvas)
+        split.addWidget(self.persons_list)
+        split.setStretchFactor(0, 5)
+        split.setStretchFactor(1, 1)
         lay = QVBoxLayout(self)
         lay.setContentsMargins(2, 2, 2, 2)
-        lay.addWidget(self.canvas, 1)
-        lay.addLayout(bar)
+        lay.addWidget(split, 1)
+        lay.addLayout(bar1)
+        lay.addLayout(bar2)
+
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(0)
         self._timer.timeout.connect(self.request_render)
-        self.doc.results_changed.connect(lambda _f: self.schedule_after_overlay())
-        # New results: the image overlay (what the user watches while editing) renders first; the 3-D view
-        # follows when no overlay and no estimation is under way (at most MAX_DEFER_MS later: during a drag
-        # or a whole-video job it still refreshes), so it never takes the CPU from the next edit's fit and
-        # overlay.
+        # New results: the image overlay renders first; the 3-D view follows once no overlay and no estimation
+        # is under way (at most MAX_DEFER_MS later), so it never takes the CPU from the next edit's fit.
         self._settle = QTimer(self)
         self._settle.setSingleShot(True)
         self._settle.setInterval(self.MAX_DEFER_MS)
         self._settle.timeout.connect(self.schedule)
+        self._play = QTimer(self)
+        self._play.timeout.connect(self._play_step)
+        self._play_range = (0, 0)
+        self.doc.results_changed.connect(lambda _f: self.schedule_after_overlay())
         session.overlay.idle.connect(self._overlay_idle)
-        self.doc.selection_changed.connect(lambda _u: self.schedule() if self.selected_only else None)
+        self.doc.selection_changed.connect(lambda _u: self.schedule())
         self.doc.frame_changed.connect(lambda _f: self.schedule())
-        self.doc.media_changed.connect(self.reset_view)
+        self.doc.media_changed.connect(self._media_changed)
         session.overlay.view_rendered.connect(self._on_rendered)
-        self.last_render_s = 0.0
 
     def sizeHint(self) -> QSize:  # noqa: N802
-        return QSize(420, 380)
+        return QSize(520, 420)
 
     # view controls ------------------------------------------------------------------
+    def _cam(self) -> api.OrbitCamera | None:
+        if self.camera is None:
+            scene = self.build_scene()
+            if scene is None:
+                return None
+            self.camera = api.OrbitCamera(scene.photo_camera)
+            self.camera.set_preset(self._pending_preset or "camera", scene, self.render_size())
+            self._pending_preset = None
+        return self.camera
+
     def orbit(self, dyaw: float, dpitch: float) -> None:
-        self.yaw = (self.yaw + dyaw) % 360
-        self.pitch = float(np.clip(self.pitch + dpitch, -89, 89))
-        self.schedule()
+        if (cam := self._cam()) is not None:
+            cam.orbit(dyaw, dpitch)
+            self.schedule()
 
     def pan(self, dx: float, dy: float) -> None:
-        self.pan_px += (dx, dy)
-        self.schedule()
+        if (cam := self._cam()) is not None:
+            cam.pan(dx, dy, cam.intrinsics(self.canvas_size()).focal[0])
+            self.schedule()
 
     def zoom(self, factor: float) -> None:
-        self.distance_scale = float(np.clip(self.distance_scale / factor, 0.1, 10))
-        self.schedule()
+        if (cam := self._cam()) is not None:
+            cam.zoom(factor)
+            self.schedule()
 
     def reset_view(self) -> None:
-        self.yaw = self.pitch = 0.0
-        self.distance_scale = 1.0
-        self.pan_px = np.zeros(2)
+        self.set_preset("camera")
+
+    def set_preset(self, name: str) -> None:
+        """One of ``api.VIEW_PRESETS`` ("camera", "side", "top"), framed on the current scene."""
+        scene = self.build_scene()
+        if scene is None:
+            self.camera, self._pending_preset = None, name
+            return
+        self.camera = api.OrbitCamera(scene.photo_camera)
+        self.camera.set_preset(name, scene, self.canvas_size())
+        self.schedule()
+
+    def _media_changed(self) -> None:
+        self.set_playing(False)
+        self.camera = None
+        self._centres.clear()
         self.schedule()
 
     def _set_selected_only(self, on: bool) -> None:
         self.selected_only = bool(on)
         self.schedule()
 
-    MAX_DEFER_MS = 250
+    def set_hidden(self, uid: int, hidden: bool) -> None:
+        """Show or hide person ``uid`` (by its colour key: a track stays hidden on every frame)."""
+        key = self.doc.color_key(uid)
+        (self.hidden.add if hidden else self.hidden.discard)(key)
+        self.schedule()
 
+    def _item_changed(self, item: QListWidgetItem) -> None:
+        uid = int(item.data(Qt.ItemDataRole.UserRole))
+        hidden = item.checkState() != Qt.CheckState.Checked
+        if (self.doc.color_key(uid) in self.hidden) != hidden:
+            self.set_hidden(uid, hidden)
+
+    # playback -------------------------------------------------------------------------
+    def set_playing(self, on: bool) -> None:
+        """Play the selected person's track range (or the whole video) at the video's frame rate, looping."""
+        if on and self.doc.num_frames > 1:
+            frames = None
+            p = self.doc.person(self.doc.selected_uid) if self.doc.selected_uid >= 0 else None
+            if p is not None and p.track_id is not None:
+                frames = self.doc.tracks().get(int(p.track_id))
+            frames = frames or list(range(self.doc.num_frames))
+            self._play_range = (min(frames), max(frames))
+            if not self._play_range[0] <= self.doc.current_frame < self._play_range[1]:
+                self.doc.set_current_frame(self._play_range[0])
+            self._play.start(max(int(round(1000 / max(self.doc.fps, 1e-3))), 1))
+        else:
+            self._play.stop()
+        if self.play_btn.isChecked() != self._play.isActive():
+            self.play_btn.blockSignals(True)
+            self.play_btn.setChecked(self._play.isActive())
+            self.play_btn.blockSignals(False)
+
+    def _play_step(self) -> None:
+        lo, hi = self._play_range
+        f = self.doc.current_frame + 1
+        self.doc.set_current_frame(lo if f > hi else f)
+
+    # scheduling ------------------------------------------------------------------------
     def schedule(self) -> None:
         self._settle.stop()
         if self.isVisible() or self.canvas.isVisible():
@@ -188,53 +322,126 @@ class MeshView(QWidget):
     def showEvent(self, e) -> None:  # noqa: N802
         self.schedule()
 
+    # the scene -------------------------------------------------------------------------
+    def canvas_size(self) -> tuple[int, int]:
+        return max(self.canvas.width(), 32), max(self.canvas.height(), 32)
+
+    def render_size(self) -> tuple[int, int]:
+        w, h = self.canvas_size()
+        s = self.DRAG_SCALE if self.dragging else 1.0
+        return max(int(w * s), 32), max(int(h * s), 32)
+
+    def _trajectories(self, uids: list[int]) -> tuple:
+        if not self.toggles["trajectory"].isChecked() or not self.doc.is_video:
+            return ()
+        tracks = {self.doc.person(u).track_id for u in uids if self.doc.person(u) is not None}
+        sel = self.doc.person(self.doc.selected_uid) if self.doc.selected_uid >= 0 else None
+        if sel is not None and sel.track_id is not None:
+            tracks = {sel.track_id}
+        out = []
+        for t in sorted(x for x in tracks if x is not None):
+            pts, cur = [], -1
+            for f, u in self.doc.track_members(int(t)).items():
+                r = self.doc.result(u)
+                if r is None:
+                    continue
+                c = self._centres.get(id(r))
+                if c is None:
+                    v = np.asarray(r.vertices, np.float64)
+                    c = self._centres[id(r)] = (v.min(0) + v.max(0)) / 2
+                if f == self.doc.current_frame:
+                    cur = len(pts)
+                pts.append(c)
+            if len(pts) >= 2:
+                out.append((np.array(pts), person_rgb01(int(t) + 1), cur))
+        return tuple(out)
+
+    def build_scene(self) -> api.Scene | None:
+        """The ``api.Scene`` of the current frame (None without any mesh), with show/hide/solo applied."""
+        uids = self.doc.uids()
+        results = [self.doc.result(u) for u in uids]
+        have = [(u, r) for u, r in zip(uids, results) if r is not None]
+        if not have:
+            self.depth_rows = []
+            return None
+        key = tuple(id(r) for _, r in have)
+        if key != self._ground_key:
+            self._ground_key, self._ground = key, api.fit_ground([r for _, r in have])
+        all_persons = api.scene_persons([r for _, r in have], [person_rgb01(self.doc.color_key(u)) for u, _ in have],
+                                        [self.doc.label(u) for u, _ in have], [u for u, _ in have],
+                                        selected=self.doc.selected_uid)
+        self.depth_rows = api.depth_order(all_persons)
+        shown = [p for p in all_persons if self.doc.color_key(p.key) not in self.hidden
+                 and (not self.selected_only or p.key == self.doc.selected_uid)]
+        img = self.doc.image()
+        t = self.toggles
+        return api.Scene(tuple(shown), have[0][1].camera, self._ground,
+                         None if img is None else api.thumbnail(img), self._trajectories(uids),
+                         show_ground=t["ground"].isChecked(), show_axes=t["axes"].isChecked(),
+                         show_frustum=t["frustum"].isChecked(), show_labels=t["labels"].isChecked())
+
+    def _update_list(self) -> None:
+        lst = self.persons_list
+        lst.blockSignals(True)
+        lst.clear()
+        for uid, label, dist in self.depth_rows:
+            r = self.doc.result(uid)
+            low = r is not None and r.quality is not None and r.quality.low_confidence
+            item = QListWidgetItem(f"{label}  {dist:.1f} m" + ("  (low confidence)" if low else ""))
+            pm = QPixmap(12, 12)
+            pm.fill(QColor(*person_rgb(self.doc.color_key(uid))))
+            item.setIcon(pm)
+            item.setData(Qt.ItemDataRole.UserRole, uid)
+            item.setFlags(item.flags() | Qt.ItemFlag.ItemIsUserCheckable)
+            item.setCheckState(Qt.CheckState.Unchecked if self.doc.color_key(uid) in self.hidden
+                               else Qt.CheckState.Checked)
+            lst.addItem(item)
+            if uid == self.doc.selected_uid:
+                item.setSelected(True)
+        lst.blockSignals(False)
+
     # rendering ------------------------------------------------------------------------
-    def view_matrix(self, pivot: np.ndarray) -> np.ndarray:
-        """(4, 4) rigid transform: orbit about ``pivot`` (metres, camera frame), then zoom along the
-        viewing ray and pan; identity at reset (the camera's own view)."""
-        R = _rot(self.yaw, self.pitch)
-        depth = max(float(pivot[2]), 0.5)
-        new_pivot = pivot * np.array([1.0, 1.0, self.distance_scale])
-        pan = np.array([self.pan_px[0], self.pan_px[1], 0.0]) * depth * self.distance_scale / self._focal_px
-        T = np.eye(4)
-        T[:3, :3] = R
-        T[:3, 3] = new_pivot + pan - R @ pivot
-        return T
-
-    def scene_meshes(self) -> tuple[list, Camera | None, np.ndarray | None]:
-        """(meshes, camera, view) for the renderer: each person's mesh in its colour."""
-        results = list(zip(self.doc.uids(), self.doc.results()))
-        if self.selected_only:
-            results = [(u, r) for u, r in results if u == self.doc.selected_uid]
-        results = [(u, r) for u, r in results if r is not None]
-        if not results:
-            return [], None, None
-        cam = results[0][1].camera
-        s = min(self.canvas.width() / cam.image_size[0], self.canvas.height() / cam.image_size[1], 1.0)
-        self._focal_px = max(cam.focal[0] * s, 1.0)
-        pivot = np.concatenate([r.vertices for _, r in results]).mean(0).astype(np.float64)
-        meshes = []
-        for u, r in results:
-            meshes.append((r.vertices, r.faces, mesh_rgb01(self.doc, u)))
-        return meshes, cam, self.view_matrix(pivot)
-
     def request_render(self) -> None:
-        meshes, camera, view = self.scene_meshes()
-        if not meshes:
+        scene = self.build_scene()
+        self._update_list()
+        if scene is None:
             self.canvas.image = None
             self.canvas.update()
             return
-        # Render at the widget's size (same aspect as the frame): fewer pixels than the frame on big videos.
-        iw, ih = camera.image_size
-        scale = min(self.canvas.width() / iw, self.canvas.height() / ih, 1.0)
-        size = (max(int(iw * scale), 32), max(int(ih * scale), 32))
-        self.session.overlay.render_view(("meshview", id(self)), meshes, camera, view, size)
+        cam = self._cam()
+        if cam is None:
+            return
+        if scene.ground is not None:
+            cam.up = np.asarray(scene.ground.normal, np.float64)
+        size = self.render_size()
+        vc = cam.view_camera(size, scene)
+        meshes = api.scene_meshes(scene)
+        light = dataclasses.replace(scene, persons=tuple(dataclasses.replace(p, vertices=None, faces=None)
+                                                         for p in scene.persons))
+        self.session.overlay.render_view(("meshview", id(self)), meshes, vc.camera, vc.view, size,
+                                         scene=light, clip=(vc.near, vc.far))
 
     def _on_rendered(self, key: object, rgb: object, secs: float) -> None:
         if key != ("meshview", id(self)) or rgb is None:
             return
         self.last_render_s = secs
-        self.canvas.image = rgb_to_qimage(np.asarray(rgb))
-        self.canvas.scaled = None
+        self.last_rgb = np.asarray(rgb)
+        self.canvas.image = rgb_to_qimage(self.last_rgb)
         self.info.setText(f"{secs * 1000:.0f} ms")
         self.canvas.update()
+
+    def save_view(self, path: str | Path) -> Path:
+        """Write the current picture (the last full render) to ``path`` (PNG)."""
+        if self.last_rgb is None:
+            raise ValueError("nothing rendered yet")
+        return api.write_image(Path(path), self.last_rgb)
+
+    def _save_dialog(self) -> None:
+        if self.last_rgb is None:
+            return
+        path, _ = QFileDialog.getSaveFileName(self, "Save view", "view.png", "PNG images (*.png)")
+        if path:
+            try:
+                self.save_view(path if path.lower().endswith(".png") else path + ".png")
+            except (OSError, ValueError) as e:
+                self.info.setText(f"Could not save: {e}")

@@ -1,0 +1,166 @@
+"""The 3-D view (issue 17) in the real widget: the picture fills the widget, mouse orbit, preset keys,
+depth-ordered persons list with show/hide, Save view, and playback over a video's computed meshes."""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+
+import numpy as np
+from app_testkit import RecordingEstimator, make_person
+from PySide6.QtCore import QEvent, QPoint, QPointF, Qt
+from PySide6.QtGui import QMouseEvent
+from PySide6.QtTest import QTest
+from PySide6.QtWidgets import QApplication
+
+from app.jobs import InferenceService
+from app.session import Session
+from app.widgets.mesh_view import MeshView
+from dpmesh_core import api
+from dpmesh_core.body.synthetic import synthetic_smpl_arrays
+from dpmesh_core.types import BodyParams, Camera, MeshResult
+
+_A = synthetic_smpl_arrays()
+BODY = np.asarray(_A["v_template"], np.float64) * np.array([1.0, -1.0, -1.0])
+BODY[:, 1] -= BODY[:, 1].max()
+FACES = np.asarray(_A["f"], np.int32)
+
+
+def body(x: float, z: float, cam: Camera, track: int | None = None) -> MeshResult:
+    """A standing synthetic body whose soles are 1 m under the camera at (x, z) metres."""
+    v = (BODY + np.array([x, 1.0, z])).astype(np.float32)
+    z3 = np.zeros(3, np.float32)
+    return MeshResult(v, FACES, v[:24], np.zeros((24, 2), np.float32), "smpl24",
+                      BodyParams("smpl", z3, np.zeros(69, np.float32), np.zeros(10, np.float32), z3), cam,
+                      track_id=track)
+
+
+def _drag(widget, a, b, button=Qt.MouseButton.LeftButton) -> None:
+    def ev(kind, xy, buttons):
+        p = QPointF(*xy)
+        QApplication.sendEvent(widget, QMouseEvent(kind, p, QPointF(widget.mapToGlobal(QPoint(*map(int, xy)))),
+                                                   button, buttons, Qt.KeyboardModifier.NoModifier))
+
+    ev(QEvent.Type.MouseButtonPress, a, button)
+    for t in np.linspace(0, 1, 6)[1:]:
+        ev(QEvent.Type.MouseMove, (a[0] + (b[0] - a[0]) * t, a[1] + (b[1] - a[1]) * t), button)
+    ev(QEvent.Type.MouseButtonRelease, b, Qt.MouseButton.NoButton)
+
+
+def _rendered_after(qtbot, view: MeshView, n0: int) -> None:
+    qtbot.waitUntil(lambda: view.renders > n0, timeout=60000)
+
+
+def test_view3d_orbits_switches_views_lists_depth_and_saves(qapp, qtbot, media_dir, tmp_path):
+    image = api.read_image(media_dir / "COCO_val2014_000000000395.jpg")
+    s = Session(inference=InferenceService(estimator_factory=lambda: RecordingEstimator()))
+    s.auto_detect = False
+    try:
+        s.open_image_array(image, [make_person(0), make_person(1, x0=350)])
+        qtbot.waitUntil(lambda: all(r is not None for r in s.doc.results()), timeout=60000)
+        qtbot.waitUntil(lambda: not s.is_busy(), timeout=20000)
+        cam = s.doc.result(s.doc.uids()[0]).camera
+        far_uid, near_uid = s.doc.uids()
+        s.doc.set_result(far_uid, body(0.9, 7.0, cam))  # both wholly inside the photo
+        s.doc.set_result(near_uid, body(-0.3, 4.5, cam))
+        view = MeshView(s)
+        view.renders = 0
+        view.session.overlay.view_rendered.connect(
+            lambda k, *_: setattr(view, "renders", view.renders + 1) if k == ("meshview", id(view)) else None)
+        qtbot.addWidget(view)
+        view.resize(900, 420)  # wider than the photo's aspect: the picture still fills the canvas
+        view.show()
+        qtbot.waitExposed(view)
+        _rendered_after(qtbot, view, 0)
+        qtbot.waitUntil(lambda: view.last_rgb is not None and view.last_rgb.shape[:2]
+                        == (view.canvas.height(), view.canvas.width()), timeout=60000)
+        at_reset = view.last_rgb.copy()
+        np.testing.assert_array_equal(view.camera.view_matrix(), np.eye(4))
+        # depth order: nearest first, with metres
+        assert view.persons_list.count() == 2
+        assert view.persons_list.item(0).data(Qt.ItemDataRole.UserRole) == near_uid
+        assert view.persons_list.item(0).text().endswith(" m")
+        # orbit with the mouse: the camera turns about the scene centre, persons stay in the picture
+        n = view.renders
+        c = view.canvas
+        _drag(c, (c.width() / 2, c.height() / 2), (c.width() / 2 + 100, c.height() / 2 + 20))
+        _rendered_after(qtbot, view, n)
+        qtbot.waitUntil(lambda: view.last_rgb.shape[:2] == (c.height(), c.width()), timeout=60000)  # full res
+        assert np.linalg.norm(view.camera.eye) > 0.5
+        assert (view.last_rgb != at_reset).any(axis=2).mean() > 0.05
+        vc = view.camera.view_camera(view.canvas_size(), view.build_scene())
+        for uid in (near_uid, far_uid):
+            uv, z = vc.project(np.asarray(s.doc.result(uid).vertices, np.float64))
+            assert (z > vc.near).all() and (z < vc.far).all()
+            assert ((uv[:, 0] > 0) & (uv[:, 0] < c.width()) & (uv[:, 1] > 0) & (uv[:, 1] < c.height())).mean() > 0.9
+        # preset keys
+        for key, name in ((Qt.Key.Key_3, "top"), (Qt.Key.Key_2, "side"), (Qt.Key.Key_1, "camera")):
+            n = view.renders
+            QTest.keyClick(c, key)
+            assert view.camera.preset == name
+            _rendered_after(qtbot, view, n)
+        _drag(c, (100, 100), (160, 100))
+        QTest.keyClick(c, Qt.Key.Key_R)
+        np.testing.assert_array_equal(view.camera.view_matrix(), np.eye(4))
+        # hide the near person: one person left in the scene, unchecked in the list
+        view.persons_list.item(0).setCheckState(Qt.CheckState.Unchecked)
+        assert [p.key for p in view.build_scene().persons] == [far_uid]
+        # solo the selected person
+        view.persons_list.item(0).setCheckState(Qt.CheckState.Checked)
+        s.doc.select(near_uid)
+        view.sel_box.setChecked(True)
+        scene = view.build_scene()
+        assert [p.key for p in scene.persons] == [near_uid] and scene.persons[0].selected
+        # Save view
+        n = view.renders
+        QTest.keyClick(c, Qt.Key.Key_3)
+        _rendered_after(qtbot, view, n)
+        out = view.save_view(tmp_path / "view.png")
+        saved = api.read_image(out)
+        assert saved.shape == view.last_rgb.shape
+    finally:
+        s.shutdown()
+
+
+def test_view3d_plays_a_track_at_the_video_frame_rate(qapp, qtbot, media_dir):
+    """On street.avi with computed meshes for a track over 8 frames: Play runs that range at the video's
+    frame rate (looping) and the view follows; the trajectory is drawn on the ground."""
+    s = Session(inference=InferenceService(estimator_factory=lambda: RecordingEstimator()))
+    s.auto_detect = False
+    try:
+        media = api.open_media(media_dir / "street.avi")
+        s.doc.set_media(media)
+        w, h = media.size
+        cam = Camera.default_for(w, h)
+        for f in range(2, 10):
+            persons = [dataclasses.replace(make_person(0, x0=200 + 10 * f), track_id=0),
+                       dataclasses.replace(make_person(1, x0=400), track_id=1)]
+            uids = s.doc.set_frame_persons(f, persons)
+            s.doc.set_result(uids[0], body(-1.0 + 0.1 * f, 4.0, cam, 0))
+            s.doc.set_result(uids[1], body(1.0, 6.0, cam, 1))
+        s.doc.set_current_frame(2)
+        view = MeshView(s)
+        qtbot.addWidget(view)
+        view.resize(640, 400)
+        view.show()
+        qtbot.waitExposed(view)
+        view.toggles["trajectory"].setChecked(True)
+        s.doc.select(s.doc.uids()[0])
+        scene = view.build_scene()
+        assert len(scene.trajectories) == 1 and len(scene.trajectories[0][0]) == 8
+        seen: list[int] = []
+        s.doc.frame_changed.connect(seen.append)
+        view.play_btn.setChecked(True)
+        t0 = time.perf_counter()
+        qtbot.waitUntil(lambda: len(seen) >= 10, timeout=20000)
+        dt = time.perf_counter() - t0
+        view.play_btn.setChecked(False)
+        assert set(seen) <= set(range(2, 10)) and 2 in seen[1:]  # the track's range, looping
+        fps = len(seen) / dt
+        assert fps <= media.fps * 1.3 + 1, (fps, media.fps)
+        n = len(seen)
+        qtbot.wait(200)
+        assert len(seen) == n  # stopped
+        qtbot.waitUntil(lambda: view.last_rgb is not None, timeout=60000)
+    finally:
+        s.shutdown()
