@@ -69,6 +69,7 @@ _LAZY: dict[str, str] = {
     "results_summary": "dpmesh_core.io.project",
     "MeshRenderer": "dpmesh_core.io.render",
     "render_overlay": "dpmesh_core.io.render",
+    "person_color": "dpmesh_core.io.render",
     "OverlayLayers": "dpmesh_core.io.overlay_layers",
     # the 3-D view (issue 17): ground fit, free camera, presets, scene pictures
     "ViewsWriter": "dpmesh_core.io.scene3d",
@@ -1000,12 +1001,16 @@ def _earlier_results(out: Path, inputs: Sequence[Path], previous: Any) -> dict[s
         names = [p.name for p in out.iterdir() if not p.name.startswith(".")]
     except OSError:
         names = []
+    import re
+
     for p in inputs:
         mine = set()
         if previous is not None:
             mine |= {f for f in (previous.entry(str(p)) or {}).get("files", []) if (out / f).exists()}
-        prefix = f"{p.stem}_"
-        mine |= {n for n in names if n.startswith(prefix) and n.lower().endswith(_OUTPUT_SUFFIXES)}
+        # only our own names for this input (``mesh_filename``, overlays, tracks, rigged exports): never another
+        # input's files (``a_b.png``'s outputs start with ``a_`` too)
+        own = re.compile(rf"{re.escape(p.stem)}_(person\d+|f\d{{6}}_(person|track)\d+|track\d+|overlay|tracks)(?=[._])")
+        mine |= {n for n in names if own.match(n) and n.lower().endswith(_OUTPUT_SUFFIXES)}
         if mine:
             found[str(p)] = sorted(mine)
     return found
