@@ -20,6 +20,7 @@ from dpmesh_core.types import Person
 from ..document import Document
 from ..jobs.inference import InferenceService
 from ..jobs.render import RenderService
+from ..runtime import pin_singletons
 from .estimation import EstimationController
 from .media import MediaController
 from .overlay import OverlayController
@@ -46,6 +47,7 @@ class Session(QObject):
 
     def __init__(self, doc: Document | None = None, inference: InferenceService | None = None,
                  render: RenderService | None = None, parent: QObject | None = None):
+        pin_singletons()  # PySide6's emit drops references to True/None: see app.runtime
         super().__init__(parent)
         self.doc = doc or Document(self)
         self.inference = inference or InferenceService(parent=self)

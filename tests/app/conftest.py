@@ -14,7 +14,7 @@ os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 def pinned_singletons():
     """The reference-count pin ``app.main`` applies at start (PySide6's emit drops references to True):
     the tests drive thousands of signals in one process."""
-    from app.main import pin_singletons
+    from app.runtime import pin_singletons
 
     pin_singletons()
 

@@ -313,11 +313,11 @@ def test_gui_process_never_imports_torch(media_dir, media):
 
 def test_signal_emits_cannot_exhaust_true(qapp):
     """PySide6 6.12 drops a reference to True per ``emit``; the app pins the singletons at start
-    (``app.main.pin_singletons``, from ``configure_runtime``), so a long session in a process without torch
-    does not abort with "deallocating True"."""
+    (``app.runtime.pin_singletons``, from ``app.main.configure_runtime`` and ``Session``), so a long session in
+    a process without torch does not abort with "deallocating True"."""
     from PySide6.QtCore import QObject, Signal
 
-    from app.main import pin_singletons
+    from app.runtime import pin_singletons
 
     pin_singletons()
 

@@ -28,16 +28,22 @@ def test_worker_server_modules_import_no_qt():
 
 
 def test_importing_the_app_changes_no_process_state_until_main_applies_it():
-    """The refcount pin of PySide6's emit is applied by ``app.main.configure_runtime`` (the app's start),
-    not as a side effect of importing the app's modules."""
+    """The refcount pin of PySide6's emit (``app.runtime.pin_singletons``) is applied by the app's start
+    (``app.main.configure_runtime``) and by constructing a ``Session`` (scripts and tests that drive the app
+    without ``app.main``), never as a side effect of importing the app's modules."""
     code = ("import sys\n"
             "import app, app.session, app.main_window, app.main\n"
             "before = sys.getrefcount(True) < 1 << 39\n"
+            "from PySide6.QtWidgets import QApplication\n"
+            "qapp = QApplication([])\n"
+            "s = app.session.Session()\n"
+            "pinned = sys.getrefcount(True) > 1 << 39\n"
+            "s.shutdown()\n"
             "app.main.configure_runtime()\n"
-            "print(before, sys.getrefcount(True) > 1 << 39, sys.getswitchinterval())\n")
+            "print(before, pinned, sys.getswitchinterval())\n")
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=120,
                          env={**__import__("os").environ, "QT_QPA_PLATFORM": "offscreen"})
     assert out.returncode == 0, out.stderr[-3000:]
-    before, after, interval = out.stdout.split()
+    before, pinned, interval = out.stdout.split()
     assert before == "True" and float(interval) == 0.001
-    assert after == str(sys.version_info < (3, 12))  # CPython >= 3.12: True is immortal, nothing to pin
+    assert pinned == str(sys.version_info < (3, 12))  # CPython >= 3.12: True is immortal, nothing to pin
