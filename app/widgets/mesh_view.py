@@ -7,7 +7,8 @@ zooms, double-click returns to the photo's own camera. Keys (when the view has f
 (from +x), 3 top (bird's-eye with a 1 m grid), 0 or R reset. The persons list is the depth order (nearest
 first, metres from the photo camera): its check boxes show/hide persons, a click selects one; "Solo selected"
 shows only the selected person. On a video the view follows the timeline; Play runs the selected person's
-track (or the whole video) at the video's frame rate over the meshes already computed; "Trajectory" draws
+track (or the whole video) at the video's frame rate over the meshes already computed (skipping frames when
+the machine cannot keep up); "Trajectory" draws
 tracks' paths on the ground. "Save view…" writes the current picture to PNG. While the mouse drags, frames
 are rendered at half resolution (the picture follows the hand), then once at full resolution.
 """
@@ -15,6 +16,7 @@ are rendered at half resolution (the picture follows the hand), then once at ful
 from __future__ import annotations
 
 import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -206,6 +208,7 @@ class MeshView(QWidget):
         self._play = QTimer(self)
         self._play.timeout.connect(self._play_step)
         self._play_range = (0, 0)
+        self._play_t0 = (0.0, 0)
         self.doc.results_changed.connect(lambda _f: self.schedule_after_overlay())
         session.overlay.idle.connect(self._overlay_idle)
         self.doc.selection_changed.connect(lambda _u: self.schedule())
@@ -289,6 +292,7 @@ class MeshView(QWidget):
             self._play_range = (min(frames), max(frames))
             if not self._play_range[0] <= self.doc.current_frame < self._play_range[1]:
                 self.doc.set_current_frame(self._play_range[0])
+            self._play_t0 = (time.perf_counter(), self.doc.current_frame)
             self._play.start(max(int(round(1000 / max(self.doc.fps, 1e-3))), 1))
         else:
             self._play.stop()
@@ -298,9 +302,14 @@ class MeshView(QWidget):
             self.play_btn.blockSignals(False)
 
     def _play_step(self) -> None:
+        """The frame due now at the video's frame rate (frames are skipped when a step falls behind)."""
         lo, hi = self._play_range
-        f = self.doc.current_frame + 1
-        self.doc.set_current_frame(lo if f > hi else f)
+        t0, f0 = self._play_t0
+        f = f0 + int((time.perf_counter() - t0) * self.doc.fps)
+        if f > hi:  # loop
+            self._play_t0 = (time.perf_counter(), lo)
+            f = lo
+        self.doc.set_current_frame(f)
 
     # scheduling ------------------------------------------------------------------------
     def schedule(self) -> None:

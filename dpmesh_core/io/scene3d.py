@@ -533,8 +533,11 @@ def _draw_photo(rgb: np.ndarray, depth: np.ndarray, scene: Scene, vc: ViewCamera
     """The photo on the frustum's far plane (nearest sample, depth-tested)."""
     if scene.photo is None:
         return
-    far, _ = _frustum(scene)
+    far, d = _frustum(scene)
     T = vc.view
+    eye = -T[:3, :3].T @ T[:3, 3]
+    if np.linalg.norm(eye) < 2 * d:  # seen from (near) the photo camera, the photo would hide the scene
+        return
     c = far @ T[:3, :3].T + T[:3, 3]
     if (c[:, 2] <= vc.near).any():
         return
@@ -580,6 +583,8 @@ def _draw_labels(rgb: np.ndarray, scene: Scene, vc: ViewCamera) -> None:
         uv, z = vc.project(top[None])
         if z[0] <= vc.near:
             continue
+        if not (0 <= uv[0, 0] < W and 0 <= uv[0, 1] < H + 40):
+            continue  # the person is out of the picture: no label that would point elsewhere
         text = f"{p.label} {dist[p.key]:.1f} m"
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
         x = int(np.clip(uv[0, 0] - tw / 2, 2, max(W - tw - 2, 2)))
