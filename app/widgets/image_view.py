@@ -255,7 +255,7 @@ class ImageView(QGraphicsView):
         doc.selection_changed.connect(lambda _u: self._update_changed_persons())
         doc.joint_selection_changed.connect(lambda _j: self._update_person(self.doc.selected_uid))
         doc.results_changed.connect(lambda f: self._on_persons_changed(f))
-        doc.frame_changed.connect(lambda _f: self.refresh_image())
+        doc.frame_changed.connect(self._on_frame_changed)
         doc.media_changed.connect(self._on_media_changed)
         self.refresh_image()
 
@@ -265,6 +265,12 @@ class ImageView(QGraphicsView):
         self.set_overlay(None)
         self.refresh_image()
         self.fit()
+
+    def _on_frame_changed(self, _frame: int) -> None:
+        # The overlay shown belongs to the previous frame: never leave its meshes over this frame's people
+        # (they floated beside the skeletons while the new frame's overlay was still being rendered).
+        self.set_overlay(None)
+        self.refresh_image()
 
     def _on_persons_changed(self, frame: int) -> None:
         if frame == self.doc.current_frame:

@@ -335,3 +335,18 @@ def test_video_mesh_export_is_named_by_track_like_the_cli(qapp, qtbot, street, t
         assert z["input_keypoints"].shape == (17, 3)  # the evidence the mesh was estimated from
     finally:
         s.shutdown()
+
+
+def test_a_new_frame_never_shows_the_previous_frames_meshes(qapp, qtbot, street):
+    """Stepping to another frame removes the overlay of the one before at once (its meshes stood beside the
+    new frame's skeletons until the new overlay was rendered)."""
+    from app.widgets.image_view import ImageView
+
+    doc = _video_doc(street, 3)
+    view = ImageView(doc)
+    qtbot.addWidget(view)
+    overlay = np.full((street.size[1], street.size[0], 3), 200, np.uint8)
+    view.set_overlay(overlay)
+    assert not view.overlay_item.pixmap().isNull()
+    doc.set_current_frame(1)
+    assert view.overlay_item.pixmap().isNull()
