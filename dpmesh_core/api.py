@@ -780,7 +780,8 @@ def predict(
                 raise
         old_files = _earlier_results(out, inputs, previous)
         if old_files and not (opts.overwrite or opts.resume):
-            shown = ", ".join(sorted(old_files)[:3]) + (f", ... ({len(old_files)} files)" if len(old_files) > 3 else "")
+            names = sorted({f for fs in old_files.values() for f in fs})
+            shown = ", ".join(names[:3]) + (f", ... ({len(names)} files)" if len(names) > 3 else "")
             raise OutputError(f"already holds results of an earlier run ({shown}); use --overwrite to replace them, "
                               "--resume to skip the inputs it finished, or another output folder", out)
         manifest = RunManifest.create(out, [str(p) for p in inputs], _options_record(opts),

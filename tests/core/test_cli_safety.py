@@ -394,7 +394,8 @@ def test_batch_matches_keypoints_by_name_goes_on_past_bad_inputs_and_resumes(tmp
     # the same folder again: refused (nothing overwritten silently), before any model loads
     before = (out / "a_person00.obj").stat().st_mtime_ns
     rc, _, err = _run(["predict", str(media), "-o", str(out), "--keypoints", str(kp), *FAST], capsys)
-    assert rc == 4 and "already holds results of an earlier run" in err and "--overwrite" in err
+    assert rc == 4 and "--overwrite" in err and _error_lines(err)[0].startswith(
+        f"dpmesh: error: {out}: already holds results of an earlier run (a_person00.npz, a_person00.obj)")
     assert (out / "a_person00.obj").stat().st_mtime_ns == before
 
     # --resume with the file's entry for a.png applied to every input: a skipped, c done, b still bad
