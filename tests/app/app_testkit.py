@@ -19,7 +19,7 @@ def make_person(seed: int = 0, n: int = 17, x0: float = 100, y0: float = 80) -> 
     kp = np.zeros((n, 3), np.float32)
     kp[:, 0] = x0 + rng.uniform(0, 120, n)
     kp[:, 1] = y0 + rng.uniform(0, 300, n)
-    kp[:, 2] = rng.uniform(0.3, 1.0, n)
+    kp[:, 2] = rng.uniform(0.55, 1.0, n)  # every joint visible under the one rule (confidence > 0.5)
     return Person(box=Person.box_from_keypoints(kp), keypoints=kp, score=0.9)
 
 
