@@ -23,6 +23,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -141,6 +142,17 @@ class ScenePerson:
     low_confidence: bool = False
     selected: bool = False
 
+    @cached_property
+    def bounds(self) -> np.ndarray:
+        """(2, 3) lowest and highest corner of the mesh's box (computed once per person)."""
+        v = np.asarray(self.vertices, np.float64)
+        return np.stack([v.min(0), v.max(0)])
+
+    @cached_property
+    def sample(self) -> np.ndarray:
+        """Every 7th vertex (float64): enough to frame the person."""
+        return np.asarray(self.vertices, np.float64)[::7]
+
 
 @dataclass(frozen=True)
 class Scene:
@@ -164,8 +176,7 @@ class Scene:
         """Points bounding what is drawn: the persons, the ground's extent, the photo camera."""
         pts = [np.zeros((1, 3))]
         for p in self.persons:
-            v = np.asarray(p.vertices, np.float64)
-            pts.append(np.stack([v.min(0), v.max(0)]))
+            pts.append(p.bounds)
         if self.show_ground and self.ground is not None:
             pts.append(_ground_quad(self)[0])
         if self.show_frustum:
@@ -176,8 +187,7 @@ class Scene:
         """What the near plane must never cut: the persons' boxes, the photo camera and its frustum."""
         pts = [np.zeros((1, 3))]
         for p in self.persons:
-            v = np.asarray(p.vertices, np.float64)
-            lo, hi = v.min(0), v.max(0)
+            lo, hi = p.bounds
             pts.append(np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])]))
         if self.show_frustum:
             pts.append(_frustum(self)[0])
@@ -186,15 +196,15 @@ class Scene:
     def person_points(self) -> np.ndarray:
         if not self.persons:
             return np.zeros((1, 3))
-        return np.concatenate([np.asarray(p.vertices, np.float64)[::7] for p in self.persons])
+        return np.concatenate([p.sample for p in self.persons])
 
     def centre(self) -> np.ndarray:
         """The orbit pivot: the centre of the persons' bounding box (the photo camera's origin + 3 m ahead
         when there is no person)."""
         if not self.persons:
             return np.array([0.0, 0.0, 3.0])
-        v = np.concatenate([np.asarray(p.vertices, np.float64) for p in self.persons])
-        return (v.min(0) + v.max(0)) / 2
+        b = np.concatenate([p.bounds for p in self.persons])
+        return (b.min(0) + b.max(0)) / 2
 
 
 def scene_persons(results: Sequence[Any], colors: Sequence[Sequence[float]], labels: Sequence[str] | None = None,
@@ -223,8 +233,7 @@ def depth_order(scene_or_persons: Scene | Sequence[ScenePerson]) -> list[tuple[i
     persons = scene_or_persons.persons if isinstance(scene_or_persons, Scene) else scene_or_persons
     rows = []
     for p in persons:
-        v = np.asarray(p.vertices, np.float64)
-        rows.append((p.key, p.label, float(np.linalg.norm((v.min(0) + v.max(0)) / 2))))
+        rows.append((p.key, p.label, float(np.linalg.norm(p.bounds.mean(0)))))
     return sorted(rows, key=lambda r: r[2])
 
 
