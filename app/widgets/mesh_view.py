@@ -132,10 +132,11 @@ class MeshView(QWidget):
         self.last_render_s = 0.0
         self.last_rgb: np.ndarray | None = None
         self.depth_rows: list[tuple[int, str, float]] = []
-        self._centres: dict[int, np.ndarray] = {}  # id(result) -> its centre (trajectories)
+        self._centres: dict[int, tuple] = {}  # id(result) -> (result, its centre) (trajectories)
         self._ground_key: tuple | None = None
         self._ground = None
         self._pending_preset: str | None = None
+        self._scene_cache: tuple | None = None  # (key, scene, its meshes): an orbit step builds nothing again
 
         self.canvas = MeshCanvas(self)
         self.reset_btn = QPushButton("Reset")
@@ -262,6 +263,7 @@ class MeshView(QWidget):
         self.set_playing(False)
         self.camera = None
         self._centres.clear()
+        self._scene_cache = None
         self.schedule()
 
     def _set_selected_only(self, on: bool) -> None:
@@ -354,10 +356,11 @@ class MeshView(QWidget):
                 r = self.doc.result(u)
                 if r is None:
                     continue
-                c = self._centres.get(id(r))
-                if c is None:
+                kept = self._centres.get(id(r))
+                if kept is None or kept[0] is not r:
                     v = np.asarray(r.vertices, np.float64)
-                    c = self._centres[id(r)] = (v.min(0) + v.max(0)) / 2
+                    kept = self._centres[id(r)] = (r, (v.min(0) + v.max(0)) / 2)  # r kept: its id stays its own
+                c = kept[1]
                 if f == self.doc.current_frame:
                     cur = len(pts)
                 pts.append(c)
@@ -374,6 +377,11 @@ class MeshView(QWidget):
             self.depth_rows = []
             return None
         key = tuple(id(r) for _, r in have)
+        t = self.toggles
+        scene_key = (key, frozenset(self.hidden), self.selected_only, self.doc.selected_uid, self.doc.current_frame,
+                     tuple(b.isChecked() for b in t.values()), id(self.doc.image()))
+        if self._scene_cache is not None and self._scene_cache[0] == scene_key:  # orbiting: same scene
+            return self._scene_cache[1]
         if key != self._ground_key:
             self._ground_key, self._ground = key, api.fit_ground([r for _, r in have])
         all_persons = api.scene_persons([r for _, r in have], [person_rgb01(self.doc.color_key(u)) for u, _ in have],
@@ -383,11 +391,12 @@ class MeshView(QWidget):
         shown = [p for p in all_persons if self.doc.color_key(p.key) not in self.hidden
                  and (not self.selected_only or p.key == self.doc.selected_uid)]
         img = self.doc.image()
-        t = self.toggles
-        return api.Scene(tuple(shown), have[0][1].camera, self._ground,
-                         None if img is None else api.thumbnail(img), self._trajectories(uids),
-                         show_ground=t["ground"].isChecked(), show_axes=t["axes"].isChecked(),
-                         show_frustum=t["frustum"].isChecked(), show_labels=t["labels"].isChecked())
+        scene = api.Scene(tuple(shown), have[0][1].camera, self._ground,
+                          None if img is None else api.thumbnail(img), self._trajectories(uids),
+                          show_ground=t["ground"].isChecked(), show_axes=t["axes"].isChecked(),
+                          show_frustum=t["frustum"].isChecked(), show_labels=t["labels"].isChecked())
+        self._scene_cache = (scene_key, scene, api.scene_meshes(scene))
+        return scene
 
     def _update_list(self) -> None:
         lst = self.persons_list
@@ -424,7 +433,7 @@ class MeshView(QWidget):
             cam.up = np.asarray(scene.ground.normal, np.float64)
         size = self.render_size()
         vc = cam.view_camera(size, scene)
-        meshes = api.scene_meshes(scene)
+        meshes = self._scene_cache[2] if self._scene_cache and self._scene_cache[1] is scene else api.scene_meshes(scene)
         light = dataclasses.replace(scene, persons=tuple(dataclasses.replace(p, vertices=None, faces=None)
                                                          for p in scene.persons))
         self.session.overlay.render_view(("meshview", id(self)), meshes, vc.camera, vc.view, size,
