@@ -18,6 +18,12 @@ if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
   for p in $APT_PKGS; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
   done
+  # node + npm run the Khronos glTF validator in the tests (rigged export); only when the machine lacks them
+  if ! command -v npm >/dev/null 2>&1; then
+    for p in nodejs npm; do
+      dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing="$missing $p"
+    done
+  fi
   if [ -n "$missing" ]; then
     echo "[install] system packages:$missing"
     apt-get update -qq
