@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from PySide6.QtCore import QObject, QTimer, Signal
 
 from dpmesh_core.errors import DPMeshError, ProjectFileError
@@ -25,8 +26,6 @@ def _labelled_only(p: Person) -> Person:
     """``p`` for a key-point file: a detector's guess at a joint it does not see (not visible, confidence at or
     below the visibility threshold, not placed or marked by the user) is written as missing (v=0), not as a
     labelled occluded point (v=1); joints the user marked occluded stay labelled."""
-    import numpy as np
-
     guess = ~p.visible & ~p.edited & (p.keypoints[:, 2] <= _api().VISIBLE_THRESHOLD)
     if not guess.any():
         return p
@@ -38,8 +37,6 @@ def _labelled_only(p: Person) -> Person:
 def _finite_person(p: Person) -> bool:
     """A person the app can use: a finite box and finite confidences (a joint whose x, y is NaN is a missing
     joint, which the estimators and the view already skip)."""
-    import numpy as np
-
     return bool(np.isfinite(p.box).all() and np.isfinite(p.keypoints[:, 2]).all())
 
 
@@ -82,6 +79,14 @@ class ProjectController(QObject):
         settings = dict(self.doc.settings)
         settings.update(estimator=self.estimation.kind, smooth_video=self.estimation.smooth_video,
                         current_frame=self.doc.current_frame)
+        interpolated: dict[str, dict[str, list[int]]] = {}  # joints placed by key-frame interpolation
+        for f in frames:
+            for i, u in enumerate(self.doc.uids(f)):
+                m = self.doc.interpolated.get(u)
+                if m is not None and m.any():
+                    interpolated.setdefault(str(f), {})[str(i)] = [int(j) for j in m.nonzero()[0]]
+        if interpolated:
+            settings["interpolated"] = interpolated
         return api.ProjectData(media_path=self.doc.media_path, frames=frames, results=results,
                                settings=settings)
 
@@ -124,7 +129,8 @@ class ProjectController(QObject):
         settings = dict(data.settings or {})
         self.estimation.smooth_video = bool(settings.get("smooth_video", self.estimation.smooth_video))
         self.doc.settings = {k: v for k, v in settings.items()
-                             if k not in ("smooth_video", "current_frame", "project_path")}
+                             if k not in ("smooth_video", "current_frame", "project_path", "interpolated")}
+        interpolated = settings.get("interpolated") or {}
         self.doc.set_current_frame(int(settings.get("current_frame", 0)))
         refused = []
         results = {int(f): list(rs) for f, rs in (data.results or {}).items()}
@@ -134,7 +140,14 @@ class ProjectController(QObject):
             if len(keep) < len(persons) and int(f) in results:
                 rs = results[int(f)]
                 results[int(f)] = [rs[i] if i < len(rs) else None for i in keep]
-            self.doc.set_frame_persons(int(f), [persons[i] for i in keep])
+            uids = self.doc.set_frame_persons(int(f), [persons[i] for i in keep])
+            marks = interpolated.get(str(int(f))) or {} if isinstance(interpolated, dict) else {}
+            for u, i in zip(uids, keep):
+                joints = marks.get(str(i)) if isinstance(marks, dict) else None
+                if joints:
+                    mask = np.zeros(persons[i].num_joints, bool)
+                    mask[[int(j) for j in joints if 0 <= int(j) < len(mask)]] = True
+                    self.doc.interpolated[u] = mask
         if refused:
             self.error.emit("Damaged persons refused",
                             f"{len(refused)} person(s) of this project have a box or key-point confidences that are "

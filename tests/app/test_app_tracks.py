@@ -350,3 +350,39 @@ def test_a_new_frame_never_shows_the_previous_frames_meshes(qapp, qtbot, street)
     assert not view.overlay_item.pixmap().isNull()
     doc.set_current_frame(1)
     assert view.overlay_item.pixmap().isNull()
+
+
+def test_interpolated_marks_survive_saving_and_reopening(qapp, qtbot, street, tmp_path, isolated_home):
+    from app_testkit import RecordingEstimator
+
+    from app.editor import Editor
+    from app.jobs import InferenceService
+    from app.session import Session
+
+    def session():
+        s = Session(inference=InferenceService(estimator_factory=lambda: RecordingEstimator()))
+        s.auto_detect = False
+        s.live_inference = False
+        return s
+
+    s = session()
+    try:
+        s.open_path(street.path)
+        for f in range(5):
+            s.doc.set_frame_persons(f, [_walker(0, f)])
+        for f in (0, 4):
+            u = s.doc.uids(f)[0]
+            Editor(s.doc).move_keypoint(u, 9, tuple(s.doc.person(u).keypoints[9, :2] + 10.0))
+        assert keyframes.interpolate_track(s.doc, 0) == 3
+        out = s.save_project(tmp_path / "clip")
+    finally:
+        s.shutdown()
+    s2 = session()
+    try:
+        assert s2.load_project(out)
+        for f in (1, 2, 3):
+            m = s2.doc.interpolated[s2.doc.uids(f)[0]]
+            assert m[9] and m.sum() == 1 and not s2.doc.persons(f)[0].edited.any()
+        assert s2.doc.uids(0)[0] not in s2.doc.interpolated and "interpolated" not in s2.doc.settings
+    finally:
+        s2.shutdown()
