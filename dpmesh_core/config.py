@@ -162,7 +162,8 @@ def read_mapping(path: str | os.PathLike) -> dict[str, Any]:
 
             data = yaml.safe_load(text)
     except Exception as e:  # noqa: BLE001 - parser errors vary by library
-        raise ConfigError(f"not valid YAML/JSON: {e}", source=str(p)) from e
+        where = " ".join(str(e).split())  # one line: yaml's messages span several
+        raise ConfigError(f"not valid YAML/JSON: {where[:200]}", source=str(p)) from e
     if data is None:
         data = {}
     if not isinstance(data, dict):

@@ -281,25 +281,11 @@ def read_ldm_config(path: str | os.PathLike) -> dict[str, Any]:
     sidecar, whose ``config.cldm_config`` is exactly what sits under ``model.params``. Raises ConfigError
     naming the file when it cannot be read or lacks a ``unet_config``.
     """
-    import json
-
+    from ..config import read_mapping
     from ..errors import ConfigError
 
     p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ConfigError(f"cannot read the ldm config: {e.strerror or e}", source=str(p)) from e
-    try:
-        if p.suffix.lower() == ".json":
-            doc = json.loads(text)
-        else:
-            import yaml
-
-            doc = yaml.safe_load(text)
-    except Exception as e:  # noqa: BLE001 - yaml/json raise several types
-        raise ConfigError(f"not a readable YAML/JSON ldm config ({str(e).splitlines()[0][:160]})",
-                          source=str(p)) from e
+    doc = read_mapping(p)  # YAML or JSON; ConfigError naming the file when unreadable
 
     def find(d: Any) -> dict[str, Any] | None:
         if not isinstance(d, Mapping):
