@@ -122,6 +122,18 @@ class _Problem:
     prev_weight: float = 0.0
 
 
+def _segment_ratios(plan, kp: np.ndarray, ok: np.ndarray) -> list[float]:
+    """Pixel / metric length of every body segment of ``plan`` whose two joints are visible (``ok``)."""
+    ratios = []
+    for a, b in plan.segments:
+        if ok[a] and ok[b]:
+            L3 = float(np.linalg.norm(plan.rest[a] - plan.rest[b]))
+            L2 = float(np.linalg.norm(kp[a] - kp[b]))
+            if L3 > 0.05 and L2 > 1.0:
+                ratios.append(L2 / L3)
+    return ratios
+
+
 class KeypointFitter:
     """Fits a body model to 2-D key-points; implements ``dpmesh_core.types.Estimator`` (``name = "fit"``).
 
@@ -367,14 +379,7 @@ class KeypointFitter:
     def _depth_evidence(self, plan: _Plan, kp: np.ndarray, w: np.ndarray, f: float) -> float | None:
         """Depth (metres) from the visible body segments when there are at least ``MIN_DEPTH_SEGMENTS`` of
         them, else None (the key-points cannot set the depth)."""
-        ok = w > 0
-        ratios = []
-        for a, b in plan.segments:
-            if ok[a] and ok[b]:
-                L3 = float(np.linalg.norm(plan.rest[a] - plan.rest[b]))
-                L2 = float(np.linalg.norm(kp[a] - kp[b]))
-                if L3 > 0.05 and L2 > 1.0:
-                    ratios.append(L2 / L3)
+        ratios = _segment_ratios(plan, kp, w > 0)
         if len(ratios) < MIN_DEPTH_SEGMENTS:
             return None
         q = float(np.quantile(np.asarray(ratios), 0.75))
@@ -408,13 +413,7 @@ class KeypointFitter:
     def _initial_depth(self, plan: _Plan, kp: np.ndarray, w: np.ndarray, f: float, box: np.ndarray) -> float:
         """Depth (metres) of the person from key-point scale: f · (metric length / pixel length)."""
         ok = w > 0
-        ratios = []
-        for a, b in plan.segments:
-            if ok[a] and ok[b]:
-                L3 = float(np.linalg.norm(plan.rest[a] - plan.rest[b]))
-                L2 = float(np.linalg.norm(kp[a] - kp[b]))
-                if L3 > 0.05 and L2 > 1.0:
-                    ratios.append(L2 / L3)
+        ratios = _segment_ratios(plan, kp, ok)
         if not ratios:  # any two visible joints, with their rest-pose distance
             idx = np.flatnonzero(ok)
             for ia in range(len(idx)):
