@@ -101,3 +101,30 @@ def fail_with(ctx, kind: str):
     if kind == "zero":
         return 1 / 0
     raise ValueError(kind)
+
+
+def fitted_photo_project(qtbot, tmp_path, media_dir, reference_dir, name: str = "COCO_val2014_000000000192.jpg",
+                         n: int = 3):
+    """Fit the first ``n`` reference detections of a shared photo in a Session and save it as a project.
+    Returns ``(fitter, project_path, results, persons)``; the fitter (synthetic SMPL) counts its evaluations."""
+    import json
+
+    from app.jobs import InferenceService
+    from app.session import Session
+    from dpmesh_core import api
+
+    ref = json.loads((reference_dir / "yolo11n_pose_detections.json").read_text())["images"][name]
+    persons = [Person(box=p["box_xyxy"], keypoints=p["keypoints"], score=p["score"]) for p in ref["people"][:n]]
+    fitter = api.make_estimator("fit", body_model="synthetic-smpl")
+    s = Session(inference=InferenceService(estimator_factory=lambda: fitter))
+    s.auto_detect = False
+    try:
+        s.open_path(media_dir / name)
+        s.doc.set_frame_persons(0, persons)
+        s.estimate_all(0)
+        qtbot.waitUntil(lambda: all(r is not None for r in s.doc.results()), timeout=60000)
+        results = list(s.doc.results())
+        out = s.save_project(tmp_path / "scene")
+    finally:
+        s.shutdown()
+    return fitter, out, results, persons

@@ -153,24 +153,9 @@ def test_reopened_project_shows_saved_meshes_without_fitting_again(qapp, qtbot, 
                                                                    reference_dir):
     """Reopening rebuilds each mesh from its saved body parameters (in the inference worker): the same
     meshes, no fitting. A person whose saved entry is unusable is estimated instead."""
-    from dpmesh_core import api
-    from dpmesh_core.types import Person
+    from app_testkit import fitted_photo_project
 
-    name = "COCO_val2014_000000000192.jpg"
-    ref = json.loads((reference_dir / "yolo11n_pose_detections.json").read_text())["images"][name]
-    persons = [Person(box=p["box_xyxy"], keypoints=p["keypoints"], score=p["score"]) for p in ref["people"][:3]]
-    fitter = api.make_estimator("fit", body_model="synthetic-smpl")
-    s = Session(inference=InferenceService(estimator_factory=lambda: fitter))
-    s.auto_detect = False
-    try:
-        s.open_path(media_dir / name)
-        s.doc.set_frame_persons(0, persons)
-        s.estimate_all(0)
-        qtbot.waitUntil(lambda: all(r is not None for r in s.doc.results()), timeout=60000)
-        before = list(s.doc.results())
-        out = s.save_project(tmp_path / "scene")
-    finally:
-        s.shutdown()
+    fitter, out, before, persons = fitted_photo_project(qtbot, tmp_path, media_dir, reference_dir)
     data = json.loads(out.read_text())
     data["results"]["0"][2]["body_pose"] = "damaged"
     out.write_text(json.dumps(data))

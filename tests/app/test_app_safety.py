@@ -349,26 +349,12 @@ def test_damaged_numbers_in_a_project_are_refused_per_person(qapp, qtbot, tmp_pa
     import json
 
     import numpy as np
+    from app_testkit import fitted_photo_project
 
     from app.jobs import InferenceService
     from app.session import Session
-    from dpmesh_core import api
-    from dpmesh_core.types import Person
 
-    name = "COCO_val2014_000000000192.jpg"
-    ref = json.loads((reference_dir / "yolo11n_pose_detections.json").read_text())["images"][name]
-    persons = [Person(box=p["box_xyxy"], keypoints=p["keypoints"], score=p["score"]) for p in ref["people"][:3]]
-    fitter = api.make_estimator("fit", body_model="synthetic-smpl")
-    s = Session(inference=InferenceService(estimator_factory=lambda: fitter))
-    s.auto_detect = False
-    try:
-        s.open_path(media_dir / name)
-        s.doc.set_frame_persons(0, persons)
-        s.estimate_all(0)
-        qtbot.waitUntil(lambda: all(r is not None for r in s.doc.results()), timeout=60000)
-        out = s.save_project(tmp_path / "scene")
-    finally:
-        s.shutdown()
+    fitter, out, _, _ = fitted_photo_project(qtbot, tmp_path, media_dir, reference_dir)
     data = json.loads(out.read_text())
     data["results"]["0"][0]["transl"][0] = None  # a NaN in the saved parameters (NaN is stored as null)
     data["frames"]["0"][2]["box"][1] = None  # a person whose box is not a number
