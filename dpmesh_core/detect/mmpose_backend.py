@@ -83,7 +83,8 @@ def persons_from_instances(keypoints: Any, keypoint_scores: Any, boxes: Any = No
                            visible_threshold: float = DEFAULT_VISIBLE_THRESHOLD) -> list[Person]:
     """Persons from mmpose's ``pred_instances`` arrays: keypoints (N, 17, 2) image pixels, keypoint_scores
     (N, 17), optional bboxes (N, 4) x0, y0, x1, y1 and box scores (N,). Scores are clipped to [0, 1]; a
-    person's score is its box score when given, else its mean key-point score. Not sorted."""
+    person's score is its box score when given, else its mean key-point score; a person with a non-finite
+    key-point or score is dropped (with a warning). Not sorted."""
     xy = np.asarray(keypoints, np.float32)
     if xy.size == 0:
         return []
@@ -95,13 +96,15 @@ def persons_from_instances(keypoints: Any, keypoint_scores: Any, boxes: Any = No
     sc = np.asarray(keypoint_scores, np.float32).reshape(n, -1)
     if sc.shape[1] != 17:
         raise InputError(f"mmpose backend: {sc.shape[1]} key-point scores for 17 key-points")
-    if not (np.isfinite(xy).all() and np.isfinite(sc).all()):
-        raise InputError("mmpose backend: the model returned non-finite key-points or scores")
-    sc = np.clip(sc, 0.0, 1.0)
+    finite = np.isfinite(xy).all(axis=(1, 2)) & np.isfinite(sc).all(axis=1)
+    if not finite.all():  # a diverging candidate (seen with RTMO): drop it, keep the frame's other persons
+        log.warning("mmpose backend: %d of %d persons with non-finite key-points or scores dropped",
+                    int((~finite).sum()), n)
+    sc = np.clip(np.nan_to_num(sc), 0.0, 1.0)
     bx = None if boxes is None else np.asarray(boxes, np.float32).reshape(n, -1)[:, :4]
     bs = None if box_scores is None else np.asarray(box_scores, np.float32).reshape(-1)
     out = []
-    for i in range(n):
+    for i in np.flatnonzero(finite):
         kp = np.concatenate([xy[i, :, :2], sc[i, :, None]], 1)
         if bx is not None:
             box = bx[i]
@@ -121,6 +124,22 @@ def _instances(sample: Any) -> tuple[Any, Any, Any, Any]:
         inst = inst.cpu().numpy()
     get = (lambda k: inst.get(k)) if hasattr(inst, "get") else (lambda k: getattr(inst, k, None))
     return get("keypoints"), get("keypoint_scores"), get("bboxes"), get("bbox_scores")
+
+
+def numpy_safe_globals() -> Any:
+    """A context in which ``torch.load(weights_only=True)`` (torch >= 2.6's default, which mmengine 0.10's
+    ``load_checkpoint`` relies on) also accepts numpy arrays, dtypes and scalars: mmpose 1.x checkpoints
+    keep their dataset meta (sigmas, colours, weights) as numpy arrays, and fail to load without it.
+    Rebuilding numpy data runs no code from the file."""
+    import torch
+
+    allowed: list[Any] = [np.ndarray, np.dtype]
+    core = getattr(np, "_core", None) or np.core
+    allowed += [core.multiarray._reconstruct, core.multiarray.scalar]
+    dtypes = getattr(np, "dtypes", None)
+    if dtypes is not None:
+        allowed += [getattr(dtypes, n) for n in dir(dtypes) if n.endswith("DType")]
+    return torch.serialization.safe_globals(allowed)
 
 
 def _check_file(path: str | None, what: str) -> None:
@@ -160,7 +179,8 @@ class MMPoseDetector:
                 log.warning("mmpose backend: no pose checkpoint given; the model has random weights")
             from mmpose.apis import init_model  # type: ignore[import-not-found]
 
-            model = init_model(str(config), None if checkpoint is None else str(checkpoint), device=device)
+            with numpy_safe_globals():
+                model = init_model(str(config), None if checkpoint is None else str(checkpoint), device=device)
         self.model = model
         check_coco17_meta(getattr(model, "dataset_meta", None))
         cfg = getattr(model, "cfg", None)
@@ -176,8 +196,9 @@ class MMPoseDetector:
                 from mmpose.utils import adapt_mmdet_pipeline  # type: ignore[import-not-found]
             except ImportError as e:
                 raise ModelFilesMissingError("python package 'mmdet'", (), f"{MMPOSE_HINT} ({e})") from None
-            det_model = init_detector(str(det_config), None if det_checkpoint is None else str(det_checkpoint),
-                                      device=device)
+            with numpy_safe_globals():
+                det_model = init_detector(str(det_config),
+                                          None if det_checkpoint is None else str(det_checkpoint), device=device)
             det_model.cfg = adapt_mmdet_pipeline(det_model.cfg)
         self.det_model = det_model
         self.visible_threshold = float(visible_threshold)

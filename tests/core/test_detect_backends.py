@@ -35,8 +35,11 @@ def test_mmpose_conversion_of_model_outputs():
     assert one.score == pytest.approx(float(np.clip(sc[0], 0, 1).mean()), rel=1e-6)
     assert one.box[0] <= kp[0, :, 0].min() and one.box[2] >= kp[0, :, 0].max()
     assert persons_from_instances(np.zeros((0, 17, 2)), np.zeros((0, 17))) == []
-    with pytest.raises(InputError, match="non-finite"):
-        persons_from_instances(np.full((1, 17, 2), np.nan), np.ones((1, 17)))
+    # a diverging candidate is dropped, the others kept
+    bad = kp.copy()
+    bad[0, 3, 1] = np.inf
+    kept = persons_from_instances(bad, sc, boxes, np.array([0.9, 0.4]))
+    assert len(kept) == 1 and kept[0].score == pytest.approx(0.4)
 
 
 def test_mmpose_refuses_non_coco17_and_names_missing_package():

@@ -140,3 +140,38 @@ def test_bad_mmpose_files_are_refused(tmp_path, case, match):
     with pytest.raises(KeypointFileError, match=match) as ei:
         read_keypoints(f)
     assert f.name in str(ei.value)
+
+
+# ------------------------------------------------------------------------------ files written by a real mmpose
+
+DATA = Path(__file__).parent / "data" / "mmpose"
+
+
+def test_files_written_by_a_real_mmpose():
+    """JSON written by mmpose 1.3.2 itself (RTMPose-t with random weights; made by
+    test_detect_mmpose_integration.py with DPMESH_WRITE_MMPOSE_FIXTURES=tests/core/data/mmpose in the
+    mmpose environment): the inferencer on COCO_val2014_000000000395.jpg and on 3 frames of street.avi, and
+    topdown_demo_with_mmdet.py --save-predictions on the photo."""
+    raw = json.loads((DATA / "inferencer_image_395.json").read_text())
+    table = read_keypoints(DATA / "inferencer_image_395.json")
+    assert list(table) == [0] and len(table[0]) == len(raw) == 1
+    p, d = table[0][0], raw[0]
+    np.testing.assert_allclose(p.keypoints[:, :2], d["keypoints"], rtol=1e-6)
+    np.testing.assert_allclose(p.keypoints[:, 2], np.clip(d["keypoint_scores"], 0, 1), rtol=1e-6)
+    np.testing.assert_allclose(p.box, np.asarray(d["bbox"]).reshape(4), rtol=1e-6)
+    assert min(d["keypoint_scores"]) < 1 < max(d["keypoint_scores"])  # raw scores, clipped on reading
+
+    frames = read_keypoints(DATA / "inferencer_video_street3.json")
+    raw = json.loads((DATA / "inferencer_video_street3.json").read_text())
+    assert list(frames) == [f["frame_id"] for f in raw] == [0, 1, 2]
+    for key, f in zip(frames, raw):
+        assert len(frames[key]) == len(f["instances"])
+        np.testing.assert_allclose(frames[key][0].keypoints[:, :2], f["instances"][0]["keypoints"], rtol=1e-6)
+
+    raw = json.loads((DATA / "topdown_demo_395.json").read_text())
+    assert raw["meta_info"]["dataset_name"] == "coco" and "__ndarray__" in json.dumps(raw["meta_info"])
+    table = read_keypoints(DATA / "topdown_demo_395.json")
+    assert list(table) == [0] and len(table[0]) == len(raw["instance_info"]) == 3  # trimmed from 300
+    for p, d in zip(table[0], raw["instance_info"]):
+        assert p.joint_set == "coco17" and p.score == 1.0  # the demo stores constant box scores
+        np.testing.assert_allclose(p.keypoints[:, :2], d["keypoints"], rtol=1e-6)
