@@ -139,61 +139,35 @@ else
   say "mmpose $MMPOSE already installed"
 fi
 
-# 6. a stand-in torchvision (the registry's wheels are CUDA-linked and do not import next to the CPU torch):
-#    mmpose 1.3.2 imports torchvision.transforms.ToPILImage at import time (mmpose.visualization.simcc_vis),
-#    mmdet's MaxIoUAssigner (training only) calls torchvision.ops.box_iou. The stand-in implements those two
-#    in plain torch; anything else of torchvision is absent and fails with an ImportError naming it.
+# 6. no torchvision (the registry's wheels are CUDA-linked and do not import next to the CPU torch). mmpose
+#    1.3.2 imports it at import time in one place only, mmpose/visualization/simcc_vis.py (ToPILImage, for
+#    drawing SimCC heat-maps); that import is made optional here. (A stand-in torchvision package does not
+#    work: transformers, which the DPMesh network needs, finds it and imports much more of torchvision.)
 SITE=$("$VPY" -c "import sysconfig; print(sysconfig.get_paths()['purelib'])")
-if ! "$VPY" -c "import torchvision" >/dev/null 2>&1 || [ -f "$SITE/torchvision/DPMESH_STANDIN" ]; then
-  if [ ! -f "$SITE/torchvision/DPMESH_STANDIN" ] || ! cmp -s "$0" "$SITE/torchvision/DPMESH_STANDIN"; then
-    say "torchvision stand-in (transforms.ToPILImage, ops.box_iou) in $SITE/torchvision"
-    mkdir -p "$SITE/torchvision/transforms" "$SITE/torchvision/ops"
-    cat > "$SITE/torchvision/__init__.py" <<'PY'
-"""Stand-in for torchvision written by dpmesh's scripts/mmpose_env.sh: only what mmpose / mmdet import."""
-__version__ = "0.0.0+dpmesh.standin"
-PY
-    cat > "$SITE/torchvision/transforms/__init__.py" <<'PY'
-import numpy as np
-from PIL import Image
+if [ -f "$SITE/torchvision/DPMESH_STANDIN" ]; then
+  say "removing the torchvision stand-in an earlier version of this script installed"
+  rm -rf "$SITE/torchvision"
+  did+=("torchvision stand-in removed")
+fi
+SIMCC="$SITE/mmpose/visualization/simcc_vis.py"
+if grep -q "^from torchvision.transforms import ToPILImage" "$SIMCC"; then
+  say "mmpose: torchvision import in visualization/simcc_vis.py made optional"
+  "$VPY" - "$SIMCC" <<'EOF2'
+import sys
+from pathlib import Path
 
-
-class ToPILImage:
-    """(C, H, W) tensor or (H, W, C) array -> PIL image (floats in [0, 1] scaled to 0..255)."""
-
-    def __init__(self, mode=None):
-        self.mode = mode
-
-    def __call__(self, pic):
-        a = pic.detach().cpu().numpy() if hasattr(pic, "detach") else np.asarray(pic)
-        if hasattr(pic, "detach") and a.ndim == 3:
-            a = a.transpose(1, 2, 0)
-        if a.dtype.kind == "f":
-            a = np.clip(a * 255.0, 0, 255).astype(np.uint8)
-        if a.ndim == 3 and a.shape[2] == 1:
-            a = a[:, :, 0]
-        return Image.fromarray(a, mode=self.mode)
-PY
-    cat > "$SITE/torchvision/ops/__init__.py" <<'PY'
-import torch
-
-
-def box_iou(boxes1: torch.Tensor, boxes2: torch.Tensor) -> torch.Tensor:
-    """IoU of (N, 4) and (M, 4) x0, y0, x1, y1 boxes -> (N, M)."""
-    area1 = (boxes1[:, 2] - boxes1[:, 0]) * (boxes1[:, 3] - boxes1[:, 1])
-    area2 = (boxes2[:, 2] - boxes2[:, 0]) * (boxes2[:, 3] - boxes2[:, 1])
-    lt = torch.max(boxes1[:, None, :2], boxes2[:, :2])
-    rb = torch.min(boxes1[:, None, 2:], boxes2[:, 2:])
-    wh = (rb - lt).clamp(min=0)
-    inter = wh[..., 0] * wh[..., 1]
-    return inter / (area1[:, None] + area2 - inter)
-PY
-    cp "$0" "$SITE/torchvision/DPMESH_STANDIN"
-    did+=("torchvision stand-in")
-  else
-    say "torchvision stand-in already in place"
-  fi
+p = Path(sys.argv[1])
+s = p.read_text()
+s = s.replace("from torchvision.transforms import ToPILImage\n",
+              "try:  # made optional by dpmesh's scripts/mmpose_env.sh: no torchvision in this environment\n"
+              "    from torchvision.transforms import ToPILImage\n"
+              "except ImportError:\n"
+              "    ToPILImage = None\n", 1)
+p.write_text(s)
+EOF2
+  did+=("mmpose simcc_vis import patched")
 else
-  say "a real torchvision imports: kept"
+  say "mmpose's simcc_vis torchvision import already optional"
 fi
 
 # 7. check: the adapter imports mmpose and builds an inferencer from a shipped config
