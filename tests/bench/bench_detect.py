@@ -111,6 +111,9 @@ def main() -> None:
             sess = ort.InferenceSession(sess_path, so, providers=["CPUExecutionProvider"])
             feed = {"images": x_np}
             calls["onnxruntime"] = lambda sess=sess, feed=feed: sess.run(None, feed)
+            # a torch call between the two onnxruntime ones, so neither starts while the other's thread pool
+            # is still spin-waiting from its previous run (onnxruntime's default): same conditions for both
+            calls["torch (spacer)"] = calls["torch"]
         times: dict[str, list[float]] = {k: [] for k in calls}
         with torch.inference_mode():
             for fn in calls.values():
