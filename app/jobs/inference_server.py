@@ -18,7 +18,7 @@ from typing import Any
 from dpmesh_core.errors import DPMeshError
 
 from .ipc import ConnectionLost, ImageRef, ImageSlots, portable, portable_value
-from .protocol import DEFAULT_DETECTOR, DEFAULT_ESTIMATOR
+from .protocol import DEFAULT_ESTIMATOR
 
 log = logging.getLogger(__name__)
 
@@ -31,11 +31,12 @@ def build_estimator(spec: tuple[str, str | None]) -> Any:
     return api.make_estimator(kind, model_path=model_path)
 
 
-def build_detector(name: str = DEFAULT_DETECTOR) -> Any:
-    """``api.get_detector(name)``."""
+def build_detector(name: str | None = None) -> Any:
+    """The detector the user's settings choose (``api.configured_detector``: YOLO11n-pose, or their mmpose
+    model from the Models dialog); ``name`` forces one by name (``api.get_detector``)."""
     from dpmesh_core import api
 
-    return api.get_detector(name)
+    return api.get_detector(name) if name else api.configured_detector()
 
 
 class InferenceContext:

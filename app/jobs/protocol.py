@@ -22,7 +22,6 @@ from dpmesh_core.types import Camera, MeshResult, Person
 # place that names it (the Session's estimation controller, the worker and the process start from it).
 DEFAULT_ESTIMATOR: tuple[str, str | None] = ("fit", None)
 ESTIMATOR_KINDS = ("fit", "dpmesh")
-DEFAULT_DETECTOR = "yolo"
 MIN_VISIBLE_JOINTS = 2  # a person needs this many visible key-points to be estimated
 TOO_FEW_JOINTS = f"needs at least {MIN_VISIBLE_JOINTS} visible key-points"
 

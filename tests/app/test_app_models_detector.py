@@ -35,8 +35,12 @@ def test_models_dialog_detector_choice(qapp, qtbot, tmp_path, isolated_home, mon
 
     # what the app's inference worker gets from these settings
     if importlib.util.find_spec("mmpose") is None:
+        from app.jobs.inference_server import build_detector
+
         with pytest.raises(ModelFilesMissingError, match="mmpose"):
             api.configured_detector(mf)
+        with pytest.raises(ModelFilesMissingError, match="mmpose"):  # the app's inference worker builds the same
+            build_detector()
         checks = api.check_mmpose(mf.mmpose_pose_config, mf.mmpose_pose_checkpoint)
         assert not checks[0].ok and "mmpose_env.sh" in checks[0].fix
         assert not checks[1].ok and "does not import" in checks[1].detail
