@@ -42,7 +42,7 @@ def _median_s(fn, repeats: int, sync) -> float:
 
 
 def run_one(dtype_name: str, batches: list[int], repeats: int, device: str, threads: int | None,
-            preset_name: str = "sd15") -> dict:
+            preset_name: str = "sd15", merge_lora: bool = True) -> dict:
     import torch
 
     from dpmesh_core.body import load_body_model
@@ -69,6 +69,8 @@ def run_one(dtype_name: str, batches: list[int], repeats: int, device: str, thre
         torch.set_default_dtype(old)
     for m in (bare_vae, bare_cn, bare_unet):
         m.to(device=device, dtype=dtype)
+    if merge_lora:  # as DPMeshPredictor runs it (merge_lora=True): LoRA folded into the U-Net weights
+        net.backbone.merge_lora()
     net.to(device=device, dtype=dtype)
     body = load_body_model("synthetic-smpl", device=device)
     build_s = time.perf_counter() - t0
@@ -125,18 +127,22 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--preset", default="sd15", help="network size (sd15 released; tiny for a quick look)")
+    ap.add_argument("--lora", default="merged", choices=["merged", "peft"],
+                    help="merged (as the predictor runs it, default) or the unmerged peft adapter (training)")
     ap.add_argument("--one", help=argparse.SUPPRESS)  # internal: run one dtype, print JSON
     a = ap.parse_args()
     batches = [int(x) for x in a.batches.split(",")]
     if a.one:
-        print("RESULT " + json.dumps(run_one(a.one, batches, a.repeats, a.device, a.threads or None, a.preset)))
+        print("RESULT " + json.dumps(run_one(a.one, batches, a.repeats, a.device, a.threads or None, a.preset,
+                                             a.lora == "merged")))
         return
-    print(f"DPMesh {a.preset} network, random weights, device {a.device}; median of {a.repeats} after 1 warm-up")
+    print(f"DPMesh {a.preset} network (LoRA {a.lora}), random weights, device {a.device}; median of {a.repeats} "
+          "after 1 warm-up")
     print(f"{'dtype':6} {'batch':>5} {'full ms/person':>15} {'re-run ms/person':>17} {'bare diffusers':>15} "
           f"{'full/bare':>9}")
     for dname in a.dtypes.split(","):
         cmd = [sys.executable, __file__, "--one", dname, "--batches", a.batches, "--repeats", str(a.repeats),
-               "--device", a.device, "--threads", str(a.threads), "--preset", a.preset]
+               "--device", a.device, "--threads", str(a.threads), "--preset", a.preset, "--lora", a.lora]
         proc = subprocess.run(cmd, capture_output=True, text=True)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if proc.returncode or line is None:
