@@ -101,24 +101,8 @@ class ModelsDialog(QDialog):
         grid = QGridLayout()
         self.edits: dict[str, QLineEdit] = {}
         self.status: dict[str, QLabel] = {}
-        for r, (name, label, filt, folder_ok, hint) in enumerate(FIELDS):
-            grid.addWidget(QLabel(label), r, 0)
-            e = QLineEdit(getattr(self.files, name) or "")
-            e.setToolTip(hint)
-            e.setPlaceholderText(hint)
-            e.textChanged.connect(self.update_status)
-            self.edits[name] = e
-            grid.addWidget(e, r, 1)
-            b = QPushButton("File…")
-            b.clicked.connect(lambda _c=False, n=name, f=filt: self._browse(n, f, False))
-            grid.addWidget(b, r, 2)
-            if folder_ok:
-                b2 = QPushButton("Folder…")
-                b2.clicked.connect(lambda _c=False, n=name: self._browse(n, "", True))
-                grid.addWidget(b2, r, 3)
-            st = QLabel()
-            self.status[name] = st
-            grid.addWidget(st, r, 4)
+        for r, field in enumerate(FIELDS):
+            self._file_row(grid, r, *field, status_column=4)
         det_box = QGroupBox("2-D detector")
         det_grid = QGridLayout(det_box)
         self.detector = QComboBox()
@@ -130,20 +114,8 @@ class ModelsDialog(QDialog):
         self.detector.currentIndexChanged.connect(self.update_status)
         det_grid.addWidget(QLabel("Detector"), 0, 0)
         det_grid.addWidget(self.detector, 0, 1)
-        for r, (name, label, filt, _folder_ok, hint) in enumerate(MMPOSE_FIELDS, start=1):
-            det_grid.addWidget(QLabel(label), r, 0)
-            e = QLineEdit(getattr(self.files, name) or "")
-            e.setToolTip(hint)
-            e.setPlaceholderText(hint)
-            e.textChanged.connect(self.update_status)
-            self.edits[name] = e
-            det_grid.addWidget(e, r, 1)
-            b = QPushButton("File…")
-            b.clicked.connect(lambda _c=False, n=name, f=filt: self._browse(n, f, False))
-            det_grid.addWidget(b, r, 2)
-            st = QLabel()
-            self.status[name] = st
-            det_grid.addWidget(st, r, 3)
+        for r, field in enumerate(MMPOSE_FIELDS, start=1):
+            self._file_row(det_grid, r, *field, status_column=3)
         self.doctor = QTextBrowser()
         self.doctor.setPlaceholderText("Run the full check to see every component, like `dpmesh doctor`.")
         run = QPushButton("Run full check (dpmesh doctor)")
@@ -158,6 +130,27 @@ class ModelsDialog(QDialog):
         lay.addWidget(self.doctor, 1)
         lay.addWidget(buttons)
         self.update_status()
+
+    def _file_row(self, grid: QGridLayout, r: int, name: str, label: str, filt: str, folder_ok: bool, hint: str,
+                  *, status_column: int) -> None:
+        """One model-file row: label, path field, File… (and Folder…) buttons, status."""
+        grid.addWidget(QLabel(label), r, 0)
+        e = QLineEdit(getattr(self.files, name) or "")
+        e.setToolTip(hint)
+        e.setPlaceholderText(hint)
+        e.textChanged.connect(self.update_status)
+        self.edits[name] = e
+        grid.addWidget(e, r, 1)
+        b = QPushButton("File…")
+        b.clicked.connect(lambda _c=False, n=name, f=filt: self._browse(n, f, False))
+        grid.addWidget(b, r, 2)
+        if folder_ok and status_column > 3:
+            b2 = QPushButton("Folder…")
+            b2.clicked.connect(lambda _c=False, n=name: self._browse(n, "", True))
+            grid.addWidget(b2, r, 3)
+        st = QLabel()
+        self.status[name] = st
+        grid.addWidget(st, r, status_column)
 
     def _browse(self, name: str, filt: str, folder: bool) -> None:
         if folder:
