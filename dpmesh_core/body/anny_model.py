@@ -251,6 +251,8 @@ class AnnyBody(BodyModel):
             self._levels.append((nodes[0], nodes[-1] + 1, torch.tensor(par)))
         self.register_buffer("_node_pose_order", torch.tensor(order), persistent=False)
         self.register_buffer("_node_bones", torch.tensor(node_bones), persistent=False)
+        #: for every Anny bone, the index of the pose node that moves it (its nearest posed ancestor or itself)
+        self.node_of_bone = np.array(node_of_bone)
         self.register_buffer("_node_parent_bones", torch.tensor([node_parent_bone(b) for b in node_bones[1:]]),
                              persistent=False)
         group = torch.zeros(len(active), len(node_bones), dtype=dtype)

@@ -122,18 +122,6 @@ def _rodrigues(aa: np.ndarray) -> np.ndarray:
 
 
 # ---------------------------------------------------------------------------------------------- Anny
-def _anny_node_of_bone(body) -> np.ndarray:
-    parents = list(body.anny.bone_parents)
-    nodes = [int(b) for b in body._node_bones.tolist()]
-    out = []
-    for b in range(len(parents)):
-        a = b
-        while a not in nodes:
-            a = parents[a]
-        out.append(nodes.index(a))
-    return np.array(out)
-
-
 def _anny_rig(body, betas: np.ndarray, rig_names: str) -> Rig:
     m = body.anny
     with torch.no_grad():
@@ -168,7 +156,7 @@ def _anny_skin(body, params: Sequence[BodyParams], betas: np.ndarray) -> np.ndar
         G, t = G.double().cpu().numpy(), t.double().cpu().numpy()
         t0 = sc["t0"][0].double().cpu().numpy()  # (N, 3)
         T0 = sc["T0"][0].double().cpu().numpy()  # (Nb, 4, 4)
-    nob = _anny_node_of_bone(body)
+    nob = body.node_of_bone
     X = _homogeneous(G, t - np.einsum("tnij,nj->tni", G, t0))  # node transforms (T, N, 4, 4)
     M = X[:, nob] @ T0[None]  # (T, Nb, 4, 4) Anny-frame skinning transforms
     Cm = _homogeneous(_C, np.zeros(3))
