@@ -302,18 +302,15 @@ def restore_results(
 
 
 def crop_box(person: Person, image_size: tuple[int, int], scale: float = 1.1) -> np.ndarray:
-    """The square crop box DPMesh uses for a person ((4,) pixels): tight box of the visible key-points
-    widened ×1.2, clipped to the image, squared, scaled ×``scale`` (spec §2.1). Falls back to the
-    person's box when fewer than 2 key-points are visible."""
+    """The square crop box DPMesh takes for a person ((4,) x0, y0, x1, y1 pixels), by the release's rule
+    (``model.preprocess.person_crop_box``: valid joints at conf > 0.05, widened ×1.2, brought inside the image
+    the release's way, squared, ×``scale``). Falls back to the person's own box, squared, when no key-point is
+    valid."""
     from .geometry import square_box
+    from .model.preprocess import person_crop_box
 
-    try:
-        if int(person.visible.sum()) < 2:
-            raise ValueError
-        box = Person.box_from_keypoints(person.keypoints, person.visible, pad=1.2)
-    except ValueError:
-        box = person.box
-    return square_box(box, scale=scale, image_size=image_size)
+    box = person_crop_box(person, image_size, scale)
+    return box if box is not None else square_box(person.box, scale=scale, image_size=image_size)
 
 
 def crop_image(image: np.ndarray, box: np.ndarray, size: int = 256) -> np.ndarray:

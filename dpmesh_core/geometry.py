@@ -12,8 +12,9 @@ import numpy as np
 
 
 def square_box(box: np.ndarray, scale: float = 1.0, image_size: tuple[int, int] | None = None) -> np.ndarray:
-    """DPMesh ``process_bbox``: clip to the image (if given), grow the shorter side to 1:1, scale about
-    the centre. box (4,) (x0, y0, x1, y1) pixels → (4,) square box, pixels."""
+    """Clip to the image (if given), grow the shorter side to 1:1, scale about the centre. box (4,)
+    (x0, y0, x1, y1) pixels → (4,) square box, pixels. (The training crops use this; the DPMesh network's
+    inference crops follow the release's own ``process_bbox`` exactly: ``model.preprocess``.)"""
     x0, y0, x1, y1 = [float(v) for v in box]
     if image_size is not None:
         w, h = image_size

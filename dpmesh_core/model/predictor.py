@@ -29,10 +29,10 @@ from ..body.base import BodyModel
 from ..devices import resolve_device_dtype  # the core's one device/dtype policy (re-exported here)
 from ..errors import ConfigError, DPMeshError, EstimationError, InputError, ModelFilesMissingError
 from ..geometry import project
-from ..types import VISIBLE_THRESHOLD, BodyParams, Camera, MeshResult, Person
+from ..types import BodyParams, Camera, MeshResult, Person
 from .camera import place_in_image, release_principal, release_render_translation
 from .network import CONFIG_NAME, DPMeshNetwork, load_network
-from .preprocess import CONF_THRESHOLD, corners_to_xywh, crop_image, prepare_person
+from .preprocess import CONF_THRESHOLD, corners_to_xywh, crop_image, prepare_person, release_confidence
 
 log = logging.getLogger(__name__)
 
@@ -59,23 +59,6 @@ def smpl_arrays_from_official(smpl: dict[str, np.ndarray]) -> dict[str, np.ndarr
         }
     except (KeyError, ValueError, TypeError) as e:
         raise InputError(f"checkpoint SMPL buffers incomplete or malformed ({e})") from e
-
-
-def release_confidence(person: Person) -> np.ndarray:
-    """(J,) the confidences the DPMesh network sees, under the release's own rule (valid = conf > 0.05).
-
-    The project's display/fitting rule counts a joint as visible above ``types.VISIBLE_THRESHOLD`` (0.5); the
-    release was trained and evaluated on every detected joint above 0.05, so the network gets the raw
-    confidence. Only an explicit "not visible" — a joint the user marked occluded (``edited``), or one whose
-    confidence is high but is flagged invisible by its source (e.g. a COCO v=1 label) — is zeroed; so are
-    non-finite points.
-    """
-    kp = np.asarray(person.keypoints, np.float32)
-    conf = np.nan_to_num(kp[:, 2], nan=0.0)
-    finite = np.isfinite(kp).all(axis=1)
-    implied = ~np.asarray(person.edited, bool) & (conf <= VISIBLE_THRESHOLD)  # invisible only by confidence
-    return np.where(finite & (np.asarray(person.visible, bool) | implied), np.clip(conf, 0.0, None), 0.0
-                    ).astype(np.float32)
 
 
 @dataclass

@@ -34,6 +34,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..body import joints as J
+from ..types import VISIBLE_THRESHOLD
 
 #: A joint is valid when its confidence is above this (``PW3D.conf_thr``). The DPMesh network uses this
 #: rule on every key-point source; it is the release's, and it is lower than the detector's own.
@@ -232,3 +233,31 @@ def prepare_person(keypoints: np.ndarray, joint_set: str, image_size: tuple[int,
     Ainv = crop_affine(bbox, input_size, inverse=True)
     g = joints_to_grid(kp30, A, input_size, grid)
     return PreparedPerson(kp30, valid, bbox, A, Ainv, g, joints_mask(g, valid, grid))
+
+def release_confidence(person) -> np.ndarray:
+    """(J,) the confidences the DPMesh network sees, under the release's own rule (valid = conf > 0.05).
+
+    The project's display/fitting rule counts a joint as visible above ``types.VISIBLE_THRESHOLD`` (0.5); the
+    release was trained and evaluated on every detected joint above 0.05, so the network gets the raw
+    confidence. Only an explicit "not visible" — a joint the user marked occluded (``edited``), or one whose
+    confidence is high but is flagged invisible by its source (e.g. a COCO v=1 label) — is zeroed; so are
+    non-finite points.
+    """
+    kp = np.asarray(person.keypoints, np.float32)
+    conf = np.nan_to_num(kp[:, 2], nan=0.0)
+    finite = np.isfinite(kp).all(axis=1)
+    implied = ~np.asarray(person.edited, bool) & (conf <= VISIBLE_THRESHOLD)  # invisible only by confidence
+    return np.where(finite & (np.asarray(person.visible, bool) | implied), np.clip(conf, 0.0, None), 0.0
+                    ).astype(np.float32)
+
+
+def person_crop_box(person, image_size: tuple[int, int], scale: float = BOX_SCALE_TEST) -> np.ndarray | None:
+    """The square crop box (x0, y0, x1, y1) the DPMesh network takes for a ``types.Person`` under the release's
+    rule (``release_confidence``, ``bbox_from_joints``, ``process_bbox``); None when no joint is valid."""
+    kp = np.asarray(person.keypoints, np.float32)
+    w = release_confidence(person)
+    kp30 = keypoints_to_smpl30(np.concatenate([np.nan_to_num(kp[:, :2]), w[:, None]], axis=1), person.joint_set)
+    valid = joint_valid(kp30)
+    if not valid.any():
+        return None
+    return xywh_to_corners(process_bbox(bbox_from_joints(kp30, valid), image_size, scale=scale))
