@@ -346,15 +346,23 @@ class AnnyBody(BodyModel):
 
     def pose_prior(self, body_pose: torch.Tensor) -> torch.Tensor:
         """(B,) Σ (θ/σ)², zero-mean Gaussian on the 57 axis-angle values, σ = ``ANNY_POSE_STD`` per bone."""
-        return ((body_pose / self._pose_std) ** 2).sum(-1)
+        return (self.pose_prior_residuals(body_pose) ** 2).sum(-1)
+
+    def pose_prior_residuals(self, body_pose: torch.Tensor) -> torch.Tensor:
+        """(B, 57) θ/σ."""
+        return body_pose / self._pose_std
 
     def joint_limit_penalty(self, body_pose: torch.Tensor) -> torch.Tensor:
         """(B,) Σ squared excess (radians²) outside ``ANNY_HINGE_LIMITS`` / ``ANNY_BOX_LIMITS``."""
+        return (self.joint_limit_residuals(body_pose) ** 2).sum(-1)
+
+    def joint_limit_residuals(self, body_pose: torch.Tensor) -> torch.Tensor:
+        """(B, 2·57) the excess below and above the limits of each component in the limit frames."""
         aa = body_pose.reshape(body_pose.shape[0], -1, 3)
         comp = torch.einsum("pij,bpj->bpi", self._lim_frames, aa)
         lo = torch.nn.functional.relu(self._lim_lo - comp)
         hi = torch.nn.functional.relu(comp - self._lim_hi)
-        return (lo**2 + hi**2).sum((-1, -2))
+        return torch.cat([lo.flatten(1), hi.flatten(1)], 1)
 
     def phenotype_coefficients(self, betas: torch.Tensor) -> torch.Tensor:
         """(B, C) Anny blend-shape coefficients of phenotype values (B, 6)."""

@@ -83,3 +83,16 @@ class BodyModel(torch.nn.Module):
     def joint_limit_penalty(self, body_pose: torch.Tensor) -> torch.Tensor:
         """(B,) penalty, 0 inside the anatomical joint-angle limits, growing quadratically outside."""
         return body_pose.new_zeros(body_pose.shape[0])
+
+    # Residual forms of the two pose penalties (``penalty == (residuals ** 2).sum(-1)``), for least-squares
+    # solvers (the fitter's Gauss-Newton warm re-fit). A model whose penalties are sums of squares returns
+    # the terms; the defaults here are the square roots of the penalties (one residual each), exact for
+    # the value and usable for any model, but with a rank-one Jacobian.
+
+    def pose_prior_residuals(self, body_pose: torch.Tensor) -> torch.Tensor:
+        """(B, M) residuals whose squares sum to ``pose_prior``."""
+        return (self.pose_prior(body_pose).clamp_min(0) + 1e-12).sqrt()[:, None]
+
+    def joint_limit_residuals(self, body_pose: torch.Tensor) -> torch.Tensor:
+        """(B, M) residuals whose squares sum to ``joint_limit_penalty``."""
+        return (self.joint_limit_penalty(body_pose).clamp_min(0) + 1e-12).sqrt()[:, None]

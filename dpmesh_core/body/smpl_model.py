@@ -429,15 +429,23 @@ class SMPLBody(BodyModel):
 
     def pose_prior(self, body_pose: torch.Tensor) -> torch.Tensor:
         """(B,) Σ (θ/σ)² over the 69 axis-angle values, σ = ``SMPL_POSE_STD`` per joint (zero mean)."""
-        return ((body_pose / self._pose_std) ** 2).sum(-1)
+        return (self.pose_prior_residuals(body_pose) ** 2).sum(-1)
+
+    def pose_prior_residuals(self, body_pose: torch.Tensor) -> torch.Tensor:
+        """(B, 69) θ/σ."""
+        return body_pose / self._pose_std
 
     def joint_limit_penalty(self, body_pose: torch.Tensor) -> torch.Tensor:
         """(B,) Σ squared excess (radians²) of the axis-angle components outside ``SMPL_JOINT_LIMITS``."""
+        return (self.joint_limit_residuals(body_pose) ** 2).sum(-1)
+
+    def joint_limit_residuals(self, body_pose: torch.Tensor) -> torch.Tensor:
+        """(B, 2·69) the excess of each axis-angle component below and above its limits (0 where unlimited)."""
         lo = torch.nn.functional.relu(self._lim_lo - body_pose)
         hi = torch.nn.functional.relu(body_pose - self._lim_hi)
         lo = torch.where(torch.isfinite(self._lim_lo), lo, torch.zeros_like(lo))
         hi = torch.where(torch.isfinite(self._lim_hi), hi, torch.zeros_like(hi))
-        return (lo**2 + hi**2).sum(-1)
+        return torch.cat([lo, hi], 1)
 
 
 def _load_regressor(r: str | os.PathLike | np.ndarray | None) -> np.ndarray | None:

@@ -36,12 +36,19 @@ class FitConfig:
     robust_anneal: tuple[float, ...] = (3.0, 1.0)
     #: cold start, stage 3: shape parameters too, on the best initialisation only (0: shape stays at the mean)
     shape_iters: int = 4
+    #: cold start, stage 4: Levenberg-Marquardt iterations (at most) over orientation, translation and pose,
+    #: shape held: brings the result to the energy's minimum, so that a warm start from it stays put
+    polish_iters: int = 6
     #: warm start (previous result given, e.g. one key-point dragged or the next video frame)
     warm_iters: int = 10
     #: ``refine`` of a network result
     refine_iters: int = 40
     #: "lbfgs" (quasi-Newton with a strong-Wolfe line search: few iterations; the default) or "adam"
     optimizer: Literal["lbfgs", "adam"] = "lbfgs"
+    #: solver of warm starts and ``refine`` (``warm_iters`` / ``refine_iters`` are its maximum iterations):
+    #: "lm" (Levenberg-Marquardt on the residuals, Jacobian by one batched forward difference; converges in
+    #: a few iterations: the drag path) or "gradient" (``optimizer`` with the warm learning rates)
+    warm_solver: Literal["lm", "gradient"] = "lm"
     #: Adam learning rates: rotations (rad/step), translation (in-plane: 100 px units; depth: log-metres),
     #: shape parameters
     lr_rotation: float = 0.05
@@ -89,7 +96,7 @@ class FitConfig:
     output_joint_set: str | None = None
 
     def validate(self) -> None:
-        for name in ("camera_iters", "cold_iters", "shape_iters", "warm_iters", "refine_iters"):
+        for name in ("camera_iters", "cold_iters", "shape_iters", "polish_iters", "warm_iters", "refine_iters"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"must be ≥ 0, got {getattr(self, name)}", name)
         if self.cold_iters + self.camera_iters < 1:
@@ -98,6 +105,8 @@ class FitConfig:
                      "edited_robust_factor"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"must be > 0, got {getattr(self, name)}", name)
+        if self.warm_solver not in ("lm", "gradient"):
+            raise ConfigError(f"must be 'lm' or 'gradient', got {self.warm_solver!r}", "warm_solver")
         if not 0 < self.lr_warm_factor <= 1:
             raise ConfigError(f"must be in (0, 1], got {self.lr_warm_factor}", "lr_warm_factor")
         if not 0 < self.lr_final_factor <= 1:

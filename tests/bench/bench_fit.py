@@ -1,7 +1,9 @@
 """Benchmark of the key-point fitter (dpmesh_core.fit): speed and accuracy on synthetic scenes.
 
 (a) speed: median ms per person for a cold fit (one person per call) and for a warm re-fit after one
-    key-point moved by ~30 px (the drag path), plus a 4-person frame fitted in one call (ms per person);
+    key-point moved by ~30 px (the drag path; target ≤ 30 ms for Anny), by the default Levenberg-Marquardt
+    warm solver and, on the same drags in the same run, by the first-order solver it replaced (time ratio,
+    final energies), plus a 4-person frame fitted in one call (ms per person);
     energy evaluations per call are printed too (a load-independent cost measure).
 (b) accuracy: persons with random plausible poses/shapes (drawn from the body model's priors, inside its
     joint limits), random yaw (any), lean, distance 3-12 m, inside a 1280x720 image with the DPMesh default
@@ -49,6 +51,9 @@ def _clean_kp(uv: np.ndarray) -> np.ndarray:
 def bench_speed(fitter: KeypointFitter, n: int, rng: np.random.Generator) -> None:
     scene = sample_scene(fitter.body, CAM, n + 4, rng)
     cold_ms, warm_ms, cold_ev, warm_ev, follow = [], [], [], [], []
+    # the same drags re-fitted by the first-order warm solver (what the drag path ran before), side by side
+    grad = KeypointFitter(fitter.body, dataclasses.replace(fitter.config, warm_solver="gradient"))
+    grad_ms, grad_ev, grad_follow, lm_loss, grad_loss = [], [], [], [], []
     wrist = J.index("coco17", "R_Wrist")
     fitter.estimate(None, [_person(_clean_kp(scene[0].joints2d))], camera=CAM)  # warm-up
     for sp in scene[:n]:
@@ -69,6 +74,14 @@ def bench_speed(fitter: KeypointFitter, n: int, rng: np.random.Generator) -> Non
         warm_ms.append((time.perf_counter() - t0) * 1e3)
         follow.append(float(np.linalg.norm(res2.keypoints2d[wrist] - kp2[wrist, :2])))
         warm_ev.append(fitter.evaluations - e0)
+        e0 = grad.evaluations
+        t0 = time.perf_counter()
+        res3 = grad.estimate(None, [dragged], camera=CAM, previous=[res])[0]
+        grad_ms.append((time.perf_counter() - t0) * 1e3)
+        grad_ev.append(grad.evaluations - e0)
+        grad_follow.append(float(np.linalg.norm(res3.keypoints2d[wrist] - kp2[wrist, :2])))
+        lm_loss.append(res2.loss)
+        grad_loss.append(res3.loss)
     _warm_breakdown(fitter, [(dataclasses.replace(_person(_clean_kp(sp.joints2d)), edited=np.eye(17, dtype=bool)[wrist],
                                                  source="user"), None) for sp in scene[:n]])
     frame = [_person(_clean_kp(sp.joints2d)) for sp in scene[n:n + 4]]
@@ -80,6 +93,10 @@ def bench_speed(fitter: KeypointFitter, n: int, rng: np.random.Generator) -> Non
     print(f"  warm re-fit (drag 30 px): median {np.median(warm_ms):7.1f} ms  (p90 {np.quantile(warm_ms, .9):.1f}; "
           f"{np.median(warm_ev):.0f} evaluations; the dragged wrist lands {np.median(follow):.1f} px from where it "
           f"was dropped, median, p90 {np.quantile(follow, .9):.1f})")
+    print(f"  warm re-fit, first-order solver (before), same drags: median {np.median(grad_ms):7.1f} ms (p90 "
+          f"{np.quantile(grad_ms, .9):.1f}; {np.median(grad_ev):.0f} evaluations; wrist {np.median(grad_follow):.1f} px); "
+          f"Levenberg-Marquardt / first-order time ratio {np.median(np.array(warm_ms) / np.array(grad_ms)):.2f}, "
+          f"final energy LM {np.median(lm_loss):.2f} vs {np.median(grad_loss):.2f}")
     print(f"  cold fit, 4-person frame: {frame_ms:7.1f} ms per person")
 
 
@@ -108,11 +125,13 @@ def _warm_breakdown(fitter: KeypointFitter, persons: list) -> None:
 
     body = cum(lambda k: "/body/" in k[0] and k[2] == "forward")
     backward = cum(lambda k: k[2] == "run_backward" or k[2] == "_engine_run_backward")
-    energy = cum(lambda k: k[0].endswith("fitter.py") and k[2] == "_energy")
+    energy = cum(lambda k: k[0].endswith("fitter.py") and k[2] in ("_energy", "_residuals"))
     finish = cum(lambda k: k[0].endswith("fitter.py") and k[2] == "_finish")
+    setup = cum(lambda k: k[0].endswith("fitter.py") and k[2] in ("_problem", "_depths"))
     print(f"  warm re-fit breakdown (profiled, {wall:.1f} ms per fit under the profiler): body forward (all calls) "
-          f"{body:.1f} | backward {backward:.1f} | rest of the energy {max(energy - body, 0):.1f} | result (final "
-          f"skinning, mesh) {finish:.1f} | optimiser and other Python {max(wall - energy - backward - finish, 0):.1f} ms")
+          f"{body:.1f} | backward {backward:.1f} | rest of the energy / residuals {max(energy - body, 0):.1f} | "
+          f"problem set-up {setup:.1f} | result (final skinning, mesh, quality) {finish:.1f} | solver and other "
+          f"Python {max(wall - energy - backward - finish - setup, 0):.1f} ms")
 
 
 def bench_accuracy(fitter: KeypointFitter, n: int, rng: np.random.Generator, noisy: bool) -> None:

@@ -341,3 +341,59 @@ def test_results_from_params_rebuild_what_the_fit_returned(fitter, cold):
     wrong = dataclasses.replace(results[0].params, model="anny")
     with pytest.raises(ConfigError, match="anny"):
         fitter.results_from_params([wrong], [results[0].camera])
+
+
+@pytest.mark.parametrize("name", ["synthetic-smpl", "anny"])
+def test_least_squares_residuals_are_the_energy(name):
+    """The warm re-fit's Gauss-Newton solver minimises ``_residuals``: their squares must sum to the
+    energy the first-order stages minimise (``_energy``, priors and the temporal pull included; the shape
+    prior is constant there since the shape is held), and each body model's residual forms to its priors."""
+    import torch
+
+    body = load_body_model(name)
+    rng = np.random.default_rng(5)
+    bp = torch.as_tensor(rng.normal(0, 0.8, (4, body.pose_dim)), dtype=torch.float32)  # far outside some limits
+    assert torch.allclose((body.pose_prior_residuals(bp) ** 2).sum(-1), body.pose_prior(bp), rtol=1e-5)
+    assert torch.allclose((body.joint_limit_residuals(bp) ** 2).sum(-1), body.joint_limit_penalty(bp), rtol=1e-5)
+    assert float(body.joint_limit_penalty(bp).min()) > 0  # the check above is not 0 == 0
+
+    f = KeypointFitter(body)
+    sp = sample_scene(body, CAM, 2, rng, depth_range=(3.0, 8.0))
+    persons = [_person(s.joints2d) for s in sp]
+    persons[1] = dataclasses.replace(persons[1], edited=np.eye(17, dtype=bool)[3])  # a hand-placed point
+    plans = [f._plan("coco17")] * 2
+    weights = [p.weights * plans[0].modelled for p in persons]
+    pr = f._problem([0, 1], persons, [CAM] * 2, plans, weights, ("coco17",), {"coco17": 0}, 17)
+    go = torch.as_tensor(rng.normal(0, 1, (2, 3)), dtype=torch.float32)
+    be = body.mean_betas(2)
+    uvl = torch.cat([torch.as_tensor(rng.normal(0, 1, (2, 2)), dtype=torch.float32), pr.log_z0[:, None] + 0.2], 1)
+    pr.prev = {"R": torch.eye(3).expand(2, 3, 3), "bp": bp[:2] * 0.5, "be": be, "transl": torch.ones(2, 3)}
+    pr.prev_weight = 3.0
+    p = {"go": go, "bp": bp[:2], "be": be, "uvl": uvl}
+    with torch.no_grad():
+        e = f._energy(go, bp[:2], be, uvl, pr, ("coco17",), pr.weight, True)
+        shape = f.config.shape_prior_weight * body.shape_prior(be)
+        r = f._residuals(p, pr, ("coco17",))
+    assert torch.allclose((r**2).sum(1), e - shape, rtol=1e-4)
+
+
+def test_gauss_newton_warm_refit_reaches_the_minimum_in_few_evaluations(body, scene):
+    """A drag re-fit: Levenberg-Marquardt (the default warm solver) ends at a lower energy than ten
+    quasi-Newton iterations, with at most half their evaluations; both follow the dragged wrist."""
+    j = J.index("coco17", "R_Wrist")
+    lm = KeypointFitter(body)
+    grad = KeypointFitter(body, FitConfig(warm_solver="gradient"))
+    start = lm.estimate(None, [_person(scene[1].joints2d)], camera=CAM)[0]
+    uv = scene[1].joints2d.copy()
+    uv[j] += (24.0, 18.0)
+    moved = dataclasses.replace(_person(uv), edited=np.eye(17, dtype=bool)[j], source="user")
+    out = {}
+    for name, f in (("lm", lm), ("gradient", grad)):
+        e0 = f.evaluations
+        out[name] = (f.estimate(None, [moved], camera=CAM, previous=[start])[0], f.evaluations - e0)
+    (r_lm, n_lm), (r_gr, n_gr) = out["lm"], out["gradient"]
+    assert r_lm.loss <= r_gr.loss + 1e-3
+    assert n_lm * 2 <= n_gr
+    before = np.linalg.norm(start.keypoints2d[j] - uv[j])
+    for r in (r_lm, r_gr):
+        assert np.linalg.norm(r.keypoints2d[j] - uv[j]) < 0.5 * before
