@@ -18,7 +18,7 @@ from PySide6.QtWidgets import (
 
 from ..document import Document
 from ..editor import Editor
-from .image_view import JointTables, person_color
+from .skeletons import JointTables, person_color
 
 
 class PersonsPanel(QWidget):

@@ -286,7 +286,7 @@ j = int(np.argmax(p.weights))
 for k in range(3):  # a drag: moves, then the release
     Editor(doc).move_keypoint(uid, j, (float(p.keypoints[j, 0]) + 5 * k + 5, float(p.keypoints[j, 1])), drag_id=7)
 spin(lambda: doc.result(uid) is not old and doc.result(uid) is not None and not s.is_busy(), "re-estimation")
-from app.widgets.image_view import JointTables
+from app.widgets.skeletons import JointTables
 pid = s.inference.server_pid
 s.shutdown()
 print("RESULT", len(doc.persons()), sum(r is not None for r in doc.results()), "limbs" if JointTables.get("coco17")[1] else "none",
