@@ -15,7 +15,12 @@ Per frame:
 1. **Persons**: the detector's, or the ones given (a key-point file's, or the user's edited persons of that
    frame: those keep their ``track_id``, see ``Tracker.update``).
 2. **Tracking** (``Tracker``: Kalman motion model, two-stage association, key-point OKS, re-identification
-   after a gap of up to ``max_age`` frames, ids never reused).
+   after a gap of up to ``max_age`` frames, ids never reused). A track that vanishes behind another track's
+   box is kept as *occluded* (its box follows the person in front, for up to 10 s; ``PipelineFrame.occluded``
+   and ``dpmesh predict``'s track summary report the spans) and a person emerging there gets its id back.
+   **Rescue pass** (``rescue_hidden``, detected frames only): where a hidden track is expected, a
+   low-threshold second look of the detector (``detect_in_boxes``); a pose found there that is a different
+   person from every detection of the frame is added with ``source == "rescue"``.
 3. **Estimation**, warm-started only from the *same track's* result of the *previous processed frame* (a
    track absent from it starts cold). With key-point fitting, a warm fit whose re-projection error is above
    ``refit_threshold`` (fraction of the person's box height; ``refit="always"``: every warm fit) is checked
@@ -48,7 +53,12 @@ if TYPE_CHECKING:  # pragma: no cover
 
 log = logging.getLogger(__name__)
 
-__all__ = ["FramePipeline", "PipelineFrame", "Truncation", "reprojection_errors"]
+__all__ = ["FramePipeline", "PipelineFrame", "Truncation", "reprojection_errors", "rescue_hidden", "occlusion_spans",
+           "RESCUE_SOURCE"]
+
+#: ``Person.source`` of a person the rescue pass found (a low-threshold second look where a hidden track is
+#: expected): shown as such by the app and in ``dpmesh predict``'s events.
+RESCUE_SOURCE = "rescue"
 
 
 @dataclass(frozen=True)
@@ -59,7 +69,10 @@ class PipelineFrame:
     tracking). results: one ``MeshResult`` or ``EstimationError`` per person (same order; each
     ``MeshResult.track_id`` is its person's). given: the persons were supplied (key-point file, user edits),
     not detected. refit: indices of persons whose warm-started fit was replaced by a cold fit. image: the
-    frame's pixels when the pipeline keeps them (``keep_images``), else None.
+    frame's pixels when the pipeline keeps them (``keep_images``), else None. occluded: ((track id, occluder's
+    track id), ...) for the tracks known to be on this frame but hidden behind another track, with no
+    key-points and no mesh here (``Tracker.occluded``). Persons the rescue pass found have
+    ``source == RESCUE_SOURCE``.
     """
 
     frame: int
@@ -68,10 +81,16 @@ class PipelineFrame:
     given: bool = False
     refit: tuple[int, ...] = ()
     image: np.ndarray | None = None
+    occluded: tuple[tuple[int, int], ...] = ()
 
     @property
     def track_ids(self) -> list[int | None]:
         return [p.track_id for p in self.persons]
+
+    @property
+    def rescued(self) -> list[int]:
+        """Indices of the persons the rescue pass found."""
+        return [i for i, p in enumerate(self.persons) if p.source == RESCUE_SOURCE]
 
 
 @dataclass(frozen=True)
@@ -102,6 +121,94 @@ def reprojection_errors(result: MeshResult, person: Person) -> np.ndarray:
     return err
 
 
+def rescue_hidden(tracker: Any, detector: Any, image: np.ndarray, persons: Sequence[Person], frame: int,
+                  conf: float = 0.03, widen: float = 1.6, max_oks: float = 0.6, max_occluder_iou: float = 0.8,
+                  min_visible: int = 6, min_expected_iou: float = 0.3, height_ratio: tuple[float, float] = (0.6, 1.6),
+                  crops: list[int] | None = None) -> list[Person]:
+    """The rescue pass: a second, low-threshold look for the tracks the last ``tracker.update`` did not see.
+
+    For each of ``tracker.rescue_candidates()`` (tracks hidden behind another track, or just lost), the
+    detector's ``detect_in_boxes`` runs on its expected box widened by ``widen`` with score threshold ``conf``
+    (all crops in one batch). A pose found there is accepted only if it is a *different person* from every
+    person of the frame (``persons``, and the ones already rescued): COCO OKS with each below ``max_oks`` and
+    box IoU with the occluder's below ``max_occluder_iou`` (people hugging share much of their outline:
+    the network's duplicates of the occluder score OKS > 0.9, the hidden person ~0.5 on street.avi), and if it
+    is *the track's person*: at least ``min_visible`` visible key-points, box IoU with the expected box at
+    least ``min_expected_iou`` and its height within ``height_ratio`` of the expected height (a smaller
+    person walking past further back is not taken for the hidden one). The best of those (IoU with the
+    expected box x score) is given to the tracker as that track's observation (``tracker.observe``) and
+    returned with the track's id and ``source=RESCUE_SOURCE``. Detectors without ``detect_in_boxes`` (and
+    frames without rescue candidates) cost nothing. ``crops``: a list the number of crops looked at is
+    appended to.
+    """
+    from .detect.tracker import oks
+    from .geometry import box_iou
+
+    finder = getattr(detector, "detect_in_boxes", None)
+    if finder is None or not hasattr(tracker, "rescue_candidates"):
+        return []
+    h, w = image.shape[:2]
+    cands = []
+    for c in tracker.rescue_candidates():
+        b = np.clip(c.box, 0, [w, h, w, h])
+        area = float(np.prod(np.clip(c.box[2:] - c.box[:2], 1.0, None)))
+        if (b[2] - b[0]) >= 8 and (b[3] - b[1]) >= 8 and np.prod(b[2:] - b[:2]) >= 0.5 * area:
+            cands.append((c, b))
+    if crops is not None:
+        crops.append(len(cands))
+    if not cands:
+        return []
+    found = finder(image, [b for _, b in cands], conf=conf, widen=widen)
+    known = [p for p in persons]
+    by_track = {p.track_id: p for p in persons if p.track_id is not None}
+    out: list[Person] = []
+    for (c, _b), ps in zip(cands, found):
+        occ = by_track.get(c.occluder)
+        best, rank = None, 0.0
+        for q in ps:
+            if int(q.visible.sum()) < min_visible:
+                continue
+            iou_exp = float(box_iou(q.box[None], c.box[None].astype(np.float32))[0, 0])
+            ratio = float(q.box[3] - q.box[1]) / max(float(c.box[3] - c.box[1]), 1.0)
+            if iou_exp < min_expected_iou or not height_ratio[0] <= ratio <= height_ratio[1]:
+                continue
+            if occ is not None and float(box_iou(q.box[None], occ.box[None])[0, 0]) >= max_occluder_iou:
+                continue
+            if any(q.joint_set == k.joint_set and q.num_joints == k.num_joints and
+                   oks(q.keypoints, k.keypoints, float(np.prod(np.clip(k.box[2:] - k.box[:2], 1.0, None)))) >= max_oks
+                   for k in known):
+                continue
+            if iou_exp * q.score > rank:
+                best, rank = q, iou_exp * q.score
+        if best is None:
+            continue
+        p = dataclasses.replace(best, track_id=int(c.track_id), source=RESCUE_SOURCE)
+        tracker.observe(p, frame)
+        known.append(p)
+        out.append(p)
+    return out
+
+
+def occlusion_spans(frames: Sequence[tuple[int, Mapping[int, int]]]) -> dict[int, list[dict[str, int]]]:
+    """{track id: [{"behind": occluder id, "first_frame": a, "last_frame": b, "frames": n}, ...]} from the
+    processed frames in order, each with its ``PipelineFrame.occluded`` ({track id: occluder id}): a span is a
+    run of consecutive processed frames on which the track was hidden behind the same occluder."""
+    spans: dict[int, list[dict[str, int]]] = {}
+    open_: dict[int, dict[str, int]] = {}
+    for frame, occ in frames:
+        for tid in list(open_):
+            if occ.get(tid) != open_[tid]["behind"]:
+                del open_[tid]
+        for tid, by in occ.items():
+            s = open_.get(tid)
+            if s is None:
+                s = {"behind": int(by), "first_frame": int(frame), "last_frame": int(frame), "frames": 0}
+                spans.setdefault(int(tid), []).append(s)
+                open_[tid] = s
+            s["last_frame"], s["frames"] = int(frame), s["frames"] + 1
+    return spans
+
+
 def _fit_error(result: MeshResult, person: Person, cap: float = 0.25) -> float:
     """A robust summary of ``reprojection_errors``: confidence-weighted mean of errors capped at ``cap``
     (one wild key-point does not decide), in box heights; inf when nothing can be compared."""
@@ -127,6 +234,10 @@ class FramePipeline:
     warm fit's robust mean re-projection error exceeds ``refit_threshold`` box heights; "always"; "never").
     keep_images: keep each frame's image in its ``PipelineFrame`` (for overlays; held frames only).
     first_track_id: new tracks get ids from this one on (ids already used elsewhere are never given).
+    rescue: on detected frames, run the rescue pass (``rescue_hidden``: a low-threshold second look, score
+    >= ``rescue_conf``, where tracks hidden behind another person are expected) when the detector has
+    ``detect_in_boxes``; it costs nothing on frames where no track is hidden. ``rescue_seconds`` /
+    ``rescue_crops`` / ``rescued`` count its time, crops looked at and persons found.
     """
 
     def __init__(
@@ -143,6 +254,8 @@ class FramePipeline:
         refit_threshold: float = 0.04,
         keep_images: bool = False,
         first_track_id: int = 0,
+        rescue: bool = True,
+        rescue_conf: float = 0.03,
     ):
         if refit not in ("auto", "always", "never"):
             raise InputError(f"refit must be 'auto', 'always' or 'never', got {refit!r}")
@@ -169,6 +282,9 @@ class FramePipeline:
             from .fit.smooth import StreamingSmoother
 
             self.smoother = StreamingSmoother(estimator, sigma=self.smooth_sigma, keep_image_position=True)
+        self.rescue, self.rescue_conf = bool(rescue), float(rescue_conf)
+        #: the rescue pass so far: seconds spent, crops looked at, persons found (figures for benchmarks)
+        self.rescue_seconds, self.rescue_crops, self.rescued = 0.0, 0, 0
         self.truncated: Truncation | None = None
         #: number of warm fits replaced by a cold fit so far (a figure for benchmarks)
         self.refits = 0
@@ -179,7 +295,7 @@ class FramePipeline:
     def _reset_state(self) -> None:
         self._last: dict[int, MeshResult] = {}  # track id -> result on the previous processed frame
         self._last_frame: int | None = None
-        self._held: dict[int, tuple[np.ndarray | None, bool, tuple[int, ...]]] = {}  # smoothing lag
+        self._held: dict[int, tuple[np.ndarray | None, bool, tuple[int, ...], tuple]] = {}  # smoothing lag
 
     def reset(self, tracks: bool = False) -> list[PipelineFrame]:
         """Start a new sequence: returns the frames smoothing still held back, forgets warm starts; with
@@ -209,8 +325,21 @@ class FramePipeline:
                 raise InputError(f"frame {frame_index}: no persons given and no detector")
             persons = list(self.detector.detect(image))
         persons = list(persons)
+        occluded: tuple[tuple[int, int], ...] = ()
         if self.tracker is not None:
             persons = list(self.tracker.update(persons, frame=frame_index))
+            if not given and self.rescue:
+                import time
+
+                t0 = time.perf_counter()
+                crops: list[int] = []
+                found = rescue_hidden(self.tracker, self.detector, image, persons, frame_index, conf=self.rescue_conf,
+                                      crops=crops)
+                self.rescue_crops += sum(crops)
+                self.rescue_seconds += time.perf_counter() - t0
+                self.rescued += len(found)
+                persons += found
+            occluded = tuple(sorted(getattr(self.tracker, "occluded", {}).items()))
         h, w = image.shape[:2]
         cam = self.camera or Camera.default_for(w, h)
         prev: list[MeshResult | None] = [None] * len(persons)
@@ -231,9 +360,9 @@ class FramePipeline:
         self._last_frame = frame_index
         img = image if self.keep_images else None
         if self.smoother is None:
-            out.append(PipelineFrame(frame_index, tuple(persons), tuple(results), given, tuple(refit), img))
+            out.append(PipelineFrame(frame_index, tuple(persons), tuple(results), given, tuple(refit), img, occluded))
             return out
-        self._held[frame_index] = (img, given, tuple(refit))
+        self._held[frame_index] = (img, given, tuple(refit), occluded)
         out += [self._final(f, ps, rs) for f, ps, rs in self.smoother.push(frame_index, persons, results)]
         return out
 
@@ -261,8 +390,8 @@ class FramePipeline:
         return replaced
 
     def _final(self, frame: int, persons: Sequence[Person], results: Sequence) -> PipelineFrame:
-        img, given, refit = self._held.pop(frame, (None, False, ()))
-        return PipelineFrame(frame, tuple(persons), tuple(results), given, refit, img)
+        img, given, refit, occluded = self._held.pop(frame, (None, False, (), ()))
+        return PipelineFrame(frame, tuple(persons), tuple(results), given, refit, img, occluded)
 
     def flush(self) -> list[PipelineFrame]:
         """The frames smoothing still holds back (call after the last frame)."""

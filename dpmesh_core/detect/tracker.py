@@ -33,6 +33,25 @@ When a track is found again after a gap, its Kalman filter is re-updated along a
 last observation and the new one (OC-SORT's observation-centric re-update), so the velocity learned during
 the gap is not a ghost's. A track unseen for more than ``max_age`` frames is dropped for good: re-
 identification works for gaps up to ``max_age`` frames.
+
+**Occlusion** (a person hidden behind another one, e.g. a couple hugging, for seconds): a track that goes
+unseen (for at most ``occlusion_onset`` updates) while its predicted box is covered, for at least
+``occlusion_cover`` of its area, by the box of a track seen in the same update becomes *occluded by* that
+track (the occluder). While occluded:
+
+* its expected box follows the occluder, at the offset and relative size it had when it vanished (in units of
+  the occluder's box height), instead of drifting with its own velocity (``expected_box``); for the first
+  ``occluded_kalman`` updates its own motion prediction competes too (someone walking past behind another
+  person keeps walking);
+* it is not aged out by ``max_age`` while the occluder is being seen, for up to ``max_occluded`` updates
+  (default 250: 10 s of a 25 fps video); when the occluder itself is unseen the ordinary ``max_age`` clock
+  runs, and when the occluder's track ends the occlusion ends;
+* it stays out of the first association (sitting on its occluder, it must not take the occluder's own
+  detection); a detection left over after it (any score) that overlaps the occluder is matched to it
+  **before** the low-confidence, observation-centric and new-track stages, so the person comes back with the
+  same id;
+* ``occluded`` lists it (track id -> occluder id) and ``rescue_candidates`` offers its expected box to a
+  second, low-threshold look (the frame pipeline's rescue pass); ``observe`` accepts what that finds.
 """
 
 from __future__ import annotations
@@ -48,7 +67,7 @@ from ..body.joints import COCO17_SIGMAS
 from ..geometry import box_iou
 from ..types import Person
 
-__all__ = ["Tracker", "oks", "KalmanBox"]
+__all__ = ["Tracker", "oks", "KalmanBox", "RescueCandidate"]
 
 
 def oks(kp_a: np.ndarray, kp_b: np.ndarray, area: float, kpt_conf: float = 0.3,
@@ -127,17 +146,23 @@ class _Track:
     age: int = 0              # updates since the last observation
     hits: int = 1
     history: list[int] = field(default_factory=list)  # frames it was observed in
+    lost_clock: int = 0       # unseen updates that count toward max_age (not those hidden behind a seen occluder)
+    occluder: int | None = None      # track id of the person hiding it (None: not occluded)
+    occ_rel: np.ndarray | None = None  # (4,) box relative to the occluder's: (dcx, dcy, w, h) / occluder height
+    occ_updates: int = 0      # updates spent occluded (capped by max_occluded)
+    follow: np.ndarray | None = None   # (4,) the occluder-relative expected box of the current update
 
     @property
     def key(self) -> tuple[str, int]:
         return self.person.joint_set, self.person.num_joints
 
-    def predicted(self, observed: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def predicted(self, observed: bool = False, box: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(box, (J, 3) key-points with confidence 1 where known) where the motion model expects the person
-        now (``observed``: where it was last seen). The skeleton is moved and scaled with the box."""
+        now (``observed``: where it was last seen; ``box``: at that box instead). The skeleton is moved and
+        scaled with the box."""
         if observed:
             return self.box.astype(np.float64), np.c_[self.skeleton, self.seen.astype(np.float64)]
-        box = self.kf.box.astype(np.float64)
+        box = self.kf.box.astype(np.float64) if box is None else np.asarray(box, np.float64)
         last = self.box.astype(np.float64)
         c0, c1 = (last[:2] + last[2:]) / 2, (box[:2] + box[2:]) / 2
         s = (box[3] - box[1]) / max(last[3] - last[1], 1.0)
@@ -148,6 +173,39 @@ def _usable(p: Person, kpt_conf: float) -> np.ndarray:
     """(J,) joints of a detection that can be matched: visible, finite, confident."""
     kp = p.keypoints
     return p.visible & np.isfinite(kp).all(1) & (kp[:, 2] > kpt_conf)
+
+
+def _coverage(box: np.ndarray, other: np.ndarray) -> float:
+    """Fraction of ``box``'s area inside ``other`` (both x0, y0, x1, y1)."""
+    lt, rb = np.maximum(box[:2], other[:2]), np.minimum(box[2:], other[2:])
+    inter = float(np.prod(np.clip(rb - lt, 0, None)))
+    return inter / max(float(np.prod(np.clip(box[2:] - box[:2], 1e-6, None))), 1e-6)
+
+
+def _relative(box: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    """``box`` in units of ``ref``'s height, about ``ref``'s centre: (dcx, dcy, w, h) / h_ref."""
+    b, r = KalmanBox.measure(box), KalmanBox.measure(ref)
+    return np.r_[b[:2] - r[:2], b[2:]] / r[3]
+
+
+def _absolute(rel: np.ndarray, ref: np.ndarray) -> np.ndarray:
+    r = KalmanBox.measure(ref)
+    return KalmanBox.to_box(np.r_[r[:2] + rel[:2] * r[3], rel[2:] * r[3]]).astype(np.float64)
+
+
+@dataclass(frozen=True)
+class RescueCandidate:
+    """A track unseen in the last update that a second, low-threshold look may find: its id, the box where it
+    is expected (image pixels), the track hiding it (None: just lost, not behind anyone), where its
+    skeleton's joints are expected ((J, 3): x, y, 1 where the joint was ever seen, else 0) and its joint set,
+    and for how many updates it has been unseen."""
+
+    track_id: int
+    box: np.ndarray
+    occluder: int | None
+    keypoints: np.ndarray
+    joint_set: tuple[str, int]
+    unseen: int
 
 
 def _skeleton_box(skeleton: np.ndarray, seen: np.ndarray, fallback: np.ndarray) -> np.ndarray:
@@ -165,18 +223,35 @@ class Tracker:
     take part in the first association, the others only in the second (ByteTrack); kpt_conf: key-point
     confidence needed for a joint to count in OKS; gap_widening: OKS's distance tolerance grows by this
     fraction per frame a track has been lost (the prediction is less sure).
+    Occlusion (module docstring): occlusion_cover: fraction of a vanished track's predicted box another seen
+    track's box must cover to count as its occluder (None: occlusion handling off); occlusion_onset: how many
+    updates after vanishing that can still start an occlusion; max_occluded: updates an occluded track is kept
+    while its occluder is seen (then dropped); occluded_kalman: updates during which its own motion prediction
+    still competes with the occluder-relative box; rescue_window / rescue_every: ``rescue_candidates``
+    offers an unseen track on each of its first ``rescue_window`` unseen updates, then on every
+    ``rescue_every``-th; rescue_lost: also offer tracks just lost in the open for this many updates.
     """
 
     def __init__(self, max_age: int = 30, iou_weight: float = 0.5, min_similarity: float = 0.2,
-                 kpt_conf: float = 0.3, high_conf: float = 0.5, gap_widening: float = 0.3):
+                 kpt_conf: float = 0.3, high_conf: float = 0.5, gap_widening: float = 0.3,
+                 occlusion_cover: float | None = 0.5, occlusion_onset: int = 2, max_occluded: int = 250,
+                 occluded_kalman: int = 10, rescue_window: int = 12, rescue_every: int = 5, rescue_lost: int = 0):
         if max_age < 0:
             raise ValueError("max_age must be >= 0")
         if not 0.0 <= iou_weight <= 1.0:
             raise ValueError("iou_weight must be in [0, 1]")
+        if occlusion_cover is not None and not 0.0 < occlusion_cover <= 1.0:
+            raise ValueError("occlusion_cover must be in (0, 1] or None")
+        if max_occluded < 0 or rescue_every < 1:
+            raise ValueError("max_occluded must be >= 0 and rescue_every >= 1")
         self.max_age, self.iou_weight = int(max_age), float(iou_weight)
         self.min_similarity, self.kpt_conf = float(min_similarity), float(kpt_conf)
         self.high_conf = float(high_conf)
         self.gap_widening = float(gap_widening)
+        self.occlusion_cover = None if occlusion_cover is None else float(occlusion_cover)
+        self.occlusion_onset, self.max_occluded = int(occlusion_onset), int(max_occluded)
+        self.occluded_kalman = int(occluded_kalman)
+        self.rescue_window, self.rescue_every, self.rescue_lost = int(rescue_window), int(rescue_every), int(rescue_lost)
         self.reset()
 
     def reset(self) -> None:
@@ -203,6 +278,56 @@ class Tracker:
     def lost_ids(self) -> list[int]:
         """Ids of live tracks not seen in the last update (candidates for re-identification)."""
         return [t.track_id for t in self._tracks if t.age > 0]
+
+    @property
+    def occluded(self) -> dict[int, int]:
+        """{track id: occluder's track id} of the tracks hidden behind another track after the last update."""
+        return {t.track_id: t.occluder for t in self._tracks if t.occluder is not None and t.age > 0}
+
+    def expected_box(self, track_id: int) -> np.ndarray | None:
+        """(4,) where a live track is expected now: an occluded track's box follows its occluder; else the
+        motion model's prediction (the last box for a track seen in the last update). None: no such track."""
+        for t in self._tracks:
+            if t.track_id == track_id:
+                if t.age == 0:
+                    return t.box.astype(np.float64)
+                return t.follow if t.occluder is not None and t.follow is not None else t.kf.box.astype(np.float64)
+        return None
+
+    def rescue_candidates(self) -> list[RescueCandidate]:
+        """Tracks unseen in the last update worth a second, low-threshold look now: occluded ones, and ones
+        lost in the open for at most ``rescue_lost`` updates; each on its first ``rescue_window`` unseen updates,
+        then on every ``rescue_every``-th (the cost stays bounded over a long occlusion)."""
+        out = []
+        for t in self._tracks:
+            if t.age == 0 or (t.occluder is None and t.lost_clock > self.rescue_lost):
+                continue
+            if t.age <= self.rescue_window or t.age % self.rescue_every == 0:
+                box, kp = t.predicted(box=self.expected_box(t.track_id))
+                out.append(RescueCandidate(t.track_id, box, t.occluder, kp, t.key, t.age))
+        return out
+
+    def observe(self, person: Person, frame: int | None = None) -> Person:
+        """Take ``person`` (its ``track_id`` set) as the observation of that track in the last update, which
+        did not see it (what a rescue pass found). An occluded track stays linked to its occluder (a glimpse
+        of a hidden person is not the end of the occlusion): the offset to the occluder is taken from this
+        observation and no velocity of its own is learned from it. Returns the person. Raises ValueError for
+        a track that is not alive or was already seen in this update."""
+        frame = self._frame if frame is None else int(frame)
+        for t in self._tracks:
+            if t.track_id == person.track_id:
+                if t.age == 0:
+                    raise ValueError(f"track {t.track_id} was already seen in this update")
+                occluder, occ_updates = self._by_id(t.occluder), t.occ_updates
+                t.age -= 1  # the update counted this frame as unseen
+                self._observe(t, person, frame)
+                if occluder is not None:
+                    t.occluder, t.occ_updates = occluder.track_id, occ_updates
+                    t.occ_rel = _relative(t.box.astype(np.float64), occluder.box.astype(np.float64))
+                    t.kf = KalmanBox(t.box)
+                    t.kf.x[4:] = occluder.kf.x[4:]  # it moves with the person in front
+                return person
+        raise ValueError(f"no live track {person.track_id}")
 
     # ------------------------------------------------------------------------------------------ similarity
 
@@ -232,6 +357,13 @@ class Tracker:
             widen = 1.0 + self.gap_widening * t.age
             for j, p in enumerate(persons):
                 sim[i, j] = self._sim_pair(pred[i][0], pred[i][1], t.key, p, float(iou[i, j]), widen)
+            if not observed and t.occluder is not None and t.follow is not None:
+                # behind its occluder: the occluder-relative box (alone once its own motion is stale)
+                fb, fk = t.predicted(box=t.follow)
+                fiou = box_iou(fb[None], np.stack([p.box for p in persons]))[0]
+                w1 = 1.0 + self.gap_widening * min(t.age, self.occluded_kalman)
+                fs = np.array([self._sim_pair(fb, fk, t.key, p, float(fiou[j]), w1) for j, p in enumerate(persons)])
+                sim[i] = np.maximum(sim[i], fs) if t.age <= self.occluded_kalman else fs
         return sim
 
     def similarity(self, tracked: Sequence[Person], persons: Sequence[Person]) -> np.ndarray:
@@ -282,6 +414,7 @@ class Tracker:
             t.skeleton = np.where(vis[:, None], p.keypoints[:, :2], 0.0).astype(np.float64)
             t.seen = vis
         box = _skeleton_box(t.skeleton, t.seen, p.box)
+        t.occluder, t.occ_rel, t.follow, t.occ_updates, t.lost_clock = None, None, None, 0, 0
         if t.age > 0:  # OC-SORT observation-centric re-update: a straight path through the gap
             gap = t.age + 1
             b0 = t.box.astype(np.float64)
@@ -308,6 +441,7 @@ class Tracker:
         self._frame = frame
         for t in self._tracks:
             t.kf.predict()
+        self._follow_occluders()
         assigned: dict[int, int] = {}  # person index -> track index
         # 1. pinned persons
         by_id = {t.track_id: i for i, t in enumerate(self._tracks)}
@@ -328,22 +462,33 @@ class Tracker:
         open_tracks = [i for i in range(len(self._tracks)) if i not in pinned]
         high = [j for j in free if persons[j].score >= self.high_conf]
         low = [j for j in free if persons[j].score < self.high_conf]
-        # 2. confident detections against every live track (predicted positions)
-        self._associate(open_tracks, high, persons, False, assigned)
+        # 2. confident detections against every live track (predicted positions) but the occluded ones: a
+        # hidden track sits on its occluder and must not take the occluder's own detection
+        visible = [i for i in open_tracks if self._tracks[i].follow is None]
+        self._associate(visible, high, persons, False, assigned)
+        # 2b. occluded tracks first: a detection left over that overlaps the occluder is the hidden person
+        self._associate_occluded(open_tracks, free, persons, assigned)
         # 3. low-confidence detections against tracks seen last frame and still unmatched
         used = set(assigned.values())
         recent = [i for i in open_tracks if i not in used and self._tracks[i].age == 0]
         self._associate(recent, low, persons, False, assigned)
-        # 4. observation-centric recovery: last observed positions
+        # 4. observation-centric recovery: last observed positions (not for occluded tracks: theirs is stale)
         used = set(assigned.values())
-        rest_t = [i for i in open_tracks if i not in used]
+        rest_t = [i for i in open_tracks if i not in used and self._tracks[i].follow is None]
         rest_d = [j for j in free if j not in assigned]
         self._associate(rest_t, rest_d, persons, True, assigned)
         out: list[Person] = []
         matched = set(assigned.values())
+        seen_ids = {self._tracks[k].track_id for k in matched}
         for i, t in enumerate(self._tracks):
             if i not in matched:
                 t.age += 1
+                if t.occluder is not None and t.occluder in seen_ids:
+                    t.occ_updates += 1  # hidden behind a person seen now: max_age does not run
+                else:
+                    t.lost_clock += 1
+                    if t.occluder is not None:
+                        t.occ_updates += 1
         for j, p in enumerate(persons):
             if j in assigned:
                 t = self._tracks[assigned[j]]
@@ -357,5 +502,90 @@ class Tracker:
                 self._next_id += 1
                 self._tracks.append(self._new_track(tid, p, frame))
             out.append(p if p.track_id == tid else dataclasses.replace(p, track_id=tid))
-        self._tracks = [t for t in self._tracks if t.age <= self.max_age]
+        self._start_occlusions(persons, assigned)
+        self._tracks = [t for t in self._tracks if t.lost_clock <= self.max_age and t.occ_updates <= self.max_occluded]
+        alive = {t.track_id for t in self._tracks}
+        for t in self._tracks:
+            if t.occluder is not None and t.occluder not in alive:  # the occluder's track ended
+                t.occluder, t.occ_rel = None, None
         return out
+
+    # ------------------------------------------------------------------------------------------ occlusion
+
+    def _by_id(self, tid: int | None) -> _Track | None:
+        if tid is None:
+            return None
+        for t in self._tracks:
+            if t.track_id == tid:
+                return t
+        return None
+
+    def _current_box(self, t: _Track, depth: int = 0) -> np.ndarray:
+        """Where track ``t`` is believed to be at this update, before association (follow box if occluded)."""
+        if t.occluder is not None and t.occ_rel is not None and depth < 4:
+            occ = self._by_id(t.occluder)
+            if occ is not None:
+                return _absolute(t.occ_rel, self._current_box(occ, depth + 1))
+        return t.kf.box.astype(np.float64)
+
+    def _follow_occluders(self) -> None:
+        """Each occluded track's expected box for this update: the occluder's predicted box plus the offset."""
+        for t in self._tracks:
+            t.follow = self._current_box(t) if t.occluder is not None and t.occ_rel is not None else None
+            if t.follow is not None and t.age >= self.occluded_kalman:
+                # no drift of its own: the filter waits where the occluder-relative box is, at rest
+                t.kf.x[:4] = KalmanBox.measure(t.follow)
+                t.kf.x[4:] = 0.0
+
+    def _associate_occluded(self, open_tracks: list[int], free: list[int], persons: Sequence[Person],
+                            assigned: dict[int, int]) -> None:
+        """Occluded tracks against the detections still unmatched (any score) that overlap their occluder:
+        Hungarian on the best of the usual similarity and the box IoU with the expected (follow) box."""
+        used = set(assigned.values())
+        occ = [i for i in open_tracks if i not in used and self._tracks[i].occluder is not None
+               and self._tracks[i].follow is not None]
+        dets = [j for j in free if j not in assigned]
+        if not occ or not dets:
+            return
+        sim = self._similarity([self._tracks[i] for i in occ], [persons[j] for j in dets], False)
+        fiou = box_iou(np.stack([self._tracks[i].follow for i in occ]), np.stack([persons[j].box for j in dets]))
+        sim = np.maximum(sim, fiou)
+        for r, i in enumerate(occ):
+            t = self._tracks[i]
+            o = self._by_id(t.occluder)
+            obox = self._current_box(o) if o is not None else t.follow
+            h_exp = max(float(t.follow[3] - t.follow[1]), 1.0)
+            for c, j in enumerate(dets):
+                b = persons[j].box.astype(np.float64)
+                near = _coverage(b, obox)  # how much of the detection lies on the occluder
+                if near <= 0.0:
+                    sim[r, c] = 0.0  # not near the occluder
+                elif 0.6 <= float(b[3] - b[1]) / h_exp <= 1.6:
+                    # someone of the hidden person's size emerging from behind the occluder
+                    sim[r, c] = max(sim[r, c], 0.5 * near)
+        rows, cols = linear_sum_assignment(1.0 - sim)
+        for r, c in zip(rows, cols):
+            if sim[r, c] >= self.min_similarity:
+                assigned[dets[int(c)]] = occ[int(r)]
+
+    def _start_occlusions(self, persons: Sequence[Person], assigned: dict[int, int]) -> None:
+        """A track unseen for at most ``occlusion_onset`` updates whose predicted box is covered by the box of
+        a person seen in this update becomes occluded by that person's track."""
+        if self.occlusion_cover is None:
+            return
+        seen = [(self._tracks[i], persons[j].box.astype(np.float64)) for j, i in assigned.items()]
+        if not seen:
+            return
+        for t in self._tracks:
+            if t.age == 0 or t.occluder is not None or t.lost_clock > self.occlusion_onset:
+                continue
+            pred = t.kf.box.astype(np.float64)
+            cover = [(_coverage(pred, b), o) for o, b in seen if o is not t]
+            if not cover:
+                continue
+            c, o = max(cover, key=lambda x: x[0])
+            if c >= self.occlusion_cover:
+                t.occluder = o.track_id
+                t.occ_rel = _relative(pred, o.box.astype(np.float64))
+                t.follow = pred
+                t.occ_updates = 1
