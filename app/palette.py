@@ -1,13 +1,12 @@
-"""Per-person colours shared by the skeletons, the mesh overlay and the mesh view (RGB 0..255)."""
+"""Per-person colours shared by the skeletons, the mesh overlay and the mesh view (RGB 0..255): the core's one
+palette (``api.PERSON_PALETTE``, also what the CLI's overlays and ``--views`` use). Colour key k (track t has
+key t + 1, see ``Document.color_key``) is ``PALETTE[k - 1]``, the CLI's ``api.person_color(t)``."""
 
 from __future__ import annotations
 
-PALETTE = [  # 20 distinct colours (the first ten as before), so tracks #0-#19 all differ
-    (230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180),
-    (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 190), (0, 128, 128),
-    (170, 110, 40), (255, 250, 200), (128, 0, 0), (170, 255, 195), (128, 128, 0),
-    (255, 215, 180), (0, 0, 128), (230, 190, 255), (255, 225, 25), (128, 128, 128),
-]
+from dpmesh_core import api
+
+PALETTE = list(api.PERSON_PALETTE)  # 20 distinct colours, so tracks #0-#19 all differ
 
 
 def person_rgb(uid: int) -> tuple[int, int, int]:

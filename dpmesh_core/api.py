@@ -70,6 +70,7 @@ _LAZY: dict[str, str] = {
     "MeshRenderer": "dpmesh_core.io.render",
     "render_overlay": "dpmesh_core.io.render",
     "person_color": "dpmesh_core.io.render",
+    "PERSON_PALETTE": "dpmesh_core.io.render",
     "OverlayLayers": "dpmesh_core.io.overlay_layers",
     # the 3-D view (issue 17): ground fit, free camera, presets, scene pictures
     "ViewsWriter": "dpmesh_core.io.scene3d",

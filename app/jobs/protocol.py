@@ -220,7 +220,8 @@ class RenderView:
 class RenderScene:
     """The 3-D view's picture (``api.render_scene``): ``meshes`` as ``RenderView``'s (the persons, then the
     ground; arrays by token) and the rest of ``scene`` (an ``api.Scene`` whose persons carry no arrays: they
-    are the first meshes) seen by ``camera`` after ``view`` with the near/far planes ``clip``, at ``size``."""
+    are the first meshes) seen by ``camera`` after ``view`` with the near/far planes ``clip``, at ``size``;
+    ``lod``: the persons with their reduced face lists (the view is moving or playing)."""
 
     meshes: tuple
     camera: Camera | None
@@ -228,6 +229,7 @@ class RenderScene:
     size: tuple[int, int]
     scene: Any
     clip: tuple[float, float]
+    lod: bool = False
 
     def _picture(self, get: Callable[[int, int], Any]) -> Any:
         import dataclasses
@@ -238,7 +240,7 @@ class RenderScene:
                         for p, m in zip(self.scene.persons, self.meshes))
         scene = dataclasses.replace(self.scene, persons=persons)
         vc = api.ViewCamera(self.camera, self.view, *self.clip)
-        return api.render_scene(get(*self.size), scene, vc, list(self.meshes))
+        return api.render_scene(get(*self.size), scene, vc, list(self.meshes), lod=self.lod)
 
     def run(self, layers: Any, get: Callable[[int, int], Any]) -> Any:
         return self._picture(get)

@@ -121,12 +121,15 @@ class RenderService(QObject):
             runner.submit(("start",), lambda c=client: c.start())  # no "rendered" signal: see _on_finished
 
     def render_view(self, key: Hashable, meshes: list, camera: Any, view: Any,
-                    size: tuple[int, int], scene: Any = None, clip: tuple[float, float] | None = None) -> int:
+                    size: tuple[int, int], scene: Any = None, clip: tuple[float, float] | None = None,
+                    lod: bool = False) -> int:
         """Render ``meshes`` [(V (N, 3) m, faces (F, 3), rgb 0..1)] seen by ``camera`` after the (4, 4)
         ``view`` transform, at ``size`` (w, h) pixels; with ``scene`` (the 3-D view's ``api.Scene``, persons
-        without arrays) and ``clip`` (near, far): ``api.render_scene``'s picture (ground, frustum, labels)."""
+        without arrays) and ``clip`` (near, far): ``api.render_scene``'s picture (ground, frustum, labels),
+        the persons at their reduced level of detail with ``lod`` (while the view moves or plays)."""
         if scene is not None:
-            request: Any = RenderScene(tuple(meshes), camera, view, tuple(size), scene, tuple(clip or (0.01, 1e3)))
+            request: Any = RenderScene(tuple(meshes), camera, view, tuple(size), scene, tuple(clip or (0.01, 1e3)),
+                                       bool(lod))
         else:
             request = RenderView(tuple(meshes), camera, view, tuple(size))
 

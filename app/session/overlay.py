@@ -69,12 +69,12 @@ class OverlayController(QObject):
         self.render.render_overlay((OVERLAY_KEY, frame), img, meshes, alpha=self.alpha, colors=colors)
 
     def render_view(self, key: Hashable, meshes: list, camera: Any, view: Any, size: tuple[int, int],
-                    scene: Any = None, clip: tuple[float, float] | None = None) -> None:
+                    scene: Any = None, clip: tuple[float, float] | None = None, lod: bool = False) -> None:
         """A 3-D view picture (see ``RenderService.render_view``) → ``view_rendered(key, rgb, seconds)``."""
         if scene is None:
             self.render.render_view(key, meshes, camera, view, size)
         else:
-            self.render.render_view(key, meshes, camera, view, size, scene=scene, clip=clip)
+            self.render.render_view(key, meshes, camera, view, size, scene=scene, clip=clip, lod=lod)
 
     def _on_rendered(self, key: Any, rgb: Any, secs: float) -> None:
         if isinstance(key, tuple) and key[0] == OVERLAY_KEY:

@@ -9,8 +9,10 @@ first, metres from the photo camera): its check boxes show/hide persons, a click
 shows only the selected person. On a video the view follows the timeline; Play runs the selected person's
 track (or the whole video) at the video's frame rate over the meshes already computed (skipping frames when
 the machine cannot keep up); "Trajectory" draws
-tracks' paths on the ground. "Save view…" writes the current picture to PNG. While the mouse drags, frames
-are rendered at half resolution (the picture follows the hand), then once at full resolution.
+tracks' paths on the ground. "Save view…" writes the current picture to PNG. While the camera moves (drag, wheel)
+or a video plays, the persons are drawn with their reduced face lists (``api.render_scene(lod=True)``, about 1,500
+faces each, at the widget's full size); once the camera has been still for ``STILL_MS`` (or the mouse is
+released, or playback stops) one full-detail frame follows.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ class MeshCanvas(QWidget):
     def mouseReleaseEvent(self, e) -> None:  # noqa: N802
         self._last = None
         self.view.dragging = False
-        self.view.schedule()  # the full-resolution picture
+        self.view.settle()  # the full-detail picture
 
     def mouseDoubleClickEvent(self, e) -> None:  # noqa: N802
         self.view.reset_view()
@@ -118,7 +120,7 @@ class MeshView(QWidget):
     """Mesh view dock content: canvas, view buttons and toggles, the depth-ordered persons list, playback."""
 
     MAX_DEFER_MS = 250
-    DRAG_SCALE = 0.5  # render scale while the mouse drags
+    STILL_MS = 150  # the camera still this long: the full-detail frame
 
     def __init__(self, session: Session, parent: QWidget | None = None):
         super().__init__(parent)
@@ -128,6 +130,8 @@ class MeshView(QWidget):
         self.hidden: set[int] = set()  # colour keys (tracks follow across frames) of hidden persons
         self.selected_only = False
         self.dragging = False
+        self.moving = False  # the camera moved less than STILL_MS ago: reduced level of detail
+        self.last_lod = False  # whether the last requested picture was at the reduced level of detail
         self.placeholder = "No mesh yet: open an image; meshes appear here once estimated."
         self.last_render_s = 0.0
         self.last_rgb: np.ndarray | None = None
@@ -206,6 +210,10 @@ class MeshView(QWidget):
         self._settle.setSingleShot(True)
         self._settle.setInterval(self.MAX_DEFER_MS)
         self._settle.timeout.connect(self.schedule)
+        self._still = QTimer(self)
+        self._still.setSingleShot(True)
+        self._still.setInterval(self.STILL_MS)
+        self._still.timeout.connect(self.settle)
         self._play = QTimer(self)
         self._play.timeout.connect(self._play_step)
         self._play_range = (0, 0)
@@ -234,16 +242,30 @@ class MeshView(QWidget):
     def orbit(self, dyaw: float, dpitch: float) -> None:
         if (cam := self._cam()) is not None:
             cam.orbit(dyaw, dpitch)
-            self.schedule()
+            self._moved()
 
     def pan(self, dx: float, dy: float) -> None:
         if (cam := self._cam()) is not None:
             cam.pan(dx, dy, cam.intrinsics(self.canvas_size()).focal[0])
-            self.schedule()
+            self._moved()
 
     def zoom(self, factor: float) -> None:
         if (cam := self._cam()) is not None:
             cam.zoom(factor)
+            self._moved()
+
+    def _moved(self) -> None:
+        """The camera moved: reduced-detail frames until it is still for STILL_MS (or the mouse is released)."""
+        self.moving = True
+        if not self.dragging:
+            self._still.start()
+        self.schedule()
+
+    def settle(self) -> None:
+        """The camera stopped: one full-detail frame."""
+        self._still.stop()
+        if self.moving:
+            self.moving = False
             self.schedule()
 
     def reset_view(self) -> None:
@@ -297,7 +319,10 @@ class MeshView(QWidget):
             self._play_t0 = (time.perf_counter(), self.doc.current_frame)
             self._play.start(max(int(round(1000 / max(self.doc.fps, 1e-3))), 1))
         else:
+            was = self._play.isActive()
             self._play.stop()
+            if was:
+                self.schedule()  # the full-detail frame of where playback stopped
         if self.play_btn.isChecked() != self._play.isActive():
             self.play_btn.blockSignals(True)
             self.play_btn.setChecked(self._play.isActive())
@@ -338,9 +363,13 @@ class MeshView(QWidget):
         return max(self.canvas.width(), 32), max(self.canvas.height(), 32)
 
     def render_size(self) -> tuple[int, int]:
-        w, h = self.canvas_size()
-        s = self.DRAG_SCALE if self.dragging else 1.0
-        return max(int(w * s), 32), max(int(h * s), 32)
+        """The picture's size: the widget's, moving or not (moving lowers the detail, not the resolution)."""
+        return self.canvas_size()
+
+    def lod(self) -> bool:
+        """Whether the next picture draws the persons at their reduced level of detail (moving, dragging or
+        playing)."""
+        return self.moving or self.dragging or self._play.isActive()
 
     def _trajectories(self, uids: list[int]) -> tuple:
         if not self.toggles["trajectory"].isChecked() or not self.doc.is_video:
@@ -436,8 +465,9 @@ class MeshView(QWidget):
         meshes = self._scene_cache[2] if self._scene_cache and self._scene_cache[1] is scene else api.scene_meshes(scene)
         light = dataclasses.replace(scene, persons=tuple(dataclasses.replace(p, vertices=None, faces=None)
                                                          for p in scene.persons))
+        self.last_lod = self.lod()
         self.session.overlay.render_view(("meshview", id(self)), meshes, vc.camera, vc.view, size,
-                                         scene=light, clip=(vc.near, vc.far))
+                                         scene=light, clip=(vc.near, vc.far), lod=self.last_lod)
 
     def _on_rendered(self, key: object, rgb: object, secs: float) -> None:
         if key != ("meshview", id(self)) or rgb is None:
@@ -445,7 +475,7 @@ class MeshView(QWidget):
         self.last_render_s = secs
         self.last_rgb = np.asarray(rgb)
         self.canvas.image = rgb_to_qimage(self.last_rgb)
-        self.info.setText(f"{secs * 1000:.0f} ms")
+        self.info.setText(f"{secs * 1000:.0f} ms" + (" (moving: reduced detail)" if self.last_lod else ""))
         self.canvas.update()
 
     def save_view(self, path: str | Path) -> Path:

@@ -33,7 +33,7 @@ from ..types import Camera, MeshResult
 __all__ = [
     "GroundPlane", "fit_ground", "OrbitCamera", "ScenePerson", "Scene", "ViewCamera", "render_scene",
     "depth_order", "scene_persons", "scene_meshes", "preset_view", "thumbnail", "ViewsWriter", "PRESETS",
-    "VIEW_PRESETS", "VIEW_BACKGROUND",
+    "VIEW_PRESETS", "VIEW_BACKGROUND", "lod_meshes", "scene_lines",
 ]
 
 PRESETS = ("camera", "side", "top")
@@ -495,47 +495,11 @@ def _segments(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def _draw_segments(rgb: np.ndarray, depth: np.ndarray, segs: np.ndarray, cols: np.ndarray, widths: np.ndarray,
                    vc: ViewCamera) -> None:
-    """Depth-tested lines (world segments) into ``rgb`` (in place), clipped at the near plane."""
-    if len(segs) == 0:
-        return
-    H, W = depth.shape
-    T = vc.view
-    a = segs[:, 0] @ T[:3, :3].T + T[:3, 3]
-    b = segs[:, 1] @ T[:3, :3].T + T[:3, 3]
-    near = vc.near
-    keep = (a[:, 2] > near) | (b[:, 2] > near)
-    a, b, cols, widths = a[keep], b[keep], cols[keep], widths[keep]
-    # clip to the near plane
-    za, zb = a[:, 2], b[:, 2]
-    t = np.where(za < near, (near - za) / np.where(zb - za == 0, 1, zb - za), 0.0)
-    a = a + (b - a) * t[:, None]
-    za = a[:, 2]
-    t = np.where(zb < near, (near - zb) / np.where(za - zb == 0, 1, za - zb), 0.0)
-    b = b + (a - b) * t[:, None]
-    K = vc.camera.K
+    """Depth-tested lines (world segments) into ``rgb`` (in place), clipped at the near plane: numpy, after the
+    meshes (what ``render_scene`` did before the lines went into the renderer; kept for the benchmark)."""
+    from .render import draw_lines
 
-    def proj(x):
-        return np.stack([K[0, 0] * x[:, 0] / x[:, 2] + K[0, 2], K[1, 1] * x[:, 1] / x[:, 2] + K[1, 2]], 1)
-
-    pa, pb = proj(a), proj(b)
-    L = np.ceil(np.abs(pb - pa).max(1)).clip(1, 4 * (W + H)).astype(int) + 1
-    idx = np.repeat(np.arange(len(a)), L)
-    s = (np.arange(L.sum()) - np.repeat(np.cumsum(L) - L, L)) / np.repeat(np.maximum(L - 1, 1), L)
-    # perspective-correct: interpolate in 3-D, then project
-    x3 = a[idx] + (b[idx] - a[idx]) * s[:, None]
-    uv = proj(x3)
-    z = x3[:, 2]
-    col = cols[idx]
-    wd = widths[idx]
-    for ox, oy, need in ((0, 0, 1), (1, 0, 2), (0, 1, 2), (1, 1, 3), (-1, 0, 3), (0, -1, 3)):
-        m = wd >= need
-        px = np.round(uv[m, 0]).astype(int) + ox
-        py = np.round(uv[m, 1]).astype(int) + oy
-        inb = (px >= 0) & (px < W) & (py >= 0) & (py < H)
-        px, py, zz, cc = px[inb], py[inb], z[m][inb], col[m][inb]
-        d = depth[py, px]
-        vis = (d <= 0) | (zz <= d * 1.002 + 0.01)
-        rgb[py[vis], px[vis]] = cc[vis]
+    draw_lines(rgb, depth, (segs, cols, widths), vc.camera.K, vc.view, vc.near)
 
 
 def _draw_photo(rgb: np.ndarray, depth: np.ndarray, scene: Scene, vc: ViewCamera) -> None:
@@ -569,7 +533,7 @@ def _draw_photo(rgb: np.ndarray, depth: np.ndarray, scene: Scene, vc: ViewCamera
     sv = ((X - c[0]) @ e2) / (e2 @ e2)
     ok = np.isfinite(t) & (t > 0) & (su >= 0) & (su < 1) & (sv >= 0) & (sv < 1)
     d = depth[ys, xs]
-    ok &= (d <= 0) | (t <= d)
+    ok &= (d <= 0) | (t < d * 0.999 - 1e-3)  # what lies on the photo's plane (its frame's lines) stays in front
     ph, pw = scene.photo.shape[:2]
     iu = np.clip((su[ok] * pw).astype(int), 0, pw - 1)
     iv = np.clip((sv[ok] * ph).astype(int), 0, ph - 1)
@@ -625,14 +589,74 @@ def scene_meshes(scene: Scene) -> list[tuple[np.ndarray, np.ndarray, tuple[float
     return out
 
 
-def render_scene(renderer: Any, scene: Scene, vc: ViewCamera, meshes: list | None = None) -> np.ndarray:
+def _photo_shown(scene: Scene, vc: ViewCamera) -> bool:
+    """Whether ``_draw_photo`` draws anything from this view (it needs the depth buffer then)."""
+    if not scene.show_frustum or scene.photo is None:
+        return False
+    _, d = _frustum(scene)
+    T = vc.view
+    return bool(np.linalg.norm(-T[:3, :3].T @ T[:3, 3]) >= 2 * d)
+
+
+_LINES_CACHE: list = [None, None]  # (key, lines): an orbit step reuses the same arrays (kept on the GL side)
+
+
+def scene_lines(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The scene's lines (segments (N, 2, 3) world, colours (N, 3) uint8, widths px (N,)): the ground's grid,
+    the axes, the frustum, trajectories and the selected person's marker; the same arrays while the scene is."""
+    key = _LINES_CACHE[0]
+    if key is not None and key[0] is scene:
+        return _LINES_CACHE[1]
+    lines = _segments(scene)
+    _LINES_CACHE[0], _LINES_CACHE[1] = (scene,), lines
+    return lines
+
+
+def lod_meshes(meshes: Sequence[Any], persons: int, target: int | None = None) -> list:
+    """``meshes`` with the first ``persons`` (the persons') faces replaced by their topology's reduced face list
+    (``io.render.lod_faces``: the same vertices, about 1,500 faces a person): what a moving view draws."""
+    from .render import LOD_FACES, lod_faces
+
+    out = list(meshes)
+    for i in range(min(persons, len(out))):
+        v, f, c = out[i]
+        out[i] = (v, lod_faces(v, f, target or LOD_FACES), c)
+    return out
+
+
+def render_scene(renderer: Any, scene: Scene, vc: ViewCamera, meshes: list | None = None,
+                 lod: bool = False) -> np.ndarray:
     """(H, W, 3) uint8 picture of ``scene`` seen by ``vc`` through ``renderer`` (an ``io.render.MeshRenderer``
     of ``vc``'s output size). ``meshes``: ``scene_meshes(scene)`` when already built (the app sends them
-    separately, so that unchanged arrays travel by token)."""
+    separately, so that unchanged arrays travel by token). ``lod``: the persons with their reduced face lists
+    (``lod_meshes``; while the camera moves or a video plays), at the same size.
+
+    Persons, ground and lines (grid, axes, frustum, trajectories) go through the renderer together
+    (``MeshRenderer.render_frame``: Open3D's GL scene, depth-tested, kept between frames); the photo on the
+    frustum's plane is drawn afterwards against the depth buffer (read back only when the photo is in view),
+    the labels last. Back faces are culled (bodies are closed and wound outwards; the ground faces up, so it
+    is not drawn from below)."""
+    meshes = scene_meshes(scene) if meshes is None else meshes
+    if lod:
+        meshes = lod_meshes(meshes, len(scene.persons))
+    photo = _photo_shown(scene, vc)
+    rgb, depth = renderer.render_frame(meshes, vc.camera, vc.view, near=vc.near, far=vc.far,
+                                       lines=scene_lines(scene), depth=photo, cull=True)
+    if photo:
+        _draw_photo(rgb, depth, scene, vc)
+    if scene.show_labels:
+        _draw_labels(rgb, scene, vc)
+    return rgb
+
+
+def render_scene_numpy_lines(renderer: Any, scene: Scene, vc: ViewCamera, meshes: list | None = None) -> np.ndarray:
+    """``render_scene`` as it was before the lines went into the renderer: meshes through
+    ``render_with_mask`` (float capture, depth, digest of the arrays), photo and lines drawn in numpy (the
+    benchmark's "before")."""
     meshes = scene_meshes(scene) if meshes is None else meshes
     rgb, _, depth = renderer.render_with_mask(meshes, vc.camera, vc.view, near=vc.near, far=vc.far)
     rgb = np.array(rgb, copy=True)
-    depth = np.asarray(depth, np.float32)
+    depth = np.array(depth, np.float32, copy=True)
     if scene.show_frustum:
         _draw_photo(rgb, depth, scene, vc)
     segs, cols, widths = _segments(scene)

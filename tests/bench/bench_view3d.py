@@ -1,16 +1,22 @@
 """Benchmark of the 3-D view (issue 17; printed, never asserted): one frame of 10 persons (6,890-vertex
-synthetic SMPL bodies) at 1280x720 while orbiting, per renderer backend, side by side:
+synthetic SMPL bodies, 13,776 faces) at 1280x720, per renderer backend, "before" and "new" side by side in one
+run:
 
-* "before": what the mesh view did until issue 17 on each orbit step: every mesh handed to the renderer again
-  (Open3D: geometry rebuilt and uploaded), no scene context;
-* "scene, full": ``api.render_scene`` (persons + ground + grid + axes + frustum with the photo + labels),
-  the persons' geometry kept by the renderer between orbit steps, at 1280x720;
-* "scene, dragging": the same at half resolution (what the view renders while the mouse drags).
+* "before": ``render_scene`` as it was until the speed work: meshes through ``render_with_mask`` (blake2b digest
+  of every array, float colour capture, depth capture), grid / axes / frustum / photo drawn in numpy
+  (``scene3d.render_scene_numpy_lines``);
+* "new, full": ``api.render_scene``: the lines as GL geometry kept between frames, byte read-back, no depth unless
+  the frustum's photo is in view, the persons at full detail;
+* "new, LOD": the same with ``lod=True`` (each person drawn with its topology's reduced face list, about 1,500
+  faces: what the view draws while the camera moves or a video plays), same 1280x720 size;
+* orbit rows: the camera turns 3° a step (the geometry is unchanged); playback rows: every step brings new
+  vertices for all 10 persons (a video's next frame; Open3D updates its kept meshes in place); "top view" rows:
+  the bird's-eye preset with the frustum's photo in view (its depth read-back included).
 
-Wall time and the process's CPU time (less sensitive to other processes on a shared machine) are medians
-over orbit steps of 3°. Target: ≤ 33 ms per frame.
+Wall time and the process's CPU time (llvmpipe's threads included; less sensitive to other processes on a
+shared machine) are medians over the steps, with the load average before and after. Target: ≤ 33 ms per frame.
 
-Run:  OMP_NUM_THREADS=1 .venv/bin/python tests/bench/bench_view3d.py [--steps N]
+Run:  OMP_NUM_THREADS=1 .venv/bin/python tests/bench/bench_view3d.py [--steps N] [--backend open3d|numpy|both]
 """
 
 from __future__ import annotations
@@ -48,12 +54,13 @@ def timed(fn, steps: int) -> tuple[float, float]:
         fn(k)
         wall.append(time.perf_counter() - t0)
         cpu.append(time.process_time() - c0)
-    return statistics.median(wall[1:]) * 1000, statistics.median(cpu[1:]) * 1000
+    return statistics.median(wall) * 1000, statistics.median(cpu) * 1000
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--backend", default="both", choices=("open3d", "numpy", "both"))
     args = ap.parse_args()
     from dpmesh_core import api
 
@@ -65,43 +72,74 @@ def main() -> None:
     print(f"10 persons x {len(results[0].vertices)} vertices / {len(results[0].faces)} faces, 1280x720; ground "
           f"{'fitted' if scene.ground is not None else 'not fitted'}; load average {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} CPUs")
-    print(f"{'backend':8s} {'what':28s} {'wall ms':>8s} {'CPU ms':>8s}")
-    for backend in ("open3d", "numpy"):
-        bench_backend(backend, scene, results, colors, cam, args.steps)
+    print(f"{'backend':8s} {'what':44s} {'wall ms':>8s} {'CPU ms':>8s}")
+    for backend in (("open3d", "numpy") if args.backend == "both" else (args.backend,)):
+        bench_backend(backend, scene, args.steps if backend == "open3d" else max(3, args.steps // 3))
+    print(f"load average at the end {os.getloadavg()[0]:.1f}")
 
 
-def bench_backend(backend: str, scene, results, colors, cam, steps: int) -> None:
+def bench_backend(backend: str, scene, steps: int) -> None:
+    import dataclasses
+
     from dpmesh_core import api
     from dpmesh_core.io import scene3d
 
-    renderers = {}
-    for size in ((1280, 720), (640, 360)):
-        try:
-            renderers[size] = api.MeshRenderer(*size, backend=backend, background=scene3d.VIEW_BACKGROUND)
-        except RuntimeError as e:
-            print(f"{backend:8s} unavailable: {e}")
-            return
-    orbit = api.OrbitCamera(cam)
+    try:
+        r = api.MeshRenderer(1280, 720, backend=backend, background=scene3d.VIEW_BACKGROUND)
+    except RuntimeError as e:
+        print(f"{backend:8s} unavailable: {e}")
+        return
+    size = (1280, 720)
+    orbit = api.OrbitCamera(scene.photo_camera)
     orbit.reset(scene.centre())
-    meshes = [(r.vertices, r.faces, c / 255 if c.max() > 1 else c) for r, c in zip(results, colors)]
-    big, small = renderers[(1280, 720)], renderers[(640, 360)]
+    top = api.OrbitCamera(scene.photo_camera)
+    top.set_preset("top", scene, size)
+    scene3d.lod_meshes(scene3d.scene_meshes(scene), len(scene.persons))  # the reduced face list, computed once
+    # a video's frames: every person moves a little each frame (new arrays, same faces)
+    frames = [dataclasses.replace(scene, persons=tuple(
+        dataclasses.replace(p, vertices=(p.vertices + np.float32([0.01 * k, 0, 0.004 * k])).astype(np.float32))
+        for p in scene.persons)) for k in range(steps)]
 
-    def before(k: int) -> None:
-        orbit.orbit(3, 0)
-        big._geometry = None  # the old path: geometry handed over again on every step
-        big.render(meshes, cam, orbit.view_matrix())
+    def orbiting(fn):
+        def step(k: int) -> None:
+            orbit.orbit(3, 0)
+            fn(scene, orbit.view_camera(size, scene))
+        return step
 
-    def full(k: int, r=big, size=(1280, 720)) -> None:
-        orbit.orbit(3, 0)
-        api.render_scene(r, scene, orbit.view_camera(size, scene))
+    def playing(fn):
+        vc = orbit.view_camera(size, scene)
+        return lambda k: fn(frames[k], vc)
 
-    rows = [("before (meshes only)", before), ("scene, full 1280x720", full),
-            ("scene, dragging 640x360", lambda k: full(k, small, (640, 360)))]
+    def top_view(fn):
+        def step(k: int) -> None:
+            top.orbit(1, 0)
+            fn(scene, top.view_camera(size, scene))
+        return step
+
+    def before(sc, vc):
+        scene3d.render_scene_numpy_lines(r, sc, vc)
+
+    def new_full(sc, vc):
+        api.render_scene(r, sc, vc)
+
+    def new_lod(sc, vc):
+        api.render_scene(r, sc, vc, lod=True)
+
+    rows = [("orbit      before (full detail)", orbiting(before)),
+            ("orbit      new, full detail", orbiting(new_full)),
+            ("orbit      new, LOD", orbiting(new_lod)),
+            ("playback   before (full detail)", playing(before)),
+            ("playback   new, full detail", playing(new_full)),
+            ("playback   new, LOD", playing(new_lod)),
+            ("top view   before (full detail, photo)", top_view(before)),
+            ("top view   new, full detail (photo: depth)", top_view(new_full)),
+            ("top view   new, LOD (photo: depth)", top_view(new_lod))]
     for name, fn in rows:
+        fn(0)  # a first frame of this kind (geometry uploaded once; not timed)
         w, c = timed(fn, steps)
-        print(f"{backend:8s} {name:28s} {w:8.0f} {c:8.0f}")
-    for r in renderers.values():
-        r.close()
+        print(f"{backend:8s} {name:44s} {w:8.1f} {c:8.1f}")
+    r.close()
+
 
 if __name__ == "__main__":
     main()

@@ -1,0 +1,144 @@
+"""The 3-D view's fast path (issue 17, speed): reduced face lists (LOD), lines drawn by the renderer, the byte
+read-back and in-place geometry updates of ``MeshRenderer.render_frame``, with both backends."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from dpmesh_core.body.synthetic import synthetic_smpl_arrays
+from dpmesh_core.io import scene3d
+from dpmesh_core.io.render import LOD_FACES, MeshRenderer, lod_faces
+from dpmesh_core.types import BodyParams, Camera, MeshResult
+
+W, H = 480, 360
+CAM = Camera.default_for(W, H)
+GRID = np.array([105, 110, 120])  # scene3d's grid colour
+
+
+def _body() -> tuple[np.ndarray, np.ndarray]:
+    a = synthetic_smpl_arrays()
+    v = np.asarray(a["v_template"], np.float64) * np.array([1.0, -1.0, -1.0])  # upright (y down), facing us
+    return v - (v.min(0) + v.max(0)) / 2, np.asarray(a["f"], np.int32)
+
+
+BODY, FACES = _body()
+
+
+def _yaw(v: np.ndarray, deg: float, z: float = 3.0) -> np.ndarray:
+    c, s = np.cos(np.deg2rad(deg)), np.sin(np.deg2rad(deg))
+    return v @ np.array([[c, 0, s], [0, 1, 0], [-s, 0, c]]).T + np.array([0.0, 0.0, z])
+
+
+@pytest.fixture(scope="module", params=["open3d", "numpy"])
+def renderer(request):
+    r = MeshRenderer(W, H, backend=request.param, background=scene3d.VIEW_BACKGROUND)
+    yield r
+    r.close()
+
+
+def test_lod_faces_are_a_valid_reduced_list_of_the_original_vertices():
+    lod = lod_faces(BODY, FACES)
+    assert 0.8 * LOD_FACES <= len(lod) <= 1.05 * LOD_FACES < len(FACES)
+    assert lod.dtype == np.int32 and lod.min() >= 0 and lod.max() < len(BODY)
+    assert ((lod[:, 0] != lod[:, 1]) & (lod[:, 1] != lod[:, 2]) & (lod[:, 0] != lod[:, 2])).all()
+    assert len(np.unique(np.sort(lod, axis=1), axis=0)) == len(lod)  # no triangle twice
+    # computed once per topology: another pose of the same faces (a new array object) gets the same list
+    assert lod_faces(_yaw(BODY, 40), FACES.copy()) is lod
+    assert lod_faces(BODY, FACES) is lod
+
+
+@pytest.mark.parametrize("yaw", [0, 90])
+def test_lod_covers_the_full_silhouette(renderer, yaw):
+    v = _yaw(BODY, yaw)
+    lod = lod_faces(BODY, FACES)
+    _, full = renderer.render_frame([(v, FACES, (0.9, 0.3, 0.3))], CAM, depth=True)
+    _, low = renderer.render_frame([(v, lod, (0.9, 0.3, 0.3))], CAM, depth=True)
+    a, b = full > 0, low > 0
+    assert a.sum() > 5000
+    assert (a & b).sum() / (a | b).sum() >= 0.95
+
+
+def _scene(show_ground: bool = True) -> scene3d.Scene:
+    """Two standing synthetic bodies 4 and 5 m ahead of a level camera 1.6 m above the ground."""
+    feet = BODY - np.array([0.0, BODY[:, 1].max(), 0.0])  # soles at y = 0
+    z3 = np.zeros(3, np.float32)
+    res = []
+    for x, z in ((-0.6, 4.0), (0.7, 5.0)):
+        v = (feet + np.array([x, 1.6, z])).astype(np.float32)
+        res.append(MeshResult(v, FACES, v[:24], np.zeros((24, 2), np.float32), "smpl24",
+                              BodyParams("smpl", z3, np.zeros(69, np.float32), np.zeros(10, np.float32), z3), CAM))
+    persons = scene3d.scene_persons(res, [(0.9, 0.3, 0.3), (0.3, 0.5, 0.9)])
+    ground = scene3d.fit_ground(res)
+    assert ground is not None
+    return scene3d.Scene(persons, CAM, ground, np.full((60, 80, 3), 200, np.uint8), show_ground=show_ground)
+
+
+def _grid_pixels(rgb: np.ndarray) -> int:
+    return int((np.abs(rgb.astype(int) - GRID).max(-1) <= 6).sum())
+
+
+@pytest.mark.parametrize("lod", [False, True])
+def test_grid_is_drawn_in_the_top_view(renderer, lod):
+    scene = _scene()
+    vc = scene3d.preset_view(scene, "top", (W, H))
+    rgb = scene3d.render_scene(renderer, scene, vc, lod=lod)
+    assert _grid_pixels(rgb) > 0.01 * W * H
+    bare = scene3d.render_scene(renderer, dataclasses.replace(scene, show_ground=False), vc, lod=lod)
+    assert _grid_pixels(bare) < 0.001 * W * H
+    # the persons are drawn over the grid (depth-tested): their colours are there
+    assert (np.abs(rgb.astype(int) - np.array([230, 77, 77])).max(-1) < 60).sum() > 50
+
+
+def test_lod_frame_looks_like_the_full_one(renderer):
+    scene = _scene()
+    cam = scene3d.OrbitCamera(CAM)
+    cam.reset(scene.centre())
+    cam.orbit(35, 10)
+    vc = cam.view_camera((W, H), scene)
+    full = scene3d.render_scene(renderer, scene, vc)
+    low = scene3d.render_scene(renderer, scene, vc, lod=True)
+    bg = np.asarray(scene3d.VIEW_BACKGROUND) * 255
+    assert np.abs(full.astype(int) - low).mean() < 4.0
+    drawn_full = np.abs(full - bg).max(-1) > 12
+    drawn_low = np.abs(low - bg).max(-1) > 12
+    assert (drawn_full & drawn_low).sum() / (drawn_full | drawn_low).sum() > 0.95
+
+
+def test_render_frame_updates_kept_geometry_in_place(renderer):
+    """A video's next frame (new vertices, same faces) through a renderer that kept the previous frame gives
+    the picture a fresh renderer gives."""
+    meshes = [(_yaw(BODY, 0), FACES, (0.9, 0.3, 0.3)), (_yaw(BODY, 0) + [0.8, 0, 1], FACES, (0.3, 0.5, 0.9))]
+    renderer.render_frame(meshes, CAM)
+    moved = [(_yaw(BODY, 30) + [0.3, 0.1, 0], FACES, (0.9, 0.3, 0.3)), (_yaw(BODY, -20) + [0.6, 0, 1.2], FACES,
+                                                                          (0.3, 0.5, 0.9))]
+    rgb, depth = renderer.render_frame(moved, CAM, depth=True)
+    fresh = MeshRenderer(W, H, backend=renderer.backend, background=scene3d.VIEW_BACKGROUND)
+    try:
+        rgb2, depth2 = fresh.render_frame(moved, CAM, depth=True)
+    finally:
+        fresh.close()
+    m, m2 = depth > 0, depth2 > 0
+    assert m.sum() > 5000 and (m != m2).sum() <= 0.002 * m.sum()
+    both = m & m2
+    assert np.abs(depth[both] - depth2[both]).max() < 1e-3
+    # fewer meshes than before: the extra one is gone
+    one, _ = renderer.render_frame(moved[:1], CAM)
+    assert (np.abs(one.astype(int) - rgb).max(-1) > 0).sum() > 1000
+
+
+def test_open3d_byte_read_back_equals_its_own_capture():
+    r = MeshRenderer(W, H, backend="open3d", background=scene3d.VIEW_BACKGROUND)
+    try:
+        assert r._gl is not None, "direct read-back was not verified on this machine"
+        rgb, depth = r.render_frame([(_yaw(BODY, 20), FACES, (0.9, 0.6, 0.3))], CAM, near=0.5, far=20.0, depth=True)
+        ref = (np.clip(np.asarray(r._vis.capture_screen_float_buffer(do_render=False)), 0, 1) * 255 + 0.5)
+        ref_depth = np.asarray(r._vis.capture_depth_float_buffer(do_render=False))
+    finally:
+        r.close()
+    assert np.abs(ref.astype(int) - rgb).max() <= 1
+    m = ref_depth > 0
+    assert m.sum() > 5000 and ((depth > 0) == m).all()
+    assert np.abs(depth[m] - ref_depth[m]).max() < 1e-3
