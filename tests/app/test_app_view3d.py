@@ -164,3 +164,69 @@ def test_view3d_plays_a_track_at_the_video_frame_rate(qapp, qtbot, media_dir):
         qtbot.waitUntil(lambda: view.last_rgb is not None, timeout=60000)
     finally:
         s.shutdown()
+
+
+def test_view3d_moving_camera_draws_reduced_detail_then_full(qapp, qtbot, media_dir):
+    """While the camera moves (mouse drag, wheel) the view asks for reduced-detail pictures at the widget's full
+    size; released or still for STILL_MS, one full-detail picture follows."""
+    image = api.read_image(media_dir / "COCO_val2014_000000000395.jpg")
+    s = Session(inference=InferenceService(estimator_factory=lambda: RecordingEstimator()))
+    s.auto_detect = False
+    try:
+        s.open_image_array(image, [make_person(0), make_person(1, x0=350)])
+        qtbot.waitUntil(lambda: all(r is not None for r in s.doc.results()), timeout=60000)
+        qtbot.waitUntil(lambda: not s.is_busy(), timeout=20000)
+        cam = s.doc.result(s.doc.uids()[0]).camera
+        for uid, (x, z) in zip(s.doc.uids(), ((0.9, 7.0), (-0.3, 4.5))):
+            s.doc.set_result(uid, body(x, z, cam))
+        view = MeshView(s)
+        asked: list[tuple[bool, tuple[int, int]]] = []
+        rendered: list[tuple[int, int]] = []
+        real = s.overlay.render_view
+
+        def spy(key, meshes, camera, v, size, scene=None, clip=None, lod=False):
+            if key == ("meshview", id(view)):
+                asked.append((lod, tuple(size)))
+            return real(key, meshes, camera, v, size, scene=scene, clip=clip, lod=lod)
+
+        s.overlay.render_view = spy
+        s.overlay.view_rendered.connect(lambda k, rgb, _s: rendered.append(np.asarray(rgb).shape[:2])
+                                        if k == ("meshview", id(view)) and rgb is not None else None)
+        qtbot.addWidget(view)
+        view.resize(700, 420)
+        view.show()
+        qtbot.waitExposed(view)
+        qtbot.waitUntil(lambda: bool(rendered), timeout=60000)
+        c = view.canvas
+        full = (c.width(), c.height())
+        assert asked[-1] == (False, full)
+        # a mouse drag: reduced detail while the button is down, full detail once released
+        del asked[:]
+
+        def mouse(kind, x, button, buttons):
+            p = QPointF(x, c.height() / 2)
+            QApplication.sendEvent(c, QMouseEvent(kind, p, QPointF(c.mapToGlobal(QPoint(int(x), c.height() // 2))),
+                                                  button, buttons, Qt.KeyboardModifier.NoModifier))
+
+        left = Qt.MouseButton.LeftButton
+        mouse(QEvent.Type.MouseButtonPress, 300, left, left)
+        for x in (320, 340, 360):
+            mouse(QEvent.Type.MouseMove, x, left, left)
+            qtbot.waitUntil(lambda: bool(asked), timeout=5000)
+        qtbot.wait(2 * view.STILL_MS)  # held still with the button down: still moving
+        assert asked and all(a == (True, full) for a in asked)
+        mouse(QEvent.Type.MouseButtonRelease, 360, left, Qt.MouseButton.NoButton)
+        qtbot.waitUntil(lambda: asked[-1] == (False, full), timeout=5000)
+        # the wheel: reduced detail, then the full picture after STILL_MS without another step
+        del asked[:]
+        view.zoom(1.1)
+        qtbot.waitUntil(lambda: bool(asked), timeout=5000)
+        assert asked[0] == (True, full)
+        t0 = time.perf_counter()
+        qtbot.waitUntil(lambda: asked[-1] == (False, full), timeout=5000)
+        assert time.perf_counter() - t0 >= 0.8 * view.STILL_MS / 1000
+        n = len(rendered)
+        qtbot.waitUntil(lambda: len(rendered) > n and not s.overlay.render.view_runner.is_busy(), timeout=60000)
+        assert rendered[-1] == (full[1], full[0])  # every picture at the widget's size
+    finally:
+        s.shutdown()
