@@ -71,6 +71,7 @@ _LAZY: dict[str, str] = {
     "render_overlay": "dpmesh_core.io.render",
     "person_color": "dpmesh_core.io.render",
     "PERSON_PALETTE": "dpmesh_core.io.render",
+    "lod_meshes": "dpmesh_core.io.scene3d",
     "OverlayLayers": "dpmesh_core.io.overlay_layers",
     # the 3-D view (issue 17): ground fit, free camera, presets, scene pictures
     "ViewsWriter": "dpmesh_core.io.scene3d",
@@ -106,6 +107,8 @@ _LAZY: dict[str, str] = {
     "PipelineFrame": "dpmesh_core.pipeline",
     "Truncation": "dpmesh_core.pipeline",
     "reprojection_errors": "dpmesh_core.pipeline",
+    "occlusion_spans": "dpmesh_core.pipeline",
+    "RESCUE_SOURCE": "dpmesh_core.pipeline",
 }
 
 __all__ = sorted(
@@ -687,8 +690,11 @@ def predict(
     "input", "frame", "persons", "meshes", "errors": [...]}`` per frame, ``{"event": "done", "input",
     "files": [...]}`` per input, and finally ``{"event": "finished", "files": n, "inputs", "complete",
     "skipped", "failed": [{"input", "type", "message", "exit_code"}]}``. A frame event lists its ``people``
-    (index, track_id, mesh, error, refit, quality, low_confidence); a video also gets ``{"event": "tracks",
-    "tracks": [{id, first_frame, last_frame, frames_present, meshes}]}`` (and ``{stem}_tracks.json``), and a
+    (index, track_id, mesh, error, refit, quality, low_confidence, source: "rescue" for a person the pipeline's
+    rescue pass found) and ``occluded`` ([{track_id, behind}]: tracks hidden behind another track there, no
+    key-points); a video also gets ``{"event": "tracks", "tracks": [{id, first_frame, last_frame,
+    frames_present, meshes, occluded: [{behind, first_frame, last_frame, frames, text}]}]}`` (and
+    ``{stem}_tracks.json``), and a
     video that stops decoding early a ``{"event": "truncated", "frame", "processed", "expected"}`` (its decoded
     frames' files are kept; the input counts as failed). ``{"event": "warning", "message"}`` reports refused or
     merged persons and stale staging folders removed; ``{"event": "skipped", "input"}`` an input ``resume``
@@ -1089,6 +1095,7 @@ def _predict_one(
         def given(fi: int) -> list[Person]:
             return _persons_from_file(kp_table, media_path, fi, media.kind)
     tracks: dict[int, dict[str, Any]] = {}
+    occluded_frames: list[tuple[int, dict[int, int]]] = []  # (frame, {track id: occluder id}) in order
     rig = None  # rigged exports: collected per person / track, written at the end of the input
     if any(f in RIGGED_FORMATS for f in opts.formats):
         from .body.rig import RiggedExporter
@@ -1115,19 +1122,31 @@ def _predict_one(
             q = r.quality if ok else None
             people.append({"index": i, "track_id": p.track_id, "mesh": ok, "error": None if ok else str(r),
                            "refit": i in out.refit, "low_confidence": None if q is None else q.low_confidence,
-                           "quality": None if q is None else q.as_dict()})
+                           "quality": None if q is None else q.as_dict(), "source": p.source})
             if is_video and p.track_id is not None:
                 t = tracks.setdefault(int(p.track_id), {"id": int(p.track_id), "frames": [], "meshes": 0})
                 t["frames"].append(fi)
                 t["meshes"] += int(ok)
+        if is_video:
+            occluded_frames.append((fi, dict(out.occluded)))
+            for tid, _ in out.occluded:
+                tracks.setdefault(int(tid), {"id": int(tid), "frames": [], "meshes": 0})
         yield {
             "event": "frame", "input": str(media_path), "frame": fi, "persons": len(persons),
             "meshes": sum(isinstance(r, MeshResult) for r in results),
             "errors": [str(r) for r in results if isinstance(r, EstimationError)], "people": people,
+            # tracks known to be here but hidden behind another track: no key-points, no mesh on this frame
+            "occluded": [{"track_id": int(t), "behind": int(b)} for t, b in out.occluded],
         }
     if is_video:
-        summary = [{"id": t["id"], "first_frame": min(t["frames"]), "last_frame": max(t["frames"]),
-                    "frames_present": len(t["frames"]), "meshes": t["meshes"], "frames": sorted(t["frames"])}
+        from .pipeline import occlusion_spans
+
+        spans = occlusion_spans(occluded_frames)
+        summary = [{"id": t["id"], "first_frame": min(t["frames"] or [s["first_frame"] for s in spans[t["id"]]]),
+                    "last_frame": max(t["frames"] or [s["last_frame"] for s in spans[t["id"]]]),
+                    "frames_present": len(t["frames"]), "meshes": t["meshes"], "frames": sorted(t["frames"]),
+                    "occluded": [dict(s, text=f"occluded behind #{s['behind']}, frames {s['first_frame']}-"
+                                               f"{s['last_frame']}, no key-points") for s in spans.get(t["id"], [])]}
                    for t in sorted(tracks.values(), key=lambda t: t["id"])]
         dest = staging / f"{stem}_tracks.json"
         with atomic_write(dest, "w") as f:

@@ -53,6 +53,8 @@ def main() -> None:
     ap.add_argument("--quiet", action="store_true", help="summary only, no per-frame lines")
     ap.add_argument("--smooth-sigma", type=float, default=1.5, help="0: no smoothing (warm starts only)")
     ap.add_argument("--refit", default="auto", choices=["auto", "always", "never"])
+    ap.add_argument("--no-occlusion", action="store_true",
+                    help="the tracker without occlusion keeping and no rescue pass (the behaviour before them)")
     args = ap.parse_args()
 
     import torch
@@ -68,7 +70,9 @@ def main() -> None:
     media = api.open_media(args.video)
     w, h = media.size
     n = min(args.frames, media.num_frames)
-    pipe = api.FramePipeline(estimator, detector, smooth_sigma=args.smooth_sigma, refit=args.refit)
+    tracker = api.Tracker(occlusion_cover=None) if args.no_occlusion else None
+    pipe = api.FramePipeline(estimator, detector, smooth_sigma=args.smooth_sigma, refit=args.refit, tracker=tracker,
+                             rescue=not args.no_occlusion)
     raw_pipe_results: dict[int, dict[int, np.ndarray]] = {}  # unsmoothed joints per track (for the jerk figure)
     outs = []
     wall, cpu = time.perf_counter(), time.process_time()
@@ -132,6 +136,13 @@ def main() -> None:
     print(f"ID count: {len(tracks)} tracks; longest {lengths[:8]}; tracks seen in 1-2 frames only: "
           f"{sum(1 for x in lengths if x <= 2)}")
     print(f"median detect ms per frame: {1000 * med(detector.times):.1f}")
+    spans = api.occlusion_spans([(o.frame, dict(o.occluded)) for o in outs])
+    n_occ = sum(len(o.occluded) for o in outs)
+    print(f"occlusion: {n_occ} track-frames hidden behind another track (no key-points), {len(spans)} tracks, "
+          f"longest span {max((s['frames'] for v in spans.values() for s in v), default=0)} frames; rescue pass: "
+          f"{pipe.rescue_crops} crops on {sum(1 for o in outs if o.occluded or o.rescued)} frames, {pipe.rescued} "
+          f"persons found, {pipe.rescue_seconds:.1f} s ({100 * pipe.rescue_seconds / wall:.1f} % of the run, "
+          f"{1000 * pipe.rescue_seconds / max(pipe.rescue_crops, 1):.0f} ms per crop)")
     print(f"end to end: {len(outs) / wall:.2f} frames/s ({wall:.1f} s for {len(outs)} frames); "
           f"{len(outs) / cpu:.2f} frames per CPU-second of this process ({cpu:.1f} CPU-s: the figure to compare on a "
           f"busy machine)")

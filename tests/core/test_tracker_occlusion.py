@@ -186,3 +186,34 @@ def test_pipeline_gives_the_rescued_person_a_mesh(street_frames, detector):
     assert isinstance(r, MeshResult) and r.track_id == o.persons[idx[0]].track_id
     err = api.reprojection_errors(r, o.persons[idx[0]])
     assert np.nanmedian(err) < 0.1  # the mesh is on the rescued key-points
+
+
+def test_predict_reports_occluded_spans_and_rescued_persons(tmp_path, media_dir, detector):
+    """``dpmesh predict``'s events and ``{stem}_tracks.json`` on street.avi frames 0-14: the couple is one
+    detection on 0-4 and 13-14 and two on 5-12; a track of the couple is reported hidden behind the other on
+    the frames it is not seen (the summary and the events say the same)."""
+    import json
+
+    from dpmesh_core.body import load_body_model
+
+    fast = FitConfig(camera_iters=4, cold_iters=8, shape_iters=0, warm_iters=4, num_inits=2, keep_after_camera_stage=2)
+    est = KeypointFitter(load_body_model("anny"), config=fast)
+    opts = api.PredictOptions(formats=("npz",), max_frames=15)
+    events = list(api.predict(media_dir / "street.avi", tmp_path, opts, models=(detector, est)))
+    frames = {e["frame"]: e for e in events if e["event"] == "frame"}
+    assert sorted(frames) == list(range(15))
+    summary = json.loads((tmp_path / "street_tracks.json").read_text())["tracks"]
+    tracks_event = next(e for e in events if e["event"] == "tracks")["tracks"]
+    assert [t["occluded"] for t in tracks_event] == [t["occluded"] for t in summary]
+    spans = [(t, s) for t in summary for s in t["occluded"] if s["last_frame"] >= 13]
+    assert spans, summary
+    for t, s in spans:
+        assert s["text"] == (f"occluded behind #{s['behind']}, frames {s['first_frame']}-{s['last_frame']}, "
+                             "no key-points")
+        for f in range(s["first_frame"], s["last_frame"] + 1):
+            people = frames[f]["people"]
+            assert {"track_id": t["id"], "behind": s["behind"]} in frames[f]["occluded"]
+            assert t["id"] not in [p["track_id"] for p in people]  # no key-points, no mesh there
+            occluder = [p for p in people if p["track_id"] == s["behind"]]
+            assert occluder and occluder[0]["mesh"]  # the person in front is there, with a mesh
+    assert all(p["source"] in ("detector", "rescue") for e in frames.values() for p in e["people"])
