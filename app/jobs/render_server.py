@@ -14,7 +14,7 @@ import time
 from typing import Any
 
 from .ipc import ImageRef, ImageSlots
-from .protocol import map_arrays
+from .protocol import RenderScene, map_arrays
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +89,19 @@ def serve(conn: Any) -> None:
 
     layers = api.OverlayLayers()
     arrays = ImageSlots(ARRAY_SLOTS)
+    lod_todo: list = []  # a 3-D view's persons whose reduced face lists are not computed yet
+
+    def idle_lod() -> bool:
+        """Idle: the reduced face lists of the last 3-D picture's persons (once per topology, ~0.3 s), so the
+        first drag or Play does not wait for them."""
+        if not lod_todo:
+            return False
+        api.lod_meshes(*lod_todo.pop())
+        return True
+
     while True:
         try:
-            while not conn.poll(0) and layers.fill_one(get):  # idle: fill the overlay's per-person layers
+            while not conn.poll(0) and (layers.fill_one(get) or idle_lod()):  # idle: overlay layers, LOD lists
                 pass
             msg = conn.recv()
         except (EOFError, OSError):
@@ -100,8 +110,11 @@ def serve(conn: Any) -> None:
             break
         try:
             t0 = time.perf_counter()
-            out = map_arrays(msg, lambda a: arrays.resolve(a) if isinstance(a, ImageRef) else a).run(layers, get)
+            msg = map_arrays(msg, lambda a: arrays.resolve(a) if isinstance(a, ImageRef) else a)
+            out = msg.run(layers, get)
             conn.send(("ok", out, time.perf_counter() - t0))
+            if isinstance(msg, RenderScene) and not msg.lod:
+                lod_todo[:] = [(list(msg.meshes), len(msg.scene.persons))]
         except (OSError, EOFError):  # the app went away while we answered
             break
         except Exception as e:  # noqa: BLE001 - reported to the app, the server keeps serving

@@ -115,7 +115,6 @@ def _decimate(v: np.ndarray, f: np.ndarray, target: int) -> np.ndarray:
         return f.astype(np.int32)
     try:
         import open3d as o3d
-        from scipy.spatial import cKDTree
     except ImportError:
         return f.astype(np.int32)
     m = o3d.geometry.TriangleMesh(o3d.utility.Vector3dVector(v), o3d.utility.Vector3iVector(f.astype(np.int32)))
@@ -124,7 +123,12 @@ def _decimate(v: np.ndarray, f: np.ndarray, target: int) -> np.ndarray:
     dv, df = np.asarray(d.vertices), np.asarray(d.triangles)
     if len(df) == 0:
         return f.astype(np.int32)
-    snap = cKDTree(v).query(dv)[1]
+    # each kept vertex snapped to the nearest original one (brute force in blocks: no index to build)
+    snap = np.empty(len(dv), np.int64)
+    vv = (v * v).sum(1)
+    for i in range(0, len(dv), 512):
+        q = dv[i:i + 512]
+        snap[i:i + 512] = np.argmin(vv[None, :] - 2.0 * q @ v.T, axis=1)
     g = snap[df]
     g = g[(g[:, 0] != g[:, 1]) & (g[:, 1] != g[:, 2]) & (g[:, 0] != g[:, 2])]
     # the same triangle twice (either winding) is drawn once
