@@ -97,19 +97,6 @@ def lod_faces(vertices: np.ndarray, faces: np.ndarray, target: int = LOD_FACES) 
     return out
 
 
-def _vertex_normals(v: np.ndarray, f: Any) -> np.ndarray | None:
-    """Smooth vertex normals of a reduced face list computed over its full topology (so a LOD body is shaded
-    like the full one, not faceted); None for any other face list (Open3D computes them)."""
-    src = _LOD_SOURCE.get(id(f))
-    if src is None or src[0] is not f:
-        return None
-    F = src[1]
-    v = np.asarray(v, np.float64).reshape(-1, 3)
-    n = np.cross(v[F[:, 1]] - v[F[:, 0]], v[F[:, 2]] - v[F[:, 0]])  # area-weighted face normals
-    out = np.stack([np.bincount(F.ravel(), np.repeat(n[:, k], 3), minlength=len(v)) for k in range(3)], 1)
-    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
-
-
 def _decimate(v: np.ndarray, f: np.ndarray, target: int) -> np.ndarray:
     if len(f) <= target:
         return f.astype(np.int32)
@@ -591,12 +578,27 @@ class MeshRenderer:
             vis.remove_geometry(slots.pop()[0], reset_bounding_box=False)
 
     def _normals(self, g: Any, v: np.ndarray, f: Any) -> None:
-        n = _vertex_normals(v, f)
-        if n is None:
+        """Vertex normals of a kept mesh; a reduced face list gets its full topology's (smooth shading),
+        computed by Open3D on a helper mesh of that topology (numpy would take ~3 ms a body)."""
+        src = _LOD_SOURCE.get(id(f))
+        if src is None or src[0] is not f:
             g.compute_vertex_normals()
-        else:
-            g.compute_triangle_normals()  # the legacy renderer lights a mesh only when it has both
-            g.vertex_normals = self._o3d.utility.Vector3dVector(n)
+            return
+        o3d = self._o3d
+        helpers = self.__dict__.setdefault("_normal_helpers", {})
+        h = helpers.get(id(src[1]))
+        if h is None or h[0] is not src[1]:
+            h = helpers[id(src[1])] = (src[1], o3d.geometry.TriangleMesh(
+                o3d.utility.Vector3dVector(np.asarray(v, np.float64).reshape(-1, 3)),
+                o3d.utility.Vector3iVector(np.asarray(src[1], np.int32))))
+        full = h[1]
+        if len(full.vertices) != len(g.vertices):
+            g.compute_vertex_normals()
+            return
+        full.vertices = g.vertices
+        full.compute_vertex_normals()
+        g.compute_triangle_normals()  # the legacy renderer lights a mesh only when it has both
+        g.vertex_normals = full.vertex_normals
 
     def _sync_lines(self, lines: LineSpec | None, K: np.ndarray, T: np.ndarray) -> None:
         """Lines of width 1 as one ``LineSet`` kept while they do not change; wider ones (few: axes, tracks,

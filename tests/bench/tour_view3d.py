@@ -9,6 +9,7 @@ Run under a virtual screen:
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 from pathlib import Path
@@ -97,10 +98,13 @@ def main(out: Path) -> None:
     seen: list[int] = []
     doc.frame_changed.connect(seen.append)
     t0 = time.perf_counter()
+    n0 = renders[0]
     view.play_btn.setChecked(True)
     spin(lambda: len(seen) >= 2 * frames, 60)
-    print(f"played {len(seen)} frame changes in {time.perf_counter() - t0:.1f} s (video {doc.fps:.1f} fps), "
-          f"frames {sorted(set(seen))}", flush=True)
+    dt = time.perf_counter() - t0
+    print(f"played {len(seen)} frame changes in {dt:.1f} s (video {doc.fps:.1f} fps), frames {sorted(set(seen))}; "
+          f"3-D pictures shown {renders[0] - n0} ({(renders[0] - n0) / dt:.1f} frames/s, "
+          f"{view.canvas.width()}x{view.canvas.height()}); load average {os.getloadavg()[0]:.1f}", flush=True)
     view.play_btn.setChecked(False)
     shot("6_video_orbit", lambda: (view.set_preset("camera"), view.orbit(-35, 15)))
     view.canvas.setFocus()
