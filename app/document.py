@@ -55,6 +55,9 @@ class Document(QObject):
         self._uids: dict[int, list[int]] = {}
         self._results: dict[int, MeshResult | str] = {}  # uid -> result or error message
         self.interpolated: dict[int, np.ndarray] = {}  # uid -> (J,) joints placed by key-frame interpolation
+        #: frame -> {track id: occluder's track id}: tracks the video pipeline knows are on that frame but hidden
+        #: behind another track (no key-points, no mesh); every frame the pipeline delivered has an entry
+        self.occluded: dict[int, dict[int, int]] = {}
         self._where: dict[int, int] = {}  # uid -> frame (kept in step with _uids)
         self._next_uid = 1
         self._next_track_id = 0  # track ids are never reused (see new_track_id)
@@ -78,6 +81,7 @@ class Document(QObject):
         self._uids.clear()
         self._results.clear()
         self.interpolated.clear()
+        self.occluded.clear()
         self._where.clear()
         self._next_track_id = 0
         self.undo_stack.clear()

@@ -45,8 +45,8 @@ def process_video(ctx: Any, path: str, stride: int, smooth: bool, given: dict[in
     ``smooth``: warm starts and smoothing as ``dpmesh predict`` (off: every frame fitted cold).
     ``first_track_id``: new tracks get ids from there (ids the document has used are never given again).
 
-    Yields ("frame", frame, number of frames, persons, results (MeshResult or an error each), given) per
-    frame once it is final, and ("truncated", frame, processed, expected, message) when the video cannot
+    Yields ("frame", frame, number of frames, persons, results (MeshResult or an error each), given,
+    occluded: [(track id, occluder's track id)] hidden there with no key-points) per frame once it is final, and ("truncated", frame, processed, expected, message) when the video cannot
     be decoded past some frame (every frame before it was processed)."""
     from dpmesh_core import api
 
@@ -58,7 +58,8 @@ def process_video(ctx: Any, path: str, stride: int, smooth: bool, given: dict[in
         n = media.num_frames
         frames = range(max(int(start), 0), n if stop is None else min(int(stop), n), max(int(stride), 1))
         for out in pipe.run(media, frames=frames, persons=given):
-            yield "frame", out.frame, n, list(out.persons), list(out.results), bool(out.given)
+            yield ("frame", out.frame, n, list(out.persons), list(out.results), bool(out.given),
+                   [(int(t), int(b)) for t, b in out.occluded])
         t = pipe.truncated
         if t is not None:
             yield "truncated", t.frame, t.processed, t.expected, t.message

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from dpmesh_core import api
 from dpmesh_core.errors import DPMeshError
 
 from .commands import BatchEditCommand
@@ -27,16 +28,33 @@ class TrackInfo:
     last: int
     frames: int  # frames where it is present
     key_frames: int
+    #: spans where the video pipeline saw it hidden behind another track: (occluder's id, first, last frame)
+    occluded: tuple[tuple[int, int, int], ...] = ()
+
+    def occluded_text(self, one_based: bool = True) -> list[str]:
+        """One line per occluded span: "occluded behind #X, frames a–b, no key-points"."""
+        k = 1 if one_based else 0
+        return [f"occluded behind #{b}, frames {a + k}–{e + k}, no key-points" for b, a, e in self.occluded]
 
 
 def summary(doc: Document) -> list[TrackInfo]:
-    """Every track of the document, by id: first/last frame, frames present, key frames."""
+    """Every track of the document, by id: first/last frame, frames present, key frames, occluded spans (a track
+    the pipeline still knows but that has no person left on any frame is listed too, by its spans)."""
     keys: dict[int, int] = {}
     for f in doc.frames_with_persons():
         for p in doc.persons(f):
             if p.track_id is not None and p.edited.any():
                 keys[int(p.track_id)] = keys.get(int(p.track_id), 0) + 1
-    return [TrackInfo(t, fs[0], fs[-1], len(fs), keys.get(t, 0)) for t, fs in sorted(doc.tracks().items())]
+    spans = api.occlusion_spans(sorted(doc.occluded.items())) if doc.occluded else {}
+    present = doc.tracks()
+    out = []
+    for t in sorted(set(present) | set(spans)):
+        fs = present.get(t, [])
+        occ = tuple((s["behind"], s["first_frame"], s["last_frame"]) for s in spans.get(t, []))
+        first = fs[0] if fs else min(a for _, a, _ in occ)
+        last = fs[-1] if fs else max(e for _, _, e in occ)
+        out.append(TrackInfo(t, first, last, len(fs), keys.get(t, 0), occ))
+    return out
 
 
 def _retrack(doc: Document, uids: dict[int, int | None], text: str) -> int:

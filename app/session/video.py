@@ -139,10 +139,11 @@ class VideoController(QObject):
         if value[0] == "truncated":
             self.truncated = tuple(value)
             return
-        _, f, n, persons, results, given = value
+        _, f, n, persons, results, given, *more = value
         results = [r if isinstance(r, MeshResult) else str(r) for r in results]
         if f in self._skip:
             return
+        self.doc.occluded[f] = {int(t): int(b) for t, b in (more[0] if more else ())}
         sent = self._sent.pop(f, None)
         current = self.doc.persons(f)
         if sent is not None:

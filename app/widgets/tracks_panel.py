@@ -1,5 +1,6 @@
-"""Tracks panel (video): every track with its colour, first and last frame, frames present and key frames;
-proofreading of the selected track at the current frame (SLEAP-like: swap with another track from here on,
+"""Tracks panel (video): every track with its colour, first and last frame, frames present, key frames and
+where the video pipeline saw it hidden behind another track ("behind #X: a–b": no key-points, no mesh there;
+on such a frame its row is orange and says how to add the person), and the proofreading of the selected track at the current frame (SLEAP-like: swap with another track from here on,
 merge another track into it, split it here, delete it from here on) and key-frame interpolation (between
 its key frames; past the last one for a chosen number of frames). Every action is one undoable command
 (``app.tracks``, ``app.keyframes``); a refusal is said in the panel."""
@@ -27,7 +28,7 @@ from ..palette import person_rgb
 
 
 class TracksPanel(QWidget):
-    COLUMNS = ["track", "first", "last", "frames", "key frames"]
+    COLUMNS = ["track", "first", "last", "frames", "key frames", "occluded"]
 
     def __init__(self, doc: Document, parent: QWidget | None = None):
         super().__init__(parent)
@@ -117,16 +118,26 @@ class TracksPanel(QWidget):
             sel = self.selected_track()
             self.table.setRowCount(len(self._rows))
             here = {p.track_id for p in self.doc.persons()}
+            hidden = self.doc.occluded.get(self.doc.current_frame, {})
             for r, t in enumerate(self._rows):
-                values = (f"#{t.track_id}", str(t.first + 1), str(t.last + 1), str(t.frames), str(t.key_frames))
+                occ = "; ".join(f"behind #{b}: {a + 1}–{e + 1}" for b, a, e in t.occluded)
+                values = (f"#{t.track_id}", str(t.first + 1), str(t.last + 1), str(t.frames), str(t.key_frames), occ)
                 for c, v in enumerate(values):
                     it = QTableWidgetItem(v)
                     if c == 0:
                         it.setForeground(QBrush(QColor(*person_rgb(t.track_id + 1))))
-                    if t.track_id not in here:
+                    if t.track_id in hidden:
+                        # known to be here, hidden behind another person: no key-points, no mesh
+                        it.setToolTip(f"hidden behind #{hidden[t.track_id]} on this frame: no key-points, no mesh "
+                                      "(add the person with the box tool, or place key-points by hand)")
+                        if c > 0:
+                            it.setForeground(QBrush(QColor(200, 120, 40)))
+                    elif t.track_id not in here:
                         it.setToolTip("not on this frame")
                         if c > 0:
                             it.setForeground(QBrush(QColor(140, 140, 140)))
+                    if c == 5 and t.occluded:
+                        it.setToolTip("\n".join(t.occluded_text()))
                     self.table.setItem(r, c, it)
             rows = [r for r, t in enumerate(self._rows) if t.track_id == sel]
             if rows:

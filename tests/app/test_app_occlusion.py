@@ -1,0 +1,61 @@
+"""The app's track list says where the video pipeline saw a person hidden behind another one (issue 11): the
+whole-video job on street.avi frames 40-61 (the hugging couple: the detector sees the person behind on 40-47
+now and then, then only the one in front), run by the app's own operation (``ops.process_video``) in the in-thread inference worker with the real detector."""
+
+from __future__ import annotations
+
+import pytest
+from app_testkit import RecordingEstimator
+
+from app import tracks
+from app.jobs import InferenceService
+from app.session import Session
+from dpmesh_core import api
+
+
+@pytest.fixture(scope="module")
+def couple_clip(media_dir, tmp_path_factory):
+    from dpmesh_core.io.video import write_video
+
+    media = api.open_media(media_dir / "street.avi")
+    try:
+        return write_video(tmp_path_factory.mktemp("clip") / "couple.avi", (media.frame(i) for i in range(40, 62)),
+                           fps=25.0)
+    finally:
+        media.close()
+
+
+def test_track_list_shows_occluded_spans(qapp, qtbot, couple_clip):
+    from app.widgets.tracks_panel import TracksPanel
+
+    s = Session(inference=InferenceService(estimator_factory=lambda: RecordingEstimator()))
+    s.auto_detect = False
+    panel = TracksPanel(s.doc)
+    qtbot.addWidget(panel)
+    panel.show()
+    try:
+        s.open_path(couple_clip)
+        assert s.process_video()
+        qtbot.waitUntil(lambda: not s.video.running, timeout=180000)
+        assert sorted(s.doc.occluded) == list(range(22))  # every delivered frame says who is hidden there
+        rows = tracks.summary(s.doc)
+        hidden = [t for t in rows if t.occluded]
+        assert hidden, rows
+        t = max(hidden, key=lambda t: sum(e - a + 1 for _, a, e in t.occluded))
+        assert sum(e - a + 1 for _, a, e in t.occluded) >= 5, t  # hidden on many frames
+        behind, first, last = t.occluded[-1]
+        assert t.occluded_text()[-1] == f"occluded behind #{behind}, frames {first + 1}–{last + 1}, no key-points"
+        assert t.track_id not in [p.track_id for p in s.doc.persons(last)]  # no person (key-points) there
+        assert behind in [p.track_id for p in s.doc.persons(last)]  # the one in front is
+        # the panel: an "occluded" column with the span, and on that frame the row says what to do
+        s.doc.set_current_frame(last)
+        qtbot.waitUntil(lambda: panel.table.rowCount() == len(rows), timeout=2000)
+        col = panel.COLUMNS.index("occluded")
+        r = [panel.table.item(i, 0).text() for i in range(panel.table.rowCount())].index(f"#{t.track_id}")
+        qtbot.waitUntil(lambda: f"behind #{behind}: {first + 1}–{last + 1}" in panel.table.item(r, col).text(),
+                        timeout=2000)
+        assert "no key-points" in panel.table.item(r, col).toolTip()
+        qtbot.waitUntil(lambda: panel.table.item(r, 1).toolTip().startswith(f"hidden behind #{behind} on this frame"),
+                        timeout=2000)
+    finally:
+        s.shutdown()
