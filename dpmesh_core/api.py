@@ -115,7 +115,7 @@ __all__ = sorted(
     [*_LAZY, "Camera", "Estimator", "MeshResult", "Person", "ModelFiles", "Check", "PredictOptions",
      "detect", "detect_in_box", "make_estimator", "estimate", "crop_box", "crop_image", "predict",
      "list_inputs", "match_keypoints", "check_device", "doctor", "export_rigged", "RIGGED_FORMATS", "RIG_NAME_CHOICES", "check_mmpose",
-     "configured_detector", "mmpose_options", "DETECTOR_CHOICES"]
+     "configured_detector", "mmpose_options", "DETECTOR_CHOICES", "warm_imports", "FRONT_END_MODULES"]
 )
 
 
@@ -303,6 +303,24 @@ def restore_results(
                                          loss=sm.get("loss"), track_id=sm.get("track_id", r.track_id),
                                          quality=assess(persons[i], r))
     return out
+
+
+#: modules that api functions an interactive front end calls load lazily, with what they import on first use
+#: (OpenCV for thumbnails and images, the renderer's numpy helpers for the 3-D scene's levels of detail)
+FRONT_END_MODULES = ("cv2", "dpmesh_core.io.images", "dpmesh_core.io.render", "dpmesh_core.io.scene3d",
+                     "dpmesh_core.quality")
+
+
+def warm_imports(modules: Sequence[str] = FRONT_END_MODULES) -> list[str]:
+    """Import ``modules`` now (never torch): a GUI calls this while idle after its window shows, so that the
+    first drag's 3-D view update does not pay 100–250 ms of imports on the GUI thread. Returns the modules
+    that were not loaded before."""
+    import sys
+
+    fresh = [m for m in modules if m not in sys.modules]
+    for m in fresh:
+        importlib.import_module(m)
+    return fresh
 
 
 def crop_box(person: Person, image_size: tuple[int, int], scale: float = 1.1) -> np.ndarray:

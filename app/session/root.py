@@ -13,8 +13,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QObject, Signal
+from PySide6.QtCore import QObject, QTimer, Signal
 
+from dpmesh_core import api
 from dpmesh_core.types import Person
 
 from ..document import Document
@@ -85,6 +86,8 @@ class Session(QObject):
         self.inference.start()
         self.render.start()
         self.inference.warm_up()
+        # the GUI's own lazily imported modules (OpenCV, the 3-D scene), while idle: not on a drag's first update
+        QTimer.singleShot(0, api.warm_imports)
 
     def shutdown(self) -> None:
         self.projects.stop_autosave()

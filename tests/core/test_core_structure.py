@@ -87,3 +87,19 @@ def test_one_sample_config_class_and_dataset_kinds():
     s = config.SampleConfig(flip_prob=0.25)
     run = config.SampleConfig.from_settings(s, train=False, return_clean=True)
     assert (run.flip_prob, run.train, run.return_clean, s.train) == (0.25, False, True, True)
+
+
+def test_front_end_warm_up_imports_the_lazy_modules_but_never_torch():
+    """``api.warm_imports`` (the GUI calls it while idle) loads what the 3-D view's first update would
+    otherwise import on the GUI thread, and leaves torch out of the GUI process."""
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom dpmesh_core import api\nfresh = api.warm_imports()\n"
+            "print(sorted(fresh), 'torch' in sys.modules, all(m in sys.modules for m in api.FRONT_END_MODULES))\n"
+            "print(api.warm_imports())\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
+    from dpmesh_core import api
+
+    assert out[0] == f"{sorted(api.FRONT_END_MODULES)} False True"
+    assert out[1] == "[]"  # a second call has nothing left to do
