@@ -58,7 +58,9 @@ def summary(doc: Document) -> list[TrackInfo]:
 
 
 def _retrack(doc: Document, uids: dict[int, int | None], text: str) -> int:
-    new = {u: dataclasses.replace(doc.person(u), track_id=t) for u, t in uids.items()}
+    # a person whose identity the user fixed is the user's work (source "user"): re-running the whole-video
+    # job keeps it and its id (app.session.video)
+    new = {u: dataclasses.replace(doc.person(u), track_id=t, source="user") for u, t in uids.items()}
     if new:
         doc.undo_stack.push(BatchEditCommand(doc, text, replace=new))
     return len(new)

@@ -40,6 +40,7 @@ class VideoController(QObject):
         self.truncated: tuple | None = None  # ("truncated", frame, processed, expected, message) of the last run
         self._sent: dict[int, list[Person]] = {}  # the Document's persons the job was given (identity: edited?)
         self._skip: set[int] = set()  # lead-in frames (given only to continue tracks): not applied
+        self._kept: set[int] = set()  # frames with the user's work: persons and ids kept, meshes re-estimated
         inference.generic_progress.connect(self._on_progress)
         inference.generic_finished.connect(self._on_finished)
         inference.call_failed.connect(self._on_failed)
@@ -60,8 +61,12 @@ class VideoController(QObject):
         """Run the core frame pipeline over every ``stride``-th frame from ``start`` (to ``stop``, exclusive)
         in the background: detect, track, estimate (warm-started per track) and smooth per track when
         smoothing is on — what ``dpmesh predict`` does. Frames the user already has persons on keep them
-        (given to the pipeline, which tracks them; a frame edited meanwhile is not overwritten). A run that
-        starts after frame 0 continues the tracks of the frame before it. Cancel with ``cancel_video``."""
+        (given to the pipeline instead of detecting; a frame edited meanwhile is not overwritten). Frames
+        holding the user's work (a person added or corrected by hand, a key frame, a track swapped, merged or
+        split: ``source == "user"`` or edited joints) are kept as they are: their persons go to the pipeline
+        with their track ids (pinned, so the tracks around them follow the user's ids) and only their meshes
+        are estimated again; the other frames are re-tracked and re-estimated. A run that starts after frame 0
+        continues the tracks of the frame before it. Cancel with ``cancel_video``."""
         if not self.doc.is_video or not self.doc.media_path:
             return False
         if self.running:
@@ -71,8 +76,11 @@ class VideoController(QObject):
         start = min(max(int(start), 0), max(n - 1, 0))
         frames = set(range(start, n if stop is None else min(int(stop), n), stride))
         self._sent = {f: self.doc.persons(f) for f in self.doc.frames_with_persons() if f in frames}
-        # The pipeline tracks given persons like detections (ids stripped): the job's tracks are the CLI's.
-        given: dict[int, list[Person]] = {f: [dataclasses.replace(p, track_id=None) for p in ps]
+        # The pipeline tracks given persons like detections (ids stripped): the job's tracks are the CLI's;
+        # but a frame with the user's work keeps its ids (pinned) and its persons.
+        self._kept = {f for f, ps in self._sent.items() if any(p.source == "user" or p.edited.any() for p in ps)}
+        given: dict[int, list[Person]] = {f: list(ps) if f in self._kept else
+                                          [dataclasses.replace(p, track_id=None) for p in ps]
                                           for f, ps in self._sent.items()}
         self._skip = set()
         first_id = 0
@@ -149,6 +157,8 @@ class VideoController(QObject):
         if sent is not None:
             if len(sent) == len(current) and all(a is b for a, b in zip(sent, current)):  # not edited meanwhile
                 uids = self.doc.uids(f)
+                if f in self._kept:  # the user's persons stay; one without a track takes the pipeline's id
+                    persons = [q if p.track_id is None else p for p, q in zip(sent, persons)]
                 self.doc.update_persons(dict(zip(uids, persons)), dict(zip(uids, results)))
         elif not current or not any(p.source == "user" or p.edited.any() for p in current):
             self.media.detected_frames.add(f)

@@ -4,6 +4,7 @@ now and then, then only the one in front), run by the app's own operation (``ops
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 from app_testkit import RecordingEstimator
 
@@ -57,5 +58,55 @@ def test_track_list_shows_occluded_spans(qapp, qtbot, couple_clip):
         assert "no key-points" in panel.table.item(r, col).toolTip()
         qtbot.waitUntil(lambda: panel.table.item(r, 1).toolTip().startswith(f"hidden behind #{behind} on this frame"),
                         timeout=2000)
+    finally:
+        s.shutdown()
+
+
+def test_rerunning_the_whole_video_job_keeps_the_users_proofreading(qapp, qtbot, media_dir, tmp_path):
+    """Process all frames, proofread (swap two tracks from frame 4 on, correct a joint on frame
+    2), process all frames again: the proofread frames keep the user's persons and track ids; the other
+    frames are recomputed (re-tracked and re-estimated)."""
+    from dpmesh_core.io.video import write_video
+
+    media = api.open_media(media_dir / "street.avi")
+    try:
+        clip = write_video(tmp_path / "walk.avi", (media.frame(i) for i in range(100, 108)), fps=25.0)
+    finally:
+        media.close()
+    est = RecordingEstimator()
+    s = Session(inference=InferenceService(estimator_factory=lambda: est))
+    s.auto_detect = False
+    try:
+        s.open_path(clip)
+        assert s.process_video()
+        qtbot.waitUntil(lambda: not s.video.running, timeout=180000)
+        doc = s.doc
+        first = {f: [p.track_id for p in doc.persons(f)] for f in range(8)}
+        both = sorted(set(first[3]) & set(first[7]))
+        assert len(both) >= 3
+        a, b = both[0], both[1]
+        # proofreading: an identity switch fixed from frame 4 on, and a joint moved on frame 2 (a key frame)
+        tracks.swap_tracks(doc, a, b, 4)
+        uid2 = doc.uids(2)[0]
+        p2 = doc.person(uid2)
+        doc.replace_person(uid2, doc.with_joint(p2, 0, xy=(float(p2.keypoints[0, 0]) + 7.0,
+                                                          float(p2.keypoints[0, 1]))))
+        swapped = {f: {p.track_id: p.keypoints.copy() for p in doc.persons(f)} for f in range(4, 8)}
+        edited = doc.persons(2)[0]
+        unedited_calls = len(est.calls)
+        # process all frames again
+        assert s.process_video()
+        qtbot.waitUntil(lambda: not s.video.running, timeout=180000)
+        for f in range(4, 8):
+            now = {p.track_id: p.keypoints for p in doc.persons(f)}
+            assert set(now) == set(swapped[f]), f
+            for t in (a, b):  # the swap holds: the same person (key-points) under the id the user gave
+                np.testing.assert_array_equal(now[t], swapped[f][t])
+        kept = doc.persons(2)[0]
+        assert kept.track_id == edited.track_id and kept.edited[0]
+        np.testing.assert_array_equal(kept.keypoints, edited.keypoints)
+        assert len(est.calls) > unedited_calls  # the unedited frames were estimated again
+        assert [p.track_id for p in doc.persons(0)] == first[0]  # and tracked again the same way
+        assert all(r is not None for f in range(8) for r in doc.results(f))
     finally:
         s.shutdown()
