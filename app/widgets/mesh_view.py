@@ -341,7 +341,9 @@ class MeshView(QWidget):
     # scheduling ------------------------------------------------------------------------
     def schedule(self) -> None:
         self._settle.stop()
-        if self.isVisible() or self.canvas.isVisible():
+        # not restarted when already pending: playback's frame timer (due again after every slow frame change)
+        # would otherwise push this zero-delay timer back for ever, and no picture would be asked for
+        if (self.isVisible() or self.canvas.isVisible()) and not self._timer.isActive():
             self._timer.start()
 
     def schedule_after_overlay(self) -> None:

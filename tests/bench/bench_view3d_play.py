@@ -25,6 +25,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=8.0)
     ap.add_argument("--frames", type=int, default=40)
+    ap.add_argument("--window", action="store_true", help="the whole main window (2-D overlay, image view, "
+                    "docks) instead of the 3-D view alone")
     args = ap.parse_args()
     from app_testkit import RecordingEstimator, make_person
     from PySide6.QtWidgets import QApplication
@@ -43,6 +45,14 @@ def main() -> None:
     faces = np.asarray(a["f"], np.int32)
     s = Session(inference=InferenceService(estimator_factory=lambda: RecordingEstimator()))
     s.auto_detect = False
+    win = None
+    if args.window:
+        from app.main_window import MainWindow
+
+        win = MainWindow(s)
+        win._no_prompt = True
+        win.resize(1600, 1000)
+        win.show()
     media = api.open_media(SHARED / "media" / "street.avi")
     s.doc.set_media(media)
     w, h = media.size
@@ -59,7 +69,7 @@ def main() -> None:
                                                       np.zeros(10, np.float32), z3), cam, track_id=i))
     s.doc.set_current_frame(0)
     s.doc.select(s.doc.uids()[0])  # Play runs this track's frames (the ones with meshes), looping
-    view = MeshView(s)
+    view = win.mesh_view if win is not None else MeshView(s)
     shown: list[float] = []
     secs: list[float] = []
 
@@ -77,13 +87,21 @@ def main() -> None:
         return real(*a, **k)
 
     s.overlay.render_view = counted
-    view.resize(1280 + 200, 720 + 70)
-    view.show()
+    if win is None:
+        view.resize(1280 + 200, 720 + 70)
+        view.show()
+    else:  # the 3-D dock floated at about 1280x720
+        dock = view.parentWidget()
+        while dock is not None and not hasattr(dock, "setFloating"):
+            dock = dock.parentWidget()
+        dock.setFloating(True)
+        dock.setGeometry(100, 60, 1280 + 220, 720 + 110)
     t0 = time.perf_counter()
     while not shown and time.perf_counter() - t0 < 120:
         app.processEvents()
         time.sleep(0.002)
-    view.canvas.resize(1280, 720)
+    if win is None:
+        view.canvas.resize(1280, 720)
     t1 = time.perf_counter()
     while time.perf_counter() - t1 < 2.0:  # the user looks before pressing Play (the render process, idle,
         app.processEvents()                # computes the reduced face lists meanwhile)
@@ -110,6 +128,8 @@ def main() -> None:
           f"longest stall {max(gaps) * 1000:.0f} ms; load average {os.getloadavg()[0]:.1f}")
     print(f"3-D pictures asked for while playing: {len([t for t in asked if t0 <= t <= t0 + dt])}; render round "
           "trips (ms):", [round(x * 1000) for x in secs[-12:]])
+    if win is not None:
+        win.close()
     s.shutdown()
 
 
