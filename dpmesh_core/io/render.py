@@ -16,6 +16,11 @@ Backends:
   dropped (no clipping). Pixel centres are at integer coordinates (the OpenCV convention).
 
 ``backend="auto"`` (default) tries Open3D and falls back to numpy with a logged warning.
+
+Two entry points: ``render_with_mask`` (overlays: colour, coverage and depth; geometry re-uploaded when a
+digest of the arrays changes) and ``render_frame`` (a 3-D view's frame: meshes kept by identity and updated in
+place, lines as GL geometry, the picture read back as bytes through libGL on Open3D's own context, depth only
+when asked). ``lod_faces`` gives a topology's reduced face list for frames drawn while a view moves.
 A renderer is thread-confined: use it only from the thread that created it (Open3D's GL context is bound
 to that thread). Colours are RGB in [0, 1] or [0, 255].
 """
@@ -36,7 +41,8 @@ from ..types import Camera, MeshResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MeshRenderer", "render_overlay", "rasterize", "draw_lines", "lod_faces", "PERSON_COLORS", "PERSON_PALETTE", "person_color"]
+__all__ = ["MeshRenderer", "render_overlay", "rasterize", "draw_lines", "lod_faces", "PERSON_COLORS", "PERSON_PALETTE",
+           "person_color"]
 
 # The one per-person palette (RGB 0..255): 20 distinct colours, so tracks #0-#19 all differ. The CLI's overlays
 # and --views, and the app's overlay, skeletons and 3-D view all colour person/track k with PERSON_PALETTE[k % 20]
