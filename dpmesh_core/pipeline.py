@@ -135,8 +135,9 @@ def rescue_hidden(tracker: Any, detector: Any, image: np.ndarray, persons: Seque
     the network's duplicates of the occluder score OKS > 0.9, the hidden person ~0.5 on street.avi), and if it
     is *the track's person*: at least ``min_visible`` visible key-points, box IoU with the expected box at
     least ``min_expected_iou`` and its height within ``height_ratio`` of the expected height (a smaller
-    person walking past further back is not taken for the hidden one). The best of those (IoU with the
-    expected box x score) is given to the tracker as that track's observation (``tracker.observe``) and
+    person walking past further back is not taken for the hidden one). Over all tracks, best first (IoU
+    with the expected box x score), one pose per track and never two on the same spot (box IoU >= 0.5 or
+    the same pose), each is given to the tracker as that track's observation (``tracker.observe``) and
     returned with the track's id and ``source=RESCUE_SOURCE``. Detectors without ``detect_in_boxes`` (and
     frames without rescue candidates) cost nothing. ``crops``: a list the number of crops looked at is
     appended to.
@@ -159,12 +160,16 @@ def rescue_hidden(tracker: Any, detector: Any, image: np.ndarray, persons: Seque
     if not cands:
         return []
     found = finder(image, [b for _, b in cands], conf=conf, widen=widen)
-    known = [p for p in persons]
+    known = list(persons)
     by_track = {p.track_id: p for p in persons if p.track_id is not None}
-    out: list[Person] = []
+
+    def _same_as(q: Person, k: Person) -> bool:
+        area = float(np.prod(np.clip(k.box[2:] - k.box[:2], 1.0, None)))
+        return q.joint_set == k.joint_set and q.num_joints == k.num_joints and oks(q.keypoints, k.keypoints, area) >= max_oks
+
+    options: list[tuple[float, int, Person, Any]] = []  # (rank, order, pose, candidate) that fit their track
     for (c, _b), ps in zip(cands, found):
         occ = by_track.get(c.occluder)
-        best, rank = None, 0.0
         for q in ps:
             if int(q.visible.sum()) < min_visible:
                 continue
@@ -174,17 +179,18 @@ def rescue_hidden(tracker: Any, detector: Any, image: np.ndarray, persons: Seque
                 continue
             if occ is not None and float(box_iou(q.box[None], occ.box[None])[0, 0]) >= max_occluder_iou:
                 continue
-            if any(q.joint_set == k.joint_set and q.num_joints == k.num_joints and
-                   oks(q.keypoints, k.keypoints, float(np.prod(np.clip(k.box[2:] - k.box[:2], 1.0, None)))) >= max_oks
-                   for k in known):
+            if any(_same_as(q, k) for k in known):
                 continue
-            if iou_exp * q.score > rank:
-                best, rank = q, iou_exp * q.score
-        if best is None:
+            options.append((iou_exp * q.score, len(options), q, c))
+    # best first over all tracks: one pose per track, and two hidden tracks never take the same spot (a track
+    # left behind by an identity switch must not turn one hidden person into two)
+    out: list[Person] = []
+    for _rank, _i, q, c in sorted(options, key=lambda o: (-o[0], o[1])):
+        if any(p.track_id == c.track_id for p in out) or any(
+                _same_as(q, p) or float(box_iou(q.box[None], p.box[None])[0, 0]) >= 0.5 for p in out):
             continue
-        p = dataclasses.replace(best, track_id=int(c.track_id), source=RESCUE_SOURCE)
+        p = dataclasses.replace(q, track_id=int(c.track_id), source=RESCUE_SOURCE)
         tracker.observe(p, frame)
-        known.append(p)
         out.append(p)
     return out
 
