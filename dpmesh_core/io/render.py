@@ -297,6 +297,59 @@ def _widened(segs: np.ndarray, cols: np.ndarray, widths: np.ndarray, K: np.ndarr
     return np.concatenate(out_s), np.concatenate(out_c)
 
 
+_OPEN: dict[int, list[Any]] = {}  # thread -> its open Open3D MeshRenderers
+_HELD: dict[int, list[Any]] = {}  # thread -> Visualizers closed while others were open (destroyed with the last)
+
+
+class _GLContext:
+    """The EGL or GLX context that was current when a renderer's window was created, made current again before
+    each of its frames: Open3D's legacy Visualizer does not, and after another Visualizer is closed no context is
+    current (its frame and read-back then return garbage)."""
+
+    def __init__(self, kind: str, lib: Any, args: tuple, ctx: int):
+        self.kind, self.lib, self.args, self.ctx = kind, lib, args, ctx
+
+    def make_current(self) -> None:
+        lib = self.lib
+        if self.kind == "egl":
+            if lib.eglGetCurrentContext() != self.ctx:
+                lib.eglMakeCurrent(*self.args, self.ctx)
+        elif lib.glXGetCurrentContext() != self.ctx:
+            lib.glXMakeContextCurrent(*self.args, self.ctx)
+
+
+def _current_context() -> _GLContext | None:
+    import ctypes
+
+    p = ctypes.c_void_p
+    try:
+        egl = ctypes.CDLL("libEGL.so.1")
+        for name, res, args in (("eglGetCurrentContext", p, []), ("eglGetCurrentDisplay", p, []),
+                                ("eglGetCurrentSurface", p, [ctypes.c_int]),
+                                ("eglMakeCurrent", ctypes.c_uint, [p, p, p, p])):
+            getattr(egl, name).restype, getattr(egl, name).argtypes = res, args
+        ctx = egl.eglGetCurrentContext()
+        if ctx:
+            return _GLContext("egl", egl, (egl.eglGetCurrentDisplay(), egl.eglGetCurrentSurface(0x3059),
+                                           egl.eglGetCurrentSurface(0x305A)), ctx)  # EGL_DRAW, EGL_READ
+    except (OSError, AttributeError):
+        pass
+    try:
+        glx = ctypes.CDLL("libGL.so.1")
+        for name, res, args in (("glXGetCurrentContext", p, []), ("glXGetCurrentDisplay", p, []),
+                                ("glXGetCurrentDrawable", ctypes.c_ulong, []),
+                                ("glXGetCurrentReadDrawable", ctypes.c_ulong, []),
+                                ("glXMakeContextCurrent", ctypes.c_int, [p, ctypes.c_ulong, ctypes.c_ulong, p])):
+            getattr(glx, name).restype, getattr(glx, name).argtypes = res, args
+        ctx = glx.glXGetCurrentContext()
+        if ctx:
+            return _GLContext("glx", glx, (glx.glXGetCurrentDisplay(), glx.glXGetCurrentDrawable(),
+                                           glx.glXGetCurrentReadDrawable()), ctx)
+    except (OSError, AttributeError):
+        pass
+    return None
+
+
 def draw_lines(rgb: np.ndarray, depth: np.ndarray, lines: LineSpec, K: np.ndarray, view: np.ndarray,
                near: float) -> None:
     """Depth-tested world segments into ``rgb`` (in place) seen through intrinsics ``K`` after the (4, 4)
@@ -382,6 +435,7 @@ class MeshRenderer:
         self._thread = threading.get_ident()
         self._vis: Any = None
         self._gl: Any = None
+        self._ctx: _GLContext | None = None
         self._slots: list[list[Any]] = []
         self._line_slot: list[Any] | None = None
         self.backend = "numpy"
@@ -414,6 +468,8 @@ class MeshRenderer:
         opt.light_on = True
         self._o3d = o3d
         self._vis = vis
+        _OPEN.setdefault(self._thread, []).append(self)
+        self._ctx = _current_context()  # create_window left this window's context current
         self._drop_slots()
         self._gl = self._direct_readback()
 
@@ -484,6 +540,7 @@ class MeshRenderer:
             self._drop_slots()
             self._geometry = key
         with self._o3d.utility.VerbosityContextManager(self._o3d.utility.VerbosityLevel.Error):
+            self._options(cull=False, smooth=False)
             rgb, depth = self._frame_open3d(meshes, None, K, T, near, far, True)
         mask = depth > 0
         return rgb, mask, depth
@@ -523,19 +580,24 @@ class MeshRenderer:
         if self.backend == "open3d":
             with self._o3d.utility.VerbosityContextManager(self._o3d.utility.VerbosityLevel.Error):
                 self._geometry = None  # render_with_mask's digest no longer describes the kept geometry
-                opt = self._vis.get_render_option()
-                opt.mesh_show_back_face = not cull
-                opt.mesh_shade_option = self._o3d.visualization.MeshShadeOption.Color  # smooth: vertex normals
-                try:
-                    return self._frame_open3d(meshes, lines, K, T, near, far, depth)
-                finally:
-                    opt.mesh_show_back_face = True
-                    opt.mesh_shade_option = self._o3d.visualization.MeshShadeOption.Default
+                self._options(cull=cull, smooth=True)
+                return self._frame_open3d(meshes, lines, K, T, near, far, depth)
         moved = [(_apply(T, np.asarray(v, np.float64)), f, c) for v, f, c in meshes]
         rgb, _, zbuf = rasterize(moved, K, self.width, self.height, self.background, z_near=near or 1e-3)
         if lines is not None and len(lines[0]):
             draw_lines(rgb, zbuf, lines, K, T, near or 1e-3)
         return rgb, (zbuf if depth else None)
+
+    def _options(self, cull: bool, smooth: bool) -> None:
+        """Back-face culling and smooth shading, changed only when they differ from the last frame's: a change
+        makes the legacy renderer bind every geometry's buffers again (as slow as a new upload)."""
+        if getattr(self, "_opts", None) == (cull, smooth):
+            return
+        opt = self._vis.get_render_option()
+        opt.mesh_show_back_face = not cull
+        shade = self._o3d.visualization.MeshShadeOption
+        opt.mesh_shade_option = shade.Color if smooth else shade.Default  # Color: smooth (vertex normals)
+        self._opts = (cull, smooth)
 
     # Open3D geometry kept between frames: one slot per mesh index, one for the lines
     def _drop_slots(self) -> None:
@@ -646,6 +708,8 @@ class MeshRenderer:
         o3d, vis = self._o3d, self._vis
         if vis is None:
             raise RuntimeError("renderer is closed")
+        if self._ctx is not None:
+            self._ctx.make_current()  # closing another renderer leaves no context current (a garbage picture)
         if not hasattr(self, "_slots"):
             self._drop_slots()
         self._sync_meshes(meshes)
@@ -659,8 +723,11 @@ class MeshRenderer:
         n, f = near or 1e-3, far or 1e4
         ctr.set_constant_z_near(n)
         ctr.set_constant_z_far(f)
-        vis.poll_events()
+        # flag a redraw, then poll: the poll draws this frame now and makes this window's GL context current
+        # (the byte read-back below reads the current context; another renderer may have been used or closed
+        # since)
         vis.update_renderer()
+        vis.poll_events()
         rgb = self._read_rgb()
         if rgb.shape[:2] != (self.height, self.width):
             raise RuntimeError(f"Open3D rendered {rgb.shape[1]}x{rgb.shape[0]}, expected {self.width}x{self.height}")
@@ -722,12 +789,22 @@ class MeshRenderer:
         return (out + 0.5).astype(np.uint8)
 
     def close(self) -> None:
+        """Release the renderer. With Open3D 0.20 (headless EGL), destroying one Visualizer's window leaves every
+        other Visualizer of the process without a usable GL context (they then return garbage pictures), so a
+        window is only destroyed once no other Open3D renderer of this thread is open; until then it is kept,
+        hidden and unused."""
         if self._vis is not None:
-            try:
-                self._vis.destroy_window()
-            finally:
-                self._vis = None
-                self._slots, self._line_slot, self._thick_slot = [], None, None
+            vis, self._vis = self._vis, None
+            self._slots, self._line_slot, self._thick_slot = [], None, None
+            live = _OPEN.get(self._thread, [])
+            if self in live:
+                live.remove(self)
+            held = _HELD.setdefault(self._thread, [])
+            held.append(vis)
+            if not live:
+                for v in held:
+                    v.destroy_window()
+                held.clear()
 
     def __enter__(self) -> MeshRenderer:
         return self

@@ -9,6 +9,7 @@ run:
   the frustum's photo is in view, the persons at full detail;
 * "new, LOD": the same with ``lod=True`` (each person drawn with its topology's reduced face list, about 1,500
   faces: what the view draws while the camera moves or a video plays), same 1280x720 size;
+* "LOD at 640x360": for comparison only (a half-resolution drag mode, which the app does not use);
 * orbit rows: the camera turns 3° a step (the geometry is unchanged); playback rows: every step brings new
   vertices for all 10 persons (a video's next frame; Open3D updates its kept meshes in place); "top view" rows:
   the bird's-eye preset with the frustum's photo in view (its depth read-back included).
@@ -139,6 +140,18 @@ def bench_backend(backend: str, scene, steps: int) -> None:
         w, c = timed(fn, steps)
         print(f"{backend:8s} {name:44s} {w:8.1f} {c:8.1f}")
     r.close()
+    # for comparison only, NOT the 1280x720 figure: reduced detail at half resolution (a drag mode the app
+    # does not use; it would be upscaled on screen)
+    half = api.MeshRenderer(640, 360, backend=backend, background=scene3d.VIEW_BACKGROUND)
+
+    def half_lod(k: int) -> None:
+        orbit.orbit(3, 0)
+        api.render_scene(half, scene, orbit.view_camera((640, 360), scene), lod=True)
+
+    half_lod(0)
+    w, c = timed(half_lod, steps)
+    print(f"{backend:8s} {'orbit      LOD at 640x360 (not 1280x720)':44s} {w:8.1f} {c:8.1f}")
+    half.close()
 
 
 if __name__ == "__main__":

@@ -142,3 +142,24 @@ def test_open3d_byte_read_back_equals_its_own_capture():
     m = ref_depth > 0
     assert m.sum() > 5000 and ((depth > 0) == m).all()
     assert np.abs(depth[m] - ref_depth[m]).max() < 1e-3
+
+
+def test_open3d_renderers_survive_closing_another():
+    """Closing one Open3D renderer must not break the others (Open3D 0.20's headless EGL loses every context
+    of the process when a window is destroyed; ``close`` keeps the window until the thread's last renderer)."""
+    mesh = [(_yaw(BODY, 20), FACES, (0.9, 0.6, 0.3))]
+    a = MeshRenderer(W, H, backend="open3d")
+    b = MeshRenderer(W // 2, H // 2, backend="open3d")
+    try:
+        before_a = a.render_frame(mesh, CAM)[0]
+        before_b = b.render_frame(mesh, CAM)[0]
+        a.close()
+        np.testing.assert_array_equal(b.render_frame(mesh, CAM)[0], before_b)
+        c = MeshRenderer(W, H, backend="open3d")
+        np.testing.assert_array_equal(c.render_frame(mesh, CAM)[0], before_a)
+        np.testing.assert_array_equal(b.render_frame(mesh, CAM)[0], before_b)
+        c.close()
+        np.testing.assert_array_equal(b.render_frame(mesh, CAM)[0], before_b)
+    finally:
+        a.close()
+        b.close()
