@@ -599,6 +599,16 @@ def _photo_shown(scene: Scene, vc: ViewCamera) -> bool:
 
 
 _LINES_CACHE: list = [None, None]  # (key, lines): an orbit step reuses the same arrays (kept on the GL side)
+_MESHES_CACHE: list = [None, None]  # (key, meshes): the same for scene_meshes (the ground's tiles)
+
+
+def _scene_meshes_kept(scene: Scene) -> list:
+    key = _MESHES_CACHE[0]
+    if key is not None and key[0] is scene:
+        return _MESHES_CACHE[1]
+    meshes = scene_meshes(scene)
+    _MESHES_CACHE[0], _MESHES_CACHE[1] = (scene,), meshes
+    return meshes
 
 
 def scene_lines(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -636,7 +646,7 @@ def render_scene(renderer: Any, scene: Scene, vc: ViewCamera, meshes: list | Non
     frustum's plane is drawn afterwards against the depth buffer (read back only when the photo is in view),
     the labels last. Back faces are culled (bodies are closed and wound outwards; the ground faces up, so it
     is not drawn from below)."""
-    meshes = scene_meshes(scene) if meshes is None else meshes
+    meshes = _scene_meshes_kept(scene) if meshes is None else meshes
     if lod:
         meshes = lod_meshes(meshes, len(scene.persons))
     photo = _photo_shown(scene, vc)
