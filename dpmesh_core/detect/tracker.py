@@ -318,12 +318,14 @@ class Tracker:
             if t.track_id == person.track_id:
                 if t.age == 0:
                     raise ValueError(f"track {t.track_id} was already seen in this update")
-                occluder, occ_updates = self._by_id(t.occluder), t.occ_updates
+                occluder, occ_updates, occ_rel = self._by_id(t.occluder), t.occ_updates, t.occ_rel
                 t.age -= 1  # the update counted this frame as unseen
                 self._observe(t, person, frame)
                 if occluder is not None:
-                    t.occluder, t.occ_updates = occluder.track_id, occ_updates
-                    t.occ_rel = _relative(t.box.astype(np.float64), occluder.box.astype(np.float64))
+                    rel = _relative(t.box.astype(np.float64), occluder.box.astype(np.float64))
+                    if occ_rel is not None:  # the size stays the one it had when it vanished (a glimpse of a
+                        rel[2:] = occ_rel[2:]  # head and shoulders is not a smaller person)
+                    t.occluder, t.occ_updates, t.occ_rel = occluder.track_id, occ_updates, rel
                     t.kf = KalmanBox(t.box)
                     t.kf.x[4:] = occluder.kf.x[4:]  # it moves with the person in front
                 return person
@@ -558,10 +560,11 @@ class Tracker:
             for c, j in enumerate(dets):
                 b = persons[j].box.astype(np.float64)
                 near = _coverage(b, obox)  # how much of the detection lies on the occluder
-                if near <= 0.0:
-                    sim[r, c] = 0.0  # not near the occluder
-                elif 0.6 <= float(b[3] - b[1]) / h_exp <= 1.6:
-                    # someone of the hidden person's size emerging from behind the occluder
+                vis = _usable(persons[j], self.kpt_conf)
+                sb = _skeleton_box(np.where(vis[:, None], persons[j].keypoints[:, :2], 0.0), vis, b)  # as t.box
+                if near <= 0.0 or not 0.6 <= float(sb[3] - sb[1]) / h_exp <= 1.6:
+                    sim[r, c] = 0.0  # not near the occluder, or not the hidden person's size (someone further back)
+                else:  # someone of the hidden person's size emerging from behind the occluder
                     sim[r, c] = max(sim[r, c], 0.5 * near)
         rows, cols = linear_sum_assignment(1.0 - sim)
         for r, c in zip(rows, cols):

@@ -143,6 +143,7 @@ class YoloPoseDetector:
             raise ConfigError(f"runtime must be auto, onnxruntime or torch, got {runtime!r}", key="runtime")
         find_yolo_pose_weights()  # ModelFilesMissingError (with the install command) before anything else
         self._ort = None
+        self._ort_sizes: dict[int, Any] = {}  # other input sizes (the rescue pass's crops): runner or False
         cpu_fp32 = self.device.type == "cpu" and dtype == torch.float32
         if runtime == "onnxruntime" or (runtime == "auto" and cpu_fp32
                                         and os.environ.get("DPMESH_YOLO_RUNTIME", "").lower() != "torch"):
@@ -171,13 +172,23 @@ class YoloPoseDetector:
     # -- network ------------------------------------------------------------------------------------------
 
     def raw_output(self, letterboxed: np.ndarray) -> np.ndarray:
-        """Network output for letterboxed RGB uint8 images (B, S, S, 3) or (S, S, 3) -> (B, 56, A) float32."""
+        """Network output for letterboxed RGB uint8 images (B, S, S, 3) or (S, S, 3) -> (B, 56, A) float32.
+        S is ``imgsz`` or another multiple of 32 (onnxruntime: a graph of that size, exported on first use)."""
         x = np.asarray(letterboxed)
         if x.ndim == 3:
             x = x[None]
         if self._ort is not None:
             f = np.empty((x.shape[0], 3, x.shape[1], x.shape[2]), np.float32)
             np.divide(x.transpose(0, 3, 1, 2), np.float32(255.0), out=f, dtype=np.float32)
+            if x.shape[1] != self.imgsz:
+                ort = self._ort_sizes.get(x.shape[1])
+                if ort is None:
+                    from .yolo_ort import make_runner
+
+                    ort = self._ort_sizes[x.shape[1]] = make_runner(x.shape[1]) or False
+                if ort:
+                    return ort(np.ascontiguousarray(f))
+                return self._torch_network(f)
             return self.network(f)
         t = torch.from_numpy(np.ascontiguousarray(x)).to(self.device).permute(0, 3, 1, 2)
         t = t.to(self.dtype).div_(255.0).contiguous(memory_format=torch.channels_last)
@@ -190,13 +201,17 @@ class YoloPoseDetector:
         runtime (what ``raw_output`` runs after converting the images; what the benchmark times)."""
         if self._ort is not None:
             return self._ort(np.ascontiguousarray(x, np.float32))
+        return self._torch_network(x)
+
+    def _torch_network(self, x: np.ndarray) -> np.ndarray:
         t = torch.from_numpy(np.ascontiguousarray(x, np.float32)).to(self.device, self.dtype)
         with torch.inference_mode():
             out = self.net(t.contiguous(memory_format=torch.channels_last))
         return out.float().cpu().numpy()
 
-    def _detect_letterboxed(self, images: Sequence[np.ndarray], conf: float) -> list[list[Person]]:
-        prepped = [letterbox(im, self.imgsz) for im in images]
+    def _detect_letterboxed(self, images: Sequence[np.ndarray], conf: float,
+                            imgsz: int | None = None) -> list[list[Person]]:
+        prepped = [letterbox(im, imgsz or self.imgsz) for im in images]
         raw = self.raw_output(np.stack([p[0] for p in prepped]))
         results = []
         for im, (_, gain, pad), r in zip(images, prepped, raw):
@@ -218,15 +233,21 @@ class YoloPoseDetector:
         return self._detect_letterboxed([as_rgb_uint8(im) for im in images], self.conf)
 
     def detect_in_boxes(self, image: Any, boxes: Sequence[Any], conf: float | None = None,
-                        widen: float = 1.25) -> list[list[Person]]:
+                        widen: float = 1.25, imgsz: int | None = None) -> list[list[Person]]:
         """Every person the network finds inside each box (4,) x0, y0, x1, y1 image pixels: one list per box
         (image pixels, best score first), all crops in one network batch.
 
         Each box is widened by ``widen`` about its centre (clipped to the image) and the crop letterboxed on
         its own, so a small or partly hidden person is seen larger than in the whole frame; ``conf``: the
-        score threshold (default the lower ``in_box_conf``). What ``detect_in_box`` (a user's box) and the
-        frame pipeline's rescue pass (a hidden track's expected box) run.
+        score threshold (default the lower ``in_box_conf``); ``imgsz``: the letterbox side for the crops (a
+        multiple of 32; default the detector's): a crop of one person needs less than a whole frame (the
+        rescue pass uses 320: a quarter of the work). What ``detect_in_box`` (a user's box) and the frame
+        pipeline's rescue pass (a hidden track's expected box) run.
         """
+        if imgsz is not None and (imgsz < 32 or imgsz % 32):
+            from ..errors import ConfigError
+
+            raise ConfigError(f"imgsz must be a positive multiple of 32, got {imgsz}", key="imgsz")
         img = as_rgb_uint8(image)
         h, w = img.shape[:2]
         crops, offsets = [], []
@@ -242,7 +263,7 @@ class YoloPoseDetector:
             return []
         thr = min(self.conf, self.in_box_conf) if conf is None else float(conf)
         out = []
-        for found, off in zip(self._detect_letterboxed(crops, thr), offsets):
+        for found, off in zip(self._detect_letterboxed(crops, thr, imgsz), offsets):
             moved = []
             for p in found:
                 kp = p.keypoints.copy()
