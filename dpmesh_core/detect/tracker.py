@@ -50,6 +50,8 @@ track (the occluder). While occluded:
   detection); a detection left over after it (any score) that overlaps the occluder is matched to it
   **before** the low-confidence, observation-centric and new-track stages, so the person comes back with the
   same id;
+* two tracks hidden behind the same occluder at the same spot are one person (an identity switch left a
+  track behind): the one seen last stays, the other ends;
 * ``occluded`` lists it (track id -> occluder id) and ``rescue_candidates`` offers its expected box to a
   second, low-threshold look (the frame pipeline's rescue pass); ``observe`` accepts what that finds.
 """
@@ -505,6 +507,7 @@ class Tracker:
                 self._tracks.append(self._new_track(tid, p, frame))
             out.append(p if p.track_id == tid else dataclasses.replace(p, track_id=tid))
         self._start_occlusions(persons, assigned)
+        self._merge_hidden_duplicates()
         self._tracks = [t for t in self._tracks if t.lost_clock <= self.max_age and t.occ_updates <= self.max_occluded]
         alive = {t.track_id for t in self._tracks}
         for t in self._tracks:
@@ -570,6 +573,22 @@ class Tracker:
         for r, c in zip(rows, cols):
             if sim[r, c] >= self.min_similarity:
                 assigned[dets[int(c)]] = occ[int(r)]
+
+    def _merge_hidden_duplicates(self) -> None:
+        """Two tracks hidden behind the same occluder at the same spot (expected boxes overlapping by IoU > 0.5)
+        are one person seen as two tracks (an identity switch left one behind): the one seen last stays, the
+        other ends (its id is never used again)."""
+        hidden = [t for t in self._tracks if t.occluder is not None and t.age > 0 and t.follow is not None]
+        drop: set[int] = set()
+        for i, a in enumerate(hidden):
+            for b in hidden[i + 1:]:
+                if a.occluder != b.occluder or a.track_id in drop or b.track_id in drop:
+                    continue
+                if float(box_iou(a.follow[None], b.follow[None])[0, 0]) > 0.5:
+                    older = a if (a.age, -a.hits) > (b.age, -b.hits) else b
+                    drop.add(older.track_id)
+        if drop:
+            self._tracks = [t for t in self._tracks if t.track_id not in drop]
 
     def _start_occlusions(self, persons: Sequence[Person], assigned: dict[int, int]) -> None:
         """A track unseen for at most ``occlusion_onset`` updates whose predicted box is covered by the box of
