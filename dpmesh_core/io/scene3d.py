@@ -644,14 +644,15 @@ def render_scene(renderer: Any, scene: Scene, vc: ViewCamera, meshes: list | Non
     Persons, ground and lines (grid, axes, frustum, trajectories) go through the renderer together
     (``MeshRenderer.render_frame``: Open3D's GL scene, depth-tested, kept between frames); the photo on the
     frustum's plane is drawn afterwards against the depth buffer (read back only when the photo is in view),
-    the labels last. Back faces are culled (bodies are closed and wound outwards; the ground faces up, so it
+    the labels last. Reduced-detail frames go to the renderer's twin window (``render_frame(twin=True)``), so
+    switching between moving and still uploads nothing again. Back faces are culled (bodies are closed and wound outwards; the ground faces up, so it
     is not drawn from below)."""
     meshes = _scene_meshes_kept(scene) if meshes is None else meshes
     if lod:
         meshes = lod_meshes(meshes, len(scene.persons))
     photo = _photo_shown(scene, vc)
     rgb, depth = renderer.render_frame(meshes, vc.camera, vc.view, near=vc.near, far=vc.far,
-                                       lines=scene_lines(scene), depth=photo, cull=True)
+                                       lines=scene_lines(scene), depth=photo, cull=True, twin=lod)
     if photo:
         _draw_photo(rgb, depth, scene, vc)
     if scene.show_labels:

@@ -100,6 +100,9 @@ def test_lod_frame_looks_like_the_full_one(renderer):
     vc = cam.view_camera((W, H), scene)
     full = scene3d.render_scene(renderer, scene, vc)
     low = scene3d.render_scene(renderer, scene, vc, lod=True)
+    # moving -> still -> moving: each detail level keeps its own geometry (Open3D: the twin window)
+    np.testing.assert_array_equal(scene3d.render_scene(renderer, scene, vc), full)
+    np.testing.assert_array_equal(scene3d.render_scene(renderer, scene, vc, lod=True), low)
     bg = np.asarray(scene3d.VIEW_BACKGROUND) * 255
     assert np.abs(full.astype(int) - low).mean() < 4.0
     drawn_full = np.abs(full - bg).max(-1) > 12
