@@ -235,7 +235,7 @@ class YoloPoseDetector:
     def detect_in_boxes(self, image: Any, boxes: Sequence[Any], conf: float | None = None,
                         widen: float = 1.25, imgsz: int | None = None) -> list[list[Person]]:
         """Every person the network finds inside each box (4,) x0, y0, x1, y1 image pixels: one list per box
-        (image pixels, best score first), all crops in one network batch.
+        (image pixels, best score first), all crops in one network batch (two tall crops share one input).
 
         Each box is widened by ``widen`` about its centre (clipped to the image) and the crop letterboxed on
         its own, so a small or partly hidden person is seen larger than in the whole frame; ``conf``: the
@@ -263,13 +263,50 @@ class YoloPoseDetector:
             return []
         thr = min(self.conf, self.in_box_conf) if conf is None else float(conf)
         out = []
-        for found, off in zip(self._detect_letterboxed(crops, thr, imgsz), offsets):
+        for found, off in zip(self._detect_crops(crops, thr, imgsz or self.imgsz), offsets):
             moved = []
             for p in found:
                 kp = p.keypoints.copy()
                 kp[:, :2] += off
                 moved.append(make_person(p.box + np.tile(off, 2), kp, p.score, self.visible_threshold))
             out.append(moved)
+        return out
+
+    def _detect_crops(self, crops: Sequence[np.ndarray], conf: float, size: int) -> list[list[Person]]:
+        """Persons in each crop (crop pixels). Two tall crops (width <= half the height) share one network
+        input, side by side in two size/2 x size cells: each is scaled exactly as its own letterbox would scale
+        it (by size / height), so the network sees the same pixels for half the work; others run alone."""
+        tall = [i for i, c in enumerate(crops) if c.shape[1] * 2 <= c.shape[0]]
+        pairs = [tall[k:k + 2] for k in range(0, len(tall) - 1, 2)]
+        paired = {i for pr in pairs for i in pr}
+        alone = [i for i in range(len(crops)) if i not in paired]
+        out: list[list[Person]] = [[] for _ in crops]
+        if alone:
+            for i, found in zip(alone, self._detect_letterboxed([crops[i] for i in alone], conf, size)):
+                out[i] = found
+        if not pairs:
+            return out
+        half = size // 2
+        canvases, places = [], []
+        for pr in pairs:
+            canvas = np.full((size, size, 3), 114, np.uint8)
+            place = []
+            for cell, i in enumerate(pr):
+                cell_img, gain, (left, top) = letterbox(crops[i], size)  # scaled as alone: by size / height
+                nw = int(round(crops[i].shape[1] * gain))
+                x0 = cell * half + (half - nw) // 2  # centred in its cell
+                canvas[:, x0:x0 + nw] = cell_img[:, left:left + nw]
+                place.append((i, gain, (x0, top), cell))
+            canvases.append(canvas)
+            places.append(place)
+        raw = self.raw_output(np.stack(canvases))
+        for place, r in zip(places, raw):
+            boxes, scores, kpts = postprocess(r, conf, self.iou, self.max_det)
+            cx = (boxes[:, 0] + boxes[:, 2]) / 2
+            for i, gain, pad, cell in place:
+                m = (cx >= cell * half) & (cx < (cell + 1) * half)  # a detection belongs to the cell of its centre
+                b, k = to_image_coords(boxes[m], kpts[m], gain, pad, crops[i].shape[:2])
+                out[i] = [make_person(bb, kk, sc, self.visible_threshold) for bb, kk, sc in zip(b, k, scores[m])]
         return out
 
     def detect_in_box(self, image: Any, box: Any) -> Person | None:
