@@ -36,6 +36,19 @@ class TrackInfo:
         k = 1 if one_based else 0
         return [f"occluded behind #{b}, frames {a + k}–{e + k}, no key-points" for b, a, e in self.occluded]
 
+    def occluded_short(self) -> str:
+        """Per occluder, the first to the last frame hidden behind it and how many frames that is (1-based):
+        "behind #7: 18–112 (63 fr.)" (a person glimpsed now and then has many short spans)."""
+        by: dict[int, list[tuple[int, int]]] = {}
+        for b, a, e in self.occluded:
+            by.setdefault(b, []).append((a, e))
+        parts = []
+        for b, spans in by.items():
+            n = sum(e - a + 1 for a, e in spans)
+            first, last = spans[0][0] + 1, spans[-1][1] + 1
+            parts.append(f"behind #{b}: {first}–{last}" + (f" ({n} fr.)" if len(spans) > 1 else ""))
+        return "; ".join(parts)
+
 
 def summary(doc: Document) -> list[TrackInfo]:
     """Every track of the document, by id: first/last frame, frames present, key frames, occluded spans (a track

@@ -142,6 +142,9 @@ class Timeline(QWidget):
         k = len(self.doc.persons(f))
         edited = any(p.edited.any() for p in self.doc.persons(f))
         text = f"{f + 1} / {n} · {k} pers." + (" ◆ key" if edited else "")
+        hidden = self.doc.occluded.get(f, {})
+        if hidden:  # known to be here, hidden behind another person (no key-points, no mesh)
+            text += " · hidden: " + ", ".join(f"#{t} behind #{b}" for t, b in sorted(hidden.items()))
         if self.waiting_for is not None:
             text += f" · processing {self.waiting_for + 1}…"
         self.label.setText(text)

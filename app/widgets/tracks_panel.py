@@ -120,7 +120,7 @@ class TracksPanel(QWidget):
             here = {p.track_id for p in self.doc.persons()}
             hidden = self.doc.occluded.get(self.doc.current_frame, {})
             for r, t in enumerate(self._rows):
-                occ = "; ".join(f"behind #{b}: {a + 1}–{e + 1}" for b, a, e in t.occluded)
+                occ = t.occluded_short()
                 values = (f"#{t.track_id}", str(t.first + 1), str(t.last + 1), str(t.frames), str(t.key_frames), occ)
                 for c, v in enumerate(values):
                     it = QTableWidgetItem(v)
@@ -137,7 +137,8 @@ class TracksPanel(QWidget):
                         if c > 0:
                             it.setForeground(QBrush(QColor(140, 140, 140)))
                     if c == 5 and t.occluded:
-                        it.setToolTip("\n".join(t.occluded_text()))
+                        lines = t.occluded_text()
+                        it.setToolTip("\n".join(lines[:20] + ([f"… {len(lines) - 20} more"] if len(lines) > 20 else [])))
                     self.table.setItem(r, c, it)
             rows = [r for r, t in enumerate(self._rows) if t.track_id == sel]
             if rows:

@@ -34,6 +34,10 @@ def test_track_list_shows_occluded_spans(qapp, qtbot, couple_clip):
     panel = TracksPanel(s.doc)
     qtbot.addWidget(panel)
     panel.show()
+    from app.widgets.timeline import Timeline
+
+    timeline = Timeline(s.doc)
+    qtbot.addWidget(timeline)
     try:
         s.open_path(couple_clip)
         assert s.process_video()
@@ -53,8 +57,11 @@ def test_track_list_shows_occluded_spans(qapp, qtbot, couple_clip):
         qtbot.waitUntil(lambda: panel.table.rowCount() == len(rows), timeout=2000)
         col = panel.COLUMNS.index("occluded")
         r = [panel.table.item(i, 0).text() for i in range(panel.table.rowCount())].index(f"#{t.track_id}")
-        qtbot.waitUntil(lambda: f"behind #{behind}: {first + 1}–{last + 1}" in panel.table.item(r, col).text(),
+        first_all = min(a for b, a, _ in t.occluded if b == behind)
+        qtbot.waitUntil(lambda: f"behind #{behind}: {first_all + 1}–{last + 1}" in panel.table.item(r, col).text(),
                         timeout=2000)
+        # the timeline's frame label says who is hidden on the shown frame
+        assert f"#{t.track_id} behind #{behind}" in timeline.label.text()
         assert "no key-points" in panel.table.item(r, col).toolTip()
         qtbot.waitUntil(lambda: panel.table.item(r, 1).toolTip().startswith(f"hidden behind #{behind} on this frame"),
                         timeout=2000)
