@@ -176,7 +176,7 @@ def bench_inference() -> None:
     # render times
     r = win.mesh_view
     t, still = [], []
-    for _ in range(5):
+    for _ in range(8):
         r.orbit(10, 0)  # moving: the persons at their reduced level of detail
         before = r.last_render_s
         spin_until(lambda before=before: r.last_render_s != before, 10)
@@ -186,8 +186,9 @@ def bench_inference() -> None:
         still.append(r.last_render_s * 1000)
     w, h = r.canvas_size()
     print(f"3-D view render ({len(doc.results())} persons, {w}x{h}, request to picture incl. the render process "
-          f"round trip): orbiting (reduced detail) median {statistics.median(t):.0f} ms, still (full detail) "
-          f"{statistics.median(still):.0f} ms; target ≤ 33 ms for 10 persons at 1280x720 (bench_view3d.py)")
+          f"round trip): orbiting (reduced detail) median {statistics.median(t):.0f} ms (each: "
+          f"{', '.join(f'{x:.0f}' for x in t)}), still (full detail) {statistics.median(still):.0f} ms; load average "
+          f"{os.getloadavg()[0]:.1f}; target ≤ 33 ms for 10 persons at 1280x720 (bench_view3d.py)")
     win.close()
 
 
