@@ -237,7 +237,7 @@ class Tracker:
     def __init__(self, max_age: int = 30, iou_weight: float = 0.5, min_similarity: float = 0.2,
                  kpt_conf: float = 0.3, high_conf: float = 0.5, gap_widening: float = 0.3,
                  occlusion_cover: float | None = 0.5, occlusion_onset: int = 2, max_occluded: int = 250,
-                 occluded_kalman: int = 10, rescue_window: int = 12, rescue_every: int = 5, rescue_lost: int = 0):
+                 occluded_kalman: int = 10, rescue_window: int = 6, rescue_every: int = 10, rescue_lost: int = 0):
         if max_age < 0:
             raise ValueError("max_age must be >= 0")
         if not 0.0 <= iou_weight <= 1.0:
