@@ -41,7 +41,7 @@ from dpmesh_core import api
 
 from ..palette import person_rgb, person_rgb01
 from ..session import Session
-from .image_view import rgb_to_qimage
+from .skeletons import rgb_to_qimage
 
 VIEW_KEYS = {Qt.Key.Key_1: "camera", Qt.Key.Key_2: "side", Qt.Key.Key_3: "top", Qt.Key.Key_0: "reset",
              Qt.Key.Key_R: "reset"}
