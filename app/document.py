@@ -65,6 +65,10 @@ class Document(QObject):
         self.selected_uid = -1
         self.selected_joint = -1
         self._frame_cache: tuple[int, np.ndarray] | None = None
+        #: decoded frames from elsewhere (``.get(i)`` -> array or None, never decoding): the video's prefetcher
+        #: (``session.frames``); cleared with the media
+        self.frame_source: Any = None
+        self.frames_decoded_here = 0  # frames this Document decoded itself (on the GUI thread)
 
     # ------------------------------------------------------------------ media
     def set_media(self, media: Any, image: np.ndarray | None = None) -> None:
@@ -74,6 +78,7 @@ class Document(QObject):
                 self.media.close()
             except Exception:  # noqa: BLE001 - closing a stale reader must not block opening a new one
                 pass
+        self.frame_source = None  # the old media's prefetcher (its owner closes it on media_changed)
         self.media = media
         self.media_path = str(getattr(media, "path", "")) or None if media is not None else None
         self.image_override = None if image is None else np.ascontiguousarray(image)
@@ -115,9 +120,20 @@ class Document(QObject):
             return None
         if self._frame_cache is not None and self._frame_cache[0] == f:
             return self._frame_cache[1]
-        img = np.ascontiguousarray(self.media.frame(f))
+        img = self.frame_source.get(f) if self.frame_source is not None else None
+        if img is None:  # not prefetched (an image, a jump while scrubbing): decode it here
+            img = np.ascontiguousarray(self.media.frame(f))
+            self.frames_decoded_here += 1
         self._frame_cache = (f, img)
         return img
+
+    def has_image(self, frame: int) -> bool:
+        """Whether ``image(frame)`` returns without decoding (cached here, or in the frame source)."""
+        if self.media is None:
+            return self.image_override is not None
+        if self._frame_cache is not None and self._frame_cache[0] == frame:
+            return True
+        return self.frame_source is not None and bool(self.frame_source.has(frame))
 
     def set_current_frame(self, frame: int) -> None:
         frame = int(min(max(frame, 0), max(self.num_frames - 1, 0)))

@@ -125,6 +125,7 @@ class MainWindow(WindowActions, QMainWindow):
         s.video_progress.connect(self._on_video_progress)
         s.video.running_changed.connect(self._on_video_running)
         self.timeline.ready = s.video.frame_ready  # Play shows a frame once the pipeline has processed it
+        self.timeline.frames = s.frames  # ... and once it was decoded off the GUI thread
         self.timeline.play_started.connect(s.video.play_from)
         self.timeline.play_stopped.connect(s.video.stop_play)
         self.doc.undo_stack.cleanChanged.connect(lambda _c: self._update_title())

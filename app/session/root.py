@@ -2,7 +2,7 @@
 controller per concern, wires them, and offers the GUI one object to hold.
 
 Widgets and the main window talk to the controllers (``session.media``, ``.estimation``, ``.overlay``,
-``.video``, ``.projects``) or to the Session's own methods, which only delegate; never to the job runners.
+``.video``, ``.projects``, ``.frames``) or to the Session's own methods, which only delegate; never to the job runners.
 Kept free of widgets so tests drive the exact code the window uses.
 """
 
@@ -23,6 +23,7 @@ from ..jobs.inference import InferenceService
 from ..jobs.render import RenderService
 from ..runtime import pin_singletons
 from .estimation import EstimationController
+from .frames import FramesController
 from .media import MediaController
 from .overlay import OverlayController
 from .projects import PROJECT_EXT, ProjectController
@@ -58,10 +59,11 @@ class Session(QObject):
         self.media = MediaController(self.doc, self.inference, self.estimation, self.overlay, self)
         self.projects = ProjectController(self.doc, self.media, self.estimation, self.overlay, self)
         self.video = VideoController(self.doc, self.inference, self.media, self.estimation, self)
+        self.frames = FramesController(self.doc, parent=self)  # the video's frames, decoded off the GUI thread
         self._busy = {"inference": False, "render": False}
         self._background_started = False
         self.last_release_time: float | None = None
-        for c in (self.estimation, self.media, self.projects, self.video):
+        for c in (self.estimation, self.media, self.projects, self.video, self.frames):
             c.message.connect(self.message)
         for c in (self.estimation, self.media, self.projects):
             c.error.connect(self.error)
@@ -93,6 +95,7 @@ class Session(QObject):
         self.projects.stop_autosave()
         self.inference.shutdown()
         self.render.shutdown()
+        self.frames.close()
         if self.doc.media is not None and hasattr(self.doc.media, "close"):
             self.doc.media.close()
 

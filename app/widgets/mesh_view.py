@@ -318,9 +318,12 @@ class MeshView(QWidget):
                 self.doc.set_current_frame(self._play_range[0])
             self._play_t0 = (time.perf_counter(), self.doc.current_frame)
             self._play.start(max(int(round(1000 / max(self.doc.fps, 1e-3))), 1))
+            self.session.frames.set_playing(True)
         else:
             was = self._play.isActive()
             self._play.stop()
+            if was:
+                self.session.frames.set_playing(False)
             if was:
                 self.schedule()  # the full-detail frame of where playback stopped
         if self.play_btn.isChecked() != self._play.isActive():
@@ -329,14 +332,23 @@ class MeshView(QWidget):
             self.play_btn.blockSignals(False)
 
     def _play_step(self) -> None:
-        """The frame due now at the video's frame rate (frames are skipped when a step falls behind)."""
+        """The frame due now at the video's frame rate (frames are skipped when a step falls behind); only
+        frames already decoded off the GUI thread are shown (``session.frames``), except the loop's first."""
         lo, hi = self._play_range
         t0, f0 = self._play_t0
         f = f0 + int((time.perf_counter() - t0) * self.doc.fps)
         if f > hi:  # loop
             self._play_t0 = (time.perf_counter(), lo)
-            f = lo
-        self.doc.set_current_frame(f)
+            self.doc.set_current_frame(lo)
+            return
+        cur = self.doc.current_frame
+        if f <= cur:
+            return
+        frames = self.session.frames
+        frames.play_clock(f)
+        show = next((g for g in range(f, cur, -1) if frames.decoded(g)), None)
+        if show is not None:
+            self.doc.set_current_frame(show)
 
     # scheduling ------------------------------------------------------------------------
     def schedule(self) -> None:

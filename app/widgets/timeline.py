@@ -1,14 +1,20 @@
 """Video timeline: scrub (slider), step (◀ ▶, keys , and .), play/pause (Space), frame counter, and a bar
 under the slider that marks key frames (frames corrected by hand; the selected person's track brighter).
 
-Play never runs ahead of the work: with ``ready(frame)`` set (the session: "this frame has its persons and
-meshes"), it moves to the next frame only once that frame is ready, and ``play_started(frame)`` lets the
-session start processing from there (the core frame pipeline); the counter says when it waits.
+Play runs at the video's frame rate by the clock (frame = start + elapsed * fps): when the GUI cannot keep up,
+frames are dropped rather than played slowly. It never runs ahead of the work: with ``ready(frame)`` set (the
+session: "this frame has its persons and meshes"), it moves only to frames that are ready (and restarts its
+clock there), and ``play_started(frame)`` lets the session start processing from there (the core frame
+pipeline); the counter says when it waits. With ``frames`` set (the session's ``FramesController``), it moves
+only to frames already decoded off the GUI thread, telling the prefetcher where its clock is, so playing never
+decodes on the GUI thread, and it stops at the last frame that decodes (a truncated file).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from typing import Any
 
 from PySide6.QtCore import QRect, Qt, QTimer, Signal
 from PySide6.QtGui import QColor, QPainter
@@ -72,6 +78,10 @@ class Timeline(QWidget):
         self.doc = doc
         self.ready: Callable[[int], bool] | None = None  # frame -> its persons and meshes are there
         self.waiting_for: int | None = None  # Play waits for this frame to be processed
+        self.frames: Any = None  # .decoded(f), .play_clock(f), .set_playing(on), .end(): session.frames
+        self._clock = (0.0, 0)  # (perf_counter, frame) where Play's clock started
+        self.shown = 0  # frames shown by Play since it last started
+        self.dropped = 0  # frames Play skipped to keep the video's frame rate
         self.prev_btn = QToolButton(text="◀")
         self.play_btn = QToolButton(text="▶ Play")
         self.next_btn = QToolButton(text="▶")
@@ -94,6 +104,7 @@ class Timeline(QWidget):
         self.keys = KeyframeBar(self)
         outer.addWidget(self.keys)
         self._timer = QTimer(self)
+        self._timer.setTimerType(Qt.TimerType.PreciseTimer)
         self._timer.timeout.connect(self._tick)
         self._keys_timer = QTimer(self)  # many person changes in one turn (a batch edit) → one recount
         self._keys_timer.setSingleShot(True)
@@ -158,8 +169,12 @@ class Timeline(QWidget):
             return
         self.play_btn.setText("❚❚ Pause" if on else "▶ Play")
         self.waiting_for = None
+        if self.frames is not None:
+            self.frames.set_playing(on)
         if on:
-            self._timer.start(int(1000 / max(self.doc.fps, 1.0)))
+            self._clock = (time.perf_counter(), self.doc.current_frame)
+            self.shown = self.dropped = 0
+            self._timer.start(max(int(1000 / max(self.doc.fps, 1.0)), 1))
             self.play_started.emit(self.doc.current_frame)
         elif self._timer.isActive():
             self._timer.stop()
@@ -172,15 +187,41 @@ class Timeline(QWidget):
     def toggle_play(self) -> None:
         self.set_playing(not self.play_btn.isChecked())
 
+    def _last_frame(self) -> int:
+        n = self.doc.num_frames
+        end = self.frames.end() if self.frames is not None else None
+        return (n if end is None else min(n, end)) - 1
+
     def _tick(self) -> None:
-        if self.doc.current_frame >= self.doc.num_frames - 1:
+        cur = self.doc.current_frame
+        last = self._last_frame()
+        if cur >= last:
             self.set_playing(False)
             return
-        nxt = self.doc.current_frame + 1
-        if self.ready is not None and not self.ready(nxt):
-            if self.waiting_for != nxt:
-                self.waiting_for = nxt
-                self._update_label()
-            return  # not processed yet: wait for it rather than show a frame without persons
+        now = time.perf_counter()
+        t0, f0 = self._clock
+        target = min(f0 + int((now - t0) * max(self.doc.fps, 1.0)), last)
+        if target <= cur:
+            return
+        if self.frames is not None:
+            self.frames.play_clock(target)  # the prefetcher skips what the clock has passed
+        show, blocked = None, None
+        for f in range(cur + 1, target + 1):
+            if self.ready is not None and not self.ready(f):
+                blocked = f
+                break
+            if self.frames is None or self.frames.decoded(f):
+                show = f
+        if blocked is not None:  # processing sets the pace: restart the clock where Play now stands
+            self._clock = (now, cur if show is None else show)
+            if show is None:
+                if self.waiting_for != blocked:
+                    self.waiting_for = blocked
+                    self._update_label()
+                return  # not processed yet: wait for it rather than show a frame without persons
+        if show is None:
+            return  # not decoded yet (the prefetcher is on it): keep the shown frame
         self.waiting_for = None
-        self.step(1)
+        self.shown += 1
+        self.dropped += show - cur - 1
+        self.doc.set_current_frame(show)
