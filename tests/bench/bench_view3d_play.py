@@ -21,6 +21,31 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
 SHARED = Path(os.environ.get("DPMESH_SHARED", Path(__file__).resolve().parents[3] / "shared"))
 
 
+def add_walking_bodies(doc, frames: int, persons: int = 10) -> None:
+    """``persons`` tracked synthetic SMPL bodies (6,890 vertices) walking over the first ``frames`` frames of the
+    Document's video, each with its key-points and mesh result (no estimator involved)."""
+    from app_testkit import make_person
+
+    from dpmesh_core.body.synthetic import synthetic_smpl_arrays
+    from dpmesh_core.types import BodyParams, Camera, MeshResult
+
+    a = synthetic_smpl_arrays()
+    body = np.asarray(a["v_template"], np.float64) * np.array([1.0, -1.0, -1.0])
+    body[:, 1] -= body[:, 1].max()
+    faces = np.asarray(a["f"], np.int32)
+    w, h = doc.media.size
+    cam = Camera.default_for(w, h)
+    z3 = np.zeros(3, np.float32)
+    for f in range(frames):
+        people = [dataclasses.replace(make_person(i % 5, x0=60 + 90 * (i % 5)), track_id=i) for i in range(persons)]
+        uids = doc.set_frame_persons(f, people)
+        for i, u in enumerate(uids):
+            v = (body + np.array([(i % 5 - 2) * 0.9 + 0.02 * f, 1.5, 5.0 + (i // 5) * 2.5])).astype(np.float32)
+            doc.set_result(u, MeshResult(v, faces, v[:24], np.zeros((24, 2), np.float32), "smpl24",
+                                         BodyParams("smpl", z3, np.zeros(69, np.float32),
+                                                    np.zeros(10, np.float32), z3), cam, track_id=i))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=float, default=8.0)
@@ -28,21 +53,15 @@ def main() -> None:
     ap.add_argument("--window", action="store_true", help="the whole main window (2-D overlay, image view, "
                     "docks) instead of the 3-D view alone")
     args = ap.parse_args()
-    from app_testkit import RecordingEstimator, make_person
+    from app_testkit import RecordingEstimator
     from PySide6.QtWidgets import QApplication
 
     from app.jobs import InferenceService
     from app.session import Session
     from app.widgets.mesh_view import MeshView
     from dpmesh_core import api
-    from dpmesh_core.body.synthetic import synthetic_smpl_arrays
-    from dpmesh_core.types import BodyParams, Camera, MeshResult
 
     app = QApplication.instance() or QApplication([])
-    a = synthetic_smpl_arrays()
-    body = np.asarray(a["v_template"], np.float64) * np.array([1.0, -1.0, -1.0])
-    body[:, 1] -= body[:, 1].max()
-    faces = np.asarray(a["f"], np.int32)
     s = Session(inference=InferenceService(estimator_factory=lambda: RecordingEstimator()))
     s.auto_detect = False
     win = None
@@ -56,17 +75,8 @@ def main() -> None:
     media = api.open_media(SHARED / "media" / "street.avi")
     s.doc.set_media(media)
     w, h = media.size
-    cam = Camera.default_for(w, h)
-    z3 = np.zeros(3, np.float32)
     frames = min(args.frames, media.num_frames if hasattr(media, "num_frames") else args.frames)
-    for f in range(frames):
-        persons = [dataclasses.replace(make_person(i % 5, x0=60 + 90 * (i % 5)), track_id=i) for i in range(10)]
-        uids = s.doc.set_frame_persons(f, persons)
-        for i, u in enumerate(uids):
-            v = (body + np.array([(i % 5 - 2) * 0.9 + 0.02 * f, 1.5, 5.0 + (i // 5) * 2.5])).astype(np.float32)
-            s.doc.set_result(u, MeshResult(v, faces, v[:24], np.zeros((24, 2), np.float32), "smpl24",
-                                           BodyParams("smpl", z3, np.zeros(69, np.float32),
-                                                      np.zeros(10, np.float32), z3), cam, track_id=i))
+    add_walking_bodies(s.doc, frames)
     s.doc.set_current_frame(0)
     s.doc.select(s.doc.uids()[0])  # Play runs this track's frames (the ones with meshes), looping
     view = win.mesh_view if win is not None else MeshView(s)
