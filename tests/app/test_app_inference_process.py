@@ -237,8 +237,8 @@ def test_video_job_streams_frames_and_stops_between_them(service, media_dir, qtb
     assert not rec.errors
     frames = [v[1] for k, v in rec.progress if k == "video"]
     assert frames == list(range(0, n, stride)) and all(v[0] == "frame" for _k, v in rec.progress)
-    assert rec.progress[1][1][3:] == ([], [], True)  # a frame the user emptied stays empty
-    for _k, (_kind, _f, total, persons, results, _was_known) in rec.progress[:1]:
+    assert rec.progress[1][1][3:] == ([], [], True, [])  # a frame the user emptied stays empty (nobody hidden)
+    for _k, (_kind, _f, total, persons, results, _was_known, _occluded) in rec.progress[:1]:
         assert total == n and len(persons) == len(results) >= 2
         assert all(p.track_id is not None for p in persons)
         assert all(isinstance(r, MeshResult) or isinstance(r, Exception) for r in results)
@@ -249,7 +249,7 @@ def test_video_job_streams_frames_and_stops_between_them(service, media_dir, qtb
     qtbot.waitUntil(lambda: len(rec_known.progress) > len(frames), timeout=60000)
     service.runner.cancel(("call", "video"))
     qtbot.waitUntil(lambda: not service.runner.is_busy(), timeout=60000)
-    _kind, f, _total, persons, results, was_known = rec_known.progress[len(frames)][1]
+    _kind, f, _total, persons, results, was_known, _occluded = rec_known.progress[len(frames)][1]
     assert f == 0 and was_known and len(persons) == 1 and np.allclose(persons[0].keypoints, mine[0].keypoints)
     assert len(rec_known.progress) <= len(frames) + 2 and len(rec.finished) == 1
 
@@ -363,7 +363,7 @@ def test_video_job_smooths_each_track_when_smoothing_is_on(media_dir, tmp_path):
         out = list(ops.process_video(ctx, str(clip), 1, smooth, {}))
         assert [f for _kind, f, *_ in out] == list(range(9))
         tracks: dict = {}
-        for _kind, f, _n, _ps, rs, _known in out:
+        for _kind, f, _n, _ps, rs, _known, _occluded in out:
             for r in rs:
                 if isinstance(r, MeshResult):
                     tracks.setdefault(r.track_id, {})[f] = r.joints3d - r.joints3d.mean(0)
