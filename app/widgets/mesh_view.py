@@ -286,6 +286,7 @@ class MeshView(QWidget):
         self.camera = None
         self._centres.clear()
         self._scene_cache = None
+        self._ground_key, self._ground = None, None
         self.schedule()
 
     def _set_selected_only(self, on: bool) -> None:
@@ -425,7 +426,9 @@ class MeshView(QWidget):
                      tuple(b.isChecked() for b in t.values()), id(self.doc.image()))
         if self._scene_cache is not None and self._scene_cache[0] == scene_key:  # orbiting: same scene
             return self._scene_cache[1]
-        if key != self._ground_key:
+        if key != self._ground_key and not (self._ground is not None and self.session.frames.playing):
+            # (while the video plays, the ground fitted before Play stays: a refit per frame costs the GUI
+            # thread ~50 ms and only makes a static camera's ground jitter)
             self._ground_key, self._ground = key, api.fit_ground([r for _, r in have])
         all_persons = api.scene_persons([r for _, r in have], [person_rgb01(self.doc.color_key(u)) for u, _ in have],
                                         [self.doc.label(u) for u, _ in have], [u for u, _ in have],
