@@ -29,7 +29,7 @@ FIELDS = (
     ("smpl", "SMPL neutral model", "SMPL (*.pkl *.npz);;All files (*)", False,
      "Licensed: register at smpl.is.tue.mpg.de and download basicModel_neutral_lbs_10_207_0_v1.0.0.pkl"),
     ("dpmesh_checkpoint", "DPMesh checkpoint", "Checkpoints (*.pth.tar *.pth *.safetensors);;All files (*)", True,
-     "An official *_best_ckpt.pth.tar (convert with `dpmesh convert`) or a folder from `dpmesh train`"),
+     "An official *_best_ckpt.pth.tar (loads as released) or a folder from `dpmesh convert` / `dpmesh train`"),
     ("sd15", "Stable Diffusion 1.5", "Weights (*.safetensors *.ckpt);;All files (*)", True,
      "A diffusers folder or a single .safetensors (only needed to train from scratch)"),
     ("controlnet", "ControlNet", "Weights (*.safetensors *.pth);;All files (*)", True,

@@ -26,7 +26,8 @@ EXPLANATION = (
     "crop the diffusion backbone looked (8×8 and 16×16 cross-attention).</p>"
     "<p>To see them:</p><ol>"
     "<li>Open <b>Tools ▸ Models…</b> and set a <b>DPMesh checkpoint</b> (an official "
-    "<code>*_best_ckpt.pth.tar</code> converted with <code>dpmesh convert</code>, or one you trained) and "
+    "<code>*_best_ckpt.pth.tar</code> as released — it loads directly — or a folder from <code>dpmesh convert</code> "
+    "or <code>dpmesh train</code>) and "
     "the SMPL file.</li>"
     "<li>Choose <b>DPMesh network</b> in the toolbar's Estimator list.</li>"
     "<li>Select a person: its maps appear here.</li></ol>")
