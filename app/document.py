@@ -140,7 +140,7 @@ class Document(QObject):
         if frame == self.current_frame:
             return
         self.current_frame = frame
-        if self.selected_uid not in self.uids(frame):
+        if self.selected_uid != -1 and self.selected_uid not in self.uids(frame):  # (no signal when none was)
             self.selected_uid = -1
             self.selection_changed.emit(-1)
         self.frame_changed.emit(frame)

@@ -70,6 +70,8 @@ def test_play_shows_frames_at_the_video_rate_and_decodes_nothing_on_the_gui_thre
     doc.media.frame = counting_frame  # the Document's own reader: any call is a decode on the GUI thread
     shown = []
     doc.frame_changed.connect(lambda f: shown.append((f, doc.image(f))))
+    selections = []  # nothing selected: a frame change says nothing about the selection (every panel redrew)
+    doc.selection_changed.connect(selections.append)
     try:
         t0 = time.perf_counter()
         tl.set_playing(True)
@@ -77,6 +79,7 @@ def test_play_shows_frames_at_the_video_rate_and_decodes_nothing_on_the_gui_thre
         elapsed = time.perf_counter() - t0
         tl.set_playing(False)
         assert gui_reads == [] and doc.frames_decoded_here <= 1  # (frame 0, shown before Play)
+        assert selections == []
         idx = [f for f, _ in shown]
         assert idx == sorted(set(idx)) and idx[0] >= 1  # forward only; dropped frames are skipped, not replayed
         assert tl.shown == len(idx) and tl.dropped == idx[-1] - len(idx)
