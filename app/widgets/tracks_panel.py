@@ -93,8 +93,11 @@ class TracksPanel(QWidget):
         self._timer.setSingleShot(True)
         self._timer.setInterval(0)
         self._timer.timeout.connect(self.refresh)
-        doc.persons_changed.connect(lambda _f: self._timer.start())
-        doc.media_changed.connect(self._timer.start)
+        # the summary walks every frame of the document: recomputed when persons or media change, not when
+        # only the shown frame or the selection does (Play changes the frame many times a second)
+        self._stale = True
+        doc.persons_changed.connect(lambda _f: self._mark_stale())
+        doc.media_changed.connect(self._mark_stale)
         doc.selection_changed.connect(lambda _u: self._timer.start())
         doc.frame_changed.connect(lambda _f: self._timer.start())
         self.refresh()
@@ -111,10 +114,16 @@ class TracksPanel(QWidget):
         data = self.other.currentData()
         return None if data is None else int(data)
 
+    def _mark_stale(self) -> None:
+        self._stale = True
+        self._timer.start()
+
     def refresh(self) -> None:
         self._updating = True
         try:
-            self._rows = tracks.summary(self.doc)
+            if self._stale:
+                self._rows = tracks.summary(self.doc)
+                self._stale = False
             sel = self.selected_track()
             self.table.setRowCount(len(self._rows))
             here = {p.track_id for p in self.doc.persons()}
