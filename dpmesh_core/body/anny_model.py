@@ -532,8 +532,10 @@ class AnnyBody(BodyModel):
     ) -> BodyOutput:
         self.check_joint_sets(joint_sets)
         B = max(global_orient.shape[0], body_pose.shape[0], betas.shape[0])
+        # one shape for the whole batch (a fitter's finite-difference batch, one person's poses): its constants
+        # once, broadcast below, not B copies (and the memo of the last batch stays valid across batch sizes)
+        sc = self._shape(betas if betas.shape[0] == 1 else betas.expand(B, -1))
         global_orient, body_pose, betas = (x.expand(B, -1) for x in (global_orient, body_pose, betas))
-        sc = self._shape(betas)
         kp, j24_anny, G, t_nodes = self._fast_joints(body_pose, sc)
         # Anny frame → canonical frame, then global orientation about the root (at the origin) and transl
         Rf = self._global_rotation(global_orient) @ self._C  # (B, 3, 3)

@@ -608,7 +608,7 @@ class KeypointFitter:
         if pr.prev is not None:
             prr.prev = {k: v[rep] for k, v in pr.prev.items()}
             prr.prev_weight = pr.prev_weight
-        fixed_r = {k: v[rep] for k, v in fixed.items()}
+        fixed_r = {k: v if v.shape[0] == 1 else v[rep] for k, v in fixed.items()}  # one row broadcasts
         step = torch.cat([torch.zeros(1, D, dtype=x.dtype, device=x.device),
                           torch.eye(D, dtype=x.dtype, device=x.device) * eps])  # (D + 1, D)
 
