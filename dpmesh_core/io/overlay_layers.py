@@ -61,7 +61,7 @@ class OverlayLayers:
     def _render_layer(self, renderer: Any, mesh: tuple, camera: Any) -> tuple:
         import numpy as np
 
-        rgb, mask, depth = renderer.render_with_mask([mesh], camera, None)
+        rgb, mask, depth = renderer.render_with_mask([mesh], camera, None, cull=True)
         first_bg = int(np.argmin(mask.reshape(-1)))  # the first uncovered pixel (0 if all are covered)
         if not mask.reshape(-1)[first_bg]:
             self.background[(rgb.shape[1], rgb.shape[0])] = rgb.reshape(-1, 3)[first_bg].copy()
@@ -215,7 +215,7 @@ class OverlayLayers:
             # mostly new: one pass now (cheaper than one per person), layers later while idle
             self.todo = [t for t in self.todo if t[1] != (w, h)]
             self.todo += [(keys[i], (w, h), (meshes[i], camera)) for i in missing]
-            rgb, mask, depth = renderer.render_with_mask(meshes, camera, None)
+            rgb, mask, depth = renderer.render_with_mask(meshes, camera, None, cull=True)
             if not mask.all():
                 self.background[(w, h)] = rgb[~mask][0].copy()
             self._layers_from_scene(keys, meshes, camera, (w, h), rgb, mask, depth)
@@ -270,12 +270,12 @@ class OverlayLayers:
 
         renderer = get(*size)
         if camera is None or (view is not None and not np.allclose(view, np.eye(4), atol=1e-9)):
-            return renderer.render(meshes, camera, view)
+            return renderer.render_with_mask(meshes, camera, view, cull=True)[0]
         meshes = [(v, f, tuple(float(x) for x in c)) for v, f, c in meshes]
         rgb, mask = self.compose(get, meshes, camera, size)
         bg = self.background.get(size)
         if bg is None:  # the renderer's background colour, exactly as it writes it
-            return renderer.render(meshes, camera, view)
+            return renderer.render_with_mask(meshes, camera, view, cull=True)[0]
         out = np.empty_like(rgb)
         out[...] = bg
         out[mask] = rgb[mask]

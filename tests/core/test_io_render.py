@@ -156,3 +156,21 @@ def test_large_triangles_in_bands_match():
     np.testing.assert_array_equal(a[1], b[1])
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_allclose(a[2], b[2], rtol=1e-6)
+
+
+def test_back_faces_are_culled_only_for_closed_outward_meshes():
+    """Overlays skip back faces (faster on a software rasteriser) only where that cannot change the picture:
+    a closed surface wound outwards (SMPL, Anny); an open or inconsistently wound mesh, or one wound inwards,
+    is drawn two-sided as before."""
+    from dpmesh_core.body.synthetic import synthetic_smpl_arrays
+    from dpmesh_core.io.render import cullable
+
+    a = synthetic_smpl_arrays()
+    v, f = np.asarray(a["v_template"], np.float64), np.asarray(a["f"], np.int32)
+    assert cullable(v, f)
+    assert cullable(v @ np.diag([1.0, -1.0, -1.0]), f)  # turned about x (a rotation): still outward
+    assert not cullable(v, f[:, ::-1].copy())  # wound inwards
+    assert not cullable(v * np.array([-1.0, 1.0, 1.0]), f)  # mirrored: inwards
+    assert not cullable(v, f[:-1].copy())  # a hole
+    tetra = np.array([[0, 1, 2], [0, 1, 3], [0, 2, 3], [1, 2, 3]], np.int32)  # inconsistently wound
+    assert not cullable(np.array([[0, 0, 3], [.2, 0, 3], [0, .4, 3], [0, 0, 3.2]]), tetra)
