@@ -129,9 +129,11 @@ def _decimate(v: np.ndarray, f: np.ndarray, target: int) -> np.ndarray:
     return np.ascontiguousarray(g[np.sort(first)], np.int32)
 
 
-# faces array id -> (the array, vertex -> adjacent faces as (order, starts) or None when the surface is not closed
-# and consistently oriented); a few topologies at a time (SMPL, Anny)
-_TOPOLOGY: dict[int, tuple[np.ndarray, tuple[np.ndarray, np.ndarray] | None]] = {}
+# digest of a faces array -> vertex -> adjacent faces as (order, starts), or None when the surface is not closed
+# and consistently oriented; a few topologies at a time (SMPL, Anny). Keyed by content: a render process gets a
+# new faces object with every request that does not name it by token.
+_TOPOLOGY: dict[bytes, tuple[np.ndarray, np.ndarray] | None] = {}
+_TOPOLOGY_IDS: dict[int, tuple[np.ndarray, bytes]] = {}  # id -> (the array, its digest): no re-hash of the same one
 
 
 def _closed_topology(f: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -154,15 +156,23 @@ def cullable(vertices: np.ndarray, faces: np.ndarray) -> bool:
     """Whether back faces of this mesh can be skipped without changing its picture: a closed, consistently
     oriented surface wound outwards (checked at the vertex furthest along +x, whose faces must face +x).
     The topology check is done once per faces array."""
-    ent = _TOPOLOGY.get(id(faces))
-    if ent is None or ent[0] is not faces:
-        ent = (faces, _closed_topology(faces))
-        _TOPOLOGY[id(faces)] = ent
+    import hashlib
+
+    known = _TOPOLOGY_IDS.get(id(faces))
+    if known is None or known[0] is not faces:
+        a = np.ascontiguousarray(faces, np.int64)
+        known = (faces, hashlib.blake2b(str(a.shape).encode() + a.tobytes(), digest_size=16).digest())
+        _TOPOLOGY_IDS[id(faces)] = known
+        while len(_TOPOLOGY_IDS) > 16:
+            _TOPOLOGY_IDS.pop(next(iter(_TOPOLOGY_IDS)))
+    if known[1] not in _TOPOLOGY:
+        _TOPOLOGY[known[1]] = _closed_topology(faces)
         while len(_TOPOLOGY) > 8:
             _TOPOLOGY.pop(next(iter(_TOPOLOGY)))
-    if ent[1] is None:
+    topo = _TOPOLOGY[known[1]]
+    if topo is None:
         return False
-    order, starts = ent[1]
+    order, starts = topo
     v = np.asarray(vertices, np.float64).reshape(-1, 3)
     if len(v) < len(starts) - 1:
         return False
