@@ -602,24 +602,23 @@ _LINES_CACHE: list = [None, None]  # (key, lines): an orbit step reuses the same
 _MESHES_CACHE: list = [None, None]  # (key, meshes): the same for scene_meshes (the ground's tiles)
 
 
+def _kept(cache: list, scene: Scene, build: Any) -> Any:
+    """``build(scene)``, the same object again while ``scene`` is the same object (``cache``: [key, value])."""
+    if cache[0] is not None and cache[0][0] is scene:
+        return cache[1]
+    value = build(scene)
+    cache[0], cache[1] = (scene,), value
+    return value
+
+
 def _scene_meshes_kept(scene: Scene) -> list:
-    key = _MESHES_CACHE[0]
-    if key is not None and key[0] is scene:
-        return _MESHES_CACHE[1]
-    meshes = scene_meshes(scene)
-    _MESHES_CACHE[0], _MESHES_CACHE[1] = (scene,), meshes
-    return meshes
+    return _kept(_MESHES_CACHE, scene, scene_meshes)
 
 
 def scene_lines(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The scene's lines (segments (N, 2, 3) world, colours (N, 3) uint8, widths px (N,)): the ground's grid,
     the axes, the frustum, trajectories and the selected person's marker; the same arrays while the scene is."""
-    key = _LINES_CACHE[0]
-    if key is not None and key[0] is scene:
-        return _LINES_CACHE[1]
-    lines = _segments(scene)
-    _LINES_CACHE[0], _LINES_CACHE[1] = (scene,), lines
-    return lines
+    return _kept(_LINES_CACHE, scene, _segments)
 
 
 def lod_meshes(meshes: Sequence[Any], persons: int, target: int | None = None) -> list:

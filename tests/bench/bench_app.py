@@ -49,8 +49,8 @@ def bench_startup(n: int = 3) -> None:
 
 
 def bench_inference() -> None:
-    from PySide6.QtCore import QElapsedTimer, QTimer
     from PySide6.QtWidgets import QApplication
+    from stall_meter import StallMeter
 
     app = QApplication.instance() or QApplication([])
     from app.editor import Editor
@@ -62,19 +62,7 @@ def bench_inference() -> None:
     win = MainWindow()
     win._no_prompt = True
     win.show()
-    gaps: list[float] = []
-    clock = QElapsedTimer()
-    clock.start()
-    last = [clock.nsecsElapsed()]
-
-    def tick() -> None:
-        now = clock.nsecsElapsed()
-        gaps.append((now - last[0]) / 1e6)
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(5)
-    timer.timeout.connect(tick)
+    meter = StallMeter()
 
     def spin_until(pred, timeout: float) -> bool:
         t0 = time.perf_counter()
@@ -87,13 +75,13 @@ def bench_inference() -> None:
 
     doc = win.doc
     t0 = time.perf_counter()
-    timer.start()
+    meter.start()
     win.open_path(PHOTO)
     spin_until(lambda: doc.persons() and all(doc.result(u) is not None or doc.result_error(u) for u in doc.uids())
                and win.overlay_updates > 0 and not win.session.is_busy(), 300)
     first = time.perf_counter() - t0
-    timer.stop()
-    g = sorted(gaps[2:]) or [0.0]
+    meter.stop()
+    g = meter.sorted(2)
     print(f"open photo → detection + {len(doc.persons())} meshes on screen: {first:.1f} s (cold: torch, YOLO, Anny)")
     print(f"GUI-thread stall during detection + estimation: longest {g[-1]:.0f} ms, "
           f"p99 {g[int(0.99 * (len(g) - 1))]:.0f} ms, median {statistics.median(g):.1f} ms ({len(g)} ticks)")
@@ -128,8 +116,9 @@ def bench_inference() -> None:
         return next((e for e in events if e[0] == what and e[1] >= after), None)
 
     uids = [u for u in doc.uids() if doc.result(u) is not None]
-    lat, est, rows, gaps = [], [], [], []
-    timer.start()
+    lat, est, rows = [], [], []
+    meter.clear()
+    meter.start()
     for k in range(8):
         uid = uids[k % len(uids)]
         p = doc.person(uid)
@@ -158,9 +147,9 @@ def bench_inference() -> None:
         est.append(fit)
         rows.append((fit, rt - fit, (t_result - t0) * 1000 - rt, (req[1] - t_result) * 1000, render_proc,
                      render_rt - render_proc, (shown[1] - req[1]) * 1000 - render_rt))
-    timer.stop()
+    meter.stop()
     session.overlay.request = overlay_request
-    g = sorted(gaps[2:]) or [0.0]
+    g = meter.sorted(2)
     if lat:
         med = np.median(np.array(rows), axis=0)
         names = ("fit (inference process)", "request/reply: pickling, socket, wake-ups", "edit → request, reply → "

@@ -34,7 +34,7 @@ def spin(app, seconds: float, until=None) -> None:
 
 
 def play_once(app, win, label: str, max_seconds: float) -> None:
-    from PySide6.QtCore import QElapsedTimer, Qt, QTimer
+    from stall_meter import StallMeter
 
     s, doc, tl = win.session, win.doc, win.timeline
     doc.set_current_frame(0)
@@ -49,33 +49,20 @@ def play_once(app, win, label: str, max_seconds: float) -> None:
             views.append(time.perf_counter())
 
     s.overlay.view_rendered.connect(on_view)
-    gaps: list[float] = []
-    clock = QElapsedTimer()
-    clock.start()
-    last = [clock.nsecsElapsed()]
-
-    def tick() -> None:
-        now = clock.nsecsElapsed()
-        gaps.append((now - last[0]) / 1e6)
-        last[0] = now
-
-    timer = QTimer()
-    timer.setTimerType(Qt.TimerType.PreciseTimer)
-    timer.setInterval(5)
-    timer.timeout.connect(tick)
+    meter = StallMeter(precise=True)
     gui0 = doc.frames_decoded_here
     pf = s.frames.prefetcher
     pf0 = pf.decoded if pf is not None else 0
-    timer.start()
+    meter.start()
     t0 = time.perf_counter()
     tl.set_playing(True)
     spin(app, max_seconds, lambda: not tl.is_playing())
     dt = time.perf_counter() - t0
     tl.set_playing(False)
-    timer.stop()
+    meter.stop()
     doc.frame_changed.disconnect(changes.append)
     s.overlay.view_rendered.disconnect(on_view)
-    g = sorted(gaps[1:]) or [0.0]
+    g = meter.sorted(1)
     n = len(changes)
     print(f"{label}: played frames {changes[0] if changes else 0}..{doc.current_frame} in {dt:.2f} s "
           f"(video time {doc.current_frame / doc.fps:.2f} s): {n} frames shown ({n / dt:.1f}/s of "
