@@ -9,6 +9,7 @@ socket pair (``multiprocessing.connection.Connection``: pickled messages).
 from __future__ import annotations
 
 import collections
+import logging
 import os
 import pickle
 import subprocess
@@ -17,6 +18,8 @@ import weakref
 from typing import Any
 
 from dpmesh_core.errors import DPMeshError
+
+log = logging.getLogger(__name__)
 
 IMAGE_SLOTS = 4  # images the inference process keeps (by token) so that an edit does not send its image again
 
@@ -139,8 +142,13 @@ class ImageMirror:
         self.refs.clear()
 
 
-def spawn_server(flag: str) -> tuple[Any, Any]:
-    """Start ``python -m app.jobs FLAG FD`` connected through a socket pair. Returns (Popen, Connection)."""
+def spawn_server(flag: str, nice: int = 0) -> tuple[Any, Any]:
+    """Start ``python -m app.jobs FLAG FD`` connected through a socket pair. Returns (Popen, Connection).
+
+    ``nice``: run it that much below this process's priority (POSIX niceness, set right after the start,
+    before the child has any thread of its own, so the threads it starts later — llvmpipe's — inherit it).
+    Work the user is not waiting for (the 3-D view) then yields the 2 cores to what they are (a drag's fit
+    and overlay) instead of sharing them, and still runs at full speed when nothing else does."""
     import socket
     from multiprocessing.connection import Connection
 
@@ -157,6 +165,11 @@ def spawn_server(flag: str) -> tuple[Any, Any]:
         raise
     finally:
         theirs.close()
+    if nice:
+        try:
+            os.setpriority(os.PRIO_PROCESS, proc.pid, os.getpriority(os.PRIO_PROCESS, 0) + int(nice))
+        except OSError as e:  # not allowed here: it runs at our priority
+            log.info("could not lower the priority of %s (%s)", flag, e)
     return proc, Connection(ours.detach())
 
 

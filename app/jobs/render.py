@@ -18,11 +18,17 @@ from .runner import JobRunner
 log = logging.getLogger(__name__)
 
 
+#: niceness of the 3-D view's render process relative to the app (the overlay's process and the inference
+#: process keep the app's priority)
+VIEW_NICE = 10
+
+
 class RenderClient:
     """The render thread's handle on the render process (started on first use, restarted never: if it
     dies, rendering falls back to the numpy rasteriser in the render thread)."""
 
-    def __init__(self) -> None:
+    def __init__(self, nice: int = 0) -> None:
+        self.nice = int(nice)  # see ipc.spawn_server
         self.proc: Any = None
         self.conn: Any = None
         self.failed = False
@@ -31,7 +37,7 @@ class RenderClient:
         self._fallback: dict[tuple[int, int], Any] = {}
 
     def _start(self) -> None:
-        self.proc, self.conn = spawn_server("--render-server")
+        self.proc, self.conn = spawn_server("--render-server", nice=self.nice)
 
     def start(self) -> None:
         """Spawn the render process if it is not running (a failure falls back like a dead process)."""
@@ -110,7 +116,9 @@ class RenderService(QObject):
             r.job_failed.connect(lambda k, i, m, e: self.error.emit(m))
             r.busy_changed.connect(lambda _b: self.busy_changed.emit(self.is_busy()))
         self._client = RenderClient()
-        self._view_client = RenderClient()
+        # the 3-D view's process runs at a lower priority: a drag's fit and overlay (what the user waits for)
+        # get the cores first; the view still renders at full speed when they are idle
+        self._view_client = RenderClient(nice=VIEW_NICE)
 
     def is_busy(self) -> bool:
         return self.runner.is_busy() or self.view_runner.is_busy()

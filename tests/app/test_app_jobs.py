@@ -284,6 +284,12 @@ def test_overlay_and_mesh_view_render_in_separate_processes(qapp, qtbot):
         qtbot.waitUntil(lambda: svc._client.proc is not None and svc._view_client.proc is not None, timeout=20000)
         a, b = svc._client.proc.pid, svc._view_client.proc.pid
         assert a != b
+        # the 3-D view's process yields the cores to the overlay's (and the fit's): lower priority, all threads
+        from app.jobs.render import VIEW_NICE
+
+        base = os.getpriority(os.PRIO_PROCESS, 0)
+        assert os.getpriority(os.PRIO_PROCESS, a) == base
+        assert os.getpriority(os.PRIO_PROCESS, b) == min(base + VIEW_NICE, 19)
         image = np.full((80, 96, 3), 40, np.uint8)
         results = [_box_result(-0.2, 0.0, 3.0), _box_result(0.15, -0.1, 2.6)]
         meshes = [(r.vertices, r.faces, (0.9, 0.2, 0.2)) for r in results]
@@ -293,6 +299,8 @@ def test_overlay_and_mesh_view_render_in_separate_processes(qapp, qtbot):
         assert got["view"].shape == (40, 48, 3) and got["overlay"].shape == image.shape
         assert (got["overlay"] != image).any(axis=2).sum() > 50  # the boxes are drawn over the image
         assert svc._client.proc.pid == a and svc._view_client.proc.pid == b  # still the same processes
+        for tid in os.listdir(f"/proc/{b}/task"):  # llvmpipe's threads, started after the priority was set
+            assert os.getpriority(os.PRIO_PROCESS, int(tid)) >= min(base + VIEW_NICE, 19)  # (Mesa's cache: 19)
     finally:
         svc.shutdown()
     for pid in (a, b):
