@@ -6,9 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("DPMESH_SHARED", REPO.parent / "shared"))
+from shared_data import REPO, SHARED
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 # Caches (Anny's ~40 s first build) are shared between test runs, inside the checkout.

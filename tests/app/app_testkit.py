@@ -2,16 +2,33 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 
 from dpmesh_core.errors import EstimationError
 from dpmesh_core.types import BodyParams, Camera, MeshResult, Person
 
-MEDIA = "/work/shared/media"
-PHOTO = f"{MEDIA}/COCO_val2014_000000000395.jpg"
+# tests/ too: worker processes import this module (functions they run by name) with only tests/app on the path
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from shared_data import MEDIA  # noqa: E402
+
+PHOTO = str(MEDIA / "COCO_val2014_000000000395.jpg")
+
+
+def street_clip(path, frames: range, fps: float = 25.0):
+    """Frames ``frames`` of ``../shared/media/street.avi`` written as a short video at ``path``; returns its path."""
+    from dpmesh_core import api
+    from dpmesh_core.io.video import write_video
+
+    media = api.open_media(MEDIA / "street.avi")
+    try:
+        return write_video(path, (media.frame(i) for i in frames), fps=fps)
+    finally:
+        media.close()
 
 
 def make_person(seed: int = 0, n: int = 17, x0: float = 100, y0: float = 80) -> Person:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from app_testkit import street_clip
 
 from app.jobs import InferenceService
 from dpmesh_core import api
@@ -350,13 +351,7 @@ def test_video_job_smooths_each_track_when_smoothing_is_on(media_dir, tmp_path):
     """With "temporal mesh smoothing" on, the app's video job smooths each track over time like
     `dpmesh predict` does (frames come a few frames late, all of them, in order); off, it only warm-starts."""
     from app import ops
-    from dpmesh_core.io.video import write_video
-
-    media = api.open_media(media_dir / "street.avi")
-    try:
-        clip = write_video(tmp_path / "clip.avi", (media.frame(i) for i in range(9)), fps=25.0)
-    finally:
-        media.close()
+    clip = street_clip(tmp_path / "clip.avi", range(9))
     ctx = _Context()
 
     def run(smooth):

@@ -6,24 +6,16 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from app_testkit import RecordingEstimator
+from app_testkit import RecordingEstimator, street_clip
 
 from app import tracks
 from app.jobs import InferenceService
 from app.session import Session
-from dpmesh_core import api
 
 
 @pytest.fixture(scope="module")
 def couple_clip(media_dir, tmp_path_factory):
-    from dpmesh_core.io.video import write_video
-
-    media = api.open_media(media_dir / "street.avi")
-    try:
-        return write_video(tmp_path_factory.mktemp("clip") / "couple.avi", (media.frame(i) for i in range(40, 62)),
-                           fps=25.0)
-    finally:
-        media.close()
+    return street_clip(tmp_path_factory.mktemp("clip") / "couple.avi", range(40, 62))
 
 
 def test_track_list_shows_occluded_spans(qapp, qtbot, couple_clip):
@@ -73,13 +65,7 @@ def test_rerunning_the_whole_video_job_keeps_the_users_proofreading(qapp, qtbot,
     """Process all frames, proofread (swap two tracks from frame 4 on, correct a joint on frame
     2), process all frames again: the proofread frames keep the user's persons and track ids; the other
     frames are recomputed (re-tracked and re-estimated)."""
-    from dpmesh_core.io.video import write_video
-
-    media = api.open_media(media_dir / "street.avi")
-    try:
-        clip = write_video(tmp_path / "walk.avi", (media.frame(i) for i in range(100, 108)), fps=25.0)
-    finally:
-        media.close()
+    clip = street_clip(tmp_path / "walk.avi", range(100, 108))
     est = RecordingEstimator()
     s = Session(inference=InferenceService(estimator_factory=lambda: est))
     s.auto_detect = False

@@ -61,17 +61,11 @@ def test_whole_video_job_gives_the_clis_tracks_and_meshes(qapp, qtbot, media_dir
 def test_play_detects_tracks_and_estimates_as_it_goes(qapp, qtbot, media_dir, tmp_path):
     """Play on an unprocessed video runs the pipeline from the shown frame and never shows a frame before it
     was processed ("0 pers." while playing was the old behaviour); pausing stops the job Play started."""
-    from app_testkit import RecordingEstimator
+    from app_testkit import RecordingEstimator, street_clip
 
     from app.jobs import InferenceService
     from app.widgets.timeline import Timeline
-    from dpmesh_core.io.video import write_video
-
-    media = api.open_media(media_dir / "street.avi")
-    try:
-        clip = write_video(tmp_path / "clip.avi", (media.frame(i) for i in range(100, 108)), fps=25.0)
-    finally:
-        media.close()
+    clip = street_clip(tmp_path / "clip.avi", range(100, 108))
     est = RecordingEstimator()
     s = Session(inference=InferenceService(estimator_factory=lambda: est))  # the real detector, in-thread
     s.auto_detect = False

@@ -51,7 +51,9 @@ def _rendered_after(qtbot, view: MeshView, n0: int) -> None:
     qtbot.waitUntil(lambda: view.renders > n0, timeout=60000)
 
 
-def test_view3d_orbits_switches_views_lists_depth_and_saves(qapp, qtbot, media_dir, tmp_path):
+def _couch_with_two_bodies(qtbot, media_dir) -> Session:
+    """A session on the couch photo with two fitted persons whose meshes are replaced by synthetic bodies wholly
+    inside the photo: far (x 0.9 m, 7 m away) then near (x -0.3 m, 4.5 m); the caller shuts it down."""
     image = api.read_image(media_dir / "COCO_val2014_000000000395.jpg")
     s = Session(inference=InferenceService(estimator_factory=lambda: RecordingEstimator()))
     s.auto_detect = False
@@ -60,9 +62,18 @@ def test_view3d_orbits_switches_views_lists_depth_and_saves(qapp, qtbot, media_d
         qtbot.waitUntil(lambda: all(r is not None for r in s.doc.results()), timeout=60000)
         qtbot.waitUntil(lambda: not s.is_busy(), timeout=20000)
         cam = s.doc.result(s.doc.uids()[0]).camera
+        for uid, (x, z) in zip(s.doc.uids(), ((0.9, 7.0), (-0.3, 4.5))):
+            s.doc.set_result(uid, body(x, z, cam))
+    except BaseException:
+        s.shutdown()
+        raise
+    return s
+
+
+def test_view3d_orbits_switches_views_lists_depth_and_saves(qapp, qtbot, media_dir, tmp_path):
+    s = _couch_with_two_bodies(qtbot, media_dir)
+    try:
         far_uid, near_uid = s.doc.uids()
-        s.doc.set_result(far_uid, body(0.9, 7.0, cam))  # both wholly inside the photo
-        s.doc.set_result(near_uid, body(-0.3, 4.5, cam))
         view = MeshView(s)
         view.renders = 0
         view.session.overlay.view_rendered.connect(
@@ -169,16 +180,8 @@ def test_view3d_plays_a_track_at_the_video_frame_rate(qapp, qtbot, media_dir):
 def test_view3d_moving_camera_draws_reduced_detail_then_full(qapp, qtbot, media_dir):
     """While the camera moves (mouse drag, wheel) the view asks for reduced-detail pictures at the widget's full
     size; released or still for STILL_MS, one full-detail picture follows."""
-    image = api.read_image(media_dir / "COCO_val2014_000000000395.jpg")
-    s = Session(inference=InferenceService(estimator_factory=lambda: RecordingEstimator()))
-    s.auto_detect = False
+    s = _couch_with_two_bodies(qtbot, media_dir)
     try:
-        s.open_image_array(image, [make_person(0), make_person(1, x0=350)])
-        qtbot.waitUntil(lambda: all(r is not None for r in s.doc.results()), timeout=60000)
-        qtbot.waitUntil(lambda: not s.is_busy(), timeout=20000)
-        cam = s.doc.result(s.doc.uids()[0]).camera
-        for uid, (x, z) in zip(s.doc.uids(), ((0.9, 7.0), (-0.3, 4.5))):
-            s.doc.set_result(uid, body(x, z, cam))
         view = MeshView(s)
         asked: list[tuple[bool, bool]] = []  # (reduced detail, at the canvas's own size)
         rendered: list[tuple[int, int]] = []

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -15,7 +16,8 @@ import trimesh
 from dpmesh_core.io import MeshRenderer, VideoReader, read_image, read_keypoints, write_coco_keypoints
 from dpmesh_core.types import Camera, Person
 
-MEDIA = Path("/work/shared/media")
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from shared_data import MEDIA  # noqa: E402  (tests/ on the path above)
 
 
 def median_time(fn, n=5, warmup=1):

@@ -10,6 +10,7 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from shared_data import MEDIA
 
 from dpmesh_core.errors import MediaError
 from dpmesh_core.io import atomic_write, atomic_write_text, image_size, read_image, write_image
@@ -117,7 +118,7 @@ def test_exif_orientation_applied(tmp_path, orientation):
 
 
 def test_real_photo():
-    p = "/work/shared/media/COCO_val2014_000000000192.jpg"
+    p = str(MEDIA / "COCO_val2014_000000000192.jpg")
     out = read_image(p)
     w, h = Image.open(p).size
     assert out.shape == (h, w, 3) and out.dtype == np.uint8 and out.std() > 10

@@ -7,13 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from shared_data import REFERENCE
 
 from dpmesh_core.errors import InputError, KeypointFileError
 from dpmesh_core.io import BODY25_TO_OPENPOSE18, read_keypoints, write_coco_keypoints, write_openpose
 from dpmesh_core.io.keypoints import detect_keypoint_format
 from dpmesh_core.types import VISIBLE_THRESHOLD, Person
 
-REFERENCE = Path("/work/shared/reference/yolo11n_pose_detections.json")
+DETECTIONS = REFERENCE / "yolo11n_pose_detections.json"
 
 
 def _kp(n, seed):
@@ -182,7 +183,7 @@ def test_openpose_roundtrip_and_conversion(tmp_path):
 
 
 def test_reference_detections_roundtrip(tmp_path):
-    ref = json.loads(REFERENCE.read_text())
+    ref = json.loads(DETECTIONS.read_text())
     frames = {name: [Person(box=p["box_xyxy"], keypoints=p["keypoints"], score=p["score"]) for p in im["people"]]
               for name, im in ref["images"].items()}
     sizes = {name: (im["width"], im["height"]) for name, im in ref["images"].items()}

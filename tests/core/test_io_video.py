@@ -8,11 +8,12 @@ import cv2
 import numpy as np
 import pytest
 from PIL import Image
+from shared_data import MEDIA
 
 from dpmesh_core.errors import InputError, MediaError
 from dpmesh_core.io import Media, VideoReader, is_media_file, open_media, write_video
 
-STREET = Path("/work/shared/media/street.avi")
+STREET = MEDIA / "street.avi"
 
 
 def _frame(i, w=64, h=48):

@@ -6,12 +6,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
+from shared_data import MEDIA, REFERENCE
 
 from dpmesh_core.body import BodyModel, load_body_model
 from dpmesh_core.errors import ConfigError, EstimationError, InputError, ModelFilesMissingError
@@ -21,8 +21,7 @@ from dpmesh_core.model.network import DPMeshNetwork, save_network
 from dpmesh_core.model.predictor import DPMeshPredictor, release_confidence, resolve_device_dtype
 from dpmesh_core.types import Camera, Estimator, MeshResult, Person
 
-MEDIA = Path("/work/shared/media")
-REF = Path("/work/shared/reference/yolo11n_pose_detections.json")
+REF = REFERENCE / "yolo11n_pose_detections.json"
 NAME = "COCO_val2014_000000000192.jpg"
 
 
