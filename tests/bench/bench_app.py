@@ -16,8 +16,6 @@ import subprocess
 import sys
 import time
 
-PHOTO = "/work/shared/media/COCO_val2014_000000000395.jpg"
-
 STARTUP = r"""
 import sys, time
 from PySide6.QtWidgets import QApplication
@@ -49,34 +47,20 @@ def bench_startup(n: int = 3) -> None:
 
 
 def bench_inference() -> None:
-    from PySide6.QtWidgets import QApplication
-    from stall_meter import StallMeter
+    from benchkit import PHOTO, StallMeter, main_window, spin
 
-    app = QApplication.instance() or QApplication([])
     from app.editor import Editor
-    from app.main import configure_runtime
-    from app.main_window import MainWindow
 
-    configure_runtime()
-
-    win = MainWindow()
-    win._no_prompt = True
-    win.show()
+    app, win = main_window(size=None)
     meter = StallMeter()
 
     def spin_until(pred, timeout: float) -> bool:
-        t0 = time.perf_counter()
-        while not pred():
-            app.processEvents()
-            time.sleep(0.0005)
-            if time.perf_counter() - t0 > timeout:
-                return False
-        return True
+        return spin(app, pred, timeout)
 
     doc = win.doc
     t0 = time.perf_counter()
     meter.start()
-    win.open_path(PHOTO)
+    win.open_path(str(PHOTO))
     spin_until(lambda: doc.persons() and all(doc.result(u) is not None or doc.result_error(u) for u in doc.uids())
                and win.overlay_updates > 0 and not win.session.is_busy(), 300)
     first = time.perf_counter() - t0

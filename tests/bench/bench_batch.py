@@ -17,10 +17,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from benchkit import SHARED
+
 from dpmesh_core import api
 from dpmesh_core.batch import predict_batch
-
-SHARED = Path(os.environ.get("DPMESH_SHARED", Path(__file__).resolve().parents[3] / "shared"))
 
 
 def timed(fn) -> float:

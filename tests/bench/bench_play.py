@@ -23,22 +23,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-SHARED = Path(os.environ.get("DPMESH_SHARED", Path(__file__).resolve().parents[3] / "shared"))
-
-
-def spin(app, seconds: float, until=None) -> None:
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < seconds and not (until is not None and until()):
-        app.processEvents()
-        time.sleep(0.001)
+from benchkit import VIDEO, StallMeter, main_window, spin  # noqa: E402  (tests/bench on the path above)
 
 
 def play_once(app, win, label: str, max_seconds: float) -> None:
-    from stall_meter import StallMeter
-
     s, doc, tl = win.session, win.doc, win.timeline
     doc.set_current_frame(0)
-    spin(app, 1.5, lambda: False)  # the first frame's overlay and 3-D picture, the prefetcher fills up
+    spin(app, None, 1.5, poll=0.001)  # the first frame's overlay and 3-D picture, the prefetcher fills up
     changes: list[int] = []
     doc.frame_changed.connect(changes.append)
     overlays0 = win.overlay_updates
@@ -56,7 +47,7 @@ def play_once(app, win, label: str, max_seconds: float) -> None:
     meter.start()
     t0 = time.perf_counter()
     tl.set_playing(True)
-    spin(app, max_seconds, lambda: not tl.is_playing())
+    spin(app, lambda: not tl.is_playing(), max_seconds, poll=0.001)
     dt = time.perf_counter() - t0
     tl.set_playing(False)
     meter.stop()
@@ -84,25 +75,19 @@ def main() -> None:
     from PySide6.QtWidgets import QApplication
 
     from app.jobs import InferenceService
-    from app.main import configure_runtime
-    from app.main_window import MainWindow
     from app.session import Session
     from dpmesh_core import api
 
-    app = QApplication.instance() or QApplication([])
-    configure_runtime()
+    QApplication.instance() or QApplication([])
     s = Session(inference=InferenceService(estimator_factory=lambda: RecordingEstimator()))
     s.auto_detect = False
-    win = MainWindow(s)
-    win._no_prompt = True
-    win.resize(1600, 1000)
-    win.show()
-    media = api.open_media(SHARED / "media" / "street.avi")
+    app, win = main_window(s)
+    media = api.open_media(VIDEO)
     s.doc.set_media(media)
     n = media.num_frames
     s.video.done.update(range(n))  # every frame processed: Play starts no pipeline job
     s.start_background()
-    spin(app, 60, lambda: win.overlay_updates > 0)
+    spin(app, lambda: win.overlay_updates > 0, 60, poll=0.001)
     print(f"street.avi {media.size[0]}x{media.size[1]} at {media.fps:.0f} fps, {n} frames; window "
           f"{win.width()}x{win.height()}; load average {os.getloadavg()[0]:.1f}")
     for on in (True, False):

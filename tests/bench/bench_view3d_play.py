@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "app"))
-SHARED = Path(os.environ.get("DPMESH_SHARED", Path(__file__).resolve().parents[3] / "shared"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchkit import VIDEO, main_window  # noqa: E402  (tests/bench on the path above)
 
 
 def add_walking_bodies(doc, frames: int, persons: int = 10) -> None:
@@ -64,15 +65,8 @@ def main() -> None:
     app = QApplication.instance() or QApplication([])
     s = Session(inference=InferenceService(estimator_factory=lambda: RecordingEstimator()))
     s.auto_detect = False
-    win = None
-    if args.window:
-        from app.main_window import MainWindow
-
-        win = MainWindow(s)
-        win._no_prompt = True
-        win.resize(1600, 1000)
-        win.show()
-    media = api.open_media(SHARED / "media" / "street.avi")
+    win = main_window(s)[1] if args.window else None
+    media = api.open_media(VIDEO)
     s.doc.set_media(media)
     w, h = media.size
     frames = min(args.frames, media.num_frames if hasattr(media, "num_frames") else args.frames)

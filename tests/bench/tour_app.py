@@ -9,37 +9,21 @@ Run under a virtual screen:
 from __future__ import annotations
 
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
-
-PHOTO = "/work/shared/media/COCO_val2014_000000000395.jpg"
+from benchkit import PHOTO, main_window
+from benchkit import spin as spin_events
 
 
 def main(out: Path) -> None:
-    from PySide6.QtWidgets import QApplication
-
     from app.editor import Editor
-    from app.main import configure_runtime
-    from app.main_window import MainWindow
 
-    configure_runtime()
-    app = QApplication.instance() or QApplication([])
-    win = MainWindow()
-    win._no_prompt = True
-    win.resize(1600, 1000)
-    win.show()
+    app, win = main_window()
     out.mkdir(parents=True, exist_ok=True)
 
     def spin(pred, timeout=120.0):
-        t0 = time.perf_counter()
-        while not pred() and time.perf_counter() - t0 < timeout:
-            app.processEvents()
-            time.sleep(0.005)
-        for _ in range(20):
-            app.processEvents()
-            time.sleep(0.01)
+        spin_events(app, pred, timeout, poll=0.005, settle=0.2)
 
     doc = win.doc
 
@@ -47,7 +31,7 @@ def main(out: Path) -> None:
         return (doc.persons() and all(doc.result(u) is not None or doc.result_error(u) for u in doc.uids())
                 and not win.session.is_busy())
 
-    win.open_path(sys.argv[2] if len(sys.argv) > 2 else PHOTO)
+    win.open_path(sys.argv[2] if len(sys.argv) > 2 else str(PHOTO))
     spin(settled)
     win.grab().save(str(out / "1_inspect.png"))
     # correct: select the most complete person, drag its left wrist, mark its right knee occluded

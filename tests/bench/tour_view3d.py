@@ -14,23 +14,12 @@ import sys
 import time
 from pathlib import Path
 
-PHOTO = "/work/shared/media/COCO_val2014_000000000395.jpg"
-VIDEO = "/work/shared/media/street.avi"
+from benchkit import PHOTO, VIDEO, main_window
+from benchkit import spin as spin_events
 
 
 def main(out: Path) -> None:
-    from PySide6.QtCore import Qt
-    from PySide6.QtWidgets import QApplication
-
-    from app.main import configure_runtime
-    from app.main_window import MainWindow
-
-    configure_runtime()
-    app = QApplication.instance() or QApplication([])
-    win = MainWindow()
-    win._no_prompt = True
-    win.resize(1600, 1000)
-    win.show()
+    app, win = main_window()
     out.mkdir(parents=True, exist_ok=True)
     view = win.mesh_view
     doc = win.doc
@@ -38,13 +27,7 @@ def main(out: Path) -> None:
     win.session.overlay.view_rendered.connect(lambda k, *_: renders.__setitem__(0, renders[0] + 1))
 
     def spin(pred, timeout=300.0):
-        t0 = time.perf_counter()
-        while not pred() and time.perf_counter() - t0 < timeout:
-            app.processEvents()
-            time.sleep(0.005)
-        for _ in range(20):
-            app.processEvents()
-            time.sleep(0.01)
+        spin_events(app, pred, timeout, poll=0.005, settle=0.2)
 
     def settled():
         return (doc.persons() and all(doc.result(u) is not None or doc.result_error(u) for u in doc.uids())
@@ -69,7 +52,7 @@ def main(out: Path) -> None:
     if dock is not None:
         dock.setFloating(True)
         dock.setGeometry(300, 60, 1250, 860)
-    photo = sys.argv[2] if len(sys.argv) > 2 else PHOTO
+    photo = sys.argv[2] if len(sys.argv) > 2 else str(PHOTO)
     win.open_path(photo)
     spin(settled)
     ground = view.build_scene().ground if view.build_scene() is not None else None
@@ -80,7 +63,7 @@ def main(out: Path) -> None:
     shot("3_top", lambda: view.set_preset("top"))
     shot("4_side", lambda: view.set_preset("side"))
     # video: process the first frames, then play a track with its trajectory
-    video = sys.argv[3] if len(sys.argv) > 3 else VIDEO
+    video = sys.argv[3] if len(sys.argv) > 3 else str(VIDEO)
     frames = int(sys.argv[4]) if len(sys.argv) > 4 else 12
     win.open_path(video)
     spin(lambda: doc.num_frames > 1 and not win.session.is_busy(), 120)
@@ -108,7 +91,6 @@ def main(out: Path) -> None:
     view.play_btn.setChecked(False)
     shot("6_video_orbit", lambda: (view.set_preset("camera"), view.orbit(-35, 15)))
     view.canvas.setFocus()
-    del Qt
     win.close()
 
 
