@@ -15,7 +15,7 @@
     distance of the GT projections themselves from the input is printed too (the noise floor: a fit below it
     vs input follows the noise).
 
-Run: DPMESH_HOME=/work/main/.dpmesh-home .venv/bin/python tests/bench/bench_fit.py [--models synthetic-smpl,anny]
+Run: DPMESH_HOME=$PWD/.dpmesh-home .venv/bin/python tests/bench/bench_fit.py [--models synthetic-smpl,anny]
 [--n 40] [--timing 15] [--bounds 100]
 """
 

@@ -1,5 +1,5 @@
 """io benchmarks (prints medians; no assertions). Run:
-    DPMESH_HOME=/work/main/.dpmesh-home .venv/bin/python tests/bench/bench_io.py
+    DPMESH_HOME=$PWD/.dpmesh-home .venv/bin/python tests/bench/bench_io.py
 """
 
 from __future__ import annotations
