@@ -217,6 +217,7 @@ class RenderView:
 
 
 _SCENE_PERSONS: dict[tuple, Any] = {}  # (person without arrays, id(vertices), id(faces)) -> ScenePerson
+_LOD_BUDGETS: dict = {}  # (w, h) -> api.LodBudget of the 3-D view drawing at that size
 
 
 @dataclass(frozen=True)
@@ -253,7 +254,10 @@ class RenderScene:
         persons = tuple(persons)
         scene = dataclasses.replace(self.scene, persons=persons)
         vc = api.ViewCamera(self.camera, self.view, *self.clip)
-        return api.render_scene(get(*self.size), scene, vc, list(self.meshes), lod=self.lod)
+        budget = _LOD_BUDGETS.get(tuple(self.size))
+        if budget is None:
+            budget = _LOD_BUDGETS[tuple(self.size)] = api.LodBudget()  # one a view size (a view's moving frames)
+        return api.render_scene(get(*self.size), scene, vc, list(self.meshes), lod=self.lod, budget=budget)
 
     def run(self, layers: Any, get: Callable[[int, int], Any]) -> Any:
         return self._picture(get)

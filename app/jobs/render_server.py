@@ -92,11 +92,12 @@ def serve(conn: Any) -> None:
     lod_todo: list = []  # a 3-D view's persons whose reduced face lists are not computed yet
 
     def idle_lod() -> bool:
-        """Idle: the reduced face lists of the last 3-D picture's persons (once per topology, ~0.3 s), so the
-        first drag or Play does not wait for them."""
+        """Idle: the reduced face lists (every level) of the last 3-D picture's persons, one topology at a
+        time (once per topology, ~1 s for Anny), so the first drag or Play does not wait for them."""
         if not lod_todo:
             return False
-        api.lod_meshes(*lod_todo.pop())
+        v, f, _ = lod_todo.pop()
+        api.lod_levels(v, f)
         return True
 
     while True:
@@ -114,7 +115,7 @@ def serve(conn: Any) -> None:
             out = msg.run(layers, get)
             conn.send(("ok", out, time.perf_counter() - t0))
             if isinstance(msg, RenderScene) and not msg.lod:
-                lod_todo[:] = [(list(msg.meshes), len(msg.scene.persons))]
+                lod_todo[:] = list({id(m[1]): m for m in msg.meshes[:len(msg.scene.persons)]}.values())
         except (OSError, EOFError):  # the app went away while we answered
             break
         except Exception as e:  # noqa: BLE001 - reported to the app, the server keeps serving

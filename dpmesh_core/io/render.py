@@ -41,7 +41,7 @@ from ..types import Camera, MeshResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MeshRenderer", "render_overlay", "rasterize", "draw_lines", "lod_faces", "PERSON_COLORS", "PERSON_PALETTE",
+__all__ = ["MeshRenderer", "render_overlay", "rasterize", "draw_lines", "lod_faces", "lod_levels", "LOD_LEVELS", "PERSON_COLORS", "PERSON_PALETTE",
            "person_color"]
 
 # The one per-person palette (RGB 0..255): 20 distinct colours, so tracks #0-#19 all differ. The CLI's overlays
@@ -57,6 +57,8 @@ PERSON_COLORS = tuple(tuple(c / 255.0 for c in rgb) for rgb in PERSON_PALETTE)  
 
 MeshSpec = tuple[np.ndarray, np.ndarray, Sequence[float]]
 LOD_FACES = 2500  # faces per person while a 3-D view moves (orbit, playback): silhouette IoU >= 0.95 (1500: 0.93)
+# the levels a moving view chooses from per person (``lod_levels``; scene3d picks by size on screen and frame time)
+LOD_LEVELS = (2500, 1800, 1200, 800, 500)
 LineSpec = tuple[np.ndarray, np.ndarray, np.ndarray]  # segments (N, 2, 3), colours (N, 3) uint8, widths px (N,)
 
 _GL_RGB, _GL_UNSIGNED_BYTE, _GL_FLOAT, _GL_DEPTH_COMPONENT, _GL_PACK_ALIGNMENT = 0x1907, 0x1401, 0x1406, 0x1902, 0x0D05
@@ -101,6 +103,43 @@ def lod_faces(vertices: np.ndarray, faces: np.ndarray, target: int = LOD_FACES) 
     if out is not f:
         _LOD_SOURCE[id(out)] = (out, np.asarray(f, np.int64).reshape(-1, 3))
     return out
+
+
+_LOD_DEVIATION: dict[int, tuple[np.ndarray, float]] = {}  # id(reduced faces) -> (them, relative deviation)
+
+
+def lod_levels(vertices: np.ndarray, faces: np.ndarray) -> tuple[tuple[np.ndarray, float], ...]:
+    """``((reduced faces, deviation), ...)`` for ``LOD_LEVELS`` (most faces first): each level's face list
+    (``lod_faces``) and how far the full surface lies from it, the 90th percentile over the full mesh's
+    vertices as a fraction of the mesh's largest extent (0 where nothing was removed). Times a person's size
+    on screen (pixels), the deviation is the reduced body's error in pixels. Computed once per topology
+    (Open3D's ``RaycastingScene`` distance; about 20 ms a level for an Anny body)."""
+    out = []
+    for target in LOD_LEVELS:
+        lf = lod_faces(vertices, faces, target)
+        hit = _LOD_DEVIATION.get(id(lf))
+        if hit is None or hit[0] is not lf:
+            v = np.asarray(vertices, np.float64).reshape(-1, 3)
+            extent = float(np.ptp(v, axis=0).max()) or 1.0
+            hit = _LOD_DEVIATION[id(lf)] = (lf, _deviation(v, lf, extent) if lf is not faces else 0.0)
+        out.append((lf, hit[1]))
+    return tuple(out)
+
+
+def _deviation(v: np.ndarray, lf: np.ndarray, extent: float) -> float:
+    if len(lf) == 0:
+        return 0.0
+    try:
+        import open3d as o3d
+
+        scene = o3d.t.geometry.RaycastingScene()
+        scene.add_triangles(o3d.core.Tensor(v.astype(np.float32)), o3d.core.Tensor(np.asarray(lf, np.uint32)))
+        d = scene.compute_distance(o3d.core.Tensor(v.astype(np.float32))).numpy()
+    except (ImportError, AttributeError, RuntimeError):
+        # distance to the nearest kept vertex: an upper bound of the distance to the reduced surface
+        kept = v[np.unique(lf)]
+        d = np.array([np.sqrt(((kept - x) ** 2).sum(1).min()) for x in v[::4]])
+    return float(np.percentile(d, 90)) / extent
 
 
 def _decimate(v: np.ndarray, f: np.ndarray, target: int) -> np.ndarray:
@@ -621,13 +660,15 @@ class MeshRenderer:
     def render_frame(
         self, meshes: Sequence[MeshSpec], camera: Camera | None = None, view: np.ndarray | None = None,
         near: float | None = None, far: float | None = None, lines: LineSpec | None = None,
-        depth: bool = False, cull: bool = False, twin: bool = False,
+        depth: bool | tuple[int, int, int, int] = False, cull: bool = False, twin: bool = False,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """(rgb (H, W, 3) uint8, depth (H, W) float32 metres or None): the fast path of a 3-D view.
 
         ``lines``: (segments (N, 2, 3), colours (N, 3) uint8, widths px (N,)) drawn depth-tested with the
         meshes (Open3D: ``LineSet`` geometry in the GL scene, one line width for all; numpy: drawn into the
-        z-buffer at their widths). ``depth``: also return the depth buffer (with the lines in it). ``cull``:
+        z-buffer at their widths). ``depth``: also return the depth buffer (with the lines in it); a rectangle
+        ``(x0, y0, x1, y1)`` (pixels, inclusive, top-left origin) returns only that part of it, (y1 - y0 + 1,
+        x1 - x0 + 1), read back alone (a 3-D view's photo covers a small part of the picture). ``cull``:
         skip back faces (Open3D; closed, outward-wound meshes such as bodies look the same and draw in about
         half the time on a software rasteriser; the numpy backend draws both sides either way). ``twin``: draw
         in a second Open3D window of the same size that keeps its own geometry (created on first use): a view
@@ -655,7 +696,18 @@ class MeshRenderer:
         rgb, _, zbuf = rasterize(moved, K, self.width, self.height, self.background, z_near=near or 1e-3)
         if lines is not None and len(lines[0]):
             draw_lines(rgb, zbuf, lines, K, T, near or 1e-3)
+        if isinstance(depth, tuple):
+            x0, y0, x1, y1 = self._rect(depth)
+            return rgb, np.ascontiguousarray(zbuf[y0:y1 + 1, x0:x1 + 1])
         return rgb, (zbuf if depth else None)
+
+    def _rect(self, rect: tuple[int, int, int, int]) -> tuple[int, int, int, int]:
+        x0, y0, x1, y1 = (int(v) for v in rect)
+        x0, x1 = max(0, min(x0, self.width - 1)), max(0, min(x1, self.width - 1))
+        y0, y1 = max(0, min(y0, self.height - 1)), max(0, min(y1, self.height - 1))
+        if x1 < x0 or y1 < y0:
+            raise ValueError(f"empty depth rectangle {rect}")
+        return x0, y0, x1, y1
 
     def _options(self, cull: bool, smooth: bool) -> None:
         """Back-face culling and smooth shading, changed only when they differ from the last frame's: a change
@@ -800,9 +852,9 @@ class MeshRenderer:
         rgb = self._read_rgb()
         if rgb.shape[:2] != (self.height, self.width):
             raise RuntimeError(f"Open3D rendered {rgb.shape[1]}x{rgb.shape[0]}, expected {self.width}x{self.height}")
-        if not want_depth:
+        if want_depth is False or want_depth is None:
             return rgb, None
-        return rgb, self._read_depth(n, f)
+        return rgb, self._read_depth(n, f, self._rect(want_depth) if isinstance(want_depth, tuple) else None)
 
     def _read_rgb(self) -> np.ndarray:
         """The rendered picture as bytes: ``glReadPixels(GL_UNSIGNED_BYTE)`` on the Visualizer's context (about
@@ -817,15 +869,19 @@ class MeshRenderer:
         img = np.asarray(self._vis.capture_screen_float_buffer(do_render=False))
         return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
-    def _read_depth(self, near: float, far: float) -> np.ndarray:
-        """Metric depth (H, W) float32, 0 where nothing was drawn."""
+    def _read_depth(self, near: float, far: float, rect: tuple[int, int, int, int] | None = None) -> np.ndarray:
+        """Metric depth (H, W) float32, 0 where nothing was drawn; only ``rect`` (x0, y0, x1, y1, inclusive,
+        top-left origin) of it when given."""
+        x0, y0, x1, y1 = rect or (0, 0, self.width - 1, self.height - 1)
         gl = self._gl
         if gl is None:
             d = np.asarray(self._vis.capture_depth_float_buffer(do_render=False), np.float32)
-            return np.where(d > 0, d, 0).astype(np.float32)
-        buf = np.empty((self.height, self.width), np.float32)
+            return np.ascontiguousarray(np.where(d > 0, d, 0).astype(np.float32)[y0:y1 + 1, x0:x1 + 1])
+        w, h = x1 - x0 + 1, y1 - y0 + 1
+        buf = np.empty((h, w), np.float32)
         gl.glPixelStorei(_GL_PACK_ALIGNMENT, 1)
-        gl.glReadPixels(0, 0, self.width, self.height, _GL_DEPTH_COMPONENT, _GL_FLOAT, buf.ctypes.data)
+        # GL's rows count from the bottom
+        gl.glReadPixels(x0, self.height - 1 - y1, w, h, _GL_DEPTH_COMPONENT, _GL_FLOAT, buf.ctypes.data)
         d = buf[::-1]
         # the perspective depth buffer back to metres (as Open3D's capture_depth_float_buffer does)
         z = np.float32(2 * near * far) / (np.float32(far + near) - (2 * d - 1) * np.float32(far - near))

@@ -33,7 +33,7 @@ from ..types import Camera, MeshResult
 __all__ = [
     "GroundPlane", "fit_ground", "OrbitCamera", "ScenePerson", "Scene", "ViewCamera", "render_scene",
     "depth_order", "scene_persons", "scene_meshes", "preset_view", "thumbnail", "ViewsWriter", "PRESETS",
-    "VIEW_PRESETS", "VIEW_BACKGROUND", "lod_meshes", "scene_lines",
+    "VIEW_PRESETS", "VIEW_BACKGROUND", "lod_meshes", "scene_lines", "LodBudget",
 ]
 
 PRESETS = ("camera", "side", "top")
@@ -230,7 +230,9 @@ def scene_persons(results: Sequence[Any], colors: Sequence[Sequence[float]], lab
 def depth_order(scene_or_persons: Scene | Sequence[ScenePerson]) -> list[tuple[int, str, float]]:
     """[(key, label, distance m)] sorted near to far: the distance from the photo camera to the centre of
     each person's bounding box."""
-    persons = scene_or_persons.persons if isinstance(scene_or_persons, Scene) else scene_or_persons
+    if isinstance(scene_or_persons, Scene):
+        return list(_memo(scene_or_persons, "_depth_order", lambda: depth_order(scene_or_persons.persons)))
+    persons = scene_or_persons
     rows = []
     for p in persons:
         rows.append((p.key, p.label, float(np.linalg.norm(p.bounds.mean(0)))))
@@ -411,9 +413,22 @@ class OrbitCamera:
 
 
 # --------------------------------------------------------------------------------------------- drawing
+def _memo(scene: Scene, name: str, build: Any) -> Any:
+    """``build()``, kept on ``scene`` (a frozen Scene is never changed; ``replace`` makes a new one): an orbit
+    asks for the ground's rectangle, the frustum and the depth order several times a frame."""
+    d = scene.__dict__
+    if name not in d:
+        d[name] = build()
+    return d[name]
+
+
 def _ground_quad(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(corners (4, 3), u axis, v axis) of the ground rectangle: the persons' footprint and the spot under
     the photo camera, plus a metre, on whole grid steps."""
+    return _memo(scene, "_ground_quad", lambda: _ground_quad_of(scene))
+
+
+def _ground_quad_of(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     g = scene.ground
     assert g is not None
     n = g.normal
@@ -433,6 +448,10 @@ def _ground_quad(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def _frustum(scene: Scene) -> tuple[np.ndarray, float]:
     """Far-plane corners (4, 3) of the photo camera's frustum (pixel corners, clockwise from top-left) and
     its depth: a quarter of the nearest person's distance (0.6 m without persons), at most 1.5 m."""
+    return _memo(scene, "_frustum", lambda: _frustum_of(scene))
+
+
+def _frustum_of(scene: Scene) -> tuple[np.ndarray, float]:
     cam = scene.photo_camera
     d = 0.6
     if scene.persons:
@@ -502,25 +521,42 @@ def _draw_segments(rgb: np.ndarray, depth: np.ndarray, segs: np.ndarray, cols: n
     draw_lines(rgb, depth, (segs, cols, widths), vc.camera.K, vc.view, vc.near)
 
 
-def _draw_photo(rgb: np.ndarray, depth: np.ndarray, scene: Scene, vc: ViewCamera) -> None:
-    """The photo on the frustum's far plane (nearest sample, depth-tested)."""
-    if scene.photo is None:
-        return
+def _photo_place(scene: Scene, vc: ViewCamera) -> tuple[np.ndarray, tuple[int, int, int, int]] | None:
+    """Where ``_draw_photo`` draws from this view: (the frustum's far corners in view coordinates (4, 3), the
+    pixel rectangle (x0, y0, x1, y1) they cover), or None when the photo is not shown (no frustum or photo,
+    seen from (near) the photo camera, where it would hide the scene, crossing the near plane, or outside the
+    picture)."""
+    if not scene.show_frustum or scene.photo is None:
+        return None
     far, d = _frustum(scene)
     T = vc.view
     eye = -T[:3, :3].T @ T[:3, 3]
-    if np.linalg.norm(eye) < 2 * d:  # seen from (near) the photo camera, the photo would hide the scene
-        return
+    if np.linalg.norm(eye) < 2 * d:
+        return None
     c = far @ T[:3, :3].T + T[:3, 3]
     if (c[:, 2] <= vc.near).any():
-        return
+        return None
     K = vc.camera.K
     uv = np.stack([K[0, 0] * c[:, 0] / c[:, 2] + K[0, 2], K[1, 1] * c[:, 1] / c[:, 2] + K[1, 2]], 1)
-    H, W = depth.shape
+    W, H = vc.camera.image_size
+    if uv[:, 0].max() < 0 or uv[:, 1].max() < 0 or uv[:, 0].min() > W - 1 or uv[:, 1].min() > H - 1:
+        return None
     x0, y0 = np.floor(uv.min(0)).clip(0, [W - 1, H - 1]).astype(int)
     x1, y1 = np.ceil(uv.max(0)).clip(0, [W - 1, H - 1]).astype(int)
     if x1 <= x0 or y1 <= y0:
+        return None
+    return c, (int(x0), int(y0), int(x1), int(y1))
+
+
+def _draw_photo(rgb: np.ndarray, depth: np.ndarray, scene: Scene, vc: ViewCamera,
+                place: tuple[np.ndarray, tuple[int, int, int, int]] | None = None) -> None:
+    """The photo on the frustum's far plane (nearest sample, depth-tested). ``depth``: the picture's depth
+    buffer (metres, 0 where empty), or only its part inside ``place``'s rectangle (``_photo_place``)."""
+    place = _photo_place(scene, vc) if place is None else place
+    if place is None:
         return
+    c, (x0, y0, x1, y1) = place
+    K = vc.camera.K
     ys, xs = np.mgrid[y0:y1 + 1, x0:x1 + 1]
     rays = np.stack([(xs - K[0, 2]) / K[0, 0], (ys - K[1, 2]) / K[1, 1], np.ones_like(xs, float)], -1)
     e1, e2 = c[1] - c[0], c[3] - c[0]
@@ -532,12 +568,70 @@ def _draw_photo(rgb: np.ndarray, depth: np.ndarray, scene: Scene, vc: ViewCamera
     su = ((X - c[0]) @ e1) / (e1 @ e1)
     sv = ((X - c[0]) @ e2) / (e2 @ e2)
     ok = np.isfinite(t) & (t > 0) & (su >= 0) & (su < 1) & (sv >= 0) & (sv < 1)
-    d = depth[ys, xs]
+    d = depth[ys, xs] if depth.shape == rgb.shape[:2] else depth
     ok &= (d <= 0) | (t < d * 0.999 - 1e-3)  # what lies on the photo's plane (its frame's lines) stays in front
     ph, pw = scene.photo.shape[:2]
     iu = np.clip((su[ok] * pw).astype(int), 0, pw - 1)
     iv = np.clip((sv[ok] * ph).astype(int), 0, ph - 1)
     rgb[ys[ok], xs[ok]] = scene.photo[iv, iu, :3]
+
+
+def ground_color(scene: Scene) -> np.ndarray:
+    """The ground's colour (3,) uint8: a little lighter than the background."""
+    bg = np.asarray(scene.background, np.float64)
+    return np.round(np.clip(bg * 1.35 + 0.03, 0, 1) * 255).astype(np.uint8)
+
+
+def _draw_ground(rgb: np.ndarray, scene: Scene, vc: ViewCamera) -> None:
+    """The ground's rectangle, filled where the renderer drew nothing (its background colour), seen from above
+    only. Drawn after the persons and lines instead of as a mesh in the GL scene: on a software rasteriser the
+    floor's fill is a third of an orbiting frame of 10 persons at 1280x720. What stands on the ground (or
+    above it) looks the same; a sole a few cm under the fitted plane shows through it."""
+    import cv2
+
+    if not scene.show_ground or scene.ground is None:
+        return
+    g = scene.ground
+    T = vc.view
+    eye = -T[:3, :3].T @ T[:3, 3]
+    if float((eye - g.point) @ g.normal) <= 0:
+        return  # from below: not drawn (a mesh's back face)
+    corners = _ground_quad(scene)[0] - g.normal * 0.002
+    c = corners @ T[:3, :3].T + T[:3, 3]
+    poly = _clip_near(c, vc.near * 1.001)
+    if len(poly) < 3:
+        return
+    K = vc.camera.K
+    uv = poly[:, :2] / poly[:, 2:3] * np.array([K[0, 0], K[1, 1]]) + np.array([K[0, 2], K[1, 2]])
+    pts = np.round(np.clip(uv, -4e6, 4e6) * 16).astype(np.int32)  # 4 fractional bits (cv2's shift)
+    H, W = rgb.shape[:2]
+    inside = np.zeros((H, W), np.uint8)
+    cv2.fillPoly(inside, [pts], 255, cv2.LINE_8, 4)
+    bg = np.round(np.asarray(scene.background, np.float64) * 255)
+    empty = cv2.inRange(rgb, np.clip(bg - 1, 0, 255), np.clip(bg + 1, 0, 255))
+    col = ground_color(scene)
+    key = (H, W, col.tobytes())
+    if _GROUND_FILL[0] != key:
+        _GROUND_FILL[:] = [key, np.ascontiguousarray(np.broadcast_to(col, (H, W, 3)))]
+    cv2.copyTo(_GROUND_FILL[1], cv2.bitwise_and(inside, empty), rgb)  # in place (rgb is its own dst)
+
+
+_GROUND_FILL: list = [None, None]  # (size, colour) -> a picture of that colour (copied under the ground's mask)
+
+
+def _clip_near(poly: np.ndarray, near: float) -> np.ndarray:
+    """Convex polygon (N, 3) in view coordinates clipped to z >= near (Sutherland-Hodgman, one plane)."""
+    out = []
+    n = len(poly)
+    for i in range(n):
+        a, b = poly[i], poly[(i + 1) % n]
+        ina, inb = a[2] >= near, b[2] >= near
+        if ina:
+            out.append(a)
+        if ina != inb:
+            t = (near - a[2]) / (b[2] - a[2])
+            out.append(a + t * (b - a))
+    return np.array(out).reshape(-1, 3)
 
 
 def _draw_labels(rgb: np.ndarray, scene: Scene, vc: ViewCamera) -> None:
@@ -546,25 +640,32 @@ def _draw_labels(rgb: np.ndarray, scene: Scene, vc: ViewCamera) -> None:
 
     if not scene.persons:
         return
-    dist = {k: d for k, _, d in depth_order(scene)}
-    up = scene.ground.normal if scene.ground is not None else UP_PRIOR
     H, W = rgb.shape[:2]
     scale = float(np.clip(H / 900, 0.35, 0.8))
-    for p in scene.persons:
-        v = np.asarray(p.vertices, np.float64)
-        top = v[np.argmax(v @ up)] + up * (0.42 if p.selected else 0.1)
-        uv, z = vc.project(top[None])
-        if z[0] <= vc.near:
+    anchors, texts = _memo(scene, "_labels", lambda: _label_anchors(scene))
+    uvs, zs = vc.project(anchors)
+    for p, uv, z, text in zip(scene.persons, uvs, zs, texts):
+        if z <= vc.near:
             continue
-        if not (0 <= uv[0, 0] < W and 0 <= uv[0, 1] < H + 40):
+        if not (0 <= uv[0] < W and 0 <= uv[1] < H + 40):
             continue  # the person is out of the picture: no label that would point elsewhere
-        text = f"{p.label} {dist[p.key]:.1f} m"
         (tw, th), _ = cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, scale, 1)
-        x = int(np.clip(uv[0, 0] - tw / 2, 2, max(W - tw - 2, 2)))
-        y = int(np.clip(uv[0, 1] - 4, th + 2, H - 2))
+        x = int(np.clip(uv[0] - tw / 2, 2, max(W - tw - 2, 2)))
+        y = int(np.clip(uv[1] - 4, th + 2, H - 2))
         col = tuple(int(c * 255) for c in p.color)
         cv2.putText(rgb, text, (x + 1, y + 1), cv2.FONT_HERSHEY_SIMPLEX, scale, (0, 0, 0), 2, cv2.LINE_AA)
         cv2.putText(rgb, text, (x, y), cv2.FONT_HERSHEY_SIMPLEX, scale, col, 1, cv2.LINE_AA)
+
+
+def _label_anchors(scene: Scene) -> tuple[np.ndarray, list[str]]:
+    """(points (N, 3) above each person's head, texts "label distance"): the same for every view of a scene."""
+    dist = {k: d for k, _, d in depth_order(scene)}
+    up = scene.ground.normal if scene.ground is not None else UP_PRIOR
+    tops = []
+    for p in scene.persons:
+        v = np.asarray(p.vertices, np.float64)
+        tops.append(v[np.argmax(v @ up)] + up * (0.42 if p.selected else 0.1))
+    return np.array(tops).reshape(-1, 3), [f"{p.label} {dist[p.key]:.1f} m" for p in scene.persons]
 
 
 def scene_meshes(scene: Scene) -> list[tuple[np.ndarray, np.ndarray, tuple[float, float, float]]]:
@@ -587,15 +688,6 @@ def scene_meshes(scene: Scene) -> list[tuple[np.ndarray, np.ndarray, tuple[float
         out.append((verts.reshape(-1, 3).astype(np.float32), faces,
                     tuple(float(x) for x in np.clip(bg * 1.35 + 0.03, 0, 1))))
     return out
-
-
-def _photo_shown(scene: Scene, vc: ViewCamera) -> bool:
-    """Whether ``_draw_photo`` draws anything from this view (it needs the depth buffer then)."""
-    if not scene.show_frustum or scene.photo is None:
-        return False
-    _, d = _frustum(scene)
-    T = vc.view
-    return bool(np.linalg.norm(-T[:3, :3].T @ T[:3, 3]) >= 2 * d)
 
 
 _LINES_CACHE: list = [None, None]  # (key, lines): an orbit step reuses the same arrays (kept on the GL side)
@@ -621,41 +713,106 @@ def scene_lines(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return _kept(_LINES_CACHE, scene, _segments)
 
 
-def lod_meshes(meshes: Sequence[Any], persons: int, target: int | None = None) -> list:
-    """``meshes`` with the first ``persons`` (the persons') faces replaced by their topology's reduced face list
-    (``io.render.lod_faces``: the same vertices, about 1,500 faces a person): what a moving view draws."""
-    from .render import LOD_FACES, lod_faces
+LOD_TOLERANCE_PX = 1.5  # a moving frame's reduced body: 90 % of the full surface within this many pixels of it
+FRAME_BUDGET_S = 1 / 30  # a moving 3-D view's frame time (``LodBudget``)
+
+
+def lod_meshes(meshes: Sequence[Any], persons: int, target: int | None = None, vc: ViewCamera | None = None,
+               coarser: int = 0, bounds: Sequence[np.ndarray] | None = None) -> list:
+    """``meshes`` with the first ``persons`` (the persons') faces replaced by a reduced face list of their
+    topology (``io.render.lod_faces``: the same vertices, fewer faces): what a moving view draws.
+
+    ``target``: that many faces for every person. Otherwise, with ``vc``, each person's level of
+    ``io.render.LOD_LEVELS`` by its size in the picture: the fewest faces whose deviation from the full body
+    (``io.render.lod_levels``) projects to at most ``LOD_TOLERANCE_PX`` pixels at that person's distance, never
+    more than ``LOD_FACES``; then ``coarser`` levels fewer (a frame-time budget, ``LodBudget``). ``bounds``:
+    the persons' (2, 3) boxes when known. Without either, ``LOD_FACES`` for all."""
+    from .render import LOD_FACES, LOD_LEVELS, lod_faces, lod_levels
 
     out = list(meshes)
     for i in range(min(persons, len(out))):
         v, f, c = out[i]
-        out[i] = (v, lod_faces(v, f, target or LOD_FACES), c)
+        if target is not None or vc is None:
+            out[i] = (v, lod_faces(v, f, target or LOD_FACES), c)
+            continue
+        levels = lod_levels(v, f)
+        first = next((k for k, t in enumerate(LOD_LEVELS) if t <= LOD_FACES), 0)
+        box = np.asarray(bounds[i], np.float64) if bounds is not None else np.stack(
+            [np.min(v, axis=0), np.max(v, axis=0)]).astype(np.float64)
+        centre = vc.view[:3, :3] @ box.mean(0) + vc.view[:3, 3]
+        size_px = float(np.ptp(box, axis=0).max()) * vc.camera.K[1, 1] / max(float(centre[2]), vc.near)
+        k = first
+        while k + 1 < len(levels) and levels[k + 1][1] * size_px <= LOD_TOLERANCE_PX:
+            k += 1
+        k = min(k + max(int(coarser), 0), len(levels) - 1)
+        out[i] = (v, levels[k][0], c)
     return out
 
 
+class LodBudget:
+    """The frame-time budget of a moving 3-D view (as VTK's desired update rate): while its reduced-detail
+    frames take longer than ``budget_s``, persons are drawn one ``LOD_LEVELS`` level coarser (after
+    ``patience`` frames over it); while they take under 60 % of it, one level finer again. A frame whose face
+    lists changed (an upload) is not counted. ``coarser``: the levels below the size-chosen ones now."""
+
+    def __init__(self, budget_s: float = FRAME_BUDGET_S, patience: int = 3):
+        self.budget_s, self.patience = float(budget_s), int(patience)
+        self.coarser = 0
+        self._over = self._under = 0
+        self._faces: tuple = ()
+
+    def observe(self, seconds: float, faces: Sequence[Any] = ()) -> None:
+        from .render import LOD_LEVELS
+
+        ids = tuple(id(f) for f in faces)
+        changed, self._faces = ids != self._faces, ids
+        if changed:
+            return
+        if seconds > self.budget_s:
+            self._over, self._under = self._over + 1, 0
+            if self._over >= self.patience:
+                self.coarser, self._over = min(self.coarser + 1, len(LOD_LEVELS) - 1), 0
+        elif seconds < 0.6 * self.budget_s:
+            self._under, self._over = self._under + 1, 0
+            if self._under >= 2 * self.patience:
+                self.coarser, self._under = max(self.coarser - 1, 0), 0
+        else:
+            self._over = self._under = 0
+
+
 def render_scene(renderer: Any, scene: Scene, vc: ViewCamera, meshes: list | None = None,
-                 lod: bool = False) -> np.ndarray:
+                 lod: bool = False, budget: LodBudget | None = None) -> np.ndarray:
     """(H, W, 3) uint8 picture of ``scene`` seen by ``vc`` through ``renderer`` (an ``io.render.MeshRenderer``
     of ``vc``'s output size). ``meshes``: ``scene_meshes(scene)`` when already built (the app sends them
-    separately, so that unchanged arrays travel by token). ``lod``: the persons with their reduced face lists
-    (``lod_meshes``; while the camera moves or a video plays), at the same size.
+    separately, so that unchanged arrays travel by token). ``lod``: the persons with reduced face lists
+    (``lod_meshes``, chosen by their size in the picture; while the camera moves or a video plays), at the
+    same size; ``budget``: a ``LodBudget`` that makes them coarser while such frames are over its time.
 
-    Persons, ground and lines (grid, axes, frustum, trajectories) go through the renderer together
-    (``MeshRenderer.render_frame``: Open3D's GL scene, depth-tested, kept between frames); the photo on the
-    frustum's plane is drawn afterwards against the depth buffer (read back only when the photo is in view),
-    the labels last. Reduced-detail frames go to the renderer's twin window (``render_frame(twin=True)``), so
-    switching between moving and still uploads nothing again. Back faces are culled (bodies are closed and wound outwards; the ground faces up, so it
-    is not drawn from below)."""
+    Persons and lines (grid, axes, frustum, trajectories) go through the renderer together
+    (``MeshRenderer.render_frame``: Open3D's GL scene, depth-tested, kept between frames); then the ground is
+    filled in where nothing was drawn (``_draw_ground``), the photo on the frustum's plane is drawn against the
+    depth buffer (only its rectangle read back), the labels last. Reduced-detail frames go to the renderer's
+    twin window (``render_frame(twin=True)``), so switching between moving and still uploads nothing again.
+    Back faces are culled (bodies are closed and wound outwards)."""
+    import time
+
+    t0 = time.perf_counter()
     meshes = _scene_meshes_kept(scene) if meshes is None else meshes
+    meshes = list(meshes)[:len(scene.persons)]  # the ground: filled in afterwards
     if lod:
-        meshes = lod_meshes(meshes, len(scene.persons))
-    photo = _photo_shown(scene, vc)
+        meshes = lod_meshes(meshes, len(scene.persons), vc=vc, coarser=budget.coarser if budget else 0,
+                            bounds=[p.bounds for p in scene.persons])
+    place = _photo_place(scene, vc)
     rgb, depth = renderer.render_frame(meshes, vc.camera, vc.view, near=vc.near, far=vc.far,
-                                       lines=scene_lines(scene), depth=photo, cull=True, twin=lod)
-    if photo:
-        _draw_photo(rgb, depth, scene, vc)
+                                       lines=scene_lines(scene), depth=place[1] if place else False, cull=True,
+                                       twin=lod)
+    _draw_ground(rgb, scene, vc)
+    if place is not None:
+        _draw_photo(rgb, depth, scene, vc, place)
     if scene.show_labels:
         _draw_labels(rgb, scene, vc)
+    if lod and budget is not None:
+        budget.observe(time.perf_counter() - t0, [f for _, f, _ in meshes])
     return rgb
 
 

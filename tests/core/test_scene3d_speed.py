@@ -166,3 +166,85 @@ def test_open3d_renderers_survive_closing_another():
     finally:
         a.close()
         b.close()
+
+
+def test_lod_levels_get_coarser_with_fewer_faces():
+    from dpmesh_core.io.render import LOD_LEVELS, lod_levels
+
+    levels = lod_levels(BODY, FACES)
+    assert len(levels) == len(LOD_LEVELS)
+    counts = [len(f) for f, _ in levels]
+    devs = [d for _, d in levels]
+    assert counts == sorted(counts, reverse=True) and counts[-1] < 0.1 * len(FACES)
+    # the deviation (90th percentile of the full surface's distance to the reduced one, over the body's height)
+    # grows as faces go, and stays small: under 2 % of the height at the coarsest level
+    assert all(a < b for a, b in zip(devs, devs[1:])) and 0 < devs[0] and devs[-1] < 0.02
+    assert lod_levels(_yaw(BODY, 30), FACES.copy())[2][0] is levels[2][0]  # once per topology
+
+
+def test_lod_level_follows_the_size_on_screen_and_the_budget():
+    from dpmesh_core.io.render import LOD_FACES, lod_levels
+
+    levels = lod_levels(BODY, FACES)
+    near, far = _yaw(BODY, 0, z=2.5), _yaw(BODY, 0, z=25.0)
+    vc = scene3d.ViewCamera(CAM, np.eye(4), 0.1, 100.0)
+    meshes = [(near, FACES, (1, 0, 0)), (far, FACES, (0, 1, 0)), (near, FACES, (0, 0, 1))]
+    out = scene3d.lod_meshes(meshes, persons=2, vc=vc)
+    assert len(out[0][1]) <= LOD_FACES and out[1][1] is levels[-1][0]  # far away: the fewest faces
+    assert len(out[1][1]) < len(out[0][1]) and out[2][1] is FACES  # not a person (the ground): untouched
+    # the chosen level's deviation projects to within the tolerance at the person's size on screen
+    k = [id(f) for f, _ in levels].index(id(out[0][1]))
+    size_px = np.ptp(near, axis=0).max() * CAM.K[1, 1] / 2.5
+    assert k == 0 or levels[k][1] * size_px <= scene3d.LOD_TOLERANCE_PX
+    coarser = scene3d.lod_meshes(meshes, persons=2, vc=vc, coarser=1)
+    assert len(coarser[0][1]) < len(out[0][1]) and coarser[1][1] is levels[-1][0]
+
+
+def test_lod_budget_coarsens_over_time_and_refines_under_it():
+    b = scene3d.LodBudget(budget_s=0.033, patience=3)
+    faces = [FACES]
+    b.observe(0.1, faces)  # the first frame with these face lists (an upload): not counted
+    for _ in range(2):
+        b.observe(0.1, faces)
+    assert b.coarser == 0
+    b.observe(0.1, faces)
+    assert b.coarser == 1
+    other = [FACES.copy()]
+    b.observe(0.1, other)  # new face lists: not counted
+    for _ in range(6):  # (the first: back to the earlier lists, not counted either)
+        b.observe(0.010, faces)
+    assert b.coarser == 1
+    b.observe(0.010, faces)
+    assert b.coarser == 0
+    for _ in range(10):
+        b.observe(0.025, faces)  # within the budget: stays
+    assert b.coarser == 0
+
+
+def test_depth_of_a_rectangle_is_that_part_of_the_whole(renderer):
+    mesh = [(_yaw(BODY, 20), FACES, (0.9, 0.6, 0.3))]
+    _, whole = renderer.render_frame(mesh, CAM, near=0.5, far=20.0, depth=True)
+    rect = (150, 40, 330, 300)
+    _, part = renderer.render_frame(mesh, CAM, near=0.5, far=20.0, depth=rect)
+    np.testing.assert_array_equal(part, whole[40:301, 150:331])
+    assert (part > 0).sum() > 1000
+
+
+def test_ground_is_filled_under_the_persons_and_not_from_below(renderer):
+    scene = _scene()
+    ground = scene3d.ground_color(scene)
+    cam = scene3d.OrbitCamera(CAM)
+    cam.reset(scene.centre())
+    cam.orbit(25, 20)  # from above
+    vc = cam.view_camera((W, H), scene)
+    rgb = scene3d.render_scene(renderer, scene, vc)
+    is_ground = (rgb == ground).all(-1)
+    assert is_ground.sum() > 0.05 * W * H
+    bare = scene3d.render_scene(renderer, dataclasses.replace(scene, show_ground=False), vc)
+    assert (bare == ground).all(-1).sum() < 0.001 * W * H
+    # the persons stand on it: their pixels are the same with and without the ground
+    person = (np.abs(bare.astype(int) - np.asarray(scene3d.VIEW_BACKGROUND) * 255).max(-1) > 12)
+    assert person.sum() > 500 and (rgb[person] == bare[person]).all(-1).mean() > 0.99
+    cam.orbit(0, -70)  # from below the ground
+    below = cam.view_camera((W, H), scene)
+    assert (scene3d.render_scene(renderer, scene, below) == ground).all(-1).sum() == 0
