@@ -61,15 +61,20 @@ class OverlayLayers:
     def _render_layer(self, renderer: Any, mesh: tuple, camera: Any) -> tuple:
         import numpy as np
 
-        rgb, mask, depth = renderer.render_with_mask([mesh], camera, None, cull=True)
-        first_bg = int(np.argmin(mask.reshape(-1)))  # the first uncovered pixel (0 if all are covered)
-        if not mask.reshape(-1)[first_bg]:
-            self.background[(rgb.shape[1], rgb.shape[0])] = rgb.reshape(-1, 3)[first_bg].copy()
+        if not hasattr(renderer, "render_layer"):  # any renderer with render_with_mask only
+            rgb, mask, depth = renderer.render_with_mask([mesh], camera, None, cull=True)
+            oy, ox, size = 0, 0, (rgb.shape[1], rgb.shape[0])
+        else:  # only the person's box is read back
+            oy, ox, rgb, mask, depth = renderer.render_layer([mesh], camera, None, cull=True)
+            size = (renderer.width, renderer.height)
+        if mask.size and not mask.all():
+            first_bg = int(np.argmin(mask.reshape(-1)))  # an uncovered pixel
+            self.background[size] = rgb.reshape(-1, 3)[first_bg].copy()
         rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
         if len(rows) == 0:
             return (0, 0, 0, 0, None, None)
         y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        return (y0, y1, x0, x1, rgb[y0:y1, x0:x1].copy(), depth[y0:y1, x0:x1].copy())
+        return (oy + y0, oy + y1, ox + x0, ox + x1, rgb[y0:y1, x0:x1].copy(), depth[y0:y1, x0:x1].copy())
 
     def _store(self, key: bytes, layer: tuple) -> None:
         self.layers[key] = layer

@@ -497,6 +497,31 @@ def draw_lines(rgb: np.ndarray, depth: np.ndarray, lines: LineSpec, K: np.ndarra
 # renderer
 
 
+def _projected_rect(meshes: Sequence[MeshSpec], K: np.ndarray, T: np.ndarray, width: int, height: int,
+                    near: float, margin: int) -> tuple[int, int, int, int] | None:
+    """(x0, y0, x1, y1) inclusive pixel box of the meshes' projected vertices plus ``margin``, clipped to the
+    picture; the whole picture when a vertex is at or behind ``near``; None when the box misses the picture."""
+    if not meshes:
+        return None
+    lo, hi = np.full(2, np.inf), np.full(2, -np.inf)
+    for v, _, _ in meshes:
+        x = _apply(T, np.asarray(v, np.float64).reshape(-1, 3))
+        if len(x) == 0:
+            continue
+        if (x[:, 2] <= near).any():
+            return 0, 0, width - 1, height - 1
+        uv = x[:, :2] / x[:, 2:3] * np.array([K[0, 0], K[1, 1]]) + np.array([K[0, 2], K[1, 2]])
+        lo, hi = np.minimum(lo, uv.min(0)), np.maximum(hi, uv.max(0))
+    if not np.isfinite(lo).all():
+        return None
+    x0, y0 = np.floor(lo).astype(int) - margin
+    x1, y1 = np.ceil(hi).astype(int) + margin
+    x0, y0, x1, y1 = max(x0, 0), max(y0, 0), min(x1, width - 1), min(y1, height - 1)
+    if x1 < x0 or y1 < y0:
+        return None
+    return int(x0), int(y0), int(x1), int(y1)
+
+
 def _ensure_runtime_dir() -> None:
     """EGL/GLFW complain on stderr ("XDG_RUNTIME_DIR is invalid or not set") on headless machines; give the
     process a private runtime dir (mode 0700, as the XDG spec requires) when none is set."""
@@ -626,36 +651,66 @@ class MeshRenderer:
         moved = [(_apply(T, np.asarray(v, np.float64)), f, c) for v, f, c in meshes]
         return rasterize(moved, K, self.width, self.height, self.background, z_near=near or 1e-3)
 
+    def render_layer(
+        self, meshes: Sequence[MeshSpec], camera: Camera | None = None, view: np.ndarray | None = None,
+        near: float | None = None, far: float | None = None, cull: bool = False, margin: int = 2,
+    ) -> tuple[int, int, np.ndarray, np.ndarray, np.ndarray]:
+        """``render_with_mask`` cropped to where the meshes can be: (y0, x0, rgb, mask, depth) of the rectangle
+        from row y0, column x0 that holds their projected vertices plus ``margin`` pixels (the whole picture
+        when a vertex is behind the near plane). Only that rectangle is read back: an overlay's layer of one
+        person reads a person-sized box, not the photo."""
+        self._check_thread()
+        K, T = self._camera_view(meshes, camera, view)
+        rect = _projected_rect(meshes, K, T, self.width, self.height, near or 1e-3, margin)
+        if rect is None:
+            return 0, 0, np.zeros((0, 0, 3), np.uint8), np.zeros((0, 0), bool), np.zeros((0, 0), np.float32)
+        x0, y0, x1, y1 = rect
+        if self.backend == "open3d":
+            rgb, mask, depth = self._render_open3d(meshes, K, T, near, far, cull, rect)
+            return y0, x0, rgb, mask, depth
+        moved = [(_apply(T, np.asarray(v, np.float64)), f, c) for v, f, c in meshes]
+        rgb, mask, depth = rasterize(moved, K, self.width, self.height, self.background, z_near=near or 1e-3)
+        return y0, x0, rgb[y0:y1 + 1, x0:x1 + 1], mask[y0:y1 + 1, x0:x1 + 1], depth[y0:y1 + 1, x0:x1 + 1]
+
     def render(self, meshes: Sequence[MeshSpec], camera: Camera | None = None,
                view: np.ndarray | None = None) -> np.ndarray:
         """(H, W, 3) uint8 RGB rendering of ``meshes`` over the background colour."""
         return self.render_with_mask(meshes, camera, view)[0]
 
-    def _render_open3d(self, meshes, K, T, near=None, far=None, cull=False):
-        # render_with_mask keeps its content-digest semantics: arrays changed in place are uploaded again
-        key = self._geometry_key(meshes)
-        if key != getattr(self, "_geometry", None):
-            self._drop_slots()
-            self._geometry = key
+    def _render_open3d(self, meshes, K, T, near=None, far=None, cull=False, rect=None):
+        # render_with_mask keeps its content-digest semantics: arrays changed in place are uploaded again. New
+        # vertices on the same faces (an edited person) update the kept meshes in place, as render_frame does.
+        keys = self._geometry_key(meshes)
+        old = getattr(self, "_geometry", None)
+        if keys != old:
+            if old is not None and len(old) == len(keys) == len(self._slots) and not self._line_slot and all(
+                    o[1] == k[1] for o, k in zip(old, keys)):
+                for s in self._slots:
+                    s[1] = None  # the vertices (and colours, compared by value) are uploaded again, the faces kept
+            else:
+                self._drop_slots()
+            self._geometry = keys
         with self._o3d.utility.VerbosityContextManager(self._o3d.utility.VerbosityLevel.Error):
             cull = cull and all(cullable(v, f) for v, f, _ in meshes)  # (a rigid view keeps outward outward)
             self._options(cull=cull, smooth=False)
-            rgb, depth = self._frame_open3d(meshes, None, K, T, near, far, True)
+            rgb, depth = self._frame_open3d(meshes, None, K, T, near, far, rect or True, rect)
         mask = depth > 0
         return rgb, mask, depth
 
     @staticmethod
-    def _geometry_key(meshes) -> bytes:
-        """Digest of the meshes' arrays and colours (``render_with_mask``: arrays may have changed in place)."""
+    def _geometry_key(meshes) -> tuple:
+        """Per mesh: digests of its vertices and faces, and its colour (``render_with_mask``: arrays may have
+        changed in place)."""
         import hashlib
 
-        h = hashlib.blake2b(digest_size=16)
-        for v, f, c in meshes:
-            for a in (np.ascontiguousarray(v, np.float32), np.ascontiguousarray(f, np.int32)):
-                h.update(str(a.shape).encode())
-                h.update(a.data)
-            h.update(repr(tuple(float(x) for x in _rgb01(c))).encode())
-        return h.digest()
+        def digest(a: np.ndarray) -> bytes:
+            h = hashlib.blake2b(digest_size=16)
+            h.update(str(a.shape).encode())
+            h.update(a.data)
+            return h.digest()
+
+        return tuple((digest(np.ascontiguousarray(v, np.float32)), digest(np.ascontiguousarray(f, np.int32)),
+                      tuple(float(x) for x in _rgb01(c))) for v, f, c in meshes)
 
     def render_frame(
         self, meshes: Sequence[MeshSpec], camera: Camera | None = None, view: np.ndarray | None = None,
@@ -825,7 +880,7 @@ class MeshRenderer:
         self._add(g)
         return [g, segs, cols]
 
-    def _frame_open3d(self, meshes, lines, K, T, near, far, want_depth):
+    def _frame_open3d(self, meshes, lines, K, T, near, far, want_depth, rgb_rect=None):
         o3d, vis = self._o3d, self._vis
         if vis is None:
             raise RuntimeError("renderer is closed")
@@ -835,6 +890,10 @@ class MeshRenderer:
             self._drop_slots()
         self._sync_meshes(meshes)
         self._sync_lines(lines, K, T)
+        # the legacy renderer places its lights from the view's bounding box, which neither updating a kept
+        # mesh nor clearing geometry resets: without this, a picture's lighting depends on what was drawn
+        # before. (The camera is set below, so resetting the view costs only the box.)
+        vis.reset_view_point(True)
         ctr = vis.get_view_control()
         params = o3d.camera.PinholeCameraParameters()
         params.intrinsic = o3d.camera.PinholeCameraIntrinsic(
@@ -849,6 +908,9 @@ class MeshRenderer:
         # since)
         vis.update_renderer()
         vis.poll_events()
+        if rgb_rect is not None:
+            rgb = self._read_rgb(self._rect(rgb_rect))
+            return rgb, self._read_depth(n, f, self._rect(rgb_rect))
         rgb = self._read_rgb()
         if rgb.shape[:2] != (self.height, self.width):
             raise RuntimeError(f"Open3D rendered {rgb.shape[1]}x{rgb.shape[0]}, expected {self.width}x{self.height}")
@@ -856,17 +918,19 @@ class MeshRenderer:
             return rgb, None
         return rgb, self._read_depth(n, f, self._rect(want_depth) if isinstance(want_depth, tuple) else None)
 
-    def _read_rgb(self) -> np.ndarray:
+    def _read_rgb(self, rect: tuple[int, int, int, int] | None = None) -> np.ndarray:
         """The rendered picture as bytes: ``glReadPixels(GL_UNSIGNED_BYTE)`` on the Visualizer's context (about
         2 ms at 1280x720 on llvmpipe, against 20+ ms for Open3D's float capture and its conversion), else the
         float capture when the direct read was not verified at start-up."""
+        x0, y0, x1, y1 = rect or (0, 0, self.width - 1, self.height - 1)
         gl = self._gl
         if gl is not None:
-            buf = np.empty((self.height, self.width, 3), np.uint8)
+            buf = np.empty((y1 - y0 + 1, x1 - x0 + 1, 3), np.uint8)
             gl.glPixelStorei(_GL_PACK_ALIGNMENT, 1)
-            gl.glReadPixels(0, 0, self.width, self.height, _GL_RGB, _GL_UNSIGNED_BYTE, buf.ctypes.data)
+            gl.glReadPixels(x0, self.height - 1 - y1, x1 - x0 + 1, y1 - y0 + 1, _GL_RGB, _GL_UNSIGNED_BYTE,
+                            buf.ctypes.data)
             return np.ascontiguousarray(buf[::-1])
-        img = np.asarray(self._vis.capture_screen_float_buffer(do_render=False))
+        img = np.asarray(self._vis.capture_screen_float_buffer(do_render=False))[y0:y1 + 1, x0:x1 + 1]
         return (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)
 
     def _read_depth(self, near: float, far: float, rect: tuple[int, int, int, int] | None = None) -> np.ndarray:

@@ -127,6 +127,8 @@ def test_render_frame_updates_kept_geometry_in_place(renderer):
     assert m.sum() > 5000 and (m != m2).sum() <= 0.002 * m.sum()
     both = m & m2
     assert np.abs(depth[both] - depth2[both]).max() < 1e-3
+    # and lit the same (Open3D places its lights from the view's bounding box: kept meshes reset it too)
+    assert (np.abs(rgb.astype(int) - rgb2)[both].max(-1) > 2).mean() < 0.002
     # fewer meshes than before: the extra one is gone
     one, _ = renderer.render_frame(moved[:1], CAM)
     assert (np.abs(one.astype(int) - rgb).max(-1) > 0).sum() > 1000
@@ -242,9 +244,31 @@ def test_ground_is_filled_under_the_persons_and_not_from_below(renderer):
     assert is_ground.sum() > 0.05 * W * H
     bare = scene3d.render_scene(renderer, dataclasses.replace(scene, show_ground=False), vc)
     assert (bare == ground).all(-1).sum() < 0.001 * W * H
-    # the persons stand on it: their pixels are the same with and without the ground
+    # the persons stand on it: the ground never covers them (their shading may differ a little: Open3D places
+    # its lights from the scene's extent, which the grid's lines widen)
     person = (np.abs(bare.astype(int) - np.asarray(scene3d.VIEW_BACKGROUND) * 255).max(-1) > 12)
-    assert person.sum() > 500 and (rgb[person] == bare[person]).all(-1).mean() > 0.99
+    assert person.sum() > 500 and (rgb[person] == ground).all(-1).mean() < 0.01
+    assert (np.abs(rgb.astype(int) - np.asarray(scene3d.VIEW_BACKGROUND) * 255).max(-1) > 12)[person].mean() > 0.99
     cam.orbit(0, -70)  # from below the ground
     below = cam.view_camera((W, H), scene)
     assert (scene3d.render_scene(renderer, scene, below) == ground).all(-1).sum() == 0
+
+
+def test_render_layer_is_the_crop_of_the_whole_picture(renderer):
+    """An overlay layer (one person) reads back only the person's box; it is that box of the whole picture,
+    also after the person moved (Open3D: new vertices on the kept faces, uploaded in place) and the box is
+    what the mesh covers."""
+    for yaw, dx in ((10, 0.0), (40, 0.3), (-25, -0.2)):
+        mesh = [(_yaw(BODY, yaw) + [dx, 0.1, 0.5], FACES, (0.9, 0.6, 0.3))]
+        y0, x0, rgb, mask, depth = renderer.render_layer(mesh, CAM, near=0.5, far=20.0, cull=True)
+        fresh = MeshRenderer(W, H, backend=renderer.backend, background=scene3d.VIEW_BACKGROUND)  # nothing kept
+        try:
+            whole_rgb, whole_mask, whole_depth = fresh.render_with_mask(mesh, CAM, near=0.5, far=20.0, cull=True)
+        finally:
+            fresh.close()
+        h, w = mask.shape
+        assert mask.sum() == whole_mask.sum() > 3000  # nothing of the person outside the box
+        np.testing.assert_array_equal(mask, whole_mask[y0:y0 + h, x0:x0 + w])
+        np.testing.assert_array_equal(rgb, whole_rgb[y0:y0 + h, x0:x0 + w])
+        np.testing.assert_allclose(depth, whole_depth[y0:y0 + h, x0:x0 + w], atol=1e-5)
+        assert h < H or w < W
