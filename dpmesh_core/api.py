@@ -73,6 +73,8 @@ _LAZY: dict[str, str] = {
     "PERSON_PALETTE": "dpmesh_core.io.render",
     "lod_meshes": "dpmesh_core.io.scene3d",
     "lod_levels": "dpmesh_core.io.render",
+    "lod_faces": "dpmesh_core.io.render",
+    "LOD_LEVELS": "dpmesh_core.io.render",
     "LodBudget": "dpmesh_core.io.scene3d",
     "OverlayLayers": "dpmesh_core.io.overlay_layers",
     # the 3-D view (issue 17): ground fit, free camera, presets, scene pictures

@@ -92,13 +92,21 @@ def serve(conn: Any) -> None:
     lod_todo: list = []  # a 3-D view's persons whose reduced face lists are not computed yet
 
     def idle_lod() -> bool:
-        """Idle: the reduced face lists (every level) of the last 3-D picture's persons, one topology at a
-        time (once per topology, ~1 s for Anny), so the first drag or Play does not wait for them."""
-        if not lod_todo:
-            return False
-        v, f, _ = lod_todo.pop()
-        api.lod_levels(v, f)
-        return True
+        """Idle: the reduced face lists of the last 3-D picture's persons' topology, one level a step (~0.5 s
+        for Anny; once per topology), so the first orbit or Play does not wait for them, and a request waits
+        for at most one level."""
+        while lod_todo:
+            v, f, level = lod_todo[-1]
+            if level >= len(api.LOD_LEVELS):
+                lod_todo.pop()
+                continue
+            lod_todo[-1] = (v, f, level + 1)
+            if level + 1 == len(api.LOD_LEVELS):
+                api.lod_levels(v, f)  # (every level is computed now: only their deviations are new)
+            else:
+                api.lod_faces(v, f, api.LOD_LEVELS[level])
+            return True
+        return False
 
     while True:
         try:
@@ -115,7 +123,9 @@ def serve(conn: Any) -> None:
             out = msg.run(layers, get)
             conn.send(("ok", out, time.perf_counter() - t0))
             if isinstance(msg, RenderScene) and not msg.lod:
-                lod_todo[:] = list({id(m[1]): m for m in msg.meshes[:len(msg.scene.persons)]}.values())
+                # each topology once (the persons of a body model share one; lod_faces caches by content)
+                tops = {(len(m[0]), len(m[1])): m for m in msg.meshes[:len(msg.scene.persons)]}
+                lod_todo[:] = [(m[0], m[1], 0) for m in tops.values()]
         except (OSError, EOFError):  # the app went away while we answered
             break
         except Exception as e:  # noqa: BLE001 - reported to the app, the server keeps serving

@@ -145,6 +145,8 @@ def bench_inference() -> None:
               "(medians, ms):")
         for name, v in zip(names, med):
             print(f"    {name:58s} {v:6.1f}")
+        print("    each drag (total = fit + overlay render + the rest, ms): " + ", ".join(
+            f"{t:.0f} = {r[0]:.0f} + {r[4]:.0f} + {t - r[0] - r[4]:.0f}" for t, r in zip(lat, rows)))
     print(f"GUI-thread stall during re-estimation: longest {g[-1]:.0f} ms")
     # render times
     r = win.mesh_view
