@@ -285,6 +285,22 @@ class RenderOverlay:
         return api.OverlayLayers().overlay_meshes(get, self.image, list(self.meshes), self.camera, self.alpha)
 
 
+@dataclass(frozen=True)
+class PrepareRenderer:
+    """Create the render process's renderer for pictures of ``size`` (w, h) now (an Open3D window, its
+    shaders and a test picture: a second or two on a software rasteriser), while detection runs, so the
+    first overlay of a new photo does not wait for it. Answers None."""
+
+    size: tuple[int, int]
+    meshes: tuple = ()
+
+    def run(self, layers: Any, get: Callable[[int, int], Any]) -> Any:
+        get(*self.size)
+
+    def run_here(self, get: Callable[[int, int], Any]) -> Any:
+        return None
+
+
 def map_arrays(request: RenderView | RenderScene | RenderOverlay, fn: Callable[[Any], Any]) -> Any:
     """``request`` with ``fn`` applied to its arrays in one fixed order (the image, then each mesh's vertices
     and faces): the render client names arrays the process already has by token, the process resolves them

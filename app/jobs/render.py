@@ -11,7 +11,7 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal
 
 from .ipc import ImageMirror, end_server, spawn_server
-from .protocol import RenderOverlay, RenderScene, RenderView, map_arrays
+from .protocol import PrepareRenderer, RenderOverlay, RenderScene, RenderView, map_arrays
 from .render_server import ARRAY_SLOTS, BACKGROUND
 from .runner import JobRunner
 
@@ -169,8 +169,14 @@ class RenderService(QObject):
 
         return self.runner.submit(key, job)
 
+    def prepare_overlay(self, size: tuple[int, int]) -> None:
+        """Create the overlay's renderer for pictures of ``size`` (w, h) in the background (a new photo: its
+        first overlay then does not wait for an Open3D window; no "rendered" signal)."""
+        request = PrepareRenderer((int(size[0]), int(size[1])))
+        self.runner.submit(("prepare", tuple(size)), lambda: self._client.request(request))
+
     def _on_finished(self, key: Any, job_id: int, result: Any) -> None:
-        if key == ("start",):
+        if key == ("start",) or (isinstance(key, tuple) and key and key[0] == "prepare"):
             return
         img, secs = result
         self.rendered.emit(key, img, secs)

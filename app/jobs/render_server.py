@@ -110,7 +110,7 @@ def serve(conn: Any) -> None:
 
     while True:
         try:
-            while not conn.poll(0) and (layers.fill_one(get) or idle_lod()):  # idle: overlay layers, LOD lists
+            while not conn.poll(0) and idle_lod():  # idle: a 3-D view's reduced face lists
                 pass
             msg = conn.recv()
         except (EOFError, OSError):

@@ -72,6 +72,7 @@ class MediaController(QObject):
         self.media_loaded.emit(str(path))
         if self.auto_detect:
             self.detect_frame(0)
+        self.overlay.prepare()
         self.opened.emit()
 
     def close_media(self) -> None:

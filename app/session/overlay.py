@@ -55,6 +55,12 @@ class OverlayController(QObject):
         if not self.pending():
             self.idle.emit()
 
+    def prepare(self) -> None:
+        """The current media's overlay renderer, made ready in the background (see ``RenderService.prepare_overlay``)."""
+        img = self.doc.image()
+        if img is not None:
+            self.render.prepare_overlay((img.shape[1], img.shape[0]))
+
     def request(self, frame: int) -> None:
         """Render the overlay of ``frame`` (→ ``overlay_ready``; None at once when it has no mesh)."""
         img = self.doc.image(frame)

@@ -16,18 +16,19 @@ from typing import Any
 class OverlayLayers:
     """Per-person mesh layers for an overlay (the app keeps one in its render process).
 
-    An edit changes one person's mesh, so only that person is rendered again (~35 ms with software
-    OpenGL instead of ~130 ms for 8 persons); the cached layers (colour + depth, cropped to the mesh) are
-    depth-composited in numpy. A layer's key is a digest of its vertices, faces, colour, camera and output
-    size. When most persons are new (a new frame) the whole scene is rendered in one pass for the reply and
-    the per-person layers are filled afterwards while the process is idle (``fill_one``).
+    An edit changes one person's mesh, so only that person is rendered again (~30 ms with software
+    OpenGL instead of ~250 ms for 9 persons); the cached layers (colour + depth, cropped to the mesh's box,
+    only that box read back: ``MeshRenderer.render_layer``) are depth-composited in numpy. A layer's key is a
+    digest of its vertices, faces, colour, camera and output size. Every picture is composed from layers, a
+    new frame's too (one render per person costs about what one pass of all does, since each reads back only
+    its box): Open3D lights a picture from the bounding box of what it draws, so a person lit alone looks the
+    same in every picture only if it is always lit alone.
     """
 
     MAX_LAYERS = 48
 
     def __init__(self) -> None:
         self.layers: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()
-        self.todo: list[tuple[bytes, Any, tuple]] = []  # (key, renderer getter args, mesh spec + camera)
         self.background: dict[tuple[int, int], Any] = {}  # per output size: the renderer's background pixel
         self._last: dict[str, Any] | None = None  # the last overlay (image, layer keys, picture): edits patch it
 
@@ -216,56 +217,11 @@ class OverlayLayers:
             memo: dict = {}
             keys = [self._key(m, camera, (w, h), memo) for m in meshes]
         missing = [i for i, k in enumerate(keys) if k not in self.layers]
-        if len(missing) > 2 and len(missing) > len(meshes) // 2:
-            # mostly new: one pass now (cheaper than one per person), layers later while idle
-            self.todo = [t for t in self.todo if t[1] != (w, h)]
-            self.todo += [(keys[i], (w, h), (meshes[i], camera)) for i in missing]
-            rgb, mask, depth = renderer.render_with_mask(meshes, camera, None, cull=True)
-            if not mask.all():
-                self.background[(w, h)] = rgb[~mask][0].copy()
-            self._layers_from_scene(keys, meshes, camera, (w, h), rgb, mask, depth)
-            return rgb, mask
         held = self._hold(keys)
         for i in missing:
             held[keys[i]] = self._render_layer(renderer, meshes[i], camera)
             self._store(keys[i], held[keys[i]])
         return self._compose_region(keys, (0, h, 0, w), held)
-
-    def _layers_from_scene(self, keys: list, meshes: list, camera: Any, size: tuple[int, int], rgb: Any,
-                           mask: Any, depth: Any) -> None:
-        """Cut the layers of persons whose projected box (+2 px) overlaps no other person's out of a
-        whole-scene render: their pixels there are theirs alone (the others stay in ``todo``)."""
-        import numpy as np
-
-        w, h = size
-        cw, ch = camera.image_size
-        sx, sy = w / float(cw), h / float(ch)
-        fx, fy = camera.focal[0] * sx, camera.focal[1] * sy
-        cx, cy = (camera.principal[0] + 0.5) * sx - 0.5, (camera.principal[1] + 0.5) * sy - 0.5
-        boxes = []
-        for v, _f, _c in meshes:
-            v = np.asarray(v, np.float64)
-            if len(v) == 0 or v[:, 2].min() <= 1e-3:
-                boxes.append(None)  # behind the camera: no reliable box
-                continue
-            u, q = fx * v[:, 0] / v[:, 2] + cx, fy * v[:, 1] / v[:, 2] + cy
-            boxes.append((int(np.floor(q.min())) - 2, int(np.ceil(q.max())) + 3,
-                          int(np.floor(u.min())) - 2, int(np.ceil(u.max())) + 3))
-        done = set()
-        for i, b in enumerate(boxes):
-            if b is None or keys[i] in self.layers:
-                continue
-            if any(j != i and (o is None or (b[0] < o[1] and o[0] < b[1] and b[2] < o[3] and o[2] < b[3]))
-                   for j, o in enumerate(boxes)):
-                continue
-            y0, y1, x0, x1 = max(b[0], 0), min(b[1], h), max(b[2], 0), min(b[3], w)
-            if y0 >= y1 or x0 >= x1:
-                self._store(keys[i], (0, 0, 0, 0, None, None))
-            else:
-                m = mask[y0:y1, x0:x1]
-                self._store(keys[i], (y0, y1, x0, x1, rgb[y0:y1, x0:x1].copy(), np.where(m, depth[y0:y1, x0:x1], 0)))
-            done.add(keys[i])
-        self.todo = [t for t in self.todo if t[0] not in done]
 
     def view(self, get: Callable[[int, int], Any], meshes: list, camera: Any, view: Any,
              size: tuple[int, int]) -> Any:
@@ -285,12 +241,3 @@ class OverlayLayers:
         out[...] = bg
         out[mask] = rgb[mask]
         return out
-
-    def fill_one(self, get: Callable[[int, int], Any]) -> bool:
-        """Render one pending per-person layer; False when none is left."""
-        while self.todo:
-            key, size, (mesh, camera) = self.todo.pop(0)
-            if key not in self.layers:
-                self._store(key, self._render_layer(get(*size), mesh, camera))
-                return True
-        return False
