@@ -27,7 +27,13 @@ class OverlayLayers:
 
     MAX_LAYERS = 48
 
-    def __init__(self) -> None:
+    def __init__(self, lod_tolerance_px: float | None = None) -> None:
+        # an interactive overlay (the app's) may draw a person with a reduced face list of its topology
+        # (``io.render.lod_levels``) when that list's deviation from the full surface projects to at most this
+        # many pixels (90th percentile) at the person's size in the picture: it looks the same and draws in
+        # half the time. None: always the full mesh (exports, the CLI).
+        self.lod_tolerance_px = lod_tolerance_px
+        self.lod_wanted: list[tuple[Any, Any]] = []  # (vertices, faces) of topologies whose lists are not computed
         self.layers: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()
         self.background: dict[tuple[int, int], Any] = {}  # per output size: the renderer's background pixel
         self._last: dict[str, Any] | None = None  # the last overlay (image, layer keys, picture): edits patch it
@@ -59,8 +65,36 @@ class OverlayLayers:
         h.update(repr((tuple(float(x) for x in c), camera, size)).encode())
         return h.digest()
 
+    def _reduced(self, renderer: Any, mesh: tuple, camera: Any) -> tuple:
+        """``mesh`` with the coarsest reduced face list within ``lod_tolerance_px`` (or itself)."""
+        import numpy as np
+
+        from .render import lod_levels
+
+        v, f, c = mesh
+        levels = lod_levels(v, f, compute=False)
+        if levels is None:  # not computed yet: the full mesh now, the lists while the process is idle
+            if not any(w[1] is f for w in self.lod_wanted):
+                self.lod_wanted.append((v, f))
+            return mesh
+        vv = np.asarray(v, np.float32)
+        lo, hi = vv.min(0), vv.max(0)
+        z = float((lo[2] + hi[2]) / 2)
+        if z <= 1e-3 or camera is None:
+            return mesh
+        fy = camera.focal[1] * renderer.height / float(camera.image_size[1])
+        size_px = float((hi - lo).max()) * fy / z
+        best = None
+        for lf, dev in levels:
+            if dev * size_px <= self.lod_tolerance_px:
+                best = lf
+        return mesh if best is None else (v, best, c)
+
     def _render_layer(self, renderer: Any, mesh: tuple, camera: Any) -> tuple:
         import numpy as np
+
+        if self.lod_tolerance_px and getattr(renderer, "backend", "") == "open3d":
+            mesh = self._reduced(renderer, mesh, camera)
 
         if not hasattr(renderer, "render_layer"):  # any renderer with render_with_mask only
             rgb, mask, depth = renderer.render_with_mask([mesh], camera, None, cull=True)

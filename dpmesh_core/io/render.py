@@ -108,12 +108,20 @@ def lod_faces(vertices: np.ndarray, faces: np.ndarray, target: int = LOD_FACES) 
 _LOD_DEVIATION: dict[int, tuple[np.ndarray, float]] = {}  # id(reduced faces) -> (them, relative deviation)
 
 
-def lod_levels(vertices: np.ndarray, faces: np.ndarray) -> tuple[tuple[np.ndarray, float], ...]:
+def lod_levels(vertices: np.ndarray, faces: np.ndarray,
+               compute: bool = True) -> tuple[tuple[np.ndarray, float], ...] | None:
     """``((reduced faces, deviation), ...)`` for ``LOD_LEVELS`` (most faces first): each level's face list
     (``lod_faces``) and how far the full surface lies from it, the 90th percentile over the full mesh's
     vertices as a fraction of the mesh's largest extent (0 where nothing was removed). Times a person's size
     on screen (pixels), the deviation is the reduced body's error in pixels. Computed once per topology
-    (Open3D's ``RaycastingScene`` distance; about 20 ms a level for an Anny body)."""
+    (Open3D's quadric decimation, then its ``RaycastingScene`` distance: about 0.5 s a level for an Anny
+    body); with ``compute=False``, None unless every level is computed already."""
+    if not compute:
+        for target in LOD_LEVELS:
+            lf = _lod_known(vertices, faces, target)
+            hit = None if lf is None else _LOD_DEVIATION.get(id(lf))
+            if hit is None or hit[0] is not lf:
+                return None
     out = []
     for target in LOD_LEVELS:
         lf = lod_faces(vertices, faces, target)
@@ -124,6 +132,19 @@ def lod_levels(vertices: np.ndarray, faces: np.ndarray) -> tuple[tuple[np.ndarra
             hit = _LOD_DEVIATION[id(lf)] = (lf, _deviation(v, lf, extent) if lf is not faces else 0.0)
         out.append((lf, hit[1]))
     return tuple(out)
+
+
+def _lod_known(vertices: np.ndarray, faces: np.ndarray, target: int) -> np.ndarray | None:
+    """``lod_faces(vertices, faces, target)`` when it is cached already, else None (nothing computed)."""
+    hit = _LOD_BY_ID.get((id(faces), int(target)))
+    if hit is not None and hit[0] is faces and hit[1] == len(vertices):
+        return hit[2]
+    import hashlib
+
+    key = (len(vertices), int(target),
+           hashlib.blake2b(np.ascontiguousarray(faces, np.int32).data, digest_size=16).digest())
+    out = _LOD_CACHE.get(key)
+    return None if out is None else lod_faces(vertices, faces, target)  # (registers this faces object)
 
 
 def _deviation(v: np.ndarray, lf: np.ndarray, extent: float) -> float:

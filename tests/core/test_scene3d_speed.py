@@ -272,3 +272,37 @@ def test_render_layer_is_the_crop_of_the_whole_picture(renderer):
         np.testing.assert_array_equal(rgb, whole_rgb[y0:y0 + h, x0:x0 + w])
         np.testing.assert_allclose(depth, whole_depth[y0:y0 + h, x0:x0 + w], atol=1e-5)
         assert h < H or w < W
+
+
+def test_interactive_overlay_draws_far_persons_with_fewer_faces_that_look_the_same():
+    """The app's overlay (``OverlayLayers(lod_tolerance_px=0.5)``): until the topology's reduced lists exist it
+    draws the full meshes (the lists are asked for, to be computed while idle); then a person whose reduced
+    list deviates by at most half a pixel at its size is drawn with it, and the picture is the exact one but
+    for a few edge pixels."""
+    from dpmesh_core.io.overlay_layers import OverlayLayers
+    from dpmesh_core.io.render import lod_levels
+
+    r = MeshRenderer(W, H, backend="open3d")
+    try:
+        get = lambda w, h: r  # noqa: E731
+        img = np.full((H, W, 3), 90, np.uint8)
+        bodies = [_yaw(BODY, 10 * i, z=9.0 + i) + [1.2 * i - 1.2, 0, 0] for i in range(3)]
+        exact, fast = OverlayLayers(), OverlayLayers(lod_tolerance_px=0.5)
+        faces = np.ascontiguousarray(FACES[::-1])  # the same surface, a topology no other test reduced yet
+        meshes = [(v, faces, (0.9, 0.3 + 0.2 * i, 0.2)) for i, v in enumerate(bodies)]
+        np.testing.assert_array_equal(fast.overlay_meshes(get, img, meshes, CAM, 0.6),
+                                      exact.overlay_meshes(get, img, meshes, CAM, 0.6))
+        assert len(fast.lod_wanted) >= 1
+        lod_levels(*fast.lod_wanted[0])  # (what the render process does while idle)
+        moved = list(meshes)
+        moved[1] = (_yaw(BODY, 35, z=10.0), meshes[1][1], meshes[1][2])
+        a = exact.overlay_meshes(get, img, moved, CAM, 0.6)
+        b = fast.overlay_meshes(get, img, moved, CAM, 0.6)
+        reduced = fast._reduced(r, moved[1], CAM)
+        assert len(reduced[1]) < len(faces)  # drawn with a reduced list
+        drawn_a, drawn_b = (a != img).any(-1), (b != img).any(-1)
+        assert drawn_a.sum() > 2000
+        assert (drawn_a & drawn_b).sum() / (drawn_a | drawn_b).sum() > 0.97
+        assert np.abs(a.astype(int) - b).mean() < 1.0
+    finally:
+        r.close()
