@@ -97,11 +97,11 @@ def serve(conn: Any) -> None:
         """Idle: the reduced face lists of the last 3-D picture's persons' topology, one level a step (~0.5 s
         for Anny; once per topology), so the first orbit or Play does not wait for them, and a request waits
         for at most one level."""
-        while layers.lod_wanted:  # the overlay's topologies too
-            v, f = layers.lod_wanted.pop()
-            lod_todo.append((v, f, 0))
         while lod_todo:
             v, f, level = lod_todo[-1]
+            if level == 0 and api.lod_levels(v, f, compute=False) is not None:
+                lod_todo.pop()  # known, or kept in the cache folder (the inference process's warm-up)
+                continue
             if level >= len(api.LOD_LEVELS):
                 lod_todo.pop()
                 continue

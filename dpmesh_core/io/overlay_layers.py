@@ -34,6 +34,7 @@ class OverlayLayers:
         # half the time. None: always the full mesh (exports, the CLI).
         self.lod_tolerance_px = lod_tolerance_px
         self.lod_wanted: list[tuple[Any, Any]] = []  # (vertices, faces) of topologies whose lists are not computed
+        self._no_levels: dict[int, tuple[Any, float]] = {}  # id(faces) -> (faces, when none were found)
         self.layers: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()
         self.background: dict[tuple[int, int], Any] = {}  # per output size: the renderer's background pixel
         self._last: dict[str, Any] | None = None  # the last overlay (image, layer keys, picture): edits patch it
@@ -67,15 +68,22 @@ class OverlayLayers:
 
     def _reduced(self, renderer: Any, mesh: tuple, camera: Any) -> tuple:
         """``mesh`` with the coarsest reduced face list within ``lod_tolerance_px`` (or itself)."""
+        import time
+
         import numpy as np
 
         from .render import lod_levels
 
         v, f, c = mesh
-        levels = lod_levels(v, f, compute=False)
-        if levels is None:  # not computed yet: the full mesh now, the lists while the process is idle
+        miss = self._no_levels.get(id(f))
+        recent = miss is not None and miss[0] is f and time.monotonic() - miss[1] < 5.0
+        levels = lod_levels(v, f, compute=False, disk=not recent)  # (the folder: not again for 5 s)
+        if levels is None:  # not computed (nor kept in the cache folder): the full mesh
+            if not recent:
+                self._no_levels = {id(f): (f, time.monotonic())}
             if not any(w[1] is f for w in self.lod_wanted):
-                self.lod_wanted.append((v, f))
+                self.lod_wanted.append((v, f))  # (whoever owns this cache may compute them when idle)
+                del self.lod_wanted[:-4]
             return mesh
         vv = np.asarray(v, np.float32)
         lo, hi = vv.min(0), vv.max(0)

@@ -108,20 +108,17 @@ def lod_faces(vertices: np.ndarray, faces: np.ndarray, target: int = LOD_FACES) 
 _LOD_DEVIATION: dict[int, tuple[np.ndarray, float]] = {}  # id(reduced faces) -> (them, relative deviation)
 
 
-def lod_levels(vertices: np.ndarray, faces: np.ndarray,
-               compute: bool = True) -> tuple[tuple[np.ndarray, float], ...] | None:
+def lod_levels(vertices: np.ndarray, faces: np.ndarray, compute: bool = True,
+               disk: bool = True) -> tuple[tuple[np.ndarray, float], ...] | None:
     """``((reduced faces, deviation), ...)`` for ``LOD_LEVELS`` (most faces first): each level's face list
     (``lod_faces``) and how far the full surface lies from it, the 90th percentile over the full mesh's
     vertices as a fraction of the mesh's largest extent (0 where nothing was removed). Times a person's size
     on screen (pixels), the deviation is the reduced body's error in pixels. Computed once per topology
     (Open3D's quadric decimation, then its ``RaycastingScene`` distance: about 0.5 s a level for an Anny
-    body); with ``compute=False``, None unless every level is computed already."""
-    if not compute:
-        for target in LOD_LEVELS:
-            lf = _lod_known(vertices, faces, target)
-            hit = None if lf is None else _LOD_DEVIATION.get(id(lf))
-            if hit is None or hit[0] is not lf:
-                return None
+    body); with ``compute=False``, None unless every level is computed already (in this process, or kept in
+    the cache folder unless ``disk=False``)."""
+    if not _levels_known(vertices, faces) and not (disk and _load_levels(vertices, faces)) and not compute:
+        return None
     out = []
     for target in LOD_LEVELS:
         lf = lod_faces(vertices, faces, target)
@@ -131,7 +128,75 @@ def lod_levels(vertices: np.ndarray, faces: np.ndarray,
             extent = float(np.ptp(v, axis=0).max()) or 1.0
             hit = _LOD_DEVIATION[id(lf)] = (lf, _deviation(v, lf, extent) if lf is not faces else 0.0)
         out.append((lf, hit[1]))
+    if compute:
+        _save_levels(vertices, faces, out)
     return tuple(out)
+
+
+def _levels_known(vertices: np.ndarray, faces: np.ndarray) -> bool:
+    for target in LOD_LEVELS:
+        lf = _lod_known(vertices, faces, target)
+        hit = None if lf is None else _LOD_DEVIATION.get(id(lf))
+        if hit is None or hit[0] is not lf:
+            return False
+    return True
+
+
+def _levels_file(vertices: np.ndarray, faces: np.ndarray) -> Path:
+    """Where a topology's reduced lists are kept between runs (the cache folder; a body model's topology is
+    fixed, so each is computed once per machine: the app's inference process does it after its warm-up)."""
+    import hashlib
+
+    from ..paths import cache_dir
+
+    digest = hashlib.blake2b(np.ascontiguousarray(faces, np.int32).data, digest_size=16).hexdigest()
+    levels = "-".join(str(t) for t in LOD_LEVELS)
+    return cache_dir("lod") / f"{len(vertices)}v-{digest}-{levels}.npz"
+
+
+def _save_levels(vertices: np.ndarray, faces: np.ndarray, levels: list) -> None:
+    try:
+        path = _levels_file(vertices, faces)
+        if path.exists():
+            return
+        import io
+
+        from .atomic import atomic_write_bytes
+
+        buf = io.BytesIO()
+        np.savez(buf, deviation=np.array([d for _, d in levels]),
+                 **{f"faces{i}": np.asarray(lf, np.int32) for i, (lf, _) in enumerate(levels)})
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as e:  # a read-only cache: computed again next time
+        log.info("reduced face lists not kept (%s)", e)
+
+
+def _load_levels(vertices: np.ndarray, faces: np.ndarray) -> bool:
+    """Put a topology's kept reduced lists (``_save_levels``) in the in-memory caches; False if none."""
+    import hashlib
+
+    try:
+        path = _levels_file(vertices, faces)
+        if not path.exists():
+            return False
+        with np.load(path) as z:
+            dev = np.asarray(z["deviation"], np.float64)
+            lists = [np.asarray(z[f"faces{i}"], np.int32) for i in range(len(LOD_LEVELS))]
+    except (OSError, KeyError, ValueError) as e:
+        log.info("reduced face lists unreadable (%s): computing them", e)
+        return False
+    f = np.asarray(faces)
+    n = len(vertices)
+    digest = hashlib.blake2b(np.ascontiguousarray(f, np.int32).data, digest_size=16).digest()
+    full = np.asarray(f, np.int64).reshape(-1, 3)
+    for target, lf, d in zip(LOD_LEVELS, lists, dev):
+        if lf.size and (lf.min() < 0 or lf.max() >= n):
+            return False
+        lf.setflags(write=False)
+        _LOD_CACHE[(n, int(target), digest)] = lf
+        _LOD_SOURCE[id(lf)] = (lf, full)
+        _LOD_DEVIATION[id(lf)] = (lf, float(d))
+    return True
 
 
 def _lod_known(vertices: np.ndarray, faces: np.ndarray, target: int) -> np.ndarray | None:

@@ -274,7 +274,17 @@ def test_render_layer_is_the_crop_of_the_whole_picture(renderer):
         assert h < H or w < W
 
 
-def test_interactive_overlay_draws_far_persons_with_fewer_faces_that_look_the_same():
+def _private_lod_cache(monkeypatch, folder):
+    """Reduced lists computed and kept by this test only (empty in-memory caches, a cache folder of its own)."""
+    from dpmesh_core.io import render
+
+    for name in ("_LOD_CACHE", "_LOD_BY_ID", "_LOD_SOURCE", "_LOD_DEVIATION"):
+        monkeypatch.setattr(render, name, {})
+    monkeypatch.setattr(render, "_levels_file", lambda v, f: folder / (
+        f"{len(v)}-{__import__('hashlib').md5(np.ascontiguousarray(f, np.int32).data).hexdigest()}.npz"))
+
+
+def test_interactive_overlay_draws_far_persons_with_fewer_faces_that_look_the_same(monkeypatch, tmp_path):
     """The app's overlay (``OverlayLayers(lod_tolerance_px=0.5)``): until the topology's reduced lists exist it
     draws the full meshes (the lists are asked for, to be computed while idle); then a person whose reduced
     list deviates by at most half a pixel at its size is drawn with it, and the picture is the exact one but
@@ -282,13 +292,14 @@ def test_interactive_overlay_draws_far_persons_with_fewer_faces_that_look_the_sa
     from dpmesh_core.io.overlay_layers import OverlayLayers
     from dpmesh_core.io.render import lod_levels
 
+    _private_lod_cache(monkeypatch, tmp_path)
     r = MeshRenderer(W, H, backend="open3d")
     try:
         get = lambda w, h: r  # noqa: E731
         img = np.full((H, W, 3), 90, np.uint8)
         bodies = [_yaw(BODY, 10 * i, z=9.0 + i) + [1.2 * i - 1.2, 0, 0] for i in range(3)]
         exact, fast = OverlayLayers(), OverlayLayers(lod_tolerance_px=0.5)
-        faces = np.ascontiguousarray(FACES[::-1])  # the same surface, a topology no other test reduced yet
+        faces = np.ascontiguousarray(FACES[::-1])  # the same surface
         meshes = [(v, faces, (0.9, 0.3 + 0.2 * i, 0.2)) for i, v in enumerate(bodies)]
         np.testing.assert_array_equal(fast.overlay_meshes(get, img, meshes, CAM, 0.6),
                                       exact.overlay_meshes(get, img, meshes, CAM, 0.6))
@@ -306,3 +317,26 @@ def test_interactive_overlay_draws_far_persons_with_fewer_faces_that_look_the_sa
         assert np.abs(a.astype(int) - b).mean() < 1.0
     finally:
         r.close()
+
+
+def test_reduced_lists_are_kept_in_the_cache_folder(monkeypatch, tmp_path):
+    """A topology's reduced lists are computed once per machine: kept in the cache folder, found by another
+    process (here: empty in-memory caches) without computing, equal to what was computed."""
+    from dpmesh_core.io import render
+
+    monkeypatch.setenv("DPMESH_HOME", str(tmp_path))  # a cache folder of its own
+    faces = np.ascontiguousarray(np.roll(FACES, 1, axis=1))  # the same triangles
+    assert str(render._levels_file(BODY, faces)).startswith(str(tmp_path))
+    computed = render.lod_levels(BODY, faces)
+    assert render._levels_file(BODY, faces).is_file()
+    for name in ("_LOD_CACHE", "_LOD_BY_ID", "_LOD_SOURCE", "_LOD_DEVIATION"):
+        monkeypatch.setattr(render, name, {})
+    monkeypatch.setattr(render, "_decimate", lambda *a: pytest.fail("computed again"))
+    loaded = render.lod_levels(BODY, faces.copy(), compute=False)
+    assert loaded is not None and len(loaded) == len(computed)
+    for (a, da), (b, db) in zip(computed, loaded):
+        np.testing.assert_array_equal(a, b)
+        assert da == pytest.approx(db)
+    assert render.lod_faces(BODY, faces, render.LOD_LEVELS[1]) is loaded[1][0]
+    # a topology never computed: None, and nothing is computed
+    assert render.lod_levels(BODY, np.ascontiguousarray(np.roll(FACES, 2, axis=1)), compute=False) is None
