@@ -751,11 +751,12 @@ def lod_meshes(meshes: Sequence[Any], persons: int, target: int | None = None, v
 
 class LodBudget:
     """The frame-time budget of a moving 3-D view (as VTK's desired update rate): while its reduced-detail
-    frames take longer than ``budget_s``, persons are drawn one ``LOD_LEVELS`` level coarser (after
-    ``patience`` frames over it); while they take under 60 % of it, one level finer again. A frame whose face
+    frames take longer than ``budget_s``, persons are drawn one ``LOD_LEVELS`` level coarser (two when a frame
+    took over 1.6 times the budget; after ``patience`` frames over it); while they take under 60 % of it, one
+    level finer again (after twice as many). A frame whose face
     lists changed (an upload) is not counted. ``coarser``: the levels below the size-chosen ones now."""
 
-    def __init__(self, budget_s: float = FRAME_BUDGET_S, patience: int = 3):
+    def __init__(self, budget_s: float = FRAME_BUDGET_S, patience: int = 2):
         self.budget_s, self.patience = float(budget_s), int(patience)
         self.coarser = 0
         self._over = self._under = 0
@@ -771,7 +772,8 @@ class LodBudget:
         if seconds > self.budget_s:
             self._over, self._under = self._over + 1, 0
             if self._over >= self.patience:
-                self.coarser, self._over = min(self.coarser + 1, len(LOD_LEVELS) - 1), 0
+                step = 2 if seconds > 1.6 * self.budget_s else 1  # far over: two levels at once
+                self.coarser, self._over = min(self.coarser + step, len(LOD_LEVELS) - 1), 0
         elif seconds < 0.6 * self.budget_s:
             self._under, self._over = self._under + 1, 0
             if self._under >= 2 * self.patience:

@@ -169,5 +169,8 @@ def bench_inference() -> None:
 
 if __name__ == "__main__":
     os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+    from benchkit import cpu_reference
+
+    print(cpu_reference())
     bench_startup()
     bench_inference()

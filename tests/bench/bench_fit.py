@@ -207,6 +207,9 @@ def main() -> None:
     torch.manual_seed(args.seed)
     print(f"torch {torch.__version__}, fitter threads {FitConfig().num_threads}, "
           f"load average {open('/proc/loadavg').read().split()[0] if __import__('os').path.exists('/proc/loadavg') else '?'}")
+    from benchkit import cpu_reference
+
+    print(cpu_reference())
     for name in args.models.split(","):
         body = load_body_model(name)
         fitter = KeypointFitter(body)

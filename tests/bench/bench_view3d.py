@@ -77,6 +77,9 @@ def main() -> None:
     for backend in (("open3d", "numpy") if args.backend == "both" else (args.backend,)):
         bench_backend(backend, scene, args.steps if backend == "open3d" else max(3, args.steps // 3))
     print(f"load average at the end {os.getloadavg()[0]:.1f}")
+    from benchkit import cpu_reference
+
+    print(cpu_reference())
 
 
 def bench_backend(backend: str, scene, steps: int) -> None:
@@ -146,8 +149,13 @@ def bench_backend(backend: str, scene, steps: int) -> None:
     for name, fn in rows:
         fn(0)  # a first frame of this kind (geometry uploaded once; not timed)
         if "budget" in name:
-            for k in range(steps):  # the budget settles on its level first (not timed)
+            settled = 0
+            for k in range(100):  # the budget settles on its level first (not timed)
+                before = budget.coarser
                 fn(k)
+                settled = settled + 1 if budget.coarser == before else 0
+                if settled >= 6:
+                    break
         w, c = timed(fn, steps)
         extra = ""
         if "LOD" in name:

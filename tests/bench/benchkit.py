@@ -88,3 +88,17 @@ class StallMeter:
 
     def sorted(self, skip: int = 0) -> list[float]:
         return sorted(self.gaps[skip:]) or [0.0]
+
+
+def cpu_reference() -> str:
+    """This machine's speed right now, for reading the other figures: a fixed pure-Python loop (2 million
+    additions), median of three, in ms. On the 2-core development machine it took 240 ms at best and up to
+    ~500 ms while the host was busy (every figure in a run scales with it)."""
+    runs = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        s = 0
+        for i in range(2_000_000):
+            s += i
+        runs.append((time.perf_counter() - t0) * 1000)
+    return f"CPU reference (a fixed Python loop; 240 ms at this machine's best): {sorted(runs)[1]:.0f} ms"

@@ -207,20 +207,28 @@ def test_lod_budget_coarsens_over_time_and_refines_under_it():
     faces = [FACES]
     b.observe(0.1, faces)  # the first frame with these face lists (an upload): not counted
     for _ in range(2):
-        b.observe(0.1, faces)
+        b.observe(0.04, faces)
     assert b.coarser == 0
-    b.observe(0.1, faces)
-    assert b.coarser == 1
+    b.observe(0.04, faces)
+    assert b.coarser == 1  # a little over: one level
+    for _ in range(3):
+        b.observe(0.1, faces)
+    assert b.coarser == 3  # far over: two levels
     other = [FACES.copy()]
     b.observe(0.1, other)  # new face lists: not counted
     for _ in range(6):  # (the first: back to the earlier lists, not counted either)
         b.observe(0.010, faces)
-    assert b.coarser == 1
+    assert b.coarser == 3
     b.observe(0.010, faces)
-    assert b.coarser == 0
+    assert b.coarser == 2
     for _ in range(10):
         b.observe(0.025, faces)  # within the budget: stays
-    assert b.coarser == 0
+    assert b.coarser == 2
+    for _ in range(60):
+        b.observe(0.5, faces)
+    from dpmesh_core.io.render import LOD_LEVELS
+
+    assert b.coarser == len(LOD_LEVELS) - 1  # never past the coarsest
 
 
 def test_depth_of_a_rectangle_is_that_part_of_the_whole(renderer):
