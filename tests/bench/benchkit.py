@@ -92,8 +92,9 @@ class StallMeter:
 
 def cpu_reference() -> str:
     """This machine's speed right now, for reading the other figures: a fixed pure-Python loop (2 million
-    additions), median of three, in ms. On the 2-core development machine it took 240 ms at best and up to
-    ~500 ms while the host was busy (every figure in a run scales with it)."""
+    additions), median of three, in ms. On the 2-core development machine it took 140-155 ms on 2026-12-02
+    (the same loop at module level, slower, varied 240-490 ms that day: the host's speed varies, and every
+    figure of a run scales with it)."""
     runs = []
     for _ in range(3):
         t0 = time.perf_counter()
@@ -101,4 +102,4 @@ def cpu_reference() -> str:
         for i in range(2_000_000):
             s += i
         runs.append((time.perf_counter() - t0) * 1000)
-    return f"CPU reference (a fixed Python loop; 240 ms at this machine's best): {sorted(runs)[1]:.0f} ms"
+    return f"CPU reference (a fixed Python loop; 140-155 ms on this machine's quiet runs): {sorted(runs)[1]:.0f} ms"
