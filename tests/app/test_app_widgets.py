@@ -96,6 +96,43 @@ def test_partial_skeleton_repaints_match_a_full_repaint(view, qtbot):
     assert partial == grab_now()
 
 
+def test_neighbours_of_an_edited_person_are_drawn_from_their_pixmaps(qtbot, image):
+    """Two overlapping persons: an edit of one paints that one again; its neighbour, inside the repainted
+    area, comes from its kept pixmap. The picture is what painting both directly gives."""
+    doc = Document()
+    doc.set_media(None, image=image)
+    doc.set_frame_persons(0, [make_person(0), make_person(1, x0=60)])
+    view = ImageView(doc)
+    qtbot.addWidget(view)
+    view.resize(800, 600)
+    view.show()
+    qtbot.waitExposed(view)
+    view.fit()
+    item = view.persons_item
+    painted = []
+    orig = item._paint_person
+    item._paint_person = lambda painter, uid, *a: (painted.append(uid), orig(painter, uid, *a))[1]
+
+    def grab_now():
+        QApplication.processEvents()
+        return view.viewport().grab().toImage()
+
+    grab_now()
+    u0, u1 = doc.uids()
+    assert item.person_rect(doc.person(u0), u0).intersects(item.person_rect(doc.person(u1), u1))
+    painted.clear()
+    p = doc.person(u1)
+    Editor(doc).move_keypoint(u1, 6, (float(p.keypoints[6, 0]) + 8, float(p.keypoints[6, 1]) + 5), drag_id=1)
+    cached = grab_now()
+    assert painted == [u1]
+    item.use_pixmaps = False
+    item.update()
+    direct = grab_now()
+    a = np.frombuffer(cached.constBits(), np.uint8).reshape(cached.height(), -1)
+    b = np.frombuffer(direct.constBits(), np.uint8).reshape(direct.height(), -1)
+    assert (np.abs(a.astype(int) - b) > 40).mean() < 0.002
+
+
 def test_add_keypoint_mode_and_occlusion_key(view, qtbot):
     doc = view.doc
     uid = doc.uids()[0]
