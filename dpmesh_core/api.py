@@ -119,8 +119,7 @@ __all__ = sorted(
     [*_LAZY, "Camera", "Estimator", "MeshResult", "Person", "ModelFiles", "Check", "PredictOptions",
      "detect", "detect_in_box", "make_estimator", "estimate", "crop_box", "crop_image", "predict",
      "list_inputs", "match_keypoints", "check_device", "doctor", "export_rigged", "RIGGED_FORMATS", "RIG_NAME_CHOICES", "check_mmpose",
-     "configured_detector", "mmpose_options", "DETECTOR_CHOICES", "warm_imports", "FRONT_END_MODULES",
-     "prepare_reduced_meshes"]
+     "configured_detector", "mmpose_options", "DETECTOR_CHOICES", "warm_imports", "FRONT_END_MODULES"]
 )
 
 
@@ -326,27 +325,6 @@ def warm_imports(modules: Sequence[str] = FRONT_END_MODULES) -> list[str]:
     for m in fresh:
         importlib.import_module(m)
     return fresh
-
-
-def prepare_reduced_meshes(body: Any) -> bool:
-    """Compute (once per machine: kept in the cache folder) the reduced face lists of ``body``'s topology
-    that the app's overlay and 3-D view draw moving or small persons with (``io.render.lod_levels``, from the
-    body's mean shape at rest). The app's inference process calls this after building its estimator, so the
-    render processes find them ready. False when the model gives no mesh."""
-    import torch
-
-    from .io.render import lod_levels
-
-    try:
-        with torch.no_grad():
-            n = max(int(getattr(body, "pose_dim", 0)), 0)
-            out = body.forward(torch.zeros(1, 3), torch.zeros(1, n), body.mean_betas(1), return_vertices=True)
-        v = out.vertices[0].detach().cpu().numpy()
-    except (AttributeError, TypeError, ValueError, RuntimeError) as e:
-        log.info("no reduced meshes for %s: %s", getattr(body, "name", body), e)
-        return False
-    lod_levels(v, np.asarray(body.faces, np.int32))
-    return True
 
 
 def crop_box(person: Person, image_size: tuple[int, int], scale: float = 1.1) -> np.ndarray:

@@ -148,18 +148,12 @@ class DetectInBox:
 
 @dataclass(frozen=True)
 class WarmUp:
-    """Build the estimator now, so the first edit is answered quickly; then its body model's reduced face
-    lists (``api.prepare_reduced_meshes``: computed once per machine, a few seconds), which the render
-    processes read from the cache folder for the overlay's small persons and the 3-D view's moving frames."""
+    """Build the estimator now, so the first edit is answered quickly."""
 
     kind = "warm-up"
 
     def run(self, ctx: WorkerContext) -> None:
-        body = getattr(ctx.estimator(), "body", None)
-        if body is not None:
-            from dpmesh_core import api
-
-            api.prepare_reduced_meshes(body)
+        ctx.estimator()
 
     def failed(self, message: str) -> Failed:
         return Failed(self.kind, None, (), message)

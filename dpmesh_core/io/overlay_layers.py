@@ -31,9 +31,9 @@ class OverlayLayers:
         # an interactive overlay (the app's) may draw a person with a reduced face list of its topology
         # (``io.render.lod_levels``) when that list's deviation from the full surface projects to at most this
         # many pixels (90th percentile) at the person's size in the picture: it looks the same and draws in
-        # half the time. None: always the full mesh (exports, the CLI).
+        # half the time. None: always the full mesh (exports, the CLI). Only lists computed already are used
+        # (in this process or kept in the cache folder: the app's 3-D view process computes them while idle).
         self.lod_tolerance_px = lod_tolerance_px
-        self.lod_wanted: list[tuple[Any, Any]] = []  # (vertices, faces) of topologies whose lists are not computed
         self._no_levels: dict[int, tuple[Any, float]] = {}  # id(faces) -> (faces, when none were found)
         self.layers: collections.OrderedDict[bytes, tuple] = collections.OrderedDict()
         self.background: dict[tuple[int, int], Any] = {}  # per output size: the renderer's background pixel
@@ -81,9 +81,6 @@ class OverlayLayers:
         if levels is None:  # not computed (nor kept in the cache folder): the full mesh
             if not recent:
                 self._no_levels = {id(f): (f, time.monotonic())}
-            if not any(w[1] is f for w in self.lod_wanted):
-                self.lod_wanted.append((v, f))  # (whoever owns this cache may compute them when idle)
-                del self.lod_wanted[:-4]
             return mesh
         vv = np.asarray(v, np.float32)
         lo, hi = vv.min(0), vv.max(0)

@@ -156,7 +156,8 @@ def _levels_known(vertices: np.ndarray, faces: np.ndarray) -> bool:
 
 def _levels_file(vertices: np.ndarray, faces: np.ndarray) -> Path:
     """Where a topology's reduced lists are kept between runs (the cache folder; a body model's topology is
-    fixed, so each is computed once per machine: the app's inference process does it after its warm-up)."""
+    fixed, so each is computed once per machine: in the app, by the 3-D view's render process while idle, and
+    the overlay's render process reads them)."""
     import hashlib
 
     from ..paths import cache_dir

@@ -294,7 +294,7 @@ def _private_lod_cache(monkeypatch, folder):
 
 def test_interactive_overlay_draws_far_persons_with_fewer_faces_that_look_the_same(monkeypatch, tmp_path):
     """The app's overlay (``OverlayLayers(lod_tolerance_px=0.5)``): until the topology's reduced lists exist it
-    draws the full meshes (the lists are asked for, to be computed while idle); then a person whose reduced
+    draws the full meshes (it never computes them: the 3-D view's process does, while idle); then a person whose reduced
     list deviates by at most half a pixel at its size is drawn with it, and the picture is the exact one but
     for a few edge pixels."""
     from dpmesh_core.io.overlay_layers import OverlayLayers
@@ -311,8 +311,7 @@ def test_interactive_overlay_draws_far_persons_with_fewer_faces_that_look_the_sa
         meshes = [(v, faces, (0.9, 0.3 + 0.2 * i, 0.2)) for i, v in enumerate(bodies)]
         np.testing.assert_array_equal(fast.overlay_meshes(get, img, meshes, CAM, 0.6),
                                       exact.overlay_meshes(get, img, meshes, CAM, 0.6))
-        assert len(fast.lod_wanted) >= 1
-        lod_levels(*fast.lod_wanted[0])  # (what the render process does while idle)
+        lod_levels(bodies[0], faces)  # (what the 3-D view's render process does while idle)
         moved = list(meshes)
         moved[1] = (_yaw(BODY, 35, z=10.0), meshes[1][1], meshes[1][2])
         a = exact.overlay_meshes(get, img, moved, CAM, 0.6)
