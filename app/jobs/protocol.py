@@ -292,7 +292,6 @@ class PrepareRenderer:
     first overlay of a new photo does not wait for it. Answers None."""
 
     size: tuple[int, int]
-    meshes: tuple = ()
 
     def run(self, layers: Any, get: Callable[[int, int], Any]) -> Any:
         get(*self.size)
@@ -301,7 +300,8 @@ class PrepareRenderer:
         return None
 
 
-def map_arrays(request: RenderView | RenderScene | RenderOverlay, fn: Callable[[Any], Any]) -> Any:
+def map_arrays(request: RenderView | RenderScene | RenderOverlay | PrepareRenderer,
+               fn: Callable[[Any], Any]) -> Any:
     """``request`` with ``fn`` applied to its arrays in one fixed order (the image, then each mesh's vertices
     and faces): the render client names arrays the process already has by token, the process resolves them
     in the same order (``ipc.ImageMirror`` / ``ipc.ImageSlots``)."""
@@ -310,7 +310,8 @@ def map_arrays(request: RenderView | RenderScene | RenderOverlay, fn: Callable[[
     changes: dict[str, Any] = {}
     if isinstance(request, RenderOverlay):
         changes["image"] = fn(request.image)
-    changes["meshes"] = tuple((fn(v), fn(f), c) for v, f, c in request.meshes)
+    if isinstance(request, RenderView | RenderScene | RenderOverlay):  # (PrepareRenderer has no arrays)
+        changes["meshes"] = tuple((fn(v), fn(f), c) for v, f, c in request.meshes)
     return dataclasses.replace(request, **changes)
 
 

@@ -100,7 +100,7 @@ def serve(conn: Any) -> None:
         while lod_todo:
             v, f, level = lod_todo[-1]
             if level == 0 and api.lod_levels(v, f, compute=False) is not None:
-                lod_todo.pop()  # known, or kept in the cache folder (the inference process's warm-up)
+                lod_todo.pop()  # known, or kept in the cache folder by an earlier run
                 continue
             if level >= len(api.LOD_LEVELS):
                 lod_todo.pop()

@@ -72,7 +72,7 @@ class OverlayLayers:
 
         import numpy as np
 
-        from .render import lod_levels
+        from .render import lod_index, lod_levels, size_on_screen_px
 
         v, f, c = mesh
         miss = self._no_levels.get(id(f))
@@ -83,17 +83,12 @@ class OverlayLayers:
                 self._no_levels = {id(f): (f, time.monotonic())}
             return mesh
         vv = np.asarray(v, np.float32)
-        lo, hi = vv.min(0), vv.max(0)
-        z = float((lo[2] + hi[2]) / 2)
-        if z <= 1e-3 or camera is None:
+        box = np.stack([vv.min(0), vv.max(0)])
+        if float(box[:, 2].mean()) <= 1e-3 or camera is None:
             return mesh
         fy = camera.focal[1] * renderer.height / float(camera.image_size[1])
-        size_px = float((hi - lo).max()) * fy / z
-        best = None
-        for lf, dev in levels:
-            if dev * size_px <= self.lod_tolerance_px:
-                best = lf
-        return mesh if best is None else (v, best, c)
+        k = lod_index(levels, size_on_screen_px(box, np.eye(4), fy), self.lod_tolerance_px)
+        return mesh if k < 0 else (v, levels[k][0], c)
 
     def _render_layer(self, renderer: Any, mesh: tuple, camera: Any) -> tuple:
         import numpy as np

@@ -41,8 +41,8 @@ from ..types import Camera, MeshResult
 
 log = logging.getLogger(__name__)
 
-__all__ = ["MeshRenderer", "render_overlay", "rasterize", "draw_lines", "lod_faces", "lod_levels", "LOD_LEVELS", "PERSON_COLORS", "PERSON_PALETTE",
-           "person_color"]
+__all__ = ["MeshRenderer", "render_overlay", "rasterize", "draw_lines", "lod_faces", "lod_levels", "lod_index",
+           "size_on_screen_px", "LOD_LEVELS", "PERSON_COLORS", "PERSON_PALETTE", "person_color"]
 
 # The one per-person palette (RGB 0..255): 20 distinct colours, so tracks #0-#19 all differ. The CLI's overlays
 # and --views, and the app's overlay, skeletons and 3-D view all colour person/track k with PERSON_PALETTE[k % 20]
@@ -84,6 +84,25 @@ _LOD_BY_ID: dict[tuple[int, int], tuple[np.ndarray, int, np.ndarray]] = {}
 _LOD_SOURCE: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id(reduced faces) -> (them, the full faces)
 
 
+_DIGESTS: dict[int, tuple[Any, bytes]] = {}  # id(faces) -> (the array, its digest): no re-hash of the same one
+
+
+def _faces_digest(faces: Any) -> bytes:
+    """Content digest of a faces array (as int32), looked up by identity first: a topology is hashed once
+    however often its array comes back (every person of a body model shares one)."""
+    import hashlib
+
+    hit = _DIGESTS.get(id(faces))
+    if hit is not None and hit[0] is faces:
+        return hit[1]
+    digest = hashlib.blake2b(np.ascontiguousarray(faces, np.int32).data, digest_size=16).digest()
+    if isinstance(faces, np.ndarray):
+        if len(_DIGESTS) > 64:
+            _DIGESTS.clear()
+        _DIGESTS[id(faces)] = (faces, digest)
+    return digest
+
+
 def lod_faces(vertices: np.ndarray, faces: np.ndarray, target: int = LOD_FACES) -> np.ndarray:
     """A reduced face list (about ``target`` faces) of a mesh topology, as indices into the ORIGINAL vertex
     array: any posed mesh with the same faces (every SMPL or Anny body of a video) draws with it, so a 3-D
@@ -98,9 +117,7 @@ def lod_faces(vertices: np.ndarray, faces: np.ndarray, target: int = LOD_FACES) 
     hit = _LOD_BY_ID.get((id(faces), int(target)))
     if hit is not None and hit[0] is faces and hit[1] == len(vertices):
         return hit[2]
-    import hashlib
-
-    key = (len(vertices), int(target), hashlib.blake2b(np.ascontiguousarray(f, np.int32).data, digest_size=16).digest())
+    key = (len(vertices), int(target), _faces_digest(faces))
     out = _LOD_CACHE.get(key)
     if out is None:
         out = _decimate(np.asarray(vertices, np.float64).reshape(-1, 3), f.reshape(-1, 3).astype(np.int64), target)
@@ -145,6 +162,25 @@ def lod_levels(vertices: np.ndarray, faces: np.ndarray, compute: bool = True,
     return tuple(out)
 
 
+def lod_index(levels: Sequence[tuple[np.ndarray, float]], size_px: float, tolerance_px: float,
+              start: int = -1) -> int:
+    """Which of ``levels`` (``lod_levels``) to draw a mesh ``size_px`` pixels across with: from ``start`` (-1:
+    the full mesh), one level coarser while the next one's deviation stays within ``tolerance_px`` pixels at
+    that size. The index, or -1 for the full mesh."""
+    k = start
+    while k + 1 < len(levels) and levels[k + 1][1] * size_px <= tolerance_px:
+        k += 1
+    return k
+
+
+def size_on_screen_px(box: np.ndarray, view: np.ndarray, fy: float, near: float = 1e-3) -> float:
+    """Pixels across a mesh with bounding box ``box`` (2, 3) seen through ``view`` (4, 4) by a camera of
+    vertical focal length ``fy``: its largest extent at the depth of its centre."""
+    box = np.asarray(box, np.float64)
+    z = float(view[2, :3] @ box.mean(0) + view[2, 3])
+    return float(np.ptp(box, axis=0).max()) * fy / max(z, near)
+
+
 def _levels_known(vertices: np.ndarray, faces: np.ndarray) -> bool:
     for target in LOD_LEVELS:
         lf = _lod_known(vertices, faces, target)
@@ -158,11 +194,9 @@ def _levels_file(vertices: np.ndarray, faces: np.ndarray) -> Path:
     """Where a topology's reduced lists are kept between runs (the cache folder; a body model's topology is
     fixed, so each is computed once per machine: in the app, by the 3-D view's render process while idle, and
     the overlay's render process reads them)."""
-    import hashlib
-
     from ..paths import cache_dir
 
-    digest = hashlib.blake2b(np.ascontiguousarray(faces, np.int32).data, digest_size=16).hexdigest()
+    digest = _faces_digest(faces).hex()
     levels = "-".join(str(t) for t in LOD_LEVELS)
     return cache_dir("lod") / f"{len(vertices)}v-{digest}-{levels}.npz"
 
@@ -186,8 +220,6 @@ def _save_levels(vertices: np.ndarray, faces: np.ndarray, levels: list) -> None:
 
 def _load_levels(vertices: np.ndarray, faces: np.ndarray) -> bool:
     """Put a topology's kept reduced lists (``_save_levels``) in the in-memory caches; False if none."""
-    import hashlib
-
     try:
         path = _levels_file(vertices, faces)
         if not path.exists():
@@ -198,10 +230,9 @@ def _load_levels(vertices: np.ndarray, faces: np.ndarray) -> bool:
     except (OSError, KeyError, ValueError) as e:
         log.info("reduced face lists unreadable (%s): computing them", e)
         return False
-    f = np.asarray(faces)
     n = len(vertices)
-    digest = hashlib.blake2b(np.ascontiguousarray(f, np.int32).data, digest_size=16).digest()
-    full = np.asarray(f, np.int64).reshape(-1, 3)
+    digest = _faces_digest(faces)
+    full = np.asarray(faces, np.int64).reshape(-1, 3)
     for target, lf, d in zip(LOD_LEVELS, lists, dev):
         if lf.size and (lf.min() < 0 or lf.max() >= n):
             return False
@@ -217,11 +248,7 @@ def _lod_known(vertices: np.ndarray, faces: np.ndarray, target: int) -> np.ndarr
     hit = _LOD_BY_ID.get((id(faces), int(target)))
     if hit is not None and hit[0] is faces and hit[1] == len(vertices):
         return hit[2]
-    import hashlib
-
-    key = (len(vertices), int(target),
-           hashlib.blake2b(np.ascontiguousarray(faces, np.int32).data, digest_size=16).digest())
-    out = _LOD_CACHE.get(key)
+    out = _LOD_CACHE.get((len(vertices), int(target), _faces_digest(faces)))
     return None if out is None else lod_faces(vertices, faces, target)  # (registers this faces object)
 
 
@@ -271,7 +298,6 @@ def _decimate(v: np.ndarray, f: np.ndarray, target: int) -> np.ndarray:
 # and consistently oriented; a few topologies at a time (SMPL, Anny). Keyed by content: a render process gets a
 # new faces object with every request that does not name it by token.
 _TOPOLOGY: dict[bytes, tuple[np.ndarray, np.ndarray] | None] = {}
-_TOPOLOGY_IDS: dict[int, tuple[np.ndarray, bytes]] = {}  # id -> (the array, its digest): no re-hash of the same one
 
 
 def _closed_topology(f: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
@@ -294,20 +320,12 @@ def cullable(vertices: np.ndarray, faces: np.ndarray) -> bool:
     """Whether back faces of this mesh can be skipped without changing its picture: a closed, consistently
     oriented surface wound outwards (checked at the vertex furthest along +x, whose faces must face +x).
     The topology check is done once per faces array."""
-    import hashlib
-
-    known = _TOPOLOGY_IDS.get(id(faces))
-    if known is None or known[0] is not faces:
-        a = np.ascontiguousarray(faces, np.int64)
-        known = (faces, hashlib.blake2b(str(a.shape).encode() + a.tobytes(), digest_size=16).digest())
-        _TOPOLOGY_IDS[id(faces)] = known
-        while len(_TOPOLOGY_IDS) > 16:
-            _TOPOLOGY_IDS.pop(next(iter(_TOPOLOGY_IDS)))
-    if known[1] not in _TOPOLOGY:
-        _TOPOLOGY[known[1]] = _closed_topology(faces)
+    digest = _faces_digest(faces)
+    if digest not in _TOPOLOGY:
+        _TOPOLOGY[digest] = _closed_topology(faces)
         while len(_TOPOLOGY) > 8:
             _TOPOLOGY.pop(next(iter(_TOPOLOGY)))
-    topo = _TOPOLOGY[known[1]]
+    topo = _TOPOLOGY[digest]
     if topo is None:
         return False
     order, starts = topo
@@ -792,7 +810,7 @@ class MeshRenderer:
         with self._o3d.utility.VerbosityContextManager(self._o3d.utility.VerbosityLevel.Error):
             cull = cull and all(cullable(v, f) for v, f, _ in meshes)  # (a rigid view keeps outward outward)
             self._options(cull=cull, smooth=False)
-            rgb, depth = self._frame_open3d(meshes, None, K, T, near, far, rect or True, rect)
+            rgb, depth = self._frame_open3d(meshes, None, K, T, near, far, True, rect)
         mask = depth > 0
         return rgb, mask, depth
 

@@ -697,48 +697,35 @@ def _label_anchors(scene: Scene) -> tuple[np.ndarray, list[str]]:
 
 
 def scene_meshes(scene: Scene) -> list[tuple[np.ndarray, np.ndarray, tuple[float, float, float]]]:
-    """The triangle meshes of ``scene`` for a ``MeshRenderer``: the persons (display colours) and the
-    ground (two triangles, 2 mm under the plane so that soles stay visible)."""
-    out = [(p.vertices, p.faces, _display_color(p, scene.background)) for p in scene.persons]
-    if scene.show_ground and scene.ground is not None:
-        corners, _, _ = _ground_quad(scene)
-        corners = corners - scene.ground.normal * 0.002
-        # tiles of one grid step: the numpy rasteriser drops a triangle behind the near plane, so only the
-        # tiles under the viewer go, not the whole floor
-        sides = np.array([np.linalg.norm(corners[1] - corners[0]), np.linalg.norm(corners[3] - corners[0])])
-        n = np.maximum(np.round(sides / scene.grid_step_m).astype(int), 1)
-        a, b = np.meshgrid(np.linspace(0, 1, n[0] + 1), np.linspace(0, 1, n[1] + 1), indexing="ij")
-        verts = (corners[0] + a[..., None] * (corners[1] - corners[0]) + b[..., None] * (corners[3] - corners[0]))
-        idx = np.arange((n[0] + 1) * (n[1] + 1)).reshape(n[0] + 1, n[1] + 1)
-        q = np.stack([idx[:-1, :-1], idx[1:, :-1], idx[1:, 1:], idx[:-1, 1:]], -1).reshape(-1, 4)
-        faces = np.concatenate([q[:, [0, 1, 2]], q[:, [0, 2, 3]]]).astype(np.int32)
-        bg = np.asarray(scene.background, np.float64)
-        out.append((verts.reshape(-1, 3).astype(np.float32), faces,
-                    tuple(float(x) for x in np.clip(bg * 1.35 + 0.03, 0, 1))))
-    return out
+    """The triangle meshes of ``scene`` for a ``MeshRenderer``: the persons, in their display colours (the
+    ground is filled in after rendering: ``_draw_ground``)."""
+    return [(p.vertices, p.faces, _display_color(p, scene.background)) for p in scene.persons]
 
 
-_LINES_CACHE: list = [None, None]  # (key, lines): an orbit step reuses the same arrays (kept on the GL side)
-_MESHES_CACHE: list = [None, None]  # (key, meshes): the same for scene_meshes (the ground's tiles)
-
-
-def _kept(cache: list, scene: Scene, build: Any) -> Any:
-    """``build(scene)``, the same object again while ``scene`` is the same object (``cache``: [key, value])."""
-    if cache[0] is not None and cache[0][0] is scene:
-        return cache[1]
-    value = build(scene)
-    cache[0], cache[1] = (scene,), value
-    return value
-
-
-def _scene_meshes_kept(scene: Scene) -> list:
-    return _kept(_MESHES_CACHE, scene, scene_meshes)
+def _ground_mesh(scene: Scene) -> list[tuple[np.ndarray, np.ndarray, tuple[float, float, float]]]:
+    """The ground as a mesh ([] without one), 2 mm under the plane so that soles stay visible: what
+    ``render_scene`` drew before the ground was filled in (``render_scene_numpy_lines``, the benchmark's
+    "before"). Tiles of one grid step: the numpy rasteriser drops a triangle behind the near plane, so only the
+    tiles under the viewer go, not the whole floor."""
+    if not scene.show_ground or scene.ground is None:
+        return []
+    corners, _, _ = _ground_quad(scene)
+    corners = corners - scene.ground.normal * 0.002
+    sides = np.array([np.linalg.norm(corners[1] - corners[0]), np.linalg.norm(corners[3] - corners[0])])
+    n = np.maximum(np.round(sides / scene.grid_step_m).astype(int), 1)
+    a, b = np.meshgrid(np.linspace(0, 1, n[0] + 1), np.linspace(0, 1, n[1] + 1), indexing="ij")
+    verts = (corners[0] + a[..., None] * (corners[1] - corners[0]) + b[..., None] * (corners[3] - corners[0]))
+    idx = np.arange((n[0] + 1) * (n[1] + 1)).reshape(n[0] + 1, n[1] + 1)
+    q = np.stack([idx[:-1, :-1], idx[1:, :-1], idx[1:, 1:], idx[:-1, 1:]], -1).reshape(-1, 4)
+    faces = np.concatenate([q[:, [0, 1, 2]], q[:, [0, 2, 3]]]).astype(np.int32)
+    return [(verts.reshape(-1, 3).astype(np.float32), faces, tuple(float(x) / 255.0 for x in ground_color(scene)))]
 
 
 def scene_lines(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The scene's lines (segments (N, 2, 3) world, colours (N, 3) uint8, widths px (N,)): the ground's grid,
-    the axes, the frustum, trajectories and the selected person's marker; the same arrays while the scene is."""
-    return _kept(_LINES_CACHE, scene, _segments)
+    the axes, the frustum, trajectories and the selected person's marker; the same arrays while the scene is
+    the same object (an orbit step: kept on the GL side)."""
+    return _memo(scene, "_lines", lambda: _segments(scene))
 
 
 LOD_TOLERANCE_PX = 1.5  # a moving frame's reduced body: 90 % of the full surface within this many pixels of it
@@ -755,23 +742,19 @@ def lod_meshes(meshes: Sequence[Any], persons: int, target: int | None = None, v
     (``io.render.lod_levels``) projects to at most ``LOD_TOLERANCE_PX`` pixels at that person's distance, never
     more than ``LOD_FACES``; then ``coarser`` levels fewer (a frame-time budget, ``LodBudget``). ``bounds``:
     the persons' (2, 3) boxes when known. Without either, ``LOD_FACES`` for all."""
-    from .render import LOD_FACES, LOD_LEVELS, lod_faces, lod_levels
+    from .render import LOD_FACES, LOD_LEVELS, lod_faces, lod_index, lod_levels, size_on_screen_px
 
     out = list(meshes)
+    first = next((k for k, t in enumerate(LOD_LEVELS) if t <= LOD_FACES), 0)  # never more faces than LOD_FACES
     for i in range(min(persons, len(out))):
         v, f, c = out[i]
         if target is not None or vc is None:
             out[i] = (v, lod_faces(v, f, target or LOD_FACES), c)
             continue
         levels = lod_levels(v, f)
-        first = next((k for k, t in enumerate(LOD_LEVELS) if t <= LOD_FACES), 0)
-        box = np.asarray(bounds[i], np.float64) if bounds is not None else np.stack(
-            [np.min(v, axis=0), np.max(v, axis=0)]).astype(np.float64)
-        centre = vc.view[:3, :3] @ box.mean(0) + vc.view[:3, 3]
-        size_px = float(np.ptp(box, axis=0).max()) * vc.camera.K[1, 1] / max(float(centre[2]), vc.near)
-        k = first
-        while k + 1 < len(levels) and levels[k + 1][1] * size_px <= LOD_TOLERANCE_PX:
-            k += 1
+        box = bounds[i] if bounds is not None else np.stack([np.min(v, axis=0), np.max(v, axis=0)])
+        size_px = size_on_screen_px(box, vc.view, vc.camera.K[1, 1], vc.near)
+        k = lod_index(levels, size_px, LOD_TOLERANCE_PX, start=first)
         k = min(k + max(int(coarser), 0), len(levels) - 1)
         out[i] = (v, levels[k][0], c)
     return out
@@ -827,8 +810,7 @@ def render_scene(renderer: Any, scene: Scene, vc: ViewCamera, meshes: list | Non
     import time
 
     t0 = time.perf_counter()
-    meshes = _scene_meshes_kept(scene) if meshes is None else meshes
-    meshes = list(meshes)[:len(scene.persons)]  # the ground: filled in afterwards
+    meshes = _memo(scene, "_meshes", lambda: scene_meshes(scene)) if meshes is None else list(meshes)
     if lod:
         meshes = lod_meshes(meshes, len(scene.persons), vc=vc, coarser=budget.coarser if budget else 0,
                             bounds=[p.bounds for p in scene.persons])
@@ -850,7 +832,7 @@ def render_scene_numpy_lines(renderer: Any, scene: Scene, vc: ViewCamera, meshes
     """``render_scene`` as it was before the lines went into the renderer: meshes through
     ``render_with_mask`` (float capture, depth, digest of the arrays), photo and lines drawn in numpy (the
     benchmark's "before")."""
-    meshes = scene_meshes(scene) if meshes is None else meshes
+    meshes = (scene_meshes(scene) if meshes is None else list(meshes)) + _ground_mesh(scene)
     rgb, _, depth = renderer.render_with_mask(meshes, vc.camera, vc.view, near=vc.near, far=vc.far)
     rgb = np.array(rgb, copy=True)
     depth = np.array(depth, np.float32, copy=True)
