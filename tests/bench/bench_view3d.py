@@ -113,7 +113,7 @@ def bench_backend(backend: str, scene, steps: int) -> None:
 
     def playing(fn):
         vc = orbit.view_camera(size, scene)
-        return lambda k: fn(frames[k], vc)
+        return lambda k: fn(frames[k % len(frames)], vc)
 
     def top_view(fn):
         def step(k: int) -> None:
