@@ -62,6 +62,13 @@ class BodyModel(torch.nn.Module):
     ) -> BodyOutput:
         raise NotImplementedError
 
+    def joints_jacobian(self, global_orient: torch.Tensor, body_pose: torch.Tensor, betas: torch.Tensor,
+                        transl: torch.Tensor, joint_set: str) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """Joints (B, J, 3) of ``joint_set`` and their exact derivative (B, J, 3, 3 + pose_dim) with respect
+        to (global_orient, body_pose) — each joint also moves one-for-one with ``transl`` — or None where the
+        model has no closed form (the fitter then differentiates ``forward`` numerically)."""
+        return None
+
     def check_joint_sets(self, joint_sets: tuple[str, ...]) -> None:
         """Raise ValueError naming any joint set this model cannot return."""
         for s in joint_sets:

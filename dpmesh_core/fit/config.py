@@ -41,6 +41,10 @@ class FitConfig:
     polish_iters: int = 6
     #: warm start (previous result given, e.g. one key-point dragged or the next video frame)
     warm_iters: int = 10
+    #: the Levenberg-Marquardt warm start stops when its last accepted step lowered the energy by less than
+    #: this fraction (a drag is re-fitted on every mouse move: the last fraction of a percent is not worth an
+    #: evaluation; the cold start's polish converges to 0.2 % so that a warm start from it stays put)
+    warm_tolerance: float = 1e-2
     #: ``refine`` of a network result
     refine_iters: int = 40
     #: "lbfgs" (quasi-Newton with a strong-Wolfe line search: few iterations; the default) or "adam"
@@ -105,6 +109,8 @@ class FitConfig:
                      "edited_robust_factor"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"must be > 0, got {getattr(self, name)}", name)
+        if not 0 < self.warm_tolerance < 1:
+            raise ConfigError(f"must be in (0, 1), got {self.warm_tolerance}", "warm_tolerance")
         if self.warm_solver not in ("lm", "gradient"):
             raise ConfigError(f"must be 'lm' or 'gradient', got {self.warm_solver!r}", "warm_solver")
         if not 0 < self.lr_warm_factor <= 1:

@@ -28,6 +28,7 @@ frame never influence each other; one iteration = one batched skeleton evaluatio
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import logging
@@ -143,6 +144,8 @@ class KeypointFitter:
 
     name = "fit"
 
+    _JAC_MEMO_SIZE = 64
+
     def __init__(self, body_model: BodyModel | str = "anny", config: FitConfig | None = None,
                  device: str | torch.device = "cpu"):
         self.config = config if config is not None else FitConfig()
@@ -165,6 +168,9 @@ class KeypointFitter:
         #: number of energy + gradient evaluations so far (a cost counter for tests and benchmarks)
         self.evaluations = 0
         self._centre: torch.Tensor | None = None  # see _rotation_centre
+        #: (go, body_pose, betas) bytes → key-points less transl and their Jacobian; see _keypoints_linearised
+        self._jac_memo: collections.OrderedDict[bytes, tuple[torch.Tensor, torch.Tensor]] = \
+            collections.OrderedDict()
 
     # ------------------------------------------------------------------ public API
 
@@ -564,14 +570,17 @@ class KeypointFitter:
                                       + ((transl - pr.prev["transl"]) ** 2).sum(1))
         return e
 
-    def _residuals(self, p: dict[str, torch.Tensor], pr: _Problem, sets) -> torch.Tensor:
+    def _residuals(self, p: dict[str, torch.Tensor], pr: _Problem, sets,
+                   kp3: torch.Tensor | None = None) -> torch.Tensor:
         """(B, M) residuals whose squares sum to ``_energy(..., pr.weight, use_priors=True)`` up to the shape
         prior (constant here: the shape is held). Data term: the re-projection error in reference pixels
-        scaled by ``sqrt(w / Σw · σ² / (σ² + r²))``, so its square is the normalised Geman-McClure cost."""
+        scaled by ``sqrt(w / Σw · σ² / (σ² + r²))``, so its square is the normalised Geman-McClure cost.
+        ``kp3``: the key-points (B, J, 3) of ``p`` when the caller has them (else the body model is run)."""
         cfg = self.config
         go, bp, uvl = p["go"], p["bp"], p["uvl"]
         transl = self._to_transl(uvl, pr)
-        kp3 = self._keypoints3d(go, bp, p["be"], transl, pr, sets)
+        if kp3 is None:
+            kp3 = self._keypoints3d(go, bp, p["be"], transl, pr, sets)
         d = (project(kp3, pr.focal, pr.principal) - pr.target) * pr.scale[:, None, None]
         r2 = (d**2).sum(-1)
         s2 = (cfg.robust_sigma_px * pr.robust) ** 2
@@ -587,7 +596,7 @@ class KeypointFitter:
         return torch.cat(res, 1)
 
     def _run_lm(self, params: dict[str, torch.Tensor], keys: tuple[str, ...], steps: int, pr: _Problem, sets,
-                eps: float = 1e-3) -> None:
+                eps: float = 1e-3, tol: float = 2e-3) -> torch.Tensor | None:
         """Levenberg-Marquardt on ``_residuals`` over the entries ``keys`` of ``params`` (the others held), in
         place, each batch element on its own (own damping, own accept/reject).
 
@@ -596,9 +605,12 @@ class KeypointFitter:
         model's cost is per call, not per row (Anny: ~1 ms for 1 row, ~2.3 ms for 64, 1 thread), so one
         iteration costs about two plain forward passes — and Gauss-Newton steps converge in a few
         iterations where a first-order method needs ten or more evaluations with gradients. Each trial point
-        is evaluated together with its own perturbations: accepted, its Jacobian is already there."""
+        is evaluated together with its own perturbations: accepted, its Jacobian is already there.
+
+        Stops when every element's last accepted step lowered its energy by less than the fraction ``tol``.
+        Returns the (B,) energy ``Σ r²`` at the result (None when ``steps`` is 0)."""
         if steps <= 0:
-            return
+            return None
         fixed = {k: v.detach() for k, v in params.items() if k not in keys}
         sizes = [params[k].shape[1] for k in keys]
         x = torch.cat([params[k].detach() for k in keys], 1)
@@ -611,12 +623,20 @@ class KeypointFitter:
         fixed_r = {k: v if v.shape[0] == 1 else v[rep] for k, v in fixed.items()}  # one row broadcasts
         step = torch.cat([torch.zeros(1, D, dtype=x.dtype, device=x.device),
                           torch.eye(D, dtype=x.dtype, device=x.device) * eps])  # (D + 1, D)
+        closed = [keys == ("go", "uvl", "bp") and tuple(sets) == ("coco17",) and "be" in fixed]
 
         def evaluate(xv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             self.evaluations += 1
             xs = (xv[:, None, :] + step[None]).reshape(-1, D)
             with torch.no_grad():
-                r = self._residuals({**fixed_r, **dict(zip(keys, torch.split(xs, sizes, 1)))}, prr, sets)
+                # the body's key-points of the perturbed copies: from its closed-form Jacobian where it has
+                # one (one evaluation of the body instead of D + 1), the rest of the residuals as before
+                kp3 = self._keypoints_linearised(xv, fixed["be"], pr, eps) if closed[0] else None
+                if kp3 is None:
+                    closed[0] = False  # the body model has no closed form: perturbed copies of the body
+                else:
+                    kp3 = kp3.reshape(B * (D + 1), -1, 3)
+                r = self._residuals({**fixed_r, **dict(zip(keys, torch.split(xs, sizes, 1)))}, prr, sets, kp3)
             r = r.view(B, D + 1, -1)
             return r[:, 0], (r[:, 1:] - r[:, :1]).transpose(1, 2) / eps  # (B, M), (B, M, D)
 
@@ -639,10 +659,54 @@ class KeypointFitter:
             J = torch.where(acc[:, None, None], Jt, J)
             e = torch.where(acc, et, e)
             mu = torch.where(acc, mu * 0.3, mu * 8.0).clamp(1e-7, 1e7)
-            if bool((acc & (gain < 2e-3)).all()) or bool((dx.abs().amax(1) < 1e-5).all()):
-                break  # converged: every element's last accepted step changed its energy by < 0.2 %
+            if bool((acc & (gain < tol)).all()) or bool((dx.abs().amax(1) < 1e-5).all()):
+                break  # converged: every element's last accepted step changed its energy by < tol
         for k, v in zip(keys, torch.split(x, sizes, 1)):
             params[k] = v.detach()
+        return e
+
+    def _keypoints_linearised(self, x: torch.Tensor, be: torch.Tensor, pr: _Problem,
+                              eps: float) -> torch.Tensor | None:
+        """(B, D + 1, J, 3): the key-points of x = (go, uvl, bp) (B, D) and, to first order, of its D copies
+        with one value moved by ``eps`` — from one evaluation of the body's closed-form Jacobian (None: the
+        body model has none)."""
+        B = x.shape[0]
+        go, uvl, bp = x[:, :3], x[:, 3:6], x[:, 6:]
+        transl = self._to_transl(uvl, pr)
+        # the key-points less transl and their Jacobian do not depend on transl: kept for the last points
+        # evaluated, so that a warm start from a result of this fitter (the next drag step, the next video
+        # frame) finds its starting point's Jacobian already there
+        be = be.expand(B, -1)
+        keys = [r.tobytes() for r in torch.cat([go, bp, be], 1).cpu().numpy()]
+        memo = self._jac_memo
+        if all(k in memo for k in keys):
+            q = torch.stack([memo[k][0] for k in keys])
+            jac = torch.stack([memo[k][1] for k in keys])
+        else:
+            out = self.body.joints_jacobian(go, bp, be, torch.zeros_like(transl), "coco17")  # (B,17,3), (B,17,3,n)
+            if out is None:
+                return None
+            q, jac = out
+            for b, k in enumerate(keys):
+                memo[k] = (q[b], jac[b])
+        for k in keys:
+            memo.move_to_end(k)
+        while len(memo) > self._JAC_MEMO_SIZE:
+            memo.popitem(last=False)
+        kp = q + transl[:, None]
+        n = jac.shape[-1]
+        idx = pr.idx
+        kp3 = (kp.gather(1, idx).view(B, -1, 2, 3) * pr.coef[..., None]).sum(2)  # as _keypoints3d
+        jk = (jac.gather(1, idx[..., None].expand(-1, -1, -1, n)).view(B, -1, 2, 3, n)
+              * pr.coef[..., None, None]).sum(2)  # (B, J, 3, 3 + P)
+        # transl = (u z U/f_x, v z U/f_y, z), z = exp(l): its columns d/du, d/dv, d/dl
+        z = transl[:, 2]
+        dt = torch.zeros(B, 3, 3, dtype=x.dtype, device=x.device)
+        dt[:, 0, 0] = z * _TRANSL_UNIT_PX / pr.focal[:, 0]
+        dt[:, 1, 1] = z * _TRANSL_UNIT_PX / pr.focal[:, 1]
+        dt[:, :, 2] = transl
+        jx = torch.cat([jk[..., :3], dt[:, None].expand(-1, jk.shape[1], -1, -1), jk[..., 3:]], -1)  # (B,J,3,D)
+        return torch.cat([kp3[:, None], kp3[:, None] + eps * jx.permute(0, 3, 1, 2)], 1)
 
     def _run_adam(self, params: dict[str, torch.Tensor], lrs: dict[str, float], steps: int, closure) -> None:
         """Minimise ``closure(params).sum()`` over the entries of ``params`` with a positive rate in ``lrs``
@@ -836,15 +900,20 @@ class KeypointFitter:
         pr.prev = {"R": axis_angle_to_matrix(go), "bp": bp.clone(), "be": be.clone(), "transl": tr.clone()}
         pr.prev_weight = prior_weight
         params = {"go": go, "uvl": uvl, "bp": bp, "be": be}
+        e = None
         if cfg.warm_solver == "lm":  # shape kept
-            self._run_lm(params, ("go", "uvl", "bp"), iters, pr, sets)
+            e = self._run_lm(params, ("go", "uvl", "bp"), iters, pr, sets, tol=cfg.warm_tolerance)
+            if e is not None and cfg.optimize_betas:  # Σ r² is the energy less the (held) shape's prior
+                e = e + cfg.shape_prior_weight * self.body.shape_prior(params["be"])
         else:
             f = cfg.lr_warm_factor
             lrs = {"go": cfg.lr_rotation * f, "uvl": cfg.lr_transl * f, "bp": cfg.lr_rotation * f}  # shape kept
             self._run_adam(params, lrs, iters,
                            lambda p: self._energy(p["go"], p["bp"], p["be"], p["uvl"], pr, sets, pr.weight, True))
-        with torch.no_grad():
-            e = self._energy(params["go"], params["bp"], params["be"], params["uvl"], pr, sets, pr.weight, True)
+        if e is None:
+            with torch.no_grad():
+                e = self._energy(params["go"], params["bp"], params["be"], params["uvl"], pr, sets, pr.weight,
+                                 True)
         return self._pick_best(warm, e, params, pr)
 
     def _pick_best(self, owner, e, params, pr) -> dict[int, tuple[torch.Tensor, ...]]:

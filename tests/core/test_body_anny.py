@@ -136,6 +136,29 @@ def test_gradients(anny):
         assert torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
 
 
+def test_closed_form_jacobian_equals_central_differences_of_forward():
+    """``joints_jacobian`` (the warm re-fit's Jacobian from one evaluation) against central differences of
+    ``forward`` itself, in float64: random poses and the rest pose (the small-angle branch), several shapes."""
+    m = load_body_model("anny").double()
+    go, pose, betas, tr = (x.double() for x in _random(m, 3, seed=11))
+    go[0], pose[0] = 0.0, 0.0  # rest pose: every rotation at the small-angle branch
+    kp, jac = m.joints_jacobian(go, pose, betas, tr, "coco17")
+    ref = m(go, pose, betas, tr, joint_sets=("coco17",)).joints["coco17"]
+    assert kp.shape == (3, 17, 3) and jac.shape == (3, 17, 3, 3 + m.pose_dim)
+    assert torch.allclose(kp, ref, atol=1e-12)
+    x, eps = torch.cat([go, pose], 1), 1e-6
+    fd = torch.empty_like(jac)
+    for i in range(x.shape[1]):
+        d = torch.zeros_like(x)
+        d[:, i] = eps
+        f = [m((x + s * d)[:, :3], (x + s * d)[:, 3:], betas, tr, joint_sets=("coco17",)).joints["coco17"]
+             for s in (1, -1)]
+        fd[..., i] = (f[0] - f[1]) / (2 * eps)
+    assert float(fd.abs().max()) > 0.3  # the check below is not 0 == 0
+    assert float((jac - fd).abs().max()) < 1e-8
+    assert m.joints_jacobian(go, pose, betas, tr, "smpl24") is None  # no closed form there: the caller falls back
+
+
 def _flexion_axis(anny, bone):
     return anny._lim_frames[_bone(bone), 0]
 

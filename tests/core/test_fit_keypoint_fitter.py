@@ -210,6 +210,8 @@ def test_config_is_strict():
         from_dict(FitConfig, {"lr_rotation": 0.0})
     with pytest.raises(ConfigError, match="output_joint_set"):
         from_dict(FitConfig, {"output_joint_set": "nope"})
+    with pytest.raises(ConfigError, match="warm_tolerance"):
+        from_dict(FitConfig, {"warm_tolerance": 0.0})
 
 
 def test_smooth_sequence_reduces_jitter(fitter, body, cold):
@@ -397,3 +399,41 @@ def test_gauss_newton_warm_refit_reaches_the_minimum_in_few_evaluations(body, sc
     before = np.linalg.norm(start.keypoints2d[j] - uv[j])
     for r in (r_lm, r_gr):
         assert np.linalg.norm(r.keypoints2d[j] - uv[j]) < 0.5 * before
+
+
+def test_closed_form_warm_refit_equals_the_perturbed_copies_refit():
+    """Anny's warm re-fit takes the body's Jacobian in closed form (one evaluation) instead of from D + 1
+    perturbed copies of the body: the same drag re-fitted both ways lands on the same body (the two
+    Jacobians differ only by the forward difference's own error), and a later warm start from the result
+    finds its starting point's Jacobian kept (one evaluation of the body fewer)."""
+    import torch
+
+    body = load_body_model("anny")
+    sp = sample_scene(body, CAM, 1, np.random.default_rng(3), depth_range=(3.0, 8.0))[0]
+    j = J.index("coco17", "R_Wrist")
+    closed = KeypointFitter(body)
+    start = closed.estimate(None, [_person(sp.joints2d)], camera=CAM)[0]
+    uv = sp.joints2d.copy()
+    uv[j] += (24.0, 18.0)
+    moved = dataclasses.replace(_person(uv), edited=np.eye(17, dtype=bool)[j], source="user")
+
+    copies = KeypointFitter(body)
+    copies._keypoints_linearised = lambda *a, **k: None  # as for a body model without a closed form
+    calls = []
+    jac = body.joints_jacobian
+    body.joints_jacobian = lambda *a, **k: calls.append(1) or jac(*a, **k)
+    try:
+        e0 = closed.evaluations
+        a = closed.estimate(None, [moved], camera=CAM, previous=[start])[0]
+        n_closed, n_eval = len(calls), closed.evaluations - e0
+        b = copies.estimate(None, [moved], camera=CAM, previous=[start])[0]
+    finally:
+        del body.joints_jacobian
+    assert len(calls) == n_closed  # the copies' path never used it
+    assert n_eval >= 2 and n_closed == n_eval - 1  # the start's Jacobian was kept from the cold fit
+    assert abs(a.loss - b.loss) <= 0.01 * b.loss
+    assert np.abs(a.joints3d - b.joints3d).max() < 0.01  # metres
+    assert np.abs(a.keypoints2d - b.keypoints2d).max() < 1.0  # pixels
+    before = np.linalg.norm(start.keypoints2d[j] - uv[j])
+    assert np.linalg.norm(a.keypoints2d[j] - uv[j]) < 0.5 * before
+    assert torch.is_tensor(next(iter(closed._jac_memo.values()))[1])
