@@ -123,11 +123,9 @@ def _warm_breakdown(fitter: KeypointFitter, persons: list) -> None:
     def cum(pred) -> float:
         return sum(v[3] for k, v in stats.items() if pred(k)) * 1e3 / len(pairs)
 
-    def body_from(callers: tuple[str, ...]) -> float:  # the body model's time, called from these fitter methods
-        return sum(ct for k, v in stats.items() if "/body/" in k[0] and k[2] in ("forward", "joints_jacobian")
-                   for c, (_, _, _, ct) in v[4].items() if c[2] in callers) * 1e3 / len(pairs)
-
-    body = body_from(("_keypoints3d", "_keypoints_linearised", "_energy"))
+    # the body model inside the solver: _keypoints3d (the perturbed copies' forward) and the closed-form Jacobian
+    body = cum(lambda k: (k[0].endswith("fitter.py") and k[2] == "_keypoints3d")
+               or ("/body/" in k[0] and k[2] == "joints_jacobian"))
     backward = cum(lambda k: k[2] == "run_backward" or k[2] == "_engine_run_backward")
     energy = cum(lambda k: k[0].endswith("fitter.py") and k[2] in ("_energy", "_residuals",
                                                                           "_keypoints_linearised"))
