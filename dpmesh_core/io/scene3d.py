@@ -631,17 +631,23 @@ def _draw_ground(rgb: np.ndarray, scene: Scene, vc: ViewCamera) -> None:
         return
     K = vc.camera.K
     uv = poly[:, :2] / poly[:, 2:3] * np.array([K[0, 0], K[1, 1]]) + np.array([K[0, 2], K[1, 2]])
-    pts = np.round(np.clip(uv, -4e6, 4e6) * 16).astype(np.int32)  # 4 fractional bits (cv2's shift)
     H, W = rgb.shape[:2]
-    inside = np.zeros((H, W), np.uint8)
+    # only the polygon's bounding box of the picture is looked at (the ground seldom fills the picture)
+    x0, y0 = (max(int(np.floor(uv[:, i].min())) - 1, 0) for i in (0, 1))
+    x1, y1 = min(int(np.ceil(uv[:, 0].max())) + 2, W), min(int(np.ceil(uv[:, 1].max())) + 2, H)
+    if x1 <= x0 or y1 <= y0:
+        return
+    pts = np.round(np.clip(uv - (x0, y0), -4e6, 4e6) * 16).astype(np.int32)  # 4 fractional bits (cv2's shift)
+    sub = rgb[y0:y1, x0:x1]
+    inside = np.zeros(sub.shape[:2], np.uint8)
     cv2.fillPoly(inside, [pts], 255, cv2.LINE_8, 4)
     bg = np.round(np.asarray(scene.background, np.float64) * 255)
-    empty = cv2.inRange(rgb, np.clip(bg - 1, 0, 255), np.clip(bg + 1, 0, 255))
+    empty = cv2.inRange(sub, np.clip(bg - 1, 0, 255), np.clip(bg + 1, 0, 255))
     col = ground_color(scene)
     key = (H, W, col.tobytes())
     if _GROUND_FILL[0] != key:
         _GROUND_FILL[:] = [key, np.ascontiguousarray(np.broadcast_to(col, (H, W, 3)))]
-    cv2.copyTo(_GROUND_FILL[1], cv2.bitwise_and(inside, empty), rgb)  # in place (rgb is its own dst)
+    cv2.copyTo(_GROUND_FILL[1][:y1 - y0, :x1 - x0], cv2.bitwise_and(inside, empty), sub)  # in place (a view)
 
 
 _GROUND_FILL: list = [None, None]  # (size, colour) -> a picture of that colour (copied under the ground's mask)
