@@ -44,7 +44,7 @@ class FitConfig:
     #: the Levenberg-Marquardt warm start stops when its last accepted step lowered the energy by less than
     #: this fraction (a drag is re-fitted on every mouse move: the last fraction of a percent is not worth an
     #: evaluation; the cold start's polish converges to 0.2 % so that a warm start from it stays put)
-    warm_tolerance: float = 1e-2
+    warm_tolerance: float = 5e-3
     #: ``refine`` of a network result
     refine_iters: int = 40
     #: "lbfgs" (quasi-Newton with a strong-Wolfe line search: few iterations; the default) or "adam"
