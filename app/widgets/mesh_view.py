@@ -113,6 +113,7 @@ class MeshCanvas(QWidget):
         self.view.zoom(1.0015 ** e.angleDelta().y())
 
     def resizeEvent(self, e) -> None:  # noqa: N802
+        self.view.place_info()
         self.view.schedule()
 
 
@@ -173,8 +174,11 @@ class MeshView(QWidget):
         self.play_btn.toggled.connect(self.set_playing)
         self.save_btn = QPushButton("Save view…")
         self.save_btn.clicked.connect(self._save_dialog)
-        self.info = QLabel("")
-        self.info.setStyleSheet("color: #999")
+        # the last picture's time, in the canvas's top-right corner (not in a layout: a text that changes with
+        # every picture would widen the dock while orbiting, and the main window never gives the room back)
+        self.info = QLabel("", self.canvas)
+        self.info.setStyleSheet("color: #bbb; background: rgba(0, 0, 0, 110); padding: 1px 4px;")
+        self.info.setAttribute(Qt.WidgetAttribute.WA_TransparentForMouseEvents)
         self.persons_list = QListWidget()
         self.persons_list.setToolTip("Depth order: nearest first, metres from the photo camera. Tick to show.")
         self.persons_list.itemChanged.connect(self._item_changed)
@@ -184,7 +188,6 @@ class MeshView(QWidget):
         for w in (self.reset_btn, *self.preset_btns.values(), self.play_btn, self.save_btn):
             bar1.addWidget(w)
         bar1.addStretch(1)
-        bar1.addWidget(self.info)
         bar2 = QHBoxLayout()
         for w in (*self.toggles.values(), self.sel_box):
             bar2.addWidget(w)
@@ -493,7 +496,13 @@ class MeshView(QWidget):
         self.last_rgb = np.asarray(rgb)
         self.canvas.image = rgb_to_qimage(self.last_rgb)
         self.info.setText(f"{secs * 1000:.0f} ms" + (" (moving: reduced detail)" if self.last_lod else ""))
+        self.place_info()
         self.canvas.update()
+
+    def place_info(self) -> None:
+        """The frame-time label at the canvas's top-right corner, sized to its text."""
+        self.info.adjustSize()
+        self.info.move(max(self.canvas.width() - self.info.width() - 4, 0), 4)
 
     def save_view(self, path: str | Path) -> Path:
         """Write the current picture (the last full render) to ``path`` (PNG)."""
@@ -510,3 +519,4 @@ class MeshView(QWidget):
                 self.save_view(path if path.lower().endswith(".png") else path + ".png")
             except (OSError, ValueError) as e:
                 self.info.setText(f"Could not save: {e}")
+                self.place_info()

@@ -232,3 +232,27 @@ def test_view3d_moving_camera_draws_reduced_detail_then_full(qapp, qtbot, media_
         assert rendered[-1] == (c.height(), c.width())  # every picture at the widget's size
     finally:
         s.shutdown()
+
+
+def test_view3d_frame_time_text_does_not_widen_the_view(qapp, qtbot):
+    """The frame-time label changes with every picture ("… ms (moving: reduced detail)" while orbiting): the
+    view's minimum width must not follow it, or the main window widens the mesh dock during an orbit (seen on
+    Xvfb) and never gives the room back."""
+    s = Session(inference=InferenceService(estimator_factory=lambda: RecordingEstimator()))
+    try:
+        view = MeshView(s)
+        qtbot.addWidget(view)
+        view.show()
+        qtbot.waitExposed(view)
+        view.info.setText("12 ms")
+        QApplication.processEvents()
+        short = (view.minimumSizeHint().width(), view.sizeHint().width(), view.layout().minimumSize().width())
+        view.info.setText("1234 ms (moving: reduced detail) and a good deal more text than fits anywhere")
+        QApplication.processEvents()
+        assert (view.minimumSizeHint().width(), view.sizeHint().width(), view.layout().minimumSize().width()) == short
+        view.info.setText("34 ms (moving: reduced detail)")
+        view.place_info()
+        g, c = view.info.geometry(), view.canvas.rect()
+        assert view.info.parent() is view.canvas and c.contains(g.topLeft()) and g.right() <= c.right()
+    finally:
+        s.shutdown()
