@@ -109,7 +109,9 @@ class OverlayLayers:
         if len(rows) == 0:
             return (0, 0, 0, 0, None, None)
         y0, y1, x0, x1 = int(rows[0]), int(rows[-1]) + 1, int(cols[0]), int(cols[-1]) + 1
-        return (oy + y0, oy + y1, ox + x0, ox + x1, rgb[y0:y1, x0:x1].copy(), depth[y0:y1, x0:x1].copy())
+        d = np.array(depth[y0:y1, x0:x1], np.float32)
+        d[~mask[y0:y1, x0:x1]] = np.inf  # not drawn: behind everything (one comparison when composing)
+        return (oy + y0, oy + y1, ox + x0, ox + x1, rgb[y0:y1, x0:x1].copy(), d)
 
     def _store(self, key: bytes, layer: tuple) -> None:
         self.layers[key] = layer
@@ -200,11 +202,12 @@ class OverlayLayers:
         """The blend of render_overlay, computed on the covered pixels only (same float32 arithmetic)."""
         import numpy as np
 
-        out = np.array(img, np.uint8, copy=True).reshape(-1, 3)
-        idx = np.flatnonzero(mask)
-        under = out[idx].astype(np.float32)
-        out[idx] = ((1 - a) * under + a * rgb.reshape(-1, 3)[idx].astype(np.float32) + 0.5).astype(np.uint8)
-        return out.reshape(img.shape)
+        out = np.array(img, np.uint8, copy=True)
+        # over the whole rectangle, then kept where covered: contiguous arithmetic is several times faster than
+        # gathering and scattering the covered pixels (the same float32 operations per pixel)
+        mixed = ((1 - a) * out.astype(np.float32) + a * np.asarray(rgb).astype(np.float32) + 0.5).astype(np.uint8)
+        np.copyto(out, mixed, where=np.asarray(mask, bool)[..., None])
+        return out
 
     def _hold(self, keys: list) -> dict:
         """{key: layer} of the cached layers among ``keys``, marked recently used: a request composes from
@@ -224,6 +227,9 @@ class OverlayLayers:
         ``region`` (y0, y1, x0, x1) only."""
         import numpy as np
 
+        from .render import _cv2
+
+        cv2 = _cv2()
         Y0, Y1, X0, X1 = region
         zbuf = np.full((Y1 - Y0, X1 - X0), np.inf, np.float32)
         rgb = np.zeros((Y1 - Y0, X1 - X0, 3), np.uint8)
@@ -236,9 +242,15 @@ class OverlayLayers:
                 continue
             ld = ldepth[a0 - y0:a1 - y0, b0 - x0:b1 - x0]
             zr = zbuf[a0 - Y0:a1 - Y0, b0 - X0:b1 - X0]
-            closer = (ld > 0) & (ld < zr)
-            zr[closer] = ld[closer]
-            rgb[a0 - Y0:a1 - Y0, b0 - X0:b1 - X0][closer] = lrgb[a0 - y0:a1 - y0, b0 - x0:b1 - x0][closer]
+            lr, rr = lrgb[a0 - y0:a1 - y0, b0 - x0:b1 - x0], rgb[a0 - Y0:a1 - Y0, b0 - X0:b1 - X0]
+            if cv2 is not None:  # (in place on the views: OpenCV writes through their strides)
+                closer = cv2.compare(ld, zr, cv2.CMP_LT)
+                cv2.copyTo(ld, closer, zr)
+                cv2.copyTo(lr, closer, rr)
+            else:
+                closer = ld < zr
+                np.copyto(zr, ld, where=closer)
+                np.copyto(rr, lr, where=closer[..., None])
         return rgb, np.isfinite(zbuf)
 
     def compose(self, get: Callable[[int, int], Any], meshes: list, camera: Any,

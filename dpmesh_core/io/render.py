@@ -623,14 +623,19 @@ def _projected_rect(meshes: Sequence[MeshSpec], K: np.ndarray, T: np.ndarray, wi
     if not meshes:
         return None
     lo, hi = np.full(2, np.inf), np.full(2, -np.inf)
+    still = np.array_equal(T, np.eye(4))  # an overlay's layer: the camera's own view
     for v, _, _ in meshes:
-        x = _apply(T, np.asarray(v, np.float64).reshape(-1, 3))
+        v = np.asarray(v).reshape(-1, 3)
+        x = v if still else _apply(T, np.asarray(v, np.float64))
         if len(x) == 0:
             continue
-        if (x[:, 2] <= near).any():
+        z = x[:, 2]
+        if z.min() <= near:
             return 0, 0, width - 1, height - 1
-        uv = x[:, :2] / x[:, 2:3] * np.array([K[0, 0], K[1, 1]]) + np.array([K[0, 2], K[1, 2]])
-        lo, hi = np.minimum(lo, uv.min(0)), np.maximum(hi, uv.max(0))
+        u, w = x[:, 0] / z, x[:, 1] / z  # (float32 for a float32 mesh: the box has a margin of pixels)
+        uv_lo = np.array([u.min(), w.min()], np.float64) * (K[0, 0], K[1, 1]) + (K[0, 2], K[1, 2])
+        uv_hi = np.array([u.max(), w.max()], np.float64) * (K[0, 0], K[1, 1]) + (K[0, 2], K[1, 2])
+        lo, hi = np.minimum(lo, uv_lo), np.maximum(hi, uv_hi)
     if not np.isfinite(lo).all():
         return None
     x0, y0 = np.floor(lo).astype(int) - margin
