@@ -823,8 +823,8 @@ class MeshRenderer:
 
     @staticmethod
     def _geometry_key(meshes) -> tuple:
-        """Per mesh: digests of its vertices and faces, and its colour (``render_with_mask``: arrays may have
-        changed in place)."""
+        """Per mesh: digests of its vertices and faces, and its colour (``render_with_mask``: vertices may have
+        changed in place; a faces array is digested once, as everywhere here: topologies are not edited in place)."""
         import hashlib
 
         def digest(a: np.ndarray) -> bytes:
@@ -833,7 +833,7 @@ class MeshRenderer:
             h.update(a.data)
             return h.digest()
 
-        return tuple((digest(np.ascontiguousarray(v, np.float32)), digest(np.ascontiguousarray(f, np.int32)),
+        return tuple((digest(np.ascontiguousarray(v, np.float32)), _faces_digest(f),
                       tuple(float(x) for x in _rgb01(c))) for v, f, c in meshes)
 
     def render_frame(
