@@ -10,6 +10,13 @@ import torch
 import torch.nn.functional as F
 
 
+def skew(v: torch.Tensor) -> torch.Tensor:
+    """(..., 3) → (..., 3, 3) cross-product matrix [v]×: [v]× w = v × w."""
+    x, y, z = v.unbind(-1)
+    o = torch.zeros_like(x)
+    return torch.stack([o, -z, y, z, o, -x, -y, x, o], -1).reshape(*v.shape[:-1], 3, 3)
+
+
 def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
     """Rodrigues: (..., 3) radians → (..., 3, 3). Smooth at 0 (Taylor terms), differentiable."""
     theta2 = (aa * aa).sum(-1, keepdim=True).unsqueeze(-1)  # (..., 1, 1)
@@ -17,11 +24,22 @@ def axis_angle_to_matrix(aa: torch.Tensor) -> torch.Tensor:
     small = theta2 < 1e-8
     sin_t = torch.where(small, 1 - theta2 / 6, torch.sin(theta) / theta)
     cos_t = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / theta2.clamp_min(1e-12))
-    x, y, z = aa.unbind(-1)
-    o = torch.zeros_like(x)
-    K = torch.stack([o, -z, y, z, o, -x, -y, x, o], -1).reshape(*aa.shape[:-1], 3, 3)
+    K = skew(aa)
     eye = torch.eye(3, dtype=aa.dtype, device=aa.device).expand_as(K)
     return eye + sin_t * K + cos_t * (K @ K)
+
+
+def axis_angle_right_jacobian(aa: torch.Tensor) -> torch.Tensor:
+    """(..., 3) axis-angle ω → (..., 3, 3) right Jacobian of SO(3): exp(ω + δ) ≈ exp(ω) exp(Jr(ω) δ);
+    Jr = I − (1 − cos θ)/θ² [ω]× + (θ − sin θ)/θ³ [ω]×² (Taylor terms near 0)."""
+    theta2 = (aa * aa).sum(-1, keepdim=True).unsqueeze(-1)
+    theta = torch.sqrt(theta2.clamp_min(1e-12))
+    small = theta2 < 1e-6
+    a = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / theta2.clamp_min(1e-12))
+    b = torch.where(small, 1 / 6 - theta2 / 120, (theta - torch.sin(theta)) / (theta2 * theta).clamp_min(1e-18))
+    K = skew(aa)
+    eye = torch.eye(3, dtype=aa.dtype, device=aa.device).expand_as(K)
+    return eye - a * K + b * (K @ K)
 
 
 def matrix_to_quaternion(R: torch.Tensor) -> torch.Tensor:

@@ -530,7 +530,7 @@ class AnnyBody(BodyModel):
         the origin in the same way."""
         if joint_set != "coco17":
             return None
-        from ..torchgeom import axis_angle_to_matrix
+        from ..torchgeom import axis_angle_right_jacobian, axis_angle_to_matrix
 
         B = max(global_orient.shape[0], body_pose.shape[0], betas.shape[0])
         sc = self._shape(betas if betas.shape[0] == 1 else betas.expand(B, -1))
@@ -542,7 +542,7 @@ class AnnyBody(BodyModel):
         P = torch.einsum("nkai,aj->nkji", Z, self._subtree) - (c @ self._subtree)[None, :, :, None] * t[:, None]
         kp = Z.sum(2)  # (B, K, 3) Anny frame
         aa = body_pose.reshape(B, -1, 3)[:, self._node_pose_order] @ self._CU0  # (B, N-1, 3)
-        M = G[:, 1:] @ _right_jacobian(aa) @ self._CU0.T  # (B, N-1, 3, 3): d w / d (the node's 3 values)
+        M = G[:, 1:] @ axis_angle_right_jacobian(aa) @ self._CU0.T  # (B, N-1, 3, 3): d w / d (the node's 3 values)
         # d kp_k / d θ_j = −[P_kj]× M_j: column by column, m × P
         dpose = torch.linalg.cross(M.transpose(-1, -2)[:, None], P[:, :, 1:, None, :].expand(-1, -1, -1, 3, -1))
         dpose = dpose[:, :, self._pose_slot_of_node].permute(0, 1, 4, 2, 3).reshape(B, 17, 3, -1)  # (B,K,3,57)
@@ -550,7 +550,7 @@ class AnnyBody(BodyModel):
         Rf = Rg @ self._C
         q = kp @ Rf.transpose(-1, -2)  # (B, K, 3) canonical, before transl
         # d (R q) / d ω_global = −[R q]× R Jr(ω): column by column, (R Jr)_col × (R q)
-        RJ = (Rg @ _right_jacobian(global_orient)).transpose(-1, -2)  # (B, 3 cols, 3)
+        RJ = (Rg @ axis_angle_right_jacobian(global_orient)).transpose(-1, -2)  # (B, 3 cols, 3)
         dgo = torch.linalg.cross(RJ[:, None], q[:, :, None].expand(-1, -1, 3, -1)).transpose(-1, -2)  # (B,K,3,3)
         jac = torch.cat([dgo, Rf[:, None] @ dpose], -1)
         return q + transl[:, None], jac
@@ -621,17 +621,3 @@ class AnnyBody(BodyModel):
 
         return axis_angle_to_matrix(global_orient)
 
-
-def _right_jacobian(aa: torch.Tensor) -> torch.Tensor:
-    """(..., 3) axis-angle → (..., 3, 3) right Jacobian of SO(3): exp(ω + δ) ≈ exp(ω) exp(Jr(ω) δ);
-    Jr = I − (1 − cos θ)/θ² [ω]× + (θ − sin θ)/θ³ [ω]×² (Taylor terms near 0)."""
-    theta2 = (aa * aa).sum(-1, keepdim=True).unsqueeze(-1)
-    theta = torch.sqrt(theta2.clamp_min(1e-12))
-    small = theta2 < 1e-6
-    a = torch.where(small, 0.5 - theta2 / 24, (1 - torch.cos(theta)) / theta2.clamp_min(1e-12))
-    b = torch.where(small, 1 / 6 - theta2 / 120, (theta - torch.sin(theta)) / (theta2 * theta).clamp_min(1e-18))
-    x, y, z = aa.unbind(-1)
-    o = torch.zeros_like(x)
-    K = torch.stack([o, -z, y, z, o, -x, -y, x, o], -1).reshape(*aa.shape[:-1], 3, 3)
-    eye = torch.eye(3, dtype=aa.dtype, device=aa.device).expand_as(K)
-    return eye - a * K + b * (K @ K)
