@@ -312,7 +312,10 @@ def restore_results(
 #: modules that api functions an interactive front end calls load lazily, with what they import on first use
 #: (OpenCV for thumbnails and images, the renderer's numpy helpers for the 3-D scene's levels of detail)
 FRONT_END_MODULES = ("cv2", "dpmesh_core.io.images", "dpmesh_core.io.render", "dpmesh_core.io.scene3d",
-                     "dpmesh_core.quality")
+                     "dpmesh_core.quality",
+                     # np.median's NaN check imports numpy.ma on its first call (the 3-D view's first ground fit):
+                     # 20-40 ms on a GUI thread, where PySide's import hook reads each new module's source
+                     "numpy.ma")
 
 
 def warm_imports(modules: Sequence[str] = FRONT_END_MODULES) -> list[str]:

@@ -89,17 +89,40 @@ def test_one_sample_config_class_and_dataset_kinds():
     assert (run.flip_prob, run.train, run.return_clean, s.train) == (0.25, False, True, True)
 
 
-def test_front_end_warm_up_imports_the_lazy_modules_but_never_torch():
+def test_front_end_warm_up_imports_the_lazy_modules_but_never_torch(tmp_path):
     """``api.warm_imports`` (the GUI calls it while idle) loads what the 3-D view's first update would
     otherwise import on the GUI thread, and leaves torch out of the GUI process."""
+    import pickle
     import subprocess
     import sys
 
-    code = ("import sys\nfrom dpmesh_core import api\nfresh = api.warm_imports()\n"
+    import numpy as np
+
+    from dpmesh_core.body.synthetic import synthetic_smpl_arrays
+    from dpmesh_core.types import BodyParams, Camera, MeshResult
+
+    # three standing bodies, handed over pickled (building them imports more than the GUI process has)
+    a, cam, z = synthetic_smpl_arrays(), Camera.default_for(1280, 720), np.zeros(3, np.float32)
+    body = np.asarray(a["v_template"], np.float32) * np.float32([1, -1, -1])
+    res = [MeshResult((body + [x, 1.0, 5.0]).astype(np.float32), np.asarray(a["f"], np.int32), body[:24],
+                      np.zeros((24, 2), np.float32), "smpl24",
+                      BodyParams("smpl", z, np.zeros(69, np.float32), np.zeros(10, np.float32), z), cam)
+           for x in (-1.0, 0.0, 1.0)]
+    data = tmp_path / "results.pkl"
+    data.write_bytes(pickle.dumps(res))
+    code = ("import sys, pickle\nfrom dpmesh_core import api\nfresh = api.warm_imports()\n"
             "print(sorted(fresh), 'torch' in sys.modules, all(m in sys.modules for m in api.FRONT_END_MODULES))\n"
-            "print(api.warm_imports())\n")
+            "print(api.warm_imports())\n"
+            # then the 3-D view's first scene (ground fit, depth order, camera, meshes) imports nothing more
+            f"res = pickle.loads(open({str(data)!r}, 'rb').read())\nbefore = set(sys.modules)\n"
+            "scene = api.Scene(api.scene_persons(res, [(1, 0, 0)] * 3, ['a', 'b', 'c']), res[0].camera, "
+            "api.fit_ground(res))\n"
+            "api.depth_order(scene.persons); api.scene_meshes(scene)\n"
+            "api.OrbitCamera(res[0].camera).view_camera((640, 360), scene)\n"
+            "print(scene.ground is not None, sorted(set(sys.modules) - before))\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split("\n")
     from dpmesh_core import api
 
     assert out[0] == f"{sorted(api.FRONT_END_MODULES)} False True"
     assert out[1] == "[]"  # a second call has nothing left to do
+    assert out[2] == "True []"  # the 3-D view's first scene (a ground fitted) imported nothing on the GUI thread
