@@ -156,6 +156,15 @@ def bench_inference() -> None:
     # 3-D view while orbiting: a continuous orbit as a mouse drag makes it (the next step asked as soon as the
     # last picture arrived, the camera never still long enough for a full-detail frame), then one still frame
     r = win.mesh_view
+    # the 3-D view's dock floated and sized so that its picture is 1280x720 (the size)
+    dock = win._docks["Mesh"]
+    dock.setFloating(True)
+    c = r.canvas
+    for _ in range(8):
+        if (c.width(), c.height()) == (1280, 720):
+            break
+        dock.resize(dock.width() + 1280 - c.width(), dock.height() + 720 - c.height())
+        spin_until(lambda: False, 0.3)
     r.orbit(10, 0)
     before = r.last_render_s
     spin_until(lambda: r.last_render_s != before, 10)
