@@ -142,6 +142,103 @@ class ImageMirror:
         self.refs.clear()
 
 
+#: pictures at least this large come back from a render process through a shared file, not the socket
+SHARED_PICTURE_BYTES = 256 * 1024
+
+
+class PictureRef:
+    """A picture in a reply, left in a file in shared memory (``SharedPictures``): its path, shape, dtype."""
+
+    __slots__ = ("path", "shape", "dtype")
+
+    def __init__(self, path: str, shape: tuple[int, ...], dtype: str):
+        self.path, self.shape, self.dtype = path, tuple(shape), dtype
+
+    def __getstate__(self) -> tuple:
+        return self.path, self.shape, self.dtype
+
+    def __setstate__(self, state: tuple) -> None:
+        self.path, self.shape, self.dtype = state
+
+
+def _shared_dir() -> str:
+    import tempfile
+
+    return "/dev/shm" if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK) else tempfile.gettempdir()
+
+
+class SharedPictures:
+    """The render process's side: its large replies (a 1280x720 3-D view is 2.7 MB) are written into a file in
+    shared memory, one per shape, and only a ``PictureRef`` goes through the socket. Pickling 2.7 MB through
+    the socket pair costs 8-10 ms; the client's copy out of the mapped file under 1 ms. One client per
+    process, which copies a picture out before it sends its next request, so one file per shape suffices.
+    Files of render processes that died without removing theirs are removed at start."""
+
+    PREFIX = "dpmesh-picture-"
+
+    def __init__(self) -> None:
+        self.dir = _shared_dir()
+        self.files: dict[tuple, tuple[str, Any]] = {}
+        for name in os.listdir(self.dir):
+            if name.startswith(self.PREFIX):
+                try:
+                    pid = int(name[len(self.PREFIX):].split("-")[0])
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    _remove(os.path.join(self.dir, name))
+                except (ValueError, PermissionError):
+                    pass
+
+    def put(self, picture: Any) -> Any:
+        """``picture`` itself when small (or not an array), else a ``PictureRef`` to a shared copy of it."""
+        import numpy as np
+
+        if not isinstance(picture, np.ndarray) or picture.nbytes < SHARED_PICTURE_BYTES:
+            return picture
+        key = (picture.shape, picture.dtype.str)
+        slot = self.files.get(key)
+        if slot is None:
+            path = os.path.join(self.dir, f"{self.PREFIX}{os.getpid()}-{len(self.files)}")
+            slot = self.files[key] = (path, np.memmap(path, picture.dtype, "w+", shape=picture.shape))
+        slot[1][...] = picture
+        return PictureRef(slot[0], picture.shape, picture.dtype.str)
+
+    def close(self) -> None:
+        for path, mm in self.files.values():
+            del mm
+            _remove(path)
+        self.files.clear()
+
+
+class SharedPicturesReader:
+    """The client's side of ``SharedPictures``: the picture a ``PictureRef`` names, copied out of its file
+    (the process writes the next picture of that shape into the same file)."""
+
+    def __init__(self) -> None:
+        self.maps: dict[str, tuple[tuple, str, Any]] = {}
+
+    def get(self, ref: Any) -> Any:
+        import numpy as np
+
+        if not isinstance(ref, PictureRef):
+            return ref
+        kept = self.maps.get(ref.path)
+        if kept is None or kept[0] != ref.shape or kept[1] != ref.dtype:
+            kept = self.maps[ref.path] = (ref.shape, ref.dtype, np.memmap(ref.path, np.dtype(ref.dtype), "r",
+                                                                          shape=ref.shape))
+        return np.array(kept[2])
+
+    def clear(self) -> None:
+        self.maps.clear()
+
+
+def _remove(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
 def spawn_server(flag: str, nice: int = 0) -> tuple[Any, Any]:
     """Start ``python -m app.jobs FLAG FD`` connected through a socket pair. Returns (Popen, Connection).
 

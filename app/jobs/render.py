@@ -10,7 +10,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal
 
-from .ipc import ImageMirror, end_server, spawn_server
+from .ipc import ImageMirror, SharedPicturesReader, end_server, spawn_server
 from .protocol import PrepareRenderer, RenderOverlay, RenderScene, RenderView, map_arrays
 from .render_server import ARRAY_SLOTS, BACKGROUND
 from .runner import JobRunner
@@ -33,6 +33,7 @@ class RenderClient:
         self.conn: Any = None
         self.failed = False
         self.arrays = ImageMirror(ARRAY_SLOTS)  # the image and mesh arrays the process has (sent once)
+        self.pictures = SharedPicturesReader()  # large replies come through shared memory
         self.last_server_seconds = 0.0  # the render process's own time on the last request (benchmarks)
         self._fallback: dict[tuple[int, int], Any] = {}
 
@@ -62,7 +63,7 @@ class RenderClient:
                 if status == "error":
                     self.arrays.clear()  # the process forgot its arrays too
                     raise RuntimeError(out)
-                return out
+                return self.pictures.get(out)
         return request.run_here(self._numpy_renderer)
 
     def _by_token(self, request: RenderView | RenderScene | RenderOverlay) -> Any:
@@ -88,6 +89,7 @@ class RenderClient:
             end_server(self.proc, self.conn, 3.0)
             self.conn.close()
             self.proc = None
+        self.pictures.clear()
         for r in self._fallback.values():
             r.close()
         self._fallback.clear()

@@ -13,7 +13,7 @@ import os
 import time
 from typing import Any
 
-from .ipc import ImageRef, ImageSlots
+from .ipc import ImageRef, ImageSlots, SharedPictures
 from .protocol import RenderScene, map_arrays
 
 log = logging.getLogger(__name__)
@@ -72,7 +72,8 @@ def serve(conn: Any) -> None:
     """Main loop of the render process: owns every Open3D renderer (one per output size, at most 3).
 
     Requests: ``protocol.RenderView`` / ``protocol.RenderOverlay``, each answered by its ``run(layers,
-    renderer_for_size)``; replies: ("ok", rgb, seconds) or ("error", message, 0.0). ``None`` ends the loop.
+    renderer_for_size)``; replies: ("ok", rgb, seconds) — rgb a ``ipc.PictureRef`` when large — or ("error",
+    message, 0.0). ``None`` ends the loop.
     """
     os.environ.pop("DISPLAY", None)  # Open3D's EGL path: works headless and on virtual X servers
     state: dict[str, Any] = {"glfw_started": True}
@@ -91,6 +92,7 @@ def serve(conn: Any) -> None:
 
     layers = api.OverlayLayers(lod_tolerance_px=OVERLAY_LOD_PX)
     arrays = ImageSlots(ARRAY_SLOTS)
+    pictures = SharedPictures()  # large replies through shared memory (see SharedPictures)
     lod_todo: list = []  # a 3-D view's persons whose reduced face lists are not computed yet
 
     def idle_lod() -> bool:
@@ -125,7 +127,7 @@ def serve(conn: Any) -> None:
         try:
             t0 = time.perf_counter()
             msg = map_arrays(msg, lambda a: arrays.resolve(a) if isinstance(a, ImageRef) else a)
-            out = msg.run(layers, get)
+            out = pictures.put(msg.run(layers, get))
             conn.send(("ok", out, time.perf_counter() - t0))
             if isinstance(msg, RenderScene) and not msg.lod:
                 # each topology once (the persons of a body model share one; lod_faces caches by content)
@@ -143,4 +145,5 @@ def serve(conn: Any) -> None:
                 break
     for r in renderers.values():
         r.close()
+    pictures.close()
 

@@ -349,3 +349,75 @@ def test_render_process_gets_unchanged_arrays_by_token(qapp):
     finally:
         tokens.close()
         full.close()
+
+
+def test_shared_pictures_round_trip_and_clean_up(tmp_path, monkeypatch):
+    """Large replies of a render process go through a file in shared memory: the reader gets an equal copy
+    (not a view the next picture would overwrite), small ones pass through the socket as they are, the files
+    go when the process closes them, and files of a process that died are removed by the next one."""
+    import os
+    import pickle
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    from app.jobs import ipc
+
+    monkeypatch.setattr(ipc, "_shared_dir", lambda: str(tmp_path))
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f"{ipc.SharedPictures.PREFIX}{dead.pid}-0"
+    stale.write_bytes(b"x" * 10)
+    mine = tmp_path / f"{ipc.SharedPictures.PREFIX}{os.getpid()}-9"  # a live process's file stays
+    mine.write_bytes(b"x")
+    server, reader = ipc.SharedPictures(), ipc.SharedPicturesReader()
+    assert not stale.exists() and mine.exists()
+    rng = np.random.default_rng(0)
+    big = [rng.integers(0, 255, (360, 640, 3), dtype=np.uint8) for _ in range(2)]
+    small = rng.integers(0, 255, (20, 30, 3), dtype=np.uint8)
+    assert server.put(small) is small and server.put("text") == "text"
+    got = []
+    for b in big:
+        ref = server.put(b)
+        assert isinstance(ref, ipc.PictureRef) and os.path.dirname(ref.path) == str(tmp_path)
+        got.append(reader.get(pickle.loads(pickle.dumps(ref))))  # (as through the socket)
+    np.testing.assert_array_equal(got[0], big[0])  # still the first picture after the second was written
+    np.testing.assert_array_equal(got[1], big[1])
+    assert len(os.listdir(tmp_path)) == 2  # one file per shape, and the live process's
+    server.close()
+    reader.clear()
+    assert os.listdir(tmp_path) == [mine.name]
+
+
+def test_render_process_sends_large_pictures_through_shared_memory(qapp):
+    """A 640x480 picture (900 KB) from the render process arrives as a ``PictureRef`` and is read back whole;
+    the process's file is gone once it ends."""
+    import os
+
+    import numpy as np
+
+    from app.jobs import ipc
+    from app.jobs.protocol import RenderView
+    from app.jobs.render import RenderClient
+    from dpmesh_core.types import Camera
+
+    client = RenderClient()
+    replies = []
+    try:
+        client.start()
+        conn = client.conn
+        recv = conn.recv
+        client.conn = type("Spy", (), {"send": conn.send, "close": conn.close, "poll": conn.poll,
+                                       "recv": lambda self: replies.append(recv()) or replies[-1]})()
+        r = _box_result(0.0, 0.0, 2.0, s=0.6)
+        rgb = client.request(RenderView(((r.vertices, r.faces, (0.9, 0.2, 0.2)),), Camera.default_for(640, 480),
+                                        None, (640, 480)))
+        assert isinstance(replies[-1][1], ipc.PictureRef) and not client.failed
+        path = replies[-1][1].path
+        assert rgb.shape == (480, 640, 3) and rgb.dtype == np.uint8
+        assert (np.abs(rgb.astype(int) - rgb[0, 0]).sum(-1) > 30).sum() > 5000  # the cube is in it
+        client.conn = conn
+    finally:
+        client.close()
+    assert not os.path.exists(path)
