@@ -179,7 +179,11 @@ class SharedPictures:
     def __init__(self) -> None:
         self.dir = _shared_dir()
         self.files: dict[tuple, tuple[str, Any]] = {}
-        for name in os.listdir(self.dir):
+        try:
+            names = os.listdir(self.dir)
+        except OSError:
+            names = []
+        for name in names:
             if name.startswith(self.PREFIX):
                 try:
                     pid = int(name[len(self.PREFIX):].split("-")[0])
@@ -197,10 +201,14 @@ class SharedPictures:
             return picture
         key = (picture.shape, picture.dtype.str)
         slot = self.files.get(key)
-        if slot is None:
-            path = os.path.join(self.dir, f"{self.PREFIX}{os.getpid()}-{len(self.files)}")
-            slot = self.files[key] = (path, np.memmap(path, picture.dtype, "w+", shape=picture.shape))
-        slot[1][...] = picture
+        try:
+            if slot is None:
+                path = os.path.join(self.dir, f"{self.PREFIX}{os.getpid()}-{len(self.files)}")
+                slot = self.files[key] = (path, np.memmap(path, picture.dtype, "w+", shape=picture.shape))
+            slot[1][...] = picture
+        except (OSError, ValueError) as e:  # no room in shared memory (or no such file system): the socket
+            log.warning("picture sent through the socket: shared memory unavailable (%s)", e)
+            return picture
         return PictureRef(slot[0], picture.shape, picture.dtype.str)
 
     def close(self) -> None:

@@ -388,6 +388,9 @@ def test_shared_pictures_round_trip_and_clean_up(tmp_path, monkeypatch):
     server.close()
     reader.clear()
     assert os.listdir(tmp_path) == [mine.name]
+    # no usable shared memory: the picture goes through the socket as before
+    monkeypatch.setattr(ipc, "_shared_dir", lambda: str(tmp_path / "missing"))
+    assert ipc.SharedPictures().put(big[0]) is big[0]
 
 
 def test_render_process_sends_large_pictures_through_shared_memory(qapp):
