@@ -199,7 +199,7 @@ class OverlayLayers:
 
     @staticmethod
     def _blend(img: Any, rgb: Any, mask: Any, a: float) -> Any:
-        """The blend of render_overlay, computed on the covered pixels only (same float32 arithmetic)."""
+        """The blend of render_overlay where ``mask`` covers, the image elsewhere (same float32 arithmetic)."""
         import numpy as np
 
         out = np.array(img, np.uint8, copy=True)
