@@ -9,6 +9,7 @@ socket pair (``multiprocessing.connection.Connection``: pickled messages).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import pickle
@@ -189,7 +190,8 @@ class SharedPictures:
                     pid = int(name[len(self.PREFIX):].split("-")[0])
                     os.kill(pid, 0)
                 except ProcessLookupError:
-                    _remove(os.path.join(self.dir, name))
+                    with contextlib.suppress(OSError):
+                        os.unlink(os.path.join(self.dir, name))
                 except (ValueError, PermissionError):
                     pass
 
@@ -212,9 +214,9 @@ class SharedPictures:
         return PictureRef(slot[0], picture.shape, picture.dtype.str)
 
     def close(self) -> None:
-        for path, mm in self.files.values():
-            del mm
-            _remove(path)
+        for path, _ in self.files.values():
+            with contextlib.suppress(OSError):
+                os.unlink(path)  # (the mapping itself goes with the dict)
         self.files.clear()
 
 
@@ -238,13 +240,6 @@ class SharedPicturesReader:
 
     def clear(self) -> None:
         self.maps.clear()
-
-
-def _remove(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
 
 
 def spawn_server(flag: str, nice: int = 0) -> tuple[Any, Any]:

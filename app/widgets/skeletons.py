@@ -119,7 +119,7 @@ class PersonsItem(QGraphicsItem):
         snapped = QPointF(np.floor(corner.x()), np.floor(corner.y()))
         origin = world.inverted()[0].map(snapped)
         rect = QRectF(origin.x(), origin.y(), rect.width() + 2 * px, rect.height() + 2 * px)
-        key = (id(p), selected, doc.selected_joint if selected else -1, doc.color_key(uid), doc.label(uid),
+        key = (selected, doc.selected_joint if selected else -1, doc.color_key(uid), doc.label(uid),
                bool(doc.result_error(uid)), doc.low_confidence(uid) is not None,
                None if interp is None else tuple(np.asarray(interp, bool)), round(px, 9),
                round(rect.x(), 6), round(rect.y(), 6), round(rect.width(), 6), round(rect.height(), 6))

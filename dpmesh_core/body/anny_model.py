@@ -530,7 +530,7 @@ class AnnyBody(BodyModel):
         the origin in the same way."""
         if joint_set != "coco17":
             return None
-        from ..torchgeom import axis_angle_right_jacobian, axis_angle_to_matrix
+        from ..torchgeom import axis_angle_right_jacobian
 
         B = max(global_orient.shape[0], body_pose.shape[0], betas.shape[0])
         sc = self._shape(betas if betas.shape[0] == 1 else betas.expand(B, -1))
@@ -546,8 +546,8 @@ class AnnyBody(BodyModel):
         # d kp_k / d θ_j = −[P_kj]× M_j: column by column, m × P
         dpose = torch.linalg.cross(M.transpose(-1, -2)[:, None], P[:, :, 1:, None, :].expand(-1, -1, -1, 3, -1))
         dpose = dpose[:, :, self._pose_slot_of_node].permute(0, 1, 4, 2, 3).reshape(B, 17, 3, -1)  # (B,K,3,57)
-        Rg = axis_angle_to_matrix(global_orient)
-        Rf = Rg @ self._C
+        Rg = self._global_rotation(global_orient)
+        Rf = Rg @ self._C  # as forward
         q = kp @ Rf.transpose(-1, -2)  # (B, K, 3) canonical, before transl
         # d (R q) / d ω_global = −[R q]× R Jr(ω): column by column, (R Jr)_col × (R q)
         RJ = (Rg @ axis_angle_right_jacobian(global_orient)).transpose(-1, -2)  # (B, 3 cols, 3)
@@ -620,4 +620,3 @@ class AnnyBody(BodyModel):
         from ..torchgeom import axis_angle_to_matrix
 
         return axis_angle_to_matrix(global_orient)
-

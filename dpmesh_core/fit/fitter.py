@@ -123,6 +123,15 @@ class _Problem:
     prev_weight: float = 0.0
 
 
+def _at_keypoints(joints: torch.Tensor, pr: _Problem) -> torch.Tensor:
+    """The problem's key-points from body joints (B, Nj, 3, ...) (each the weighted pair of joints ``pr.idx`` /
+    ``pr.coef`` names): (B, J, 3, ...); trailing dimensions (a Jacobian's columns) are carried along."""
+    extra = joints.shape[3:]
+    idx = pr.idx.view(*pr.idx.shape, *(1,) * len(extra)).expand(-1, -1, -1, *extra)
+    g = joints.gather(1, idx).view(joints.shape[0], -1, 2, *joints.shape[2:])
+    return (g * pr.coef.view(*pr.coef.shape, *(1,) * (len(extra) + 1))).sum(2)
+
+
 def _segment_ratios(plan, kp: np.ndarray, ok: np.ndarray) -> list[float]:
     """Pixel / metric length of every body segment of ``plan`` whose two joints are visible (``ok``)."""
     ratios = []
@@ -536,8 +545,7 @@ class KeypointFitter:
     def _keypoints3d(self, go, bp, be, transl, pr: _Problem, sets) -> torch.Tensor:
         out = self.body(go, bp, be, transl, joint_sets=sets, return_vertices=False)
         allj = torch.cat([out.joints[s] for s in sets], 1) if len(sets) > 1 else out.joints[sets[0]]
-        g = allj.gather(1, pr.idx).view(allj.shape[0], -1, 2, 3)
-        return (g * pr.coef[..., None]).sum(2)
+        return _at_keypoints(allj, pr)
 
     def _energy(self, go, bp, be, uvl, pr: _Problem, sets, weight: torch.Tensor, use_priors: bool,
                 prior_mult: float = 1.0, sigma_mult: float = 1.0, rigid: bool = False) -> torch.Tensor:
@@ -693,12 +701,8 @@ class KeypointFitter:
             memo.move_to_end(k)
         while len(memo) > self._JAC_MEMO_SIZE:
             memo.popitem(last=False)
-        kp = q + transl[:, None]
-        n = jac.shape[-1]
-        idx = pr.idx
-        kp3 = (kp.gather(1, idx).view(B, -1, 2, 3) * pr.coef[..., None]).sum(2)  # as _keypoints3d
-        jk = (jac.gather(1, idx[..., None].expand(-1, -1, -1, n)).view(B, -1, 2, 3, n)
-              * pr.coef[..., None, None]).sum(2)  # (B, J, 3, 3 + P)
+        kp3 = _at_keypoints(q + transl[:, None], pr)
+        jk = _at_keypoints(jac, pr)  # (B, J, 3, 3 + P)
         # transl = (u z U/f_x, v z U/f_y, z), z = exp(l): its columns d/du, d/dv, d/dl
         z = transl[:, 2]
         dt = torch.zeros(B, 3, 3, dtype=x.dtype, device=x.device)

@@ -86,6 +86,20 @@ _LOD_BY_ID: dict[tuple[int, int], tuple[np.ndarray, int, np.ndarray]] = {}
 _LOD_SOURCE: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id(reduced faces) -> (them, the full faces)
 
 
+def kept_by_identity(cache: dict[int, tuple[Any, Any]], obj: Any, build: Any, limit: int = 64) -> Any:
+    """``build()``, kept in ``cache`` for ``obj`` by its identity (with ``obj`` itself, so that its id stays
+    its own) for the next call with the same object; the cache is emptied past ``limit`` objects. For arrays
+    the app and the renderer never change in place (a topology, a fitted mesh)."""
+    hit = cache.get(id(obj))
+    if hit is not None and hit[0] is obj:
+        return hit[1]
+    value = build()
+    if len(cache) > limit:
+        cache.clear()
+    cache[id(obj)] = (obj, value)
+    return value
+
+
 _DIGESTS: dict[int, tuple[Any, bytes]] = {}  # id(faces) -> (the array, its digest): no re-hash of the same one
 
 
@@ -94,15 +108,8 @@ def _faces_digest(faces: Any) -> bytes:
     however often its array comes back (every person of a body model shares one)."""
     import hashlib
 
-    hit = _DIGESTS.get(id(faces))
-    if hit is not None and hit[0] is faces:
-        return hit[1]
-    digest = hashlib.blake2b(np.ascontiguousarray(faces, np.int32).data, digest_size=16).digest()
-    if isinstance(faces, np.ndarray):
-        if len(_DIGESTS) > 64:
-            _DIGESTS.clear()
-        _DIGESTS[id(faces)] = (faces, digest)
-    return digest
+    return kept_by_identity(_DIGESTS, faces, lambda: hashlib.blake2b(
+        np.ascontiguousarray(faces, np.int32).data, digest_size=16).digest())
 
 
 def lod_faces(vertices: np.ndarray, faces: np.ndarray, target: int = LOD_FACES) -> np.ndarray:

@@ -79,14 +79,9 @@ _SOLES_KEPT: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id(vertices) -> (t
 
 def _prior_soles(v: np.ndarray) -> np.ndarray:
     """``_sole_points(v, UP_PRIOR)``, kept for the last few meshes (refitting after one person's edit)."""
-    hit = _SOLES_KEPT.get(id(v))
-    if hit is not None and hit[0] is v:
-        return hit[1]
-    pts = _sole_points(np.asarray(v, np.float64), UP_PRIOR)
-    if len(_SOLES_KEPT) > 64:
-        _SOLES_KEPT.clear()
-    _SOLES_KEPT[id(v)] = (v, pts)
-    return pts
+    from .render import kept_by_identity
+
+    return kept_by_identity(_SOLES_KEPT, v, lambda: _sole_points(np.asarray(v, np.float64), UP_PRIOR))
 
 
 def _has_feet(r: MeshResult) -> bool:
