@@ -122,6 +122,7 @@ class MeshView(QWidget):
 
     MAX_DEFER_MS = 250
     STILL_MS = 150  # the camera still this long: the full-detail frame
+    IN_FLIGHT_MAX_S = 2.0  # a picture not back after this long is given up (its request is made again)
 
     def __init__(self, session: Session, parent: QWidget | None = None):
         super().__init__(parent)
@@ -142,6 +143,8 @@ class MeshView(QWidget):
         self._ground = None
         self._pending_preset: str | None = None
         self._scene_cache: tuple | None = None  # (key, scene, its meshes): an orbit step builds nothing again
+        self._in_flight: float | None = None  # when the picture being drawn was asked for (None: none is)
+        self._asked_again = False  # a picture was wanted while one was being drawn: ask once it arrives
 
         self.canvas = MeshCanvas(self)
         self.reset_btn = QPushButton("Reset")
@@ -217,6 +220,10 @@ class MeshView(QWidget):
         self._still.setSingleShot(True)
         self._still.setInterval(self.STILL_MS)
         self._still.timeout.connect(self.settle)
+        self._retry = QTimer(self)  # a picture that never came back (a failed render): ask again
+        self._retry.setSingleShot(True)
+        self._retry.setInterval(int(self.IN_FLIGHT_MAX_S * 1000))
+        self._retry.timeout.connect(self.schedule)
         self._play = QTimer(self)
         self._play.timeout.connect(self._play_step)
         self._play_range = (0, 0)
@@ -469,6 +476,16 @@ class MeshView(QWidget):
 
     # rendering ------------------------------------------------------------------------
     def request_render(self) -> None:
+        """Ask for a picture of the current scene and camera; while one is being drawn, only note that another
+        is wanted: it is asked for when that one arrives (``_on_rendered``), from the scene and camera of that
+        moment. During Play the frame changes 25-50 times a second while a picture takes longer, and building
+        each frame's scene (~10 ms of the GUI thread) for a request a later one replaces would be wasted."""
+        if self._in_flight is not None and time.perf_counter() - self._in_flight < self.IN_FLIGHT_MAX_S:
+            self._asked_again = True
+            if not self._retry.isActive():
+                self._retry.start()
+            return
+        self._asked_again = False
         scene = self.build_scene()
         self._update_list()
         if scene is None:
@@ -488,9 +505,16 @@ class MeshView(QWidget):
         self.last_lod = self.lod()
         self.session.overlay.render_view(("meshview", id(self)), meshes, vc.camera, vc.view, size,
                                          scene=light, clip=(vc.near, vc.far), lod=self.last_lod)
+        self._in_flight = time.perf_counter()
 
     def _on_rendered(self, key: object, rgb: object, secs: float) -> None:
-        if key != ("meshview", id(self)) or rgb is None:
+        if key != ("meshview", id(self)):
+            return
+        self._in_flight = None
+        self._retry.stop()
+        if self._asked_again:
+            self.schedule()
+        if rgb is None:
             return
         self.last_render_s = secs
         self.last_rgb = np.asarray(rgb)

@@ -256,3 +256,47 @@ def test_view3d_frame_time_text_does_not_widen_the_view(qapp, qtbot):
         assert view.info.parent() is view.canvas and c.contains(g.topLeft()) and g.right() <= c.right()
     finally:
         s.shutdown()
+
+
+def test_view3d_asks_for_one_picture_at_a_time_and_then_the_newest(qapp, qtbot, media_dir):
+    """While a picture is being drawn, camera steps (and frame changes) ask for no other picture: once it
+    arrives, one picture of the camera as it is then is asked for (Play and a fast orbit no longer build a
+    scene on the GUI thread for every step, only for the pictures drawn)."""
+    s = _couch_with_two_bodies(qtbot, media_dir)
+    try:
+        view = MeshView(s)
+        asked: list[np.ndarray] = []
+        got: list[int] = []
+        real = s.overlay.render_view
+
+        def spy(key, meshes, camera, v, size, scene=None, clip=None, lod=False):
+            if key == ("meshview", id(view)):
+                asked.append(np.array(v, copy=True))
+            return real(key, meshes, camera, v, size, scene=scene, clip=clip, lod=lod)
+
+        s.overlay.render_view = spy
+        s.overlay.view_rendered.connect(lambda k, rgb, _s: got.append(1) if k == ("meshview", id(view)) else None)
+        qtbot.addWidget(view)
+        view.resize(600, 400)
+        view.show()
+        qtbot.waitExposed(view)
+        qtbot.waitUntil(lambda: bool(got), timeout=60000)
+        qtbot.waitUntil(lambda: not s.render.is_busy(), timeout=20000)
+        qtbot.wait(3 * view.STILL_MS)  # (the view is still: no full-detail picture is due any more)
+        del asked[:], got[:]
+        view.orbit(5, 0)
+        qtbot.waitUntil(lambda: bool(asked), timeout=5000)
+        steps = 0
+        for _ in range(8):  # steps while the first picture is drawn (before it arrives)
+            if got:
+                break
+            view.orbit(5, 0)
+            steps += 1
+            QApplication.processEvents()
+        steps_in_flight = len(asked)
+        qtbot.waitUntil(lambda: len(got) >= 2, timeout=20000)
+        assert steps >= 2 and steps_in_flight == 1
+        # the second picture shows the camera after every step
+        np.testing.assert_allclose(asked[1], view.camera.view_matrix(), atol=1e-9)
+    finally:
+        s.shutdown()
