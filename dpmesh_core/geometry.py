@@ -27,6 +27,14 @@ def square_box(box: np.ndarray, scale: float = 1.0, image_size: tuple[int, int] 
     return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2], np.float32)
 
 
+def point_box(points: np.ndarray) -> np.ndarray:
+    """(2, D) float64 lowest and highest corner of ``points`` (N, D) (N >= 1). numpy's ``min(0)`` on an (N, 3)
+    array reduces across its short rows (~0.4 ms for a 6,890-vertex body); the transposed copy reduces along
+    contiguous memory (~16 us): the same values."""
+    t = np.ascontiguousarray(np.asarray(points).reshape(len(points), -1).T)
+    return np.stack([t.min(1), t.max(1)]).astype(np.float64)
+
+
 def box_iou(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """IoU between boxes a (N, 4) and b (M, 4) (x0, y0, x1, y1) → (N, M)."""
     a = np.asarray(a, np.float64).reshape(-1, 4)

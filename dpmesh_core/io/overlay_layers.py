@@ -72,6 +72,7 @@ class OverlayLayers:
 
         import numpy as np
 
+        from ..geometry import point_box
         from .render import lod_index, lod_levels, size_on_screen_px
 
         v, f, c = mesh
@@ -82,8 +83,7 @@ class OverlayLayers:
             if not recent:
                 self._no_levels = {id(f): (f, time.monotonic())}
             return mesh
-        vv = np.asarray(v, np.float32)
-        box = np.stack([vv.min(0), vv.max(0)])
+        box = point_box(np.asarray(v, np.float32))
         if float(box[:, 2].mean()) <= 1e-3 or camera is None:
             return mesh
         fy = camera.focal[1] * renderer.height / float(camera.image_size[1])

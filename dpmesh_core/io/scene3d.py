@@ -28,6 +28,7 @@ from typing import Any
 
 import numpy as np
 
+from ..geometry import point_box
 from ..types import Camera, MeshResult
 
 __all__ = [
@@ -155,8 +156,7 @@ class ScenePerson:
     @cached_property
     def bounds(self) -> np.ndarray:
         """(2, 3) lowest and highest corner of the mesh's box (computed once per person)."""
-        v = np.asarray(self.vertices)  # no float64 copy: a video frame's ten bodies cost ~1 ms, not ~8
-        return np.stack([v.min(0), v.max(0)]).astype(np.float64)
+        return point_box(self.vertices)  # (no float64 copy of the vertices)
 
     @cached_property
     def sample(self) -> np.ndarray:
@@ -461,8 +461,9 @@ def _ground_quad_of(scene: Scene) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     pts = np.concatenate([scene.person_points(), np.zeros((1, 3))])
     local = (g.project(pts) - g.point) @ np.stack([u, v], 1)
     s = scene.grid_step_m
-    lo = np.floor(local.min(0) / s - 1) * s
-    hi = np.ceil(local.max(0) / s + 1) * s
+    lo, hi = point_box(local)
+    lo = np.floor(lo / s - 1) * s
+    hi = np.ceil(hi / s + 1) * s
     corners = np.array([g.point + u * a + v * b for a, b in ((lo[0], lo[1]), (hi[0], lo[1]), (hi[0], hi[1]),
                                                              (lo[0], hi[1]))])
     return corners, u, v
@@ -756,7 +757,7 @@ def lod_meshes(meshes: Sequence[Any], persons: int, target: int | None = None, v
             out[i] = (v, lod_faces(v, f, target or LOD_FACES), c)
             continue
         levels = lod_levels(v, f)
-        box = bounds[i] if bounds is not None else np.stack([np.min(v, axis=0), np.max(v, axis=0)])
+        box = bounds[i] if bounds is not None else point_box(v)
         size_px = size_on_screen_px(box, vc.view, vc.camera.K[1, 1], vc.near)
         k = lod_index(levels, size_px, LOD_TOLERANCE_PX, start=first)
         k = min(k + max(int(coarser), 0), len(levels) - 1)

@@ -46,6 +46,15 @@ def test_box_from_keypoints():
         Person.box_from_keypoints(kp, visible=np.zeros(3, bool))
 
 
+def test_point_box_is_the_lowest_and_highest_corner():
+    rng = np.random.default_rng(3)
+    for pts in (rng.normal(size=(6890, 3)).astype(np.float32), rng.normal(size=(50, 2)), np.array([[1.0, -2.0, 3.0]]),
+                rng.normal(size=(9, 3))[::2]):  # (a strided view too)
+        box = geometry.point_box(pts)
+        assert box.dtype == np.float64 and box.shape == (2, pts.shape[1])
+        np.testing.assert_array_equal(box, np.stack([pts.min(0), pts.max(0)]).astype(np.float64))
+
+
 def test_camera_default_rule():
     cam = Camera.default_for(640, 480)
     assert cam.focal == (800.0, 800.0) and cam.principal == (320.0, 240.0)
