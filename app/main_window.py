@@ -126,6 +126,7 @@ class MainWindow(WindowActions, QMainWindow):
         s.video.running_changed.connect(self._on_video_running)
         self.timeline.ready = s.video.frame_ready  # Play shows a frame once the pipeline has processed it
         self.timeline.frames = s.frames  # ... and once it was decoded off the GUI thread
+        s.frames.playing_changed.connect(self.image_view.set_playing)
         self.timeline.play_started.connect(s.video.play_from)
         self.timeline.play_stopped.connect(s.video.stop_play)
         self.doc.undo_stack.cleanChanged.connect(lambda _c: self._update_title())

@@ -15,10 +15,12 @@ from ..jobs.frames import FRAME_CACHE, FramePrefetcher
 
 
 class FramesController(QObject):
-    """Signals: ended(frame) (the video does not decode from ``frame`` on: a truncated file), message(str)."""
+    """Signals: ended(frame) (the video does not decode from ``frame`` on: a truncated file), message(str),
+    playing_changed(bool) (Play started or stopped)."""
 
     ended = Signal(int)
     message = Signal(str)
+    playing_changed = Signal(bool)
 
     def __init__(self, doc: Document, capacity: int = FRAME_CACHE, parent: QObject | None = None):
         super().__init__(parent)
@@ -48,9 +50,12 @@ class FramesController(QObject):
 
     # ------------------------------------------------------------------ for Play (the timeline)
     def set_playing(self, on: bool) -> None:
+        changed = bool(on) != self.playing
         self.playing = bool(on)
         if self.prefetcher is not None:
             self.prefetcher.show(self.doc.current_frame, self.playing)
+        if changed:
+            self.playing_changed.emit(self.playing)
 
     def play_clock(self, frame: int) -> None:
         """Playback's clock is at ``frame`` (ahead of the shown one when frames are dropped): decode from there."""

@@ -174,6 +174,13 @@ class ImageView(QGraphicsView):
         self.overlay_enabled = bool(on)
         self.overlay_item.setVisible(self.overlay_enabled)
 
+    def set_playing(self, on: bool) -> None:
+        """A video is playing (``on``): skeletons are painted fast (see ``PersonsItem.fast``); stopped: the
+        frame's skeletons are painted again, antialiased."""
+        if bool(on) != self.persons_item.fast:
+            self.persons_item.fast = bool(on)
+            self.persons_item.update()
+
     def set_skeleton_enabled(self, on: bool) -> None:
         self.skeleton_enabled = bool(on)
         self.persons_item.setVisible(self.skeleton_enabled)

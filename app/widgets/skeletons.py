@@ -57,6 +57,10 @@ class PersonsItem(QGraphicsItem):
         self.drag_preview: tuple[int, int, QPointF] | None = None  # (uid, joint, pos) while dragging
         self._pixmaps: dict[int, tuple] = {}  # uid -> (key, scene rect, pixmap, person): see _person_pixmap
         self.use_pixmaps = True
+        # while a video plays: every frame brings new persons, so no pixmap is ever reused, and antialiased
+        # skeletons (~8 ms a person in Qt's raster engine) held Play of 10 persons to ~13 frames/s; they are
+        # painted directly without antialiasing then, and antialiased again once Play stops
+        self.fast = False
         self.setZValue(10)
         # Painted again only on update() (edits, selection, results), not on every viewport repaint: each
         # Python→Qt call of paint() may wait for the GIL while the worker computes.
@@ -88,7 +92,7 @@ class PersonsItem(QGraphicsItem):
         doc = self.view.doc
         scale = max(painter.worldTransform().m11(), 1e-6)
         px = 1.0 / scale  # one screen pixel in scene units
-        painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing, not self.fast)
         sel = doc.selected_uid
         exposed = option.exposedRect
         order = sorted(zip(doc.uids(), doc.persons()), key=lambda t: t[0] == sel)  # selected on top
@@ -97,7 +101,7 @@ class PersonsItem(QGraphicsItem):
             rect = self.person_rect(person, uid)
             if exposed.isValid() and not exposed.intersects(rect):
                 continue  # a partial update: this person's pixels are still in the cache
-            if not self.use_pixmaps or (self.drag_preview is not None and self.drag_preview[0] == uid):
+            if self.fast or not self.use_pixmaps or (self.drag_preview is not None and self.drag_preview[0] == uid):
                 self._paint_person(painter, uid, person, px, uid == sel)  # (a drag: changes every mouse move)
                 continue
             kept[uid] = self._person_pixmap(painter, uid, person, rect, px, uid == sel)

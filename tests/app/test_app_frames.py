@@ -151,3 +151,45 @@ def test_truncated_video_plays_the_frames_that_decode_and_reports_the_end(qtbot,
         frames.close()
         doc.set_media(None)
     assert not _prefetch_threads()
+
+
+def test_skeletons_are_painted_fast_while_playing_and_antialiased_once_stopped(qtbot, media_dir, tmp_path):
+    """Play brings new persons with every frame: the image view paints their skeletons directly without
+    antialiasing (no per-person pixmap, which would never be reused); stopped, the frame's skeletons are
+    painted again antialiased, through their kept pixmaps."""
+    from app_testkit import RecordingEstimator, make_person
+    from PySide6.QtCore import QSettings
+
+    from app.jobs import InferenceService
+    from app.main_window import MainWindow
+    from app.session import Session
+
+    s = Session(inference=InferenceService(estimator_factory=lambda: RecordingEstimator()))
+    s.auto_detect = False
+    win = MainWindow(session=s, settings=QSettings(str(tmp_path / "s.ini"), QSettings.Format.IniFormat))
+    win._no_prompt = True
+    qtbot.addWidget(win)
+    win.show()
+    qtbot.waitExposed(win)
+    try:
+        s.doc.set_media(api.open_media(media_dir / "street.avi"))
+        for f in range(40):
+            s.doc.set_frame_persons(f, [make_person(i, x0=60 + 150 * i) for i in range(4)])
+        item = win.image_view.persons_item
+        qtbot.waitUntil(lambda: bool(item._pixmaps), timeout=10000)  # frame 0, still: kept pixmaps
+        painted = []
+        real = item._paint_person
+        item._paint_person = lambda painter, *a: (painted.append(
+            painter.testRenderHint(painter.RenderHint.Antialiasing)), real(painter, *a))[1]
+        win.timeline.set_playing(True)
+        qtbot.waitUntil(lambda: s.doc.current_frame >= 10, timeout=20000)
+        assert item.fast and painted and not any(painted)  # played frames: no antialiasing
+        assert not item._pixmaps
+        win.timeline.set_playing(False)
+        assert not item.fast
+        del painted[:]
+        qtbot.waitUntil(lambda: bool(item._pixmaps), timeout=10000)  # the stopped frame painted again
+        assert painted and all(painted)
+    finally:
+        win.timeline.set_playing(False)
+        s.shutdown()
