@@ -269,15 +269,18 @@ class RenderScene:
 @dataclass(frozen=True)
 class RenderOverlay:
     """``meshes`` [(V (N, 3) m, faces (F, 3), rgb 0..1)] seen by ``camera``, blended over ``image`` (H, W, 3)
-    uint8 with opacity ``alpha``: ``MeshRenderer.render_overlay``'s picture."""
+    uint8 with opacity ``alpha``: ``MeshRenderer.render_overlay``'s picture; ``playing``: a frame of a playing
+    video (``api.OverlayLayers.played``: all persons in one pass)."""
 
     image: Any
     meshes: tuple
     camera: Camera | None
     alpha: float
+    playing: bool = False
 
     def run(self, layers: Any, get: Callable[[int, int], Any]) -> Any:
-        return layers.overlay_meshes(get, self.image, list(self.meshes), self.camera, self.alpha)
+        return layers.overlay_meshes(get, self.image, list(self.meshes), self.camera, self.alpha,
+                                     playing=self.playing)
 
     def run_here(self, get: Callable[[int, int], Any]) -> Any:
         from dpmesh_core import api

@@ -151,9 +151,10 @@ class RenderService(QObject):
         return self.view_runner.submit(key, job)
 
     def render_overlay(self, key: Hashable, image: Any, results: list, alpha: float = 0.6,
-                       colors: list | None = None) -> int:
+                       colors: list | None = None, playing: bool = False) -> int:
         """The meshes of ``results`` (MeshResults; None entries are skipped) blended over ``image`` (H, W, 3)
-        uint8; ``colors``: RGB 0..1 per result (default: the persons' palette by position)."""
+        uint8; ``colors``: RGB 0..1 per result (default: the persons' palette by position); ``playing``: a
+        frame of a playing video (all persons in one pass, see ``protocol.RenderOverlay``)."""
         from dpmesh_core.types import MeshResult
 
         from ..palette import person_rgb01
@@ -162,7 +163,7 @@ class RenderService(QObject):
         meshes = tuple((r.vertices, r.faces, tuple(cols[i % len(cols)])) for i, r in enumerate(results)
                        if isinstance(r, MeshResult))
         camera = next((r.camera for r in results if isinstance(r, MeshResult)), None)
-        request = RenderOverlay(image, meshes, camera, float(alpha))
+        request = RenderOverlay(image, meshes, camera, float(alpha), bool(playing))
 
         def job() -> tuple[Any, float]:
             t0 = time.perf_counter()

@@ -32,6 +32,7 @@ class OverlayController(QObject):
         self.render = render
         self.inference = inference
         self.alpha = 0.6
+        self.playing = False  # a video plays: its frames' overlays are drawn in one pass (set_playing)
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(0)
@@ -61,6 +62,13 @@ class OverlayController(QObject):
         if img is not None:
             self.render.prepare_overlay((img.shape[1], img.shape[0]))
 
+    def set_playing(self, on: bool) -> None:
+        """Play started or stopped (``FramesController.playing_changed``); stopped, the frame shown gets its
+        overlay from the per-person layers again (as every still frame)."""
+        was, self.playing = self.playing, bool(on)
+        if was and not self.playing:
+            self._timer.start()
+
     def request(self, frame: int) -> None:
         """Render the overlay of ``frame`` (→ ``overlay_ready``; None at once when it has no mesh)."""
         img = self.doc.image(frame)
@@ -72,7 +80,8 @@ class OverlayController(QObject):
             self.overlay_ready.emit(frame, None)
             return
         colors = [mesh_rgb01(self.doc, u) for u, r in zip(uids, results) if r is not None]  # track colour
-        self.render.render_overlay((OVERLAY_KEY, frame), img, meshes, alpha=self.alpha, colors=colors)
+        self.render.render_overlay((OVERLAY_KEY, frame), img, meshes, alpha=self.alpha, colors=colors,
+                                   playing=self.playing)
 
     def render_view(self, key: Hashable, meshes: list, camera: Any, view: Any, size: tuple[int, int],
                     scene: Any = None, clip: tuple[float, float] | None = None, lod: bool = False) -> None:

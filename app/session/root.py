@@ -60,6 +60,7 @@ class Session(QObject):
         self.projects = ProjectController(self.doc, self.media, self.estimation, self.overlay, self)
         self.video = VideoController(self.doc, self.inference, self.media, self.estimation, self)
         self.frames = FramesController(self.doc, parent=self)  # the video's frames, decoded off the GUI thread
+        self.frames.playing_changed.connect(self.overlay.set_playing)
         self._busy = {"inference": False, "render": False}
         self._background_started = False
         self.last_release_time: float | None = None
