@@ -42,6 +42,8 @@ class OverlayController(QObject):
         render.error.connect(lambda m: self.error.emit(f"Mesh rendering failed: {m}"))
         for runner in (render.runner, inference.runner):
             runner.busy_changed.connect(lambda busy: None if busy else self._maybe_idle())
+        self._waits_for_view = False  # a played frame's overlay waits for the 3-D view's picture (request)
+        render.view_runner.busy_changed.connect(lambda busy: None if busy else self._view_done())
 
     def _on_results_changed(self, frame: int) -> None:
         if frame == self.doc.current_frame:
@@ -67,10 +69,23 @@ class OverlayController(QObject):
         overlay from the per-person layers again (as every still frame)."""
         was, self.playing = self.playing, bool(on)
         if was and not self.playing:
+            self._waits_for_view = False
+            self._timer.start()
+
+    def _view_done(self) -> None:
+        if self._waits_for_view:
+            self._waits_for_view = False
             self._timer.start()
 
     def request(self, frame: int) -> None:
-        """Render the overlay of ``frame`` (→ ``overlay_ready``; None at once when it has no mesh)."""
+        """Render the overlay of ``frame`` (→ ``overlay_ready``; None at once when it has no mesh). While a
+        video plays and the 3-D view is drawing, the overlay waits for its picture and then draws the frame
+        shown at that moment: the two take turns. (The 3-D view's process runs at a lower priority, so that
+        it yields to an edit's fit and overlay; during Play, with an overlay always due, it would get no
+        time at all: 3-5 pictures a second for 10 persons.)"""
+        if self.playing and self.render.view_runner.is_busy():
+            self._waits_for_view = True
+            return
         img = self.doc.image(frame)
         if img is None:
             return

@@ -300,3 +300,36 @@ def test_view3d_asks_for_one_picture_at_a_time_and_then_the_newest(qapp, qtbot, 
         np.testing.assert_allclose(asked[1], view.camera.view_matrix(), atol=1e-9)
     finally:
         s.shutdown()
+
+
+def test_played_overlay_waits_for_the_3d_view_and_a_stopped_frame_gets_its_layers(qapp, qtbot, media_dir):
+    """While a video plays, the image overlay and the 3-D view take turns: an overlay asked for while the 3-D
+    view draws is sent once that picture is done (as a played frame: one pass); when Play stops, the frame
+    shown gets its still overlay (playing=False)."""
+    import threading
+
+    s = _couch_with_two_bodies(qtbot, media_dir)
+    try:
+        qtbot.waitUntil(lambda: not s.render.is_busy(), timeout=20000)
+        sent: list[bool] = []
+        real = s.render.render_overlay
+
+        def spy(*a, playing=False, **k):
+            sent.append(playing)
+            return real(*a, playing=playing, **k)
+
+        s.render.render_overlay = spy
+        gate = threading.Event()
+        s.render.view_runner.submit(("meshview", "busy"), lambda: (gate.wait(20), (None, 0.0))[1])
+        qtbot.waitUntil(lambda: s.render.view_runner.is_busy(), timeout=5000)
+        s.overlay.set_playing(True)
+        s.overlay.request(s.doc.current_frame)
+        qtbot.wait(100)
+        assert sent == []  # waits for the 3-D view's picture
+        gate.set()
+        qtbot.waitUntil(lambda: sent == [True], timeout=10000)
+        qtbot.waitUntil(lambda: not s.render.is_busy(), timeout=20000)
+        s.overlay.set_playing(False)
+        qtbot.waitUntil(lambda: sent == [True, False], timeout=10000)
+    finally:
+        s.shutdown()
