@@ -43,6 +43,7 @@ class OverlayController(QObject):
         for runner in (render.runner, inference.runner):
             runner.busy_changed.connect(lambda busy: None if busy else self._maybe_idle())
         self._waits_for_view = False  # a played frame's overlay waits for the 3-D view's picture (request)
+        self._its_turn = False  # ... and goes next once that picture is done, even if another is asked for
         render.view_runner.busy_changed.connect(lambda busy: None if busy else self._view_done())
 
     def _on_results_changed(self, frame: int) -> None:
@@ -69,12 +70,12 @@ class OverlayController(QObject):
         overlay from the per-person layers again (as every still frame)."""
         was, self.playing = self.playing, bool(on)
         if was and not self.playing:
-            self._waits_for_view = False
+            self._waits_for_view = self._its_turn = False
             self._timer.start()
 
     def _view_done(self) -> None:
         if self._waits_for_view:
-            self._waits_for_view = False
+            self._waits_for_view, self._its_turn = False, True
             self._timer.start()
 
     def request(self, frame: int) -> None:
@@ -83,9 +84,10 @@ class OverlayController(QObject):
         shown at that moment: the two take turns. (The 3-D view's process runs at a lower priority, so that
         it yields to an edit's fit and overlay; during Play, with an overlay always due, it would get no
         time at all: 3-5 pictures a second for 10 persons.)"""
-        if self.playing and self.render.view_runner.is_busy():
+        if self.playing and not self._its_turn and self.render.view_runner.is_busy():
             self._waits_for_view = True
             return
+        self._its_turn = False
         img = self.doc.image(frame)
         if img is None:
             return
