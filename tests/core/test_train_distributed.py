@@ -103,15 +103,23 @@ def test_two_processes_with_accumulation_equal_one_process(ann, tmp_path):
         np.testing.assert_allclose([e["losses"][k] for e in s2], [e["losses"][k] for e in s1], rtol=2e-5, atol=1e-9)
     w1, w2 = _weights(tmp_path / "one"), _weights(tmp_path / "two")
     assert w1.keys() == w2.keys()
+    # Adam divides each gradient by its own running size: where a gradient is ~0, float32 sums in another order
+    # move that weight by a visible part of the step (one weight of 13k was 3.9e-5 apart on an AMD EPYC, the
+    # same on the code before the change), so 1e-4 per weight, and far below the training's move overall
     for k in w1:
-        np.testing.assert_allclose(w2[k].numpy(), w1[k].numpy(), rtol=0, atol=3e-5, err_msg=k)
+        np.testing.assert_allclose(w2[k].numpy(), w1[k].numpy(), rtol=0, atol=1e-4, err_msg=k)
     init = train_config_from_dict(_cfg(tmp_path / "one", ann, **common))
     seed_everything(init.seed)
     w0 = build_network(init, torch.device("cpu"))[0].state_dict()
     moved = max(float((w1[k] - w0[k]).abs().max()) for k in w1)
     diff = max(float((w1[k] - w2[k]).abs().max()) for k in w1)
-    print(f"largest weight move {moved:.2e}, largest 1-vs-2-process difference {diff:.2e}")
-    assert diff < 0.01 * moved  # the runs agree far better than the training moved the weights
+    moved_all = sum(float(((w1[k] - w0[k]).double() ** 2).sum()) for k in w1) ** 0.5
+    diff_all = sum(float(((w1[k] - w2[k]).double() ** 2).sum()) for k in w1) ** 0.5
+    print(f"largest weight move {moved:.2e}, largest 1-vs-2-process difference {diff:.2e}; all weights: moved "
+          f"{moved_all:.2e}, apart {diff_all:.2e}")
+    # the runs agree far better than the training moved the weights (over all weights: a single one may be off
+    # by a few % of its move, see above)
+    assert diff < 0.05 * moved and diff_all < 0.01 * moved_all
 
 
 def _killed_run(argv: list[str]) -> None:  # in a forked child: its own process group, killed as a whole
