@@ -33,6 +33,7 @@ class OverlayController(QObject):
         self.inference = inference
         self.alpha = 0.6
         self.playing = False  # a video plays: its frames' overlays are drawn in one pass (set_playing)
+        self._played_s = 0.0  # how long the last played frame's overlay took (this Play)
         self._timer = QTimer(self)
         self._timer.setSingleShot(True)
         self._timer.setInterval(0)
@@ -69,6 +70,8 @@ class OverlayController(QObject):
         """Play started or stopped (``FramesController.playing_changed``); stopped, the frame shown gets its
         overlay from the per-person layers again (as every still frame)."""
         was, self.playing = self.playing, bool(on)
+        if self.playing and not was:
+            self._played_s = 0.0  # the first played frame's overlay tells how long one takes
         if was and not self.playing:
             self._waits_for_view = self._its_turn = False
             self._timer.start()
@@ -84,6 +87,11 @@ class OverlayController(QObject):
         shown at that moment: the two take turns. (The 3-D view's process runs at a lower priority, so that
         it yields to an edit's fit and overlay; during Play, with an overlay always due, it would get no
         time at all: 3-5 pictures a second for 10 persons.)"""
+        if self.playing and self._played_s > 1.0 / self.doc.fps:
+            # a played frame's overlay takes longer than a frame stays on screen: it would come after the next
+            # frame replaced its own and be dropped (10 persons at 1280x720, 50 fps: every one of them), so
+            # none is drawn while this Play lasts; the frame Play stops on gets its overlay
+            return
         if self.playing and not self._its_turn and self.render.view_runner.is_busy():
             self._waits_for_view = True
             return
@@ -110,6 +118,8 @@ class OverlayController(QObject):
 
     def _on_rendered(self, key: Any, rgb: Any, secs: float) -> None:
         if isinstance(key, tuple) and key[0] == OVERLAY_KEY:
+            if self.playing:
+                self._played_s = float(secs)
             if key[1] == self.doc.current_frame:
                 self.overlay_ready.emit(key[1], rgb)
         else:

@@ -302,10 +302,12 @@ def test_view3d_asks_for_one_picture_at_a_time_and_then_the_newest(qapp, qtbot, 
         s.shutdown()
 
 
-def test_played_overlay_waits_for_the_3d_view_and_a_stopped_frame_gets_its_layers(qapp, qtbot, media_dir):
+def test_played_overlay_waits_for_the_3d_view_and_a_stopped_frame_gets_its_layers(qapp, qtbot, media_dir,
+                                                                                  monkeypatch):
     """While a video plays, the image overlay and the 3-D view take turns: an overlay asked for while the 3-D
-    view draws is sent once that picture is done (as a played frame: one pass); when Play stops, the frame
-    shown gets its still overlay (playing=False)."""
+    view draws is sent once that picture is done (as a played frame: one pass); once a played overlay took
+    longer than a frame stays on screen, no more are drawn during that Play (each would be dropped as late);
+    when Play stops, the frame shown gets its still overlay (playing=False)."""
     import threading
 
     s = _couch_with_two_bodies(qtbot, media_dir)
@@ -328,7 +330,11 @@ def test_played_overlay_waits_for_the_3d_view_and_a_stopped_frame_gets_its_layer
         assert sent == []  # waits for the 3-D view's picture
         gate.set()
         qtbot.waitUntil(lambda: sent == [True], timeout=10000)
-        qtbot.waitUntil(lambda: not s.render.is_busy(), timeout=20000)
+        qtbot.waitUntil(lambda: not s.render.is_busy() and s.overlay._played_s > 0, timeout=20000)
+        monkeypatch.setattr(type(s.doc), "fps", property(lambda _d: 1e6))  # frames far shorter than an overlay
+        s.overlay.request(s.doc.current_frame)
+        qtbot.wait(100)
+        assert sent == [True]  # skipped: it would come too late to be shown
         s.overlay.set_playing(False)
         qtbot.waitUntil(lambda: sent == [True, False], timeout=10000)
     finally:
