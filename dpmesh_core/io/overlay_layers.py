@@ -207,8 +207,8 @@ class OverlayLayers:
         """The overlay of a frame of a playing video: every person in one pass of ``renderer.render_frame``
         (Open3D keeps their meshes and moves them in place; the picture read back as bytes, its depth for the
         mask), with reduced face lists within ``PLAYING_LOD_PX``. A new frame changes every person, so the
-        per-person layers would all be drawn again, one GL picture each (10 persons at 1280x720: ~150 ms
-        against ~40). Lit from all persons together, where a layer is lit alone: a played frame may look a
+        per-person layers would all be drawn again, one GL picture each (10 persons at 1280x720: ~146 ms
+        against ~50). Lit from all persons together, where a layer is lit alone: a played frame may look a
         shade different from the same frame when still (drawn from layers again, ``_last`` is forgotten)."""
         import numpy as np
 
