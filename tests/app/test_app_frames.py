@@ -177,11 +177,11 @@ def test_skeletons_are_painted_fast_while_playing_and_antialiased_once_stopped(q
             s.doc.set_frame_persons(f, [make_person(i, x0=60 + 150 * i) for i in range(4)])
         item = win.image_view.persons_item
         qtbot.waitUntil(lambda: bool(item._pixmaps), timeout=10000)  # frame 0, still: kept pixmaps
-        painted = []
+        win.timeline.set_playing(True)
+        painted = []  # (from here on: every paint is of a played frame until Play stops)
         real = item._paint_person
         item._paint_person = lambda painter, *a: (painted.append(
             painter.testRenderHint(painter.RenderHint.Antialiasing)), real(painter, *a))[1]
-        win.timeline.set_playing(True)
         qtbot.waitUntil(lambda: s.doc.current_frame >= 10, timeout=20000)
         assert item.fast and painted and not any(painted)  # played frames: no antialiasing
         assert not item._pixmaps
