@@ -143,7 +143,6 @@ class MeshView(QWidget):
         self._ground = None
         self._pending_preset: str | None = None
         self._scene_cache: tuple | None = None  # (key, scene, its meshes): an orbit step builds nothing again
-        self._in_flight: float | None = None  # when the picture being drawn was asked for (None: none is)
         self._asked_again = False  # a picture was wanted while one was being drawn: ask once it arrives
 
         self.canvas = MeshCanvas(self)
@@ -220,10 +219,12 @@ class MeshView(QWidget):
         self._still.setSingleShot(True)
         self._still.setInterval(self.STILL_MS)
         self._still.timeout.connect(self.settle)
-        self._retry = QTimer(self)  # a picture that never came back (a failed render): ask again
-        self._retry.setSingleShot(True)
-        self._retry.setInterval(int(self.IN_FLIGHT_MAX_S * 1000))
-        self._retry.timeout.connect(self.schedule)
+        # active while a picture is being drawn; one not back after IN_FLIGHT_MAX_S (a failed render) is given up,
+        # and a picture wanted meanwhile is asked for
+        self._in_flight = QTimer(self)
+        self._in_flight.setSingleShot(True)
+        self._in_flight.setInterval(int(self.IN_FLIGHT_MAX_S * 1000))
+        self._in_flight.timeout.connect(lambda: self.schedule() if self._asked_again else None)
         self._play = QTimer(self)
         self._play.timeout.connect(self._play_step)
         self._play_range = (0, 0)
@@ -480,10 +481,8 @@ class MeshView(QWidget):
         is wanted: it is asked for when that one arrives (``_on_rendered``), from the scene and camera of that
         moment. During Play the frame changes 25-50 times a second while a picture takes longer, and building
         each frame's scene (~10 ms of the GUI thread) for a request a later one replaces would be wasted."""
-        if self._in_flight is not None and time.perf_counter() - self._in_flight < self.IN_FLIGHT_MAX_S:
+        if self._in_flight.isActive():
             self._asked_again = True
-            if not self._retry.isActive():
-                self._retry.start()
             return
         self._asked_again = False
         scene = self.build_scene()
@@ -505,13 +504,12 @@ class MeshView(QWidget):
         self.last_lod = self.lod()
         self.session.overlay.render_view(("meshview", id(self)), meshes, vc.camera, vc.view, size,
                                          scene=light, clip=(vc.near, vc.far), lod=self.last_lod)
-        self._in_flight = time.perf_counter()
+        self._in_flight.start()
 
     def _on_rendered(self, key: object, rgb: object, secs: float) -> None:
         if key != ("meshview", id(self)):
             return
-        self._in_flight = None
-        self._retry.stop()
+        self._in_flight.stop()
         if self._asked_again:
             self.schedule()
         if rgb is None:

@@ -66,8 +66,9 @@ class OverlayLayers:
         h.update(repr((tuple(float(x) for x in c), camera, size)).encode())
         return h.digest()
 
-    def _reduced(self, renderer: Any, mesh: tuple, camera: Any) -> tuple:
-        """``mesh`` with the coarsest reduced face list within ``lod_tolerance_px`` (or itself)."""
+    def _reduced(self, renderer: Any, mesh: tuple, camera: Any, tolerance_px: float | None = None) -> tuple:
+        """``mesh`` with the coarsest reduced face list within ``tolerance_px`` (default ``lod_tolerance_px``), or
+        itself."""
         import time
 
         import numpy as np
@@ -87,7 +88,8 @@ class OverlayLayers:
         if float(box[:, 2].mean()) <= 1e-3 or camera is None:
             return mesh
         fy = camera.focal[1] * renderer.height / float(camera.image_size[1])
-        k = lod_index(levels, size_on_screen_px(box, np.eye(4), fy), self.lod_tolerance_px)
+        tol = self.lod_tolerance_px if tolerance_px is None else tolerance_px
+        k = lod_index(levels, size_on_screen_px(box, np.eye(4), fy), tol)
         return mesh if k < 0 else (v, levels[k][0], c)
 
     def _render_layer(self, renderer: Any, mesh: tuple, camera: Any) -> tuple:
@@ -178,7 +180,6 @@ class OverlayLayers:
                     k in self.layers for i, k in enumerate(keys) if i not in changed):
                 # an edit: recompose and re-blend only where the changed persons were or are now
                 old_boxes = [self.layers[last["keys"][i]][:4] for i in changed]
-                renderer = get(w, h)
                 held = self._hold(keys)  # storing new layers may evict old ones: this request keeps its own
                 for i in changed:
                     if keys[i] not in held:
@@ -214,11 +215,8 @@ class OverlayLayers:
 
         from .render import _cv2
 
-        tol, self.lod_tolerance_px = self.lod_tolerance_px, max(self.lod_tolerance_px or 0.0, self.PLAYING_LOD_PX)
-        try:
-            meshes = [self._reduced(renderer, m, camera) for m in meshes]
-        finally:
-            self.lod_tolerance_px = tol
+        tol = max(self.lod_tolerance_px or 0.0, self.PLAYING_LOD_PX)
+        meshes = [self._reduced(renderer, m, camera, tol) for m in meshes]
         rgb, depth = renderer.render_frame(meshes, camera, None, depth=True, cull=True, twin=True)
         self._last = None
         mask = np.asarray(depth) > 0

@@ -86,6 +86,13 @@ _LOD_BY_ID: dict[tuple[int, int], tuple[np.ndarray, int, np.ndarray]] = {}
 _LOD_SOURCE: dict[int, tuple[np.ndarray, np.ndarray]] = {}  # id(reduced faces) -> (them, the full faces)
 
 
+def _full_faces(faces: Any) -> np.ndarray | None:
+    """The full face list (F, 3) int64 of which ``faces`` is a reduced list (``lod_faces``/``lod_levels``), or
+    None when it is not one."""
+    src = _LOD_SOURCE.get(id(faces))
+    return src[1] if src is not None and src[0] is faces else None
+
+
 def kept_by_identity(cache: dict[int, tuple[Any, Any]], obj: Any, build: Any, limit: int = 64) -> Any:
     """``build()``, kept in ``cache`` for ``obj`` by its identity (with ``obj`` itself, so that its id stays
     its own) for the next call with the same object; the cache is emptied past ``limit`` objects. For arrays
@@ -963,24 +970,23 @@ class MeshRenderer:
         computed by Open3D on a helper mesh of that topology (numpy would take ~3 ms a body). ``was``: the
         mesh's face list before ``f``, its vertices unchanged: when both are face lists of the same topology,
         its vertex normals stay (only the faces' normals are new)."""
-        src = _LOD_SOURCE.get(id(f))
-        if src is not None and src[0] is f and was is not None:
-            old = _LOD_SOURCE.get(id(was))
-            full = old[1] if old is not None and old[0] is was else was
-            if g.has_vertex_normals() and (full is src[1] or (np.shape(full) == src[1].shape
-                                                             and np.array_equal(full, src[1]))):
+        topology = _full_faces(f)
+        if topology is not None and was is not None and g.has_vertex_normals():
+            before = _full_faces(was)
+            before = was if before is None else before
+            if before is topology or (np.shape(before) == topology.shape and np.array_equal(before, topology)):
                 g.compute_triangle_normals()
                 return
-        if src is None or src[0] is not f:
+        if topology is None:
             g.compute_vertex_normals()
             return
         o3d = self._o3d
         helpers = self.__dict__.setdefault("_normal_helpers", {})
-        h = helpers.get(id(src[1]))
-        if h is None or h[0] is not src[1]:
-            h = helpers[id(src[1])] = (src[1], o3d.geometry.TriangleMesh(
+        h = helpers.get(id(topology))
+        if h is None or h[0] is not topology:
+            h = helpers[id(topology)] = (topology, o3d.geometry.TriangleMesh(
                 o3d.utility.Vector3dVector(np.asarray(v, np.float64).reshape(-1, 3)),
-                o3d.utility.Vector3iVector(np.asarray(src[1], np.int32))))
+                o3d.utility.Vector3iVector(np.asarray(topology, np.int32))))
         full = h[1]
         if len(full.vertices) != len(g.vertices):
             g.compute_vertex_normals()
